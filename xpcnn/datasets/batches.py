@@ -1,0 +1,44 @@
+"""Mini-batch index iteration on the host.
+
+Shuffles come from the caller's ``numpy.random.Generator`` so one seed gives the same batches on
+every backend; index the (host or device) data with the yielded arrays.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_batch_size(batch_size):
+    """Return batch_size as an int, or raise ValueError unless it is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+    return int(batch_size)
+
+
+def iterate_batches(n, batch_size, *, shuffle=True, rng=None, drop_last=False):
+    """Iterator of int64 index arrays (batch_size,) covering range(n) once; the last may be shorter.
+
+    shuffle: order by ``rng.permutation(n)``; rng must then be a ``numpy.random.Generator``.
+    drop_last: skip a final batch shorter than batch_size.
+    The permutation is drawn now, at the call, not at the first ``next``: later draws from rng
+    cannot change this epoch's order.
+    """
+    batch_size = check_batch_size(batch_size)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if shuffle:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                "shuffle=True needs rng=numpy.random.Generator (e.g. np.random.default_rng(seed)), "
+                f"got {type(rng).__name__}"
+            )
+        order = rng.permutation(int(n)).astype(np.int64, copy=False)
+    else:
+        order = np.arange(int(n), dtype=np.int64)
+    stop = n - n % batch_size if drop_last else n
+    return (order[start : start + batch_size] for start in range(0, stop, batch_size))
