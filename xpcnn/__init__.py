@@ -1,0 +1,26 @@
+"""xpcnn: a convolutional neural network library written once against the Python Array API.
+
+The same layer code runs on NumPy (CPU), CuPy (GPU), PyTorch and array-api-strict; the
+backend is picked with ``XPCNN_BACKEND`` or :func:`set_backend`.
+"""
+
+from . import functional, init, layers, optim
+from .backend import (
+    available_backends,
+    get_backend,
+    namespace_of,
+    set_backend,
+    to_device,
+    to_numpy,
+    use_backend,
+)
+from .errors import BackendMismatchError, BackendUnavailableError, XpcnnError
+from .model import Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sequential", "layers", "optim", "init", "functional",
+    "set_backend", "get_backend", "use_backend", "available_backends", "namespace_of", "to_device", "to_numpy",
+    "BackendUnavailableError", "BackendMismatchError", "XpcnnError", "__version__",
+]

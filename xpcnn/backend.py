@@ -1,0 +1,351 @@
+"""The backend shim: the one module that names NumPy, CuPy and PyTorch.
+
+Numeric code (``xpcnn.functional``, layers, optimizers) never imports an array
+library. It asks its inputs for their namespace with :func:`namespace_of` and
+creates new arrays with the dtype and device of an input. The *selected*
+backend only decides where new parameters and data are created.
+
+Backend names: ``numpy`` (default), ``cupy``, ``torch``, ``array_api_strict`` and
+``auto`` (CuPy if it can run a kernel, else NumPy with one warning). A name may
+carry a device after a colon: ``"torch:cuda"``, ``"cupy:1"``,
+``"array_api_strict:device1"``. ``XPCNN_BACKEND`` is read on first use, so
+``import xpcnn`` works on any machine whatever it says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import sys
+import warnings
+from types import ModuleType
+from typing import Any, Iterator
+
+import array_api_compat
+import numpy as np
+
+from .errors import BackendMismatchError, BackendUnavailableError, DTypeError
+
+BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
+VALID_NAMES = BACKENDS + ("auto",)
+FLOAT_DTYPES = ("float32", "float64")
+
+_CUPY_FIX = "install CuPy for your CUDA version: pip install 'xpcnn[cuda12]' or 'xpcnn[cuda13]'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A loaded backend: its name, its Array API namespace and the device new arrays go to."""
+
+    name: str
+    xp: ModuleType
+    device: Any
+
+    def asarray(self, host: Any, dtype: str | None = None) -> Any:
+        """Copy a host (NumPy-convertible) array onto this backend's device."""
+        host = np.array(host, dtype=dtype, copy=True)
+        if self.name == "numpy":
+            return host
+        if self.name == "cupy":
+            import cupy
+
+            with cupy.cuda.Device(self.device.id):
+                return cupy.asarray(host)
+        if self.name == "torch":
+            import torch
+
+            return torch.from_numpy(host).to(self.device)
+        return self.xp.asarray(host, device=self.device)
+
+    def __str__(self) -> str:
+        return self.name if self.device == default_device_name(self.name) else f"{self.name}:{self.device}"
+
+
+def default_device_name(name: str) -> str | None:
+    return {"numpy": "cpu"}.get(name)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _split(spec: str) -> tuple[str, str | None]:
+    if not isinstance(spec, str):
+        raise TypeError(f"backend: expected a name such as 'numpy' or 'cupy', got {type(spec).__name__}")
+    name, _, device = spec.strip().partition(":")
+    name = name.lower().replace("-", "_")
+    if name == "strict":
+        name = "array_api_strict"
+    if name not in VALID_NAMES:
+        raise ValueError(f"backend: unknown name {spec!r}; valid names are {', '.join(VALID_NAMES)}")
+    return name, (device or None)
+
+
+def _import(module: str, fix: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailableError(f"{module} is not installed ({e}); fix: {fix}") from e
+
+
+def _load_numpy(device: str | None) -> Backend:
+    if device not in (None, "cpu"):
+        raise ValueError(f"backend 'numpy': the only device is 'cpu', got {device!r}")
+    import array_api_compat.numpy as xp
+
+    return Backend("numpy", xp, "cpu")
+
+
+def _load_cupy(device: str | None) -> Backend:
+    cupy = _import("cupy", _CUPY_FIX)
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError: no driver, driver too old, ...
+        raise BackendUnavailableError(
+            f"CuPy is installed but cannot reach a CUDA driver ({type(e).__name__}: {e}); "
+            "fix: install an NVIDIA driver matching your CuPy build, or use XPCNN_BACKEND=numpy"
+        ) from e
+    if count == 0:
+        raise BackendUnavailableError("CuPy is installed but no CUDA device is visible; fix: run on a GPU machine or use XPCNN_BACKEND=numpy")
+    index = int(device) if device else 0
+    if not 0 <= index < count:
+        raise BackendUnavailableError(f"cupy: device {index} requested but only {count} CUDA device(s) exist")
+    try:
+        with cupy.cuda.Device(index):
+            # A real kernel launch: catches NVRTC / driver / architecture mismatches at selection time.
+            ok = float((cupy.arange(4, dtype=cupy.float32) * 2).sum()) == 12.0
+    except Exception as e:
+        raise BackendUnavailableError(
+            f"CuPy cannot run a kernel on CUDA device {index} ({type(e).__name__}: {e}); "
+            f"fix: check the driver and that the CuPy wheel matches the CUDA version ({_CUPY_FIX})"
+        ) from e
+    if not ok:
+        raise BackendUnavailableError(f"CuPy ran a test kernel on device {index} and got a wrong result")
+    import array_api_compat.cupy as xp
+
+    return Backend("cupy", xp, cupy.cuda.Device(index))
+
+
+def _load_torch(device: str | None) -> Backend:
+    torch = _import("torch", "pip install 'xpcnn[torch]' (torch==2.13.0 for the CPU build)")
+    try:
+        dev = torch.device(device or "cpu")
+        torch.zeros(1, device=dev)
+    except Exception as e:
+        raise BackendUnavailableError(f"torch cannot use device {device!r} ({type(e).__name__}: {e})") from e
+    import array_api_compat.torch as xp
+
+    return Backend("torch", xp, dev)
+
+
+def _load_strict(device: str | None) -> Backend:
+    xp = _import("array_api_strict", "pip install array-api-strict")
+    names = {str(d).split("'")[1] if "'" in str(d) else str(d): d for d in xp.__array_namespace_info__().devices()}
+    if device is None:
+        return Backend("array_api_strict", xp, xp.__array_namespace_info__().default_device())
+    if device not in names:
+        raise ValueError(f"backend 'array_api_strict': unknown device {device!r}; valid devices are {', '.join(names)}")
+    return Backend("array_api_strict", xp, names[device])
+
+
+_LOADERS = {"numpy": _load_numpy, "cupy": _load_cupy, "torch": _load_torch, "array_api_strict": _load_strict}
+
+
+def load_backend(spec: str) -> Backend:
+    """Load the backend named by ``spec`` (``"name"`` or ``"name:device"``) without selecting it.
+
+    Raises ValueError for an unknown name and BackendUnavailableError (with the reason
+    and the fix) when the backend cannot run here. ``auto`` never raises for lack of CuPy.
+    """
+    name, device = _split(spec)
+    if name == "auto":
+        try:
+            return _load_cupy(device)
+        except BackendUnavailableError as e:
+            warnings.warn(f"XPCNN backend 'auto': CuPy is not usable ({e}); using NumPy on the CPU", stacklevel=3)
+            return _load_numpy(None)
+    return _LOADERS[name](device)
+
+
+# ---------------------------------------------------------------- selection
+
+_selected: Backend | None = None
+
+
+def current_backend() -> Backend:
+    """The selected :class:`Backend`; on first use it is read from ``XPCNN_BACKEND`` (default numpy)."""
+    global _selected
+    if _selected is None:
+        _selected = load_backend(os.environ.get("XPCNN_BACKEND", "numpy") or "numpy")
+    return _selected
+
+
+def get_backend() -> str:
+    """The selected backend's name: ``"numpy"``, ``"cupy"``, ``"torch"`` or ``"array_api_strict"``."""
+    return current_backend().name
+
+
+def set_backend(spec: str) -> Backend:
+    """Select the backend where new parameters and data are created; returns it.
+
+    Raises BackendUnavailableError (never falls back silently) when it cannot run.
+    """
+    global _selected
+    _selected = load_backend(spec)
+    return _selected
+
+
+@contextlib.contextmanager
+def use_backend(spec: str) -> Iterator[Backend]:
+    """Select a backend inside a ``with`` block, restoring the previous selection after."""
+    global _selected
+    previous = _selected
+    backend = set_backend(spec)
+    try:
+        yield backend
+    finally:
+        _selected = previous
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend name with ``"available"`` or the reason it cannot run here. Imports what it probes."""
+    report = {}
+    for name in BACKENDS:
+        try:
+            _LOADERS[name](None)
+            report[name] = "available"
+        except BackendUnavailableError as e:
+            report[name] = str(e)
+    return report
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def library_of(x: Any) -> str:
+    """The backend name of array ``x`` ("numpy", "cupy", "torch", "array_api_strict")."""
+    if array_api_compat.is_numpy_array(x):
+        return "numpy"
+    if array_api_compat.is_cupy_array(x):
+        return "cupy"
+    if array_api_compat.is_torch_array(x):
+        return "torch"
+    if type(x).__module__.startswith("array_api_strict"):
+        return "array_api_strict"
+    if hasattr(x, "__array_namespace__"):
+        return x.__array_namespace__().__name__
+    raise DTypeError(f"expected an array (numpy, cupy, torch or array_api_strict), got {type(x).__name__}")
+
+
+def device_of(x: Any) -> Any:
+    return array_api_compat.device(x)
+
+
+def _describe(x: Any) -> str:
+    return f"{library_of(x)} array on {device_of(x)}"
+
+
+def namespace_of(*arrays: Any) -> ModuleType:
+    """The Array API namespace shared by ``arrays`` (None and Python scalars are ignored).
+
+    Arrays of two libraries or two devices are an error that names both: xpcnn never
+    moves data behind your back.
+    """
+    found = [a for a in arrays if a is not None and not isinstance(a, (bool, int, float, complex))]
+    if not found:
+        raise DTypeError("namespace_of: expected at least one array, got none")
+    first = found[0]
+    library_of(first)
+    for other in found[1:]:
+        if library_of(other) != library_of(first) or device_of(other) != device_of(first):
+            raise BackendMismatchError(
+                f"arrays from two backends in one call: {_describe(first)} and {_describe(other)}; "
+                "move them to one with xpcnn.to_device(x, target) (e.g. model.to(...) or to_device(x, 'numpy'))"
+            )
+    return array_api_compat.array_namespace(*found)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy (or view, for NumPy input) of ``x`` on the host. For API edges and tests."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (list, tuple, int, float, bool, np.generic)):
+        return np.asarray(x)
+    library = library_of(x)
+    if library == "cupy":
+        return x.get()
+    if library == "torch":
+        return x.detach().cpu().resolve_conj().numpy()
+    if library == "array_api_strict":
+        import array_api_strict as xps
+
+        return np.asarray(xps.asarray(x).to_device(xps.Device("CPU_DEVICE")))
+    return np.asarray(x)
+
+
+def _backend_of_device(device: Any) -> str:
+    module = type(device).__module__
+    for name in ("cupy", "torch", "array_api_strict"):
+        if module.startswith(name):
+            return name
+    if device == "cpu":
+        return "numpy"
+    raise TypeError(f"target: expected a backend name or a device object of numpy/cupy/torch/array_api_strict, got {device!r}")
+
+
+def resolve_target(target: Any) -> Backend:
+    """A backend from a name (``"torch:cuda"``) or a device object of the array's library."""
+    if isinstance(target, Backend):
+        return target
+    if isinstance(target, str) and target != "cpu":
+        return load_backend(target)
+    name = _backend_of_device(target)
+    if name == "numpy":
+        return load_backend("numpy")
+    if name == "cupy":
+        return load_backend(f"cupy:{target.id}")
+    if name == "torch":
+        return load_backend(f"torch:{target}")
+    backend = load_backend("array_api_strict")
+    return dataclasses.replace(backend, device=target)
+
+
+def to_device(x: Any, target: Any) -> Any:
+    """Move array ``x`` to ``target``: a backend name (``"numpy"``, ``"cupy"``, ``"torch:cuda"``, ...),
+    a :class:`Backend`, or a device object (``cupy.cuda.Device(0)``, ``torch.device("cuda")``,
+    ``array_api_strict.Device("device1")``). Dtype and values are kept exactly.
+
+    Within one library the move uses the library's own transfer; across libraries it goes
+    through host memory (``.get()`` from CuPy, ``.cpu()`` from torch).
+    """
+    backend = resolve_target(target)
+    source = library_of(x)
+    if source == backend.name:
+        if device_of(x) == backend.device:
+            return x
+        return array_api_compat.to_device(x, backend.device)
+    return backend.asarray(to_numpy(x))
+
+
+def dtype_of(name_or_dtype: Any, xp: ModuleType) -> Any:
+    """The ``xp`` dtype for ``"float32"`` / ``"float64"`` (or a dtype of ``xp`` itself)."""
+    if isinstance(name_or_dtype, str):
+        if name_or_dtype not in FLOAT_DTYPES:
+            raise DTypeError(f"dtype: expected one of {FLOAT_DTYPES}, got {name_or_dtype!r}")
+        return getattr(xp, name_or_dtype)
+    for name in FLOAT_DTYPES:
+        if name_or_dtype == getattr(xp, name):
+            return name_or_dtype
+    raise DTypeError(f"dtype: expected float32 or float64, got {name_or_dtype!r}")
+
+
+def dtype_name(dtype: Any) -> str:
+    """``"float32"`` etc. for a dtype of any backend."""
+    text = str(dtype)
+    return text.rsplit(".", 1)[-1].strip("'>")
+
+
+def loaded_libraries() -> list[str]:
+    """Array libraries already imported in this process (cheap: never imports anything)."""
+    return [name for name in BACKENDS if name in sys.modules]

@@ -1,0 +1,46 @@
+"""The errors xpcnn raises on purpose.
+
+Every one subclasses :class:`XpcnnError` *and* the builtin a caller would expect
+(ValueError / TypeError / RuntimeError), so ``except ValueError`` keeps working.
+Messages name the argument, what was expected and what came.
+"""
+
+
+class XpcnnError(Exception):
+    """Base class of every error xpcnn raises deliberately."""
+
+
+class ShapeError(XpcnnError, ValueError):
+    """An array has the wrong rank or shape, or a size is out of range."""
+
+
+class DTypeError(XpcnnError, TypeError):
+    """An array has a dtype the operation cannot take."""
+
+
+class LabelError(XpcnnError, ValueError):
+    """Class labels are not integers in ``[0, num_classes)`` or do not match the batch."""
+
+
+class BackendMismatchError(XpcnnError, ValueError):
+    """Arrays from two array libraries or two devices met in one call."""
+
+
+class BackendUnavailableError(XpcnnError, RuntimeError):
+    """A backend was asked for explicitly but cannot run here; the message says why and the fix."""
+
+
+class NotBuiltError(XpcnnError, RuntimeError):
+    """A model or layer was used before ``build``, or backward before forward."""
+
+
+class DataError(XpcnnError, ValueError):
+    """A dataset file or an input batch is malformed (bad values, NaN/Inf, empty)."""
+
+
+class ModelFileError(XpcnnError, ValueError):
+    """A model or checkpoint file is not a valid xpcnn file; nothing from it was executed."""
+
+
+class NonFiniteError(XpcnnError, FloatingPointError):
+    """Training produced a NaN or Inf loss or gradient."""

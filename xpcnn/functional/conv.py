@@ -1,0 +1,94 @@
+"""2-D convolution (cross-correlation, as PyTorch's conv2d), forward and backward side by side.
+
+Forward is im2col: the kh*kw strided slices of the zero-padded input are stacked into
+columns ``(N, C*kh*kw, OH*OW)`` and one batched matmul with the ``(O, C*kh*kw)`` weight
+gives the output. The columns are returned so the backward can reuse them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import namespace_of
+from ._checks import check_float, check_ndim, check_same_dtype, output_size, pair
+from ._windows import crop2d, pad2d, stack_windows, unstack_windows_add
+
+
+def conv2d_geometry(x_shape, w_shape, stride, padding, dilation):
+    """Normalised (stride, padding, dilation) pairs and the output size (OH, OW); validates."""
+    stride = pair(stride, "stride")
+    padding = pair(padding, "padding", minimum=0)
+    dilation = pair(dilation, "dilation")
+    if x_shape[1] != w_shape[1]:
+        raise ValueError(
+            f"x: input has {x_shape[1]} channels but weight of shape {tuple(w_shape)} expects {w_shape[1]} "
+            "(weight is (out_channels, in_channels, kh, kw))"
+        )
+    out_hw = tuple(
+        output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a], "conv2d")
+        for a in range(2)
+    )
+    return stride, padding, dilation, out_hw
+
+
+def _check(x, weight, bias):
+    xp = namespace_of(x, weight, bias)
+    check_ndim(x, 4, "x", "(N, C, H, W)")
+    check_ndim(weight, 4, "weight", "(out_channels, in_channels, kh, kw)")
+    check_float(xp, "x", x)
+    check_same_dtype("x", x, "weight", weight)
+    if bias is not None:
+        check_ndim(bias, 1, "bias", "(out_channels,)")
+        check_same_dtype("x", x, "bias", bias)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return xp
+
+
+def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> tuple[Any, Any]:
+    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (N, C*kh*kw, OH*OW)."""
+    xp = _check(x, weight, bias)
+    stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
+    n, c = x.shape[:2]
+    o, _, kh, kw = weight.shape
+    windows = stack_windows(pad2d(x, padding), (kh, kw), stride, dilation, (oh, ow), axis=2)
+    cols = xp.reshape(windows, (n, c * kh * kw, oh * ow))
+    y = xp.matmul(xp.reshape(weight, (o, c * kh * kw)), cols)
+    if bias is not None:
+        y = y + xp.reshape(bias, (o, 1))
+    return xp.reshape(y, (n, o, oh, ow)), cols
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    """x (N, C, H, W) cross-correlated with weight (O, C, kh, kw), plus bias (O,) -> (N, O, OH, OW)."""
+    return conv2d_forward(x, weight, bias, stride=stride, padding=padding, dilation=dilation)[0]
+
+
+def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=True, cols=None, input_grad=True):
+    """Gradients (grad_x, grad_weight, grad_bias) of :func:`conv2d` given grad_y (N, O, OH, OW).
+
+    grad_bias is None when ``bias`` is False; grad_x is None when ``input_grad`` is False
+    (the first layer of a network never needs it). ``cols`` from :func:`conv2d_forward` saves
+    recomputing the im2col columns.
+    """
+    xp = _check(x, weight, None)
+    namespace_of(x, grad_y)
+    stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    if tuple(grad_y.shape) != (n, o, oh, ow):
+        raise ValueError(f"grad_y: expected shape {(n, o, oh, ow)}, got {tuple(grad_y.shape)}")
+    if cols is None:
+        cols = xp.reshape(stack_windows(pad2d(x, padding), (kh, kw), stride, dilation, (oh, ow), axis=2), (n, c * kh * kw, oh * ow))
+    g = xp.reshape(grad_y, (n, o, oh * ow))
+    grad_weight = xp.reshape(xp.tensordot(g, cols, axes=([0, 2], [0, 2])), weight.shape)
+    grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
+    grad_x = None
+    if input_grad:
+        w2 = xp.reshape(weight, (o, c * kh * kw))
+        grad_cols = xp.reshape(xp.matmul(w2.T, g), (n, c, kh * kw, oh, ow))
+        padded_shape = (n, c, h + 2 * padding[0], w + 2 * padding[1])
+        taps = [grad_cols[:, :, k, ...] for k in range(kh * kw)]
+        grad_xp = unstack_windows_add(taps, padded_shape, (kh, kw), stride, dilation, (oh, ow), like=x)
+        grad_x = crop2d(grad_xp, padding, (h, w))
+    return grad_x, grad_weight, grad_bias

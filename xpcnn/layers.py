@@ -1,0 +1,253 @@
+"""Layers: parameters plus the functional ops, caching what backward needs.
+
+A layer is built for an input shape (without the batch axis) on a backend, with
+parameters drawn from a host RNG. ``forward`` caches its input; ``backward(grad_y)``
+fills ``grads`` (same keys as ``params``) and returns the gradient of its input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import functional as F
+from . import init as initializers
+from .backend import Backend, namespace_of
+from .errors import NotBuiltError, ShapeError
+from .functional._checks import pair
+from .functional.conv import conv2d_geometry
+from .functional.pool import pool_geometry
+
+
+class Layer:
+    """Base class: ``params`` and ``grads`` are dicts of arrays ("weight", "bias")."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.input_shape: tuple[int, ...] | None = None
+        self._cache: tuple = ()
+
+    # -- building
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one output sample for one input sample of ``input_shape``."""
+        return tuple(input_shape)
+
+    def build(self, input_shape: tuple[int, ...], *, rng: np.random.Generator, backend: Backend, dtype: str) -> tuple[int, ...]:
+        """Create parameters for ``input_shape`` (C, H, W) or (F,) on ``backend``; returns the output shape."""
+        self.input_shape = tuple(input_shape)
+        out = self.output_shape(self.input_shape)
+        for name, (shape, init, fan_in, fan_out) in self._param_specs(self.input_shape).items():
+            self.params[name] = backend.asarray(init(rng, shape, fan_in, fan_out), dtype=dtype)
+        self.grads = {}
+        return out
+
+    def _param_specs(self, input_shape) -> dict:
+        return {}
+
+    def get_config(self) -> dict:
+        """Constructor arguments (JSON-serialisable): the architecture saved in model files."""
+        return {}
+
+    # -- running
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _cached(self) -> tuple:
+        if not self._cache:
+            raise NotBuiltError(f"{type(self).__name__}.backward: call forward first (nothing cached)")
+        return self._cache
+
+    def _require_params(self) -> None:
+        if self.input_shape is None:
+            raise NotBuiltError(f"{type(self).__name__}: not built; build the model first (model.build(input_shape))")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _init_name(init) -> Any:
+    return init if isinstance(init, str) else getattr(init, "__name__", "custom")
+
+
+class Conv2D(Layer):
+    """2-D convolution. Input (N, C, H, W) -> (N, out_channels, OH, OW); weight (out, C, kh, kw)."""
+
+    def __init__(self, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, bias: bool = True,
+                 weight_init="he_normal", bias_init="zeros") -> None:
+        super().__init__()
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
+            raise ShapeError(f"out_channels: expected a positive int, got {out_channels!r}")
+        self.out_channels = out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self.dilation = pair(dilation, "dilation")
+        self.bias = bool(bias)
+        self.weight_init = initializers.get(weight_init, "weight_init")
+        self.bias_init = initializers.get(bias_init, "bias_init")
+        self._init_names = (_init_name(weight_init), _init_name(bias_init))
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"Conv2D: expected input shape (C, H, W), got {tuple(input_shape)}")
+        c = input_shape[0]
+        w_shape = (self.out_channels, c, *self.kernel_size)
+        *_, (oh, ow) = conv2d_geometry((1, *input_shape), w_shape, self.stride, self.padding, self.dilation)
+        return (self.out_channels, oh, ow)
+
+    def _param_specs(self, input_shape):
+        c = input_shape[0]
+        kh, kw = self.kernel_size
+        fan_in, fan_out = c * kh * kw, self.out_channels * kh * kw
+        specs = {"weight": ((self.out_channels, c, kh, kw), self.weight_init, fan_in, fan_out)}
+        if self.bias:
+            specs["bias"] = ((self.out_channels,), self.bias_init, fan_in, fan_out)
+        return specs
+
+    def get_config(self):
+        return dict(out_channels=self.out_channels, kernel_size=list(self.kernel_size), stride=list(self.stride),
+                    padding=list(self.padding), dilation=list(self.dilation), bias=self.bias,
+                    weight_init=self._init_names[0], bias_init=self._init_names[1])
+
+    def _geometry(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+    def forward(self, x):
+        self._require_params()
+        y, cols = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"), **self._geometry())
+        self._cache = (x, cols)
+        return y
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        x, cols = self._cached()
+        grad_x, grad_w, grad_b = F.conv2d_backward(
+            grad_y, x, self.params["weight"], bias=self.bias, cols=cols, input_grad=input_grad, **self._geometry()
+        )
+        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        return grad_x
+
+
+class _Pool2D(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"{type(self).__name__}: expected input shape (C, H, W), got {tuple(input_shape)}")
+        *_, (oh, ow) = pool_geometry((1, *input_shape), self.kernel_size, self.stride, self.padding,
+                                     name=type(self).__name__)
+        return (input_shape[0], oh, ow)
+
+    def get_config(self):
+        return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding))
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling (N, C, H, W) -> (N, C, OH, OW); stride defaults to the kernel size."""
+
+    def forward(self, x):
+        self._cache = (x,)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        (x,) = self._cached()
+        return F.avg_pool2d_backward(grad_y, x, self.kernel_size, self.stride, self.padding)
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling (N, C, H, W) -> (N, C, OH, OW); ties send the gradient to the first maximum."""
+
+    def forward(self, x):
+        y, argmax = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (x, argmax)
+        return y
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        x, argmax = self._cached()
+        return F.max_pool2d_backward(grad_y, x, self.kernel_size, self.stride, self.padding, argmax=argmax)
+
+
+class Dense(Layer):
+    """Fully connected ``y = x @ W + b``: (N, in) -> (N, units); W (in, units) as in the notebook."""
+
+    def __init__(self, units: int, *, bias: bool = True, weight_init="he_normal", bias_init="zeros") -> None:
+        super().__init__()
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ShapeError(f"units: expected a positive int, got {units!r}")
+        self.units = units
+        self.bias = bool(bias)
+        self.weight_init = initializers.get(weight_init, "weight_init")
+        self.bias_init = initializers.get(bias_init, "bias_init")
+        self._init_names = (_init_name(weight_init), _init_name(bias_init))
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ShapeError(f"Dense: expected a flat input (features,), got {tuple(input_shape)}; put a Flatten() before it")
+        return (self.units,)
+
+    def _param_specs(self, input_shape):
+        (fan_in,) = input_shape
+        specs = {"weight": ((fan_in, self.units), self.weight_init, fan_in, self.units)}
+        if self.bias:
+            specs["bias"] = ((self.units,), self.bias_init, fan_in, self.units)
+        return specs
+
+    def get_config(self):
+        return dict(units=self.units, bias=self.bias, weight_init=self._init_names[0], bias_init=self._init_names[1])
+
+    def forward(self, x):
+        self._require_params()
+        self._cache = (x,)
+        return F.linear(x, self.params["weight"], self.params.get("bias"))
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        (x,) = self._cached()
+        grad_x, grad_w, grad_b = F.linear_backward(grad_y, x, self.params["weight"], bias=self.bias, input_grad=input_grad)
+        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        return grad_x
+
+
+class ReLU(Layer):
+    """max(x, 0), any shape."""
+
+    def forward(self, x):
+        self._cache = (x,)
+        return F.relu(x)
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        (x,) = self._cached()
+        return F.relu_backward(grad_y, x)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W) in C, H, W order (PyTorch's)."""
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, x):
+        xp = namespace_of(x)
+        if len(x.shape) < 2:
+            raise ShapeError(f"Flatten: expected (N, ...) with at least 2 axes, got shape {tuple(x.shape)}")
+        self._cache = (tuple(x.shape),)
+        return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+
+    def backward(self, grad_y, *, input_grad: bool = True):
+        (shape,) = self._cached()
+        return namespace_of(grad_y).reshape(grad_y, shape)
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2D, AvgPool2D, MaxPool2D, Dense, ReLU, Flatten)}

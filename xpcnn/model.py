@@ -1,0 +1,181 @@
+"""Sequential: a stack of layers with build, forward, backward and a training step."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import functional as F
+from .backend import Backend, current_backend, dtype_name, library_of, namespace_of, resolve_target, to_device, to_numpy
+from .errors import DTypeError, NotBuiltError, ShapeError
+from .layers import LAYERS, Layer
+
+
+class Sequential:
+    """Layers applied in order. Build it for one sample's shape ``(C, H, W)``, then call it on
+    batches ``(N, C, H, W)`` of the same backend, device and dtype as its parameters."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), got {type(layer).__name__}")
+        self.input_shape: tuple[int, ...] | None = None
+        self.backend: Backend | None = None
+        self.dtype: str | None = None
+
+    # ---------------------------------------------------------------- building
+
+    def build(self, input_shape, *, seed: int = 0, dtype: str = "float32", backend: str | Backend | None = None) -> "Sequential":
+        """Create every parameter for samples of ``input_shape`` (C, H, W), drawn from
+        ``numpy.random.default_rng(seed)`` on the host, on the selected backend (or ``backend``)."""
+        if dtype not in ("float32", "float64"):
+            raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        shape = tuple(input_shape)
+        if not shape or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
+            raise ShapeError(f"input_shape: expected positive ints such as (1, 28, 28), got {input_shape!r}")
+        target = current_backend() if backend is None else resolve_target(backend)
+        rng = np.random.default_rng(seed)
+        out = tuple(int(s) for s in shape)
+        for layer in self.layers:
+            out = layer.build(out, rng=rng, backend=target, dtype=dtype)
+        self.input_shape = tuple(int(s) for s in shape)
+        self.output_shape = out
+        self.backend, self.dtype = target, dtype
+        return self
+
+    @property
+    def built(self) -> bool:
+        return self.input_shape is not None
+
+    def _require_built(self) -> None:
+        if not self.built:
+            raise NotBuiltError("model: not built; call model.build((C, H, W)) first")
+
+    def named_parameters(self) -> list[tuple[str, Layer, str]]:
+        """(key, layer, name) for every parameter, in layer order; key is ``"<index>.<name>"``."""
+        return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
+
+    def get_weights(self) -> list:
+        """Parameters in layer order (weight before bias), as arrays of the model's backend."""
+        return [layer.params[name] for _, layer, name in self.named_parameters()]
+
+    def set_weights(self, weights) -> None:
+        """Replace every parameter. Arrays of any backend (or NumPy / nested lists) are
+        cast to the model's dtype and moved to its backend: this is an explicit API edge."""
+        self._require_built()
+        weights = list(weights)
+        slots = self.named_parameters()
+        if len(weights) != len(slots):
+            raise ShapeError(f"weights: expected {len(slots)} arrays ({', '.join(k for k, _, _ in slots)}), got {len(weights)}")
+        new = []
+        for (key, layer, name), w in zip(slots, weights):
+            host = to_numpy(w)
+            expected = tuple(layer.params[name].shape)
+            if tuple(host.shape) != expected:
+                raise ShapeError(f"weights[{key}]: expected shape {expected}, got {tuple(host.shape)}")
+            if not (np.issubdtype(host.dtype, np.floating) or np.issubdtype(host.dtype, np.integer)):
+                raise DTypeError(f"weights[{key}]: expected real numbers, got dtype {host.dtype}")
+            new.append(self.backend.asarray(host, dtype=self.dtype))
+        for (_, layer, name), w in zip(slots, new):
+            layer.params[name] = w
+
+    def to(self, target) -> "Sequential":
+        """Move every parameter to ``target`` (a backend name such as "cupy" / "numpy" /
+        "torch:cuda", or a device object); returns the model."""
+        self._require_built()
+        backend = resolve_target(target)
+        for _, layer, name in self.named_parameters():
+            layer.params[name] = to_device(layer.params[name], backend)
+            layer.grads = {}
+            layer._cache = ()
+        self.backend = backend
+        return self
+
+    # ---------------------------------------------------------------- running
+
+    def _check_input(self, x) -> None:
+        self._require_built()
+        library_of(x)
+        first = next((layer.params[name] for _, layer, name in self.named_parameters()), None)
+        if first is not None:
+            namespace_of(first, x)
+        expected = (None, *self.input_shape)
+        if len(x.shape) != len(expected) or tuple(x.shape[1:]) != self.input_shape:
+            hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(expected) - 1 else ""
+            raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}")
+        if x.shape[0] == 0:
+            raise ShapeError("x: the batch is empty (N = 0)")
+        if dtype_name(x.dtype) != self.dtype:
+            raise DTypeError(f"x: expected dtype {self.dtype} (the model's), got {dtype_name(x.dtype)}; cast the input or build the model with that dtype")
+
+    def forward(self, x):
+        """Logits (N, K) for x (N, C, H, W); each layer caches what its backward needs."""
+        self._check_input(x)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, grad_y, *, input_grad: bool = False):
+        """Back-propagate grad_y (N, K) through every layer (filling ``layer.grads``); returns the
+        gradient of the input when ``input_grad`` (skipped by default: nobody trains the data)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad_y = self.layers[i].backward(grad_y, input_grad=input_grad or i > 0)
+        return grad_y
+
+    def loss_and_grad(self, x, y) -> float:
+        """Forward, mean softmax cross-entropy and backward on one batch; returns the loss as a 0-d array."""
+        logits = self.forward(x)
+        loss, grad = F.cross_entropy_with_grad(logits, y)
+        self.backward(grad)
+        return loss
+
+    def train_step(self, x, y, optimizer) -> float:
+        """One optimizer step on the batch-mean softmax cross-entropy of (x, y); returns the loss."""
+        loss = self.loss_and_grad(x, y)
+        optimizer.step(self)
+        return float(loss)
+
+    def predict(self, x):
+        """Softmax probabilities (N, K) for x (N, C, H, W), same backend as x."""
+        return F.softmax(self.forward(x), axis=1)
+
+    # ---------------------------------------------------------------- description
+
+    def get_config(self) -> dict[str, Any]:
+        """The architecture as JSON-friendly data (what model files store)."""
+        return {
+            "layers": [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Sequential":
+        """An unbuilt model from :meth:`get_config` output; unknown layer types are refused."""
+        layers = []
+        for i, spec in enumerate(config.get("layers", [])):
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if kind not in LAYERS:
+                raise ValueError(f"config.layers[{i}]: unknown layer type {kind!r}; known: {', '.join(LAYERS)}")
+            layers.append(LAYERS[kind](**spec.get("config", {})))
+        return cls(layers)
+
+    def summary(self) -> str:
+        """A table of layers, output shapes and parameter counts."""
+        self._require_built()
+        lines = [f"Sequential on {self.backend} ({self.dtype}), input {self.input_shape}"]
+        shape, total = self.input_shape, 0
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            count = sum(int(np.prod(p.shape)) for p in layer.params.values())
+            total += count
+            lines.append(f"  {layer!r:<70} -> {str(shape):<16} {count:>9,d} params")
+        lines.append(f"  total parameters: {total:,d}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return "Sequential([" + ", ".join(repr(layer) for layer in self.layers) + "])"
