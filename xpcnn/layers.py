@@ -16,7 +16,7 @@ from . import functional as F
 from . import init as initializers
 from .backend import Backend, namespace_of
 from .errors import NotBuiltError, ShapeError
-from .functional._checks import pair
+from .functional._checks import check_ndim, check_shape, namespace, pair, positive_int, sample_shape
 from .functional.conv import conv2d_geometry
 from .functional.pool import pool_geometry
 
@@ -85,9 +85,7 @@ class Conv2D(Layer):
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, bias: bool = True,
                  weight_init="he_normal", bias_init="zeros") -> None:
         super().__init__()
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-            raise ShapeError(f"out_channels: expected a positive int, got {out_channels!r}")
-        self.out_channels = out_channels
+        self.out_channels = positive_int(out_channels, "out_channels")
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
@@ -98,8 +96,7 @@ class Conv2D(Layer):
         self._init_names = (_init_name(weight_init), _init_name(bias_init))
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"Conv2D: expected input shape (C, H, W), got {tuple(input_shape)}")
+        input_shape = sample_shape(input_shape, "Conv2D input_shape", "(C, H, W)", ndim=3)
         c = input_shape[0]
         w_shape = (self.out_channels, c, *self.kernel_size)
         *_, (oh, ow) = conv2d_geometry((1, *input_shape), w_shape, self.stride, self.padding, self.dilation)
@@ -143,10 +140,11 @@ class _Pool2D(Layer):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ShapeError(f"padding: must be at most half the kernel size {self.kernel_size}, got {self.padding} (as PyTorch)")
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"{type(self).__name__}: expected input shape (C, H, W), got {tuple(input_shape)}")
+        input_shape = sample_shape(input_shape, f"{type(self).__name__} input_shape", "(C, H, W)", ndim=3)
         *_, (oh, ow) = pool_geometry((1, *input_shape), self.kernel_size, self.stride, self.padding,
                                      name=type(self).__name__)
         return (input_shape[0], oh, ow)
@@ -171,13 +169,13 @@ class MaxPool2D(_Pool2D):
     """Max pooling (N, C, H, W) -> (N, C, OH, OW); ties send the gradient to the first maximum."""
 
     def forward(self, x):
-        y, argmax = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self._cache = (x, argmax)
+        y, taps = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (x, y, taps)
         return y
 
     def backward(self, grad_y, *, input_grad: bool = True):
-        x, argmax = self._cached()
-        return F.max_pool2d_backward(grad_y, x, self.kernel_size, self.stride, self.padding, argmax=argmax)
+        x, y, taps = self._cached()
+        return F.max_pool2d_backward(grad_y, x, self.kernel_size, self.stride, self.padding, y=y, taps=taps)
 
 
 class Dense(Layer):
@@ -185,17 +183,16 @@ class Dense(Layer):
 
     def __init__(self, units: int, *, bias: bool = True, weight_init="he_normal", bias_init="zeros") -> None:
         super().__init__()
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ShapeError(f"units: expected a positive int, got {units!r}")
-        self.units = units
+        self.units = positive_int(units, "units")
         self.bias = bool(bias)
         self.weight_init = initializers.get(weight_init, "weight_init")
         self.bias_init = initializers.get(bias_init, "bias_init")
         self._init_names = (_init_name(weight_init), _init_name(bias_init))
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 1:
-            raise ShapeError(f"Dense: expected a flat input (features,), got {tuple(input_shape)}; put a Flatten() before it")
+        if hasattr(input_shape, "__len__") and len(input_shape) != 1:
+            raise ShapeError(f"Dense input_shape: expected a flat input (features,), got {tuple(input_shape)}; put a Flatten() before it")
+        sample_shape(input_shape, "Dense input_shape", "(features,)", ndim=1)
         return (self.units,)
 
     def _param_specs(self, input_shape):
@@ -236,10 +233,10 @@ class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W) in C, H, W order (PyTorch's)."""
 
     def output_shape(self, input_shape):
-        return (math.prod(input_shape),)
+        return (math.prod(sample_shape(input_shape, "Flatten input_shape", "(C, H, W) or (features,)")),)
 
     def forward(self, x):
-        xp = namespace_of(x)
+        xp = namespace(x=x)
         if len(x.shape) < 2:
             raise ShapeError(f"Flatten: expected (N, ...) with at least 2 axes, got shape {tuple(x.shape)}")
         self._cache = (tuple(x.shape),)
@@ -247,7 +244,9 @@ class Flatten(Layer):
 
     def backward(self, grad_y, *, input_grad: bool = True):
         (shape,) = self._cached()
-        return namespace_of(grad_y).reshape(grad_y, shape)
+        xp = namespace(grad_y=grad_y)
+        check_shape(grad_y, (shape[0], math.prod(shape[1:])), "grad_y", " (Flatten's output shape)")
+        return xp.reshape(grad_y, shape)
 
 
 LAYERS = {cls.__name__: cls for cls in (Conv2D, AvgPool2D, MaxPool2D, Dense, ReLU, Flatten)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import namespace_of
-from ._checks import check_float, check_ndim, check_same_dtype, output_size, pair
+from ..errors import ShapeError
+from ._checks import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, namespace, output_size, pair
 from ._windows import crop2d, pad2d, stack_windows, unstack_windows_add
 
 
@@ -20,28 +20,29 @@ def conv2d_geometry(x_shape, w_shape, stride, padding, dilation):
     padding = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation")
     if x_shape[1] != w_shape[1]:
-        raise ValueError(
+        raise ShapeError(
             f"x: input has {x_shape[1]} channels but weight of shape {tuple(w_shape)} expects {w_shape[1]} "
             "(weight is (out_channels, in_channels, kh, kw))"
         )
     out_hw = tuple(
-        output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a], "conv2d")
+        output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a], "conv2d kernel_size")
         for a in range(2)
     )
     return stride, padding, dilation, out_hw
 
 
 def _check(x, weight, bias):
-    xp = namespace_of(x, weight, bias)
+    xp = namespace(x=x, weight=weight, bias=bias, optional=("bias",))
     check_ndim(x, 4, "x", "(N, C, H, W)")
     check_ndim(weight, 4, "weight", "(out_channels, in_channels, kh, kw)")
+    check_nonempty(weight, "weight", "(out_channels, in_channels, kh, kw)", axes=(0, 1, 2, 3))
     check_float(xp, "x", x)
     check_same_dtype("x", x, "weight", weight)
     if bias is not None:
         check_ndim(bias, 1, "bias", "(out_channels,)")
         check_same_dtype("x", x, "bias", bias)
         if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+            raise ShapeError(f"bias: expected shape ({weight.shape[0]},) (one per output channel), got {tuple(bias.shape)}")
     return xp
 
 
@@ -72,16 +73,16 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=
     recomputing the im2col columns.
     """
     xp = _check(x, weight, None)
-    namespace_of(x, grad_y)
+    namespace(x=x, grad_y=grad_y)
     stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    if tuple(grad_y.shape) != (n, o, oh, ow):
-        raise ValueError(f"grad_y: expected shape {(n, o, oh, ow)}, got {tuple(grad_y.shape)}")
+    check_grad(grad_y, "grad_y", x, (n, o, oh, ow), "x")
     if cols is None:
         cols = xp.reshape(stack_windows(pad2d(x, padding), (kh, kw), stride, dilation, (oh, ow), axis=2), (n, c * kh * kw, oh * ow))
     g = xp.reshape(grad_y, (n, o, oh * ow))
-    grad_weight = xp.reshape(xp.tensordot(g, cols, axes=([0, 2], [0, 2])), weight.shape)
+    # Batched matmul then a sum over N beats one tensordot (which copies both operands).
+    grad_weight = xp.reshape(xp.sum(xp.matmul(g, xp.matrix_transpose(cols)), axis=0), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:
