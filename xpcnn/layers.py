@@ -14,9 +14,9 @@ import numpy as np
 
 from . import functional as F
 from . import init as initializers
-from .backend import Backend, namespace_of
+from .backend import Backend
 from .errors import NotBuiltError, ShapeError
-from .functional._checks import check_ndim, check_shape, namespace, pair, positive_int, sample_shape
+from .functional._checks import check_shape, namespace, pair, positive_int, sample_shape
 from .functional.conv import conv2d_geometry
 from .functional.pool import pool_geometry
 

@@ -1,12 +1,29 @@
-"""Argument checks shared by the functional ops: each error names the argument, what was
-expected and what came, before the array library can fail somewhere deep inside."""
+"""Argument checks shared by the functional ops, layers and the model: each error names the
+argument, what was expected and what came, before the array library can fail somewhere deep
+inside (an IndexError from a slice, a broadcast error from NumPy, a matmul error from torch)."""
 
 from __future__ import annotations
 
 import operator
 from typing import Any
 
-from ..errors import DTypeError, ShapeError
+from ..backend import device_of, library_of, namespace_of
+from ..errors import BackendMismatchError, DTypeError, ShapeError
+
+_ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
+
+
+def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; refuses bools, floats, strings and None."""
+    if isinstance(value, bool):
+        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})") from None
+    if number < minimum:
+        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return number
 
 
 def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
@@ -23,14 +40,72 @@ def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     return ints  # type: ignore[return-value]
 
 
+def sample_shape(value: Any, name: str, layout: str, ndim: int | None = None) -> tuple[int, ...]:
+    """One sample's shape (no batch axis) as a tuple of positive ints, e.g. (C, H, W)."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ShapeError(f"{name}: expected a tuple of positive ints {layout}, got {value!r}") from None
+    if (ndim is not None and len(items) != ndim) or not items:
+        raise ShapeError(f"{name}: expected a shape {layout}, got {value!r}")
+    if any(isinstance(s, bool) or not hasattr(s, "__index__") or operator.index(s) < 1 for s in items):
+        raise ShapeError(f"{name}: expected positive ints {layout}, got {value!r}")
+    return tuple(operator.index(s) for s in items)
+
+
+def check_array(x: Any, name: str) -> None:
+    """Refuse lists, None and Python scalars: xpcnn converts nothing behind your back."""
+    if x is None or isinstance(x, (bool, int, float, complex, str, bytes, list, tuple, dict)):
+        raise DTypeError(f"{name}: expected {_ARRAY_KINDS}, got {type(x).__name__}")
+    try:
+        library_of(x)
+    except DTypeError:
+        raise DTypeError(f"{name}: expected {_ARRAY_KINDS}, got {type(x).__name__}") from None
+
+
+def _describe(x: Any) -> str:
+    return f"a {library_of(x)} array on {device_of(x)}"
+
+
+def namespace(optional: tuple[str, ...] = (), **arrays: Any) -> Any:
+    """The Array API namespace shared by the named ``arrays``, checking that each is an array
+    and that all live in one library on one device. Names in ``optional`` may be None."""
+    present = {}
+    for name, a in arrays.items():
+        if a is None and name in optional:
+            continue
+        check_array(a, name)
+        present[name] = a
+    (first_name, first), *rest = present.items()
+    for name, a in rest:
+        if library_of(a) != library_of(first) or device_of(a) != device_of(first):
+            raise BackendMismatchError(
+                f"{name} is {_describe(a)} but {first_name} is {_describe(first)}: arrays from two backends "
+                "or devices in one call; move one with xpcnn.to_device(x, target) "
+                "(e.g. model.to(...) or to_device(x, 'numpy'))"
+            )
+    return namespace_of(*present.values())
+
+
 def check_ndim(x: Any, ndim: int, name: str, layout: str) -> None:
     if not hasattr(x, "shape") or len(x.shape) != ndim:
         got = f"shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
         raise ShapeError(f"{name}: expected a {ndim}-d array {layout}, got {got}")
 
 
+def check_nonempty(x: Any, name: str, layout: str, *, axes: tuple[int, ...]) -> None:
+    """Refuse size-0 axes among ``axes`` (a kernel, a channel or a class axis of length 0)."""
+    if any(x.shape[a] == 0 for a in axes):
+        raise ShapeError(f"{name}: expected a non-zero size on every axis of {layout}, got shape {tuple(x.shape)}")
+
+
+def check_shape(x: Any, expected: tuple[int, ...], name: str, why: str = "") -> None:
+    if tuple(x.shape) != tuple(expected):
+        raise ShapeError(f"{name}: expected shape {tuple(expected)}{why}, got {tuple(x.shape)}")
+
+
 def check_float(xp: Any, name: str, x: Any) -> None:
-    if not xp.isdtype(x.dtype, "real floating"):
+    if x.dtype not in (xp.float32, xp.float64):
         raise DTypeError(f"{name}: expected a real floating dtype (float32 or float64), got {x.dtype}")
 
 
@@ -42,13 +117,19 @@ def check_same_dtype(name_a: str, a: Any, name_b: str, b: Any) -> None:
         )
 
 
+def check_grad(grad: Any, name: str, like: Any, expected: tuple[int, ...], like_name: str) -> None:
+    """A backward's incoming gradient: an array of ``expected`` shape and ``like``'s dtype."""
+    check_shape(grad, expected, name, " (the forward output's shape)")
+    check_same_dtype(like_name, like, name, grad)
+
+
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, name: str) -> int:
     """PyTorch's floor((size + 2p - d(k-1) - 1) / s) + 1, refusing windows larger than the input."""
     span = dilation * (kernel - 1) + 1
     padded = size + 2 * padding
     if span > padded:
         raise ShapeError(
-            f"{name}: kernel of extent {span} (kernel {kernel}, dilation {dilation}) is larger than the "
+            f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
             f"padded input {padded} (size {size} + 2*padding {padding})"
         )
     return (padded - span) // stride + 1

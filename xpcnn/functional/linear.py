@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from ..backend import namespace_of
-from ._checks import check_float, check_ndim, check_same_dtype
+from ..errors import ShapeError
+from ._checks import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, check_shape, namespace
 
 
 def linear(x, weight, bias=None):
     """x (N, in) @ weight (in, out) + bias (out,) -> (N, out)."""
-    xp = namespace_of(x, weight, bias)
+    xp = namespace(x=x, weight=weight, bias=bias, optional=("bias",))
     check_ndim(x, 2, "x", "(N, in_features)")
     check_ndim(weight, 2, "weight", "(in_features, out_features)")
+    check_nonempty(weight, "weight", "(in_features, out_features)", axes=(0, 1))
     check_float(xp, "x", x)
     check_same_dtype("x", x, "weight", weight)
+    if bias is not None:
+        check_shape(bias, (weight.shape[1],), "bias", " (out_features,)")
+        check_same_dtype("x", x, "bias", bias)
     if x.shape[1] != weight.shape[0]:
-        raise ValueError(f"x: has {x.shape[1]} features but weight of shape {tuple(weight.shape)} expects {weight.shape[0]}")
+        raise ShapeError(f"x: has {x.shape[1]} features but weight of shape {tuple(weight.shape)} expects {weight.shape[0]}")
     y = xp.matmul(x, weight)
     return y if bias is None else y + bias
 
 
 def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
     """(grad_x (N, in) or None, grad_weight (in, out), grad_bias (out,) or None) given grad_y (N, out)."""
-    xp = namespace_of(x, weight, grad_y)
+    xp = namespace(x=x, weight=weight, grad_y=grad_y)
+    check_ndim(x, 2, "x", "(N, in_features)")
+    check_ndim(weight, 2, "weight", "(in_features, out_features)")
+    check_float(xp, "x", x)
+    check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[1]), "x")
     grad_weight = xp.matmul(x.T, grad_y)
     grad_bias = xp.sum(grad_y, axis=0) if bias else None
     grad_x = xp.matmul(grad_y, weight.T) if input_grad else None

@@ -4,9 +4,9 @@ mean loss with respect to the logits is ``(softmax - one_hot) / N``."""
 
 from __future__ import annotations
 
-from ..backend import device_of, namespace_of
-from ..errors import LabelError
-from ._checks import check_float, check_ndim
+from ..backend import device_of
+from ..errors import DataError, LabelError
+from ._checks import check_float, check_ndim, check_nonempty, namespace, positive_int
 from .activation import log_softmax
 
 
@@ -25,7 +25,11 @@ def check_labels(xp, labels, n: int, num_classes: int):
 
 def one_hot(labels, num_classes: int, dtype):
     """(N,) integer labels -> (N, num_classes) of 0/1 in ``dtype``."""
-    xp = namespace_of(labels)
+    xp = namespace(labels=labels)
+    num_classes = positive_int(num_classes, "num_classes")
+    check_ndim(labels, 1, "labels", "(N,) of class indices")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
     classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))
     return xp.astype(labels[:, None] == classes, dtype)
 
@@ -35,10 +39,13 @@ def cross_entropy_with_grad(logits, labels):
 
     logits (N, K) float, labels (N,) integer in [0, K). loss is a 0-d array of logits' dtype.
     """
-    xp = namespace_of(logits, labels)
+    xp = namespace(logits=logits, labels=labels)
     check_ndim(logits, 2, "logits", "(N, num_classes)")
+    check_nonempty(logits, "logits", "(N, num_classes)", axes=(1,))
     check_float(xp, "logits", logits)
     n, k = logits.shape
+    if n == 0:
+        raise DataError("logits: the batch is empty (N = 0); the mean loss of no samples is undefined")
     check_labels(xp, labels, n, k)
     log_p = log_softmax(logits, axis=1)
     target = one_hot(labels, k, logits.dtype)
