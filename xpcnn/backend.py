@@ -225,6 +225,9 @@ def available_backends() -> dict[str, str]:
 
 def library_of(x: Any) -> str:
     """The backend name of array ``x`` ("numpy", "cupy", "torch", "array_api_strict")."""
+    info = _TYPE_INFO.get(type(x))
+    if info is not None:
+        return info[0]
     if array_api_compat.is_numpy_array(x):
         return "numpy"
     if array_api_compat.is_cupy_array(x):
@@ -239,11 +242,28 @@ def library_of(x: Any) -> str:
 
 
 def device_of(x: Any) -> Any:
+    """The device of array ``x`` (``"cpu"`` for NumPy)."""
+    if type(x) is np.ndarray:
+        return "cpu"
     return array_api_compat.device(x)
 
 
 def _describe(x: Any) -> str:
     return f"{library_of(x)} array on {device_of(x)}"
+
+
+# Per array type: (library name, namespace). Looking these up once per type keeps
+# namespace_of at ~1 us, which matters at batch size 1 where every op calls it.
+_TYPE_INFO: dict[type, tuple[str, ModuleType]] = {}
+
+
+def _type_info(x: Any) -> tuple[str, ModuleType]:
+    info = _TYPE_INFO.get(type(x))
+    if info is None:
+        info = (library_of(x), array_api_compat.array_namespace(x))
+        if not isinstance(x, np.generic):
+            _TYPE_INFO[type(x)] = info
+    return info
 
 
 def namespace_of(*arrays: Any) -> ModuleType:
@@ -252,18 +272,22 @@ def namespace_of(*arrays: Any) -> ModuleType:
     Arrays of two libraries or two devices are an error that names both: xpcnn never
     moves data behind your back.
     """
-    found = [a for a in arrays if a is not None and not isinstance(a, (bool, int, float, complex))]
-    if not found:
-        raise DTypeError("namespace_of: expected at least one array, got none")
-    first = found[0]
-    library_of(first)
-    for other in found[1:]:
-        if library_of(other) != library_of(first) or device_of(other) != device_of(first):
+    first = first_info = None
+    for a in arrays:
+        if a is None or isinstance(a, (bool, int, float, complex)):
+            continue
+        info = _type_info(a)
+        if first is None:
+            first, first_info = a, info
+            continue
+        if info[0] != first_info[0] or (info[0] != "numpy" and device_of(a) != device_of(first)):
             raise BackendMismatchError(
-                f"arrays from two backends in one call: {_describe(first)} and {_describe(other)}; "
+                f"arrays from two backends in one call: {_describe(first)} and {_describe(a)}; "
                 "move them to one with xpcnn.to_device(x, target) (e.g. model.to(...) or to_device(x, 'numpy'))"
             )
-    return array_api_compat.array_namespace(*found)
+    if first is None:
+        raise DTypeError("namespace_of: expected at least one array, got none")
+    return first_info[1]
 
 
 def to_numpy(x: Any) -> np.ndarray:
