@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy as np
 
 from . import functional as F
-from .backend import Backend, current_backend, dtype_name, library_of, namespace_of, resolve_target, to_device, to_numpy
-from .errors import DTypeError, NotBuiltError, ShapeError
+from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
+from .errors import DataError, DTypeError, NotBuiltError, ShapeError
+from .functional._checks import ArgumentError, check_array, namespace, sample_shape
 from .layers import LAYERS, Layer
 
 
@@ -17,10 +19,14 @@ class Sequential:
     batches ``(N, C, H, W)`` of the same backend, device and dtype as its parameters."""
 
     def __init__(self, layers: Iterable[Layer]) -> None:
+        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+            raise DTypeError(f"layers: expected a list of xpcnn layers such as [layers.Flatten(), layers.Dense(10)], got {type(layers).__name__}")
         self.layers = list(layers)
+        if not self.layers:
+            raise ShapeError("layers: expected at least one layer, got an empty list")
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"layers[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), got {type(layer).__name__}")
+                raise DTypeError(f"layers[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), got {type(layer).__name__}")
         self.input_shape: tuple[int, ...] | None = None
         self.backend: Backend | None = None
         self.dtype: str | None = None
@@ -30,11 +36,11 @@ class Sequential:
     def build(self, input_shape, *, seed: int = 0, dtype: str = "float32", backend: str | Backend | None = None) -> "Sequential":
         """Create every parameter for samples of ``input_shape`` (C, H, W), drawn from
         ``numpy.random.default_rng(seed)`` on the host, on the selected backend (or ``backend``)."""
-        if dtype not in ("float32", "float64"):
+        if not isinstance(dtype, str) or dtype not in ("float32", "float64"):
             raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
-        shape = tuple(input_shape)
-        if not shape or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
-            raise ShapeError(f"input_shape: expected positive ints such as (1, 28, 28), got {input_shape!r}")
+        shape = sample_shape(input_shape, "input_shape", "such as (1, 28, 28)")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ArgumentError(f"seed: expected a non-negative int, got {seed!r}")
         target = current_backend() if backend is None else resolve_target(backend)
         rng = np.random.default_rng(seed)
         out = tuple(int(s) for s in shape)
@@ -65,13 +71,20 @@ class Sequential:
         """Replace every parameter. Arrays of any backend (or NumPy / nested lists) are
         cast to the model's dtype and moved to its backend: this is an explicit API edge."""
         self._require_built()
-        weights = list(weights)
         slots = self.named_parameters()
+        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
+            raise DTypeError(f"weights: expected a list of {len(slots)} arrays (as get_weights() returns), got {type(weights).__name__}")
+        weights = list(weights)
         if len(weights) != len(slots):
             raise ShapeError(f"weights: expected {len(slots)} arrays ({', '.join(k for k, _, _ in slots)}), got {len(weights)}")
         new = []
         for (key, layer, name), w in zip(slots, weights):
-            host = to_numpy(w)
+            if not isinstance(w, (list, tuple)):
+                check_array(w, f"weights[{key}]")
+            try:
+                host = to_numpy(w)
+            except ValueError:
+                raise ShapeError(f"weights[{key}]: expected a rectangular nested list or an array, got a ragged {type(w).__name__}") from None
             expected = tuple(layer.params[name].shape)
             if tuple(host.shape) != expected:
                 raise ShapeError(f"weights[{key}]: expected shape {expected}, got {tuple(host.shape)}")
@@ -97,18 +110,22 @@ class Sequential:
 
     def _check_input(self, x) -> None:
         self._require_built()
-        library_of(x)
+        check_array(x, "x")
         first = next((layer.params[name] for _, layer, name in self.named_parameters()), None)
-        if first is not None:
-            namespace_of(first, x)
+        xp = namespace(x=x) if first is None else namespace(x=x, model_parameters=first)
         expected = (None, *self.input_shape)
         if len(x.shape) != len(expected) or tuple(x.shape[1:]) != self.input_shape:
             hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(expected) - 1 else ""
             raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}")
         if x.shape[0] == 0:
-            raise ShapeError("x: the batch is empty (N = 0)")
+            raise DataError("x: the batch is empty (N = 0)")
         if dtype_name(x.dtype) != self.dtype:
             raise DTypeError(f"x: expected dtype {self.dtype} (the model's), got {dtype_name(x.dtype)}; cast the input or build the model with that dtype")
+        # One fused reduction (~1% of a train step) so NaN/Inf in the data is named here
+        # rather than surfacing as a NaN loss epochs later.
+        if not bool(xp.all(xp.isfinite(x))):
+            bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
+            raise DataError(f"x: expected finite values, got {bad} NaN/Inf among {math.prod(x.shape)} values in the batch; clean or mask the data")
 
     def forward(self, x):
         """Logits (N, K) for x (N, C, H, W); each layer caches what its backward needs."""
@@ -135,6 +152,8 @@ class Sequential:
 
     def train_step(self, x, y, optimizer) -> float:
         """One optimizer step on the batch-mean softmax cross-entropy of (x, y); returns the loss."""
+        if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):
+            raise ArgumentError(f"optimizer: expected an optimizer instance such as xpcnn.optim.SGD(lr=0.01), got {optimizer!r}")
         loss = self.loss_and_grad(x, y)
         optimizer.step(self)
         return float(loss)
@@ -179,3 +198,25 @@ class Sequential:
 
     def __repr__(self) -> str:
         return "Sequential([" + ", ".join(repr(layer) for layer in self.layers) + "])"
+
+    # ---------------------------------------------------------------- training and files
+
+    def fit(self, x, y, **kwargs):
+        """Train on images x (N, C, H, W) and labels y (N,); returns a History.
+        See :func:`xpcnn.training.fit` for the arguments."""
+        from .training import fit
+
+        return fit(self, x, y, **kwargs)
+
+    def evaluate(self, x, y, **kwargs) -> dict:
+        """``{"loss": ..., "accuracy": ...}`` on (x, y); see :func:`xpcnn.training.evaluate`."""
+        from .training import evaluate
+
+        return evaluate(self, x, y, **kwargs)
+
+    def save(self, path) -> None:
+        """Write the architecture, dtype and weights to ``path`` (safetensors, atomic); read it
+        back with ``xpcnn.load(path, backend=...)``. See :mod:`xpcnn.io`."""
+        from .io import save
+
+        save(self, path)

@@ -5,18 +5,32 @@ Python-float hyper-parameters so float32 stays float32."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
 from .backend import namespace_of
+from .errors import NotBuiltError
+from .functional._checks import ArgumentError
 
 
 def _check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None, strict_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    """A real, finite Python float within bounds (NumPy scalars accepted, bools and strings not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ArgumentError(f"{name}: expected a finite real number, got {value!r} ({type(value).__name__})")
     if value < low or (strict_low and value == low) or (high is not None and value >= high):
         bound = f"{'>' if strict_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{name}: expected a value {bound}, got {value!r}")
+        raise ArgumentError(f"{name}: expected a value {bound}, got {value!r}")
     return float(value)
+
+
+def _check_betas(betas: Any) -> tuple[float, float]:
+    try:
+        items = tuple(betas)
+    except TypeError:
+        items = ()
+    if len(items) != 2:
+        raise ArgumentError(f"betas: expected a pair (beta1, beta2) such as (0.9, 0.999), got {betas!r}")
+    return (_check_hyper("betas[0]", items[0], high=1.0), _check_hyper("betas[1]", items[1], high=1.0))
 
 
 class Optimizer:
@@ -30,10 +44,13 @@ class Optimizer:
 
     def step(self, model) -> None:
         """One update of all of ``model``'s parameters from their gradients."""
+        if not callable(getattr(model, "named_parameters", None)):
+            raise ArgumentError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
+        missing = [key for key, layer, name in model.named_parameters() if name not in layer.grads]
+        if missing:
+            raise NotBuiltError(f"optimizer: parameters {', '.join(missing)} have no gradient; run backward (or train_step) first")
         self.steps += 1
         for key, layer, name in model.named_parameters():
-            if name not in layer.grads:
-                raise RuntimeError(f"optimizer: parameter {key} has no gradient; run backward first")
             layer.params[name] = self.update(key, layer.params[name], layer.grads[name])
 
     def update(self, key: str, param, grad):
@@ -68,7 +85,7 @@ class SGD(Optimizer):
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
-            raise ValueError("nesterov: needs momentum > 0 (as torch.optim.SGD)")
+            raise ArgumentError("nesterov: needs momentum > 0 (as torch.optim.SGD), got momentum=0")
 
     def hyper(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
@@ -89,8 +106,7 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(lr)
-        beta1, beta2 = tuple(betas)
-        self.betas = (_check_hyper("betas[0]", beta1, high=1.0), _check_hyper("betas[1]", beta2, high=1.0))
+        self.betas = _check_betas(betas)
         self.eps = _check_hyper("eps", eps)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
 

@@ -8,9 +8,13 @@ import operator
 from typing import Any
 
 from ..backend import device_of, library_of, namespace_of
-from ..errors import BackendMismatchError, DTypeError, ShapeError
+from ..errors import BackendMismatchError, DTypeError, ShapeError, XpcnnError
 
 _ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
+
+
+class ArgumentError(XpcnnError, ValueError):
+    """A scalar argument (learning rate, seed, an optimizer, ...) has the wrong type or is out of range."""
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -53,9 +57,12 @@ def sample_shape(value: Any, name: str, layout: str, ndim: int | None = None) ->
     return tuple(operator.index(s) for s in items)
 
 
+_NOT_ARRAYS = (bool, int, float, complex, str, bytes, list, tuple, dict)
+
+
 def check_array(x: Any, name: str) -> None:
     """Refuse lists, None and Python scalars: xpcnn converts nothing behind your back."""
-    if x is None or isinstance(x, (bool, int, float, complex, str, bytes, list, tuple, dict)):
+    if x is None or isinstance(x, _NOT_ARRAYS):
         raise DTypeError(f"{name}: expected {_ARRAY_KINDS}, got {type(x).__name__}")
     try:
         library_of(x)
@@ -69,22 +76,31 @@ def _describe(x: Any) -> str:
 
 def namespace(optional: tuple[str, ...] = (), **arrays: Any) -> Any:
     """The Array API namespace shared by the named ``arrays``, checking that each is an array
-    and that all live in one library on one device. Names in ``optional`` may be None."""
-    present = {}
+    and that all live in one library on one device. Names in ``optional`` may be None.
+
+    The happy path is one :func:`namespace_of` call (every op calls this); the names are only
+    worked out again to word an error."""
     for name, a in arrays.items():
-        if a is None and name in optional:
-            continue
-        check_array(a, name)
-        present[name] = a
-    (first_name, first), *rest = present.items()
-    for name, a in rest:
-        if library_of(a) != library_of(first) or device_of(a) != device_of(first):
-            raise BackendMismatchError(
-                f"{name} is {_describe(a)} but {first_name} is {_describe(first)}: arrays from two backends "
-                "or devices in one call; move one with xpcnn.to_device(x, target) "
-                "(e.g. model.to(...) or to_device(x, 'numpy'))"
-            )
-    return namespace_of(*present.values())
+        if (a is None and name not in optional) or isinstance(a, _NOT_ARRAYS):
+            check_array(a, name)
+    try:
+        return namespace_of(*arrays.values())
+    except DTypeError:
+        for name, a in arrays.items():
+            if a is not None:
+                check_array(a, name)
+        raise
+    except BackendMismatchError:
+        present = [(name, a) for name, a in arrays.items() if a is not None]
+        first_name, first = present[0]
+        for name, a in present[1:]:
+            if library_of(a) != library_of(first) or device_of(a) != device_of(first):
+                raise BackendMismatchError(
+                    f"{name} is {_describe(a)} but {first_name} is {_describe(first)}: arrays from two backends "
+                    "or devices in one call; move one with xpcnn.to_device(x, target) "
+                    "(e.g. model.to(...) or to_device(x, 'numpy'))"
+                ) from None
+        raise
 
 
 def check_ndim(x: Any, ndim: int, name: str, layout: str) -> None:
@@ -119,6 +135,8 @@ def check_same_dtype(name_a: str, a: Any, name_b: str, b: Any) -> None:
 
 def check_grad(grad: Any, name: str, like: Any, expected: tuple[int, ...], like_name: str) -> None:
     """A backward's incoming gradient: an array of ``expected`` shape and ``like``'s dtype."""
+    if grad is None or isinstance(grad, _NOT_ARRAYS):
+        check_array(grad, name)
     check_shape(grad, expected, name, " (the forward output's shape)")
     check_same_dtype(like_name, like, name, grad)
 
