@@ -125,11 +125,13 @@ def _host(x: Any) -> Any:
     return np.array(to_numpy(x), copy=True) if _is_array(x) else x
 
 
+def _is_float(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)
+
+
 def _cast(x: Any, dtype: str) -> Any:
     """Floating host arrays to ``dtype``; integer arrays (labels) and non-arrays unchanged."""
-    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
-        return x.astype(dtype)
-    return x
+    return x.astype(dtype) if _is_float(x) else x
 
 
 def _flatten_outputs(out: Any) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def check_parity(
         default.relative_to if relative_to is None else relative_to,
     )
     host = [_cast(_host(a), dtype) for a in args]
-    reference = _flatten_outputs(fn(*[_cast(a, "float64") for a in host]))
+    reference = _flatten_outputs(fn(*[np.array(a, dtype=np.float64) if _is_float(a) else _host(a) for a in host]))
     reference = {k: (None if v is None else to_numpy(v) if _is_array(v) else v) for k, v in reference.items()}
 
     results = []
@@ -242,7 +244,8 @@ def check_parity(
 
 
 def _run_one(fn, host, reference, backend: Backend, label: str, dtype: str, tol: Tolerance) -> ParityResult:
-    moved = [to_device(a, backend) if isinstance(a, np.ndarray) else a for a in host]
+    # Fresh copies per backend: a run that mutates its inputs must not contaminate the next.
+    moved = [to_device(np.array(a, copy=True), backend) if isinstance(a, np.ndarray) else a for a in host]
     arrays = [a for a in moved if _is_array(a)]
     device = device_of(arrays[0]) if arrays else backend.device
     before = [np.array(to_numpy(a), copy=True) for a in arrays]
