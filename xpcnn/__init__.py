@@ -4,7 +4,7 @@ The same layer code runs on NumPy (CPU), CuPy (GPU), PyTorch and array-api-stric
 backend is picked with ``XPCNN_BACKEND`` or :func:`set_backend`.
 """
 
-from . import functional, init, layers, optim
+from . import datasets, functional, init, layers, optim
 from .backend import (
     available_backends,
     get_backend,
@@ -15,12 +15,13 @@ from .backend import (
     use_backend,
 )
 from .errors import BackendMismatchError, BackendUnavailableError, XpcnnError
+from .io import load
 from .model import Sequential
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Sequential", "layers", "optim", "init", "functional",
+    "Sequential", "load", "layers", "optim", "init", "functional", "datasets",
     "set_backend", "get_backend", "use_backend", "available_backends", "namespace_of", "to_device", "to_numpy",
     "BackendUnavailableError", "BackendMismatchError", "XpcnnError", "__version__",
 ]

@@ -1,0 +1,371 @@
+"""Model files: safetensors, never pickle; written atomically; everything read is validated.
+
+A model file is a safetensors file whose tensors are the parameters, keyed as
+``Sequential.named_parameters`` names them (``"0.weight"``, ``"3.bias"``), and whose metadata
+(all strings) holds::
+
+    format          "xpcnn"
+    format_version  "1"
+    kind            "model" or "checkpoint"
+    config          Sequential.get_config() as JSON (architecture, input_shape, dtype)
+    dtype           "float32" | "float64"
+    input_shape     JSON list, e.g. [1, 28, 28]
+    content_sha256  digest of every tensor's name, dtype, shape and bytes (detects corruption)
+    xpcnn_version   the writer's version (information only)
+
+Checkpoints (``xpcnn.checkpoint``) are the same format with ``kind = "checkpoint"``, extra
+tensors under ``optimizer/`` and extra metadata; :func:`load` reads the model out of either.
+
+Reading never executes anything from the file: the header is parsed as JSON and checked field
+by field, the architecture is rebuilt only from known layer types, and every parameter's shape
+is checked against the architecture *before* anything is allocated. Any defect raises
+:class:`xpcnn.errors.ModelFileError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, current_backend, resolve_target, to_numpy
+from .errors import ModelFileError, XpcnnError
+
+FORMAT = "xpcnn"
+FORMAT_VERSION = 1
+KINDS = ("model", "checkpoint")
+
+_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_DTYPE_TAGS = {"float32": "F32", "float64": "F64"}
+_MAX_HEADER = 16 * 2**20  # bytes of JSON header; real headers are a few KB
+_MAX_INPUT_SIDE = 2**20
+
+# ---------------------------------------------------------------- writing
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that ``path`` is always either the old file or the new one.
+
+    Temporary file in the same directory, write, flush, fsync, ``os.replace``, then fsync the
+    directory so the rename itself survives a power cut. A crash leaves at most a stray
+    ``.<name>.*.tmp`` file, never a truncated ``path``.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        return kind is not None and issubclass(kind, OSError)
+
+
+def _fsync_directory(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def content_digest(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and little-endian bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = tensors[name]
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def model_tensors(model) -> dict[str, np.ndarray]:
+    """The model's parameters as contiguous host arrays keyed ``"<layer>.<name>"``."""
+    return {key: np.ascontiguousarray(to_numpy(layer.params[name])) for key, layer, name in model.named_parameters()}
+
+
+def encode(model, *, kind: str = "model", tensors: dict[str, np.ndarray] | None = None,
+           metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors bytes of ``model`` (plus extra ``tensors`` / ``metadata`` for checkpoints)."""
+    from . import __version__
+
+    if not model.built:
+        raise ModelFileError("model: not built, nothing to save; call model.build((C, H, W)) or fit first")
+    all_tensors = model_tensors(model)
+    for key, a in (tensors or {}).items():
+        all_tensors[key] = np.ascontiguousarray(a)
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "kind": kind,
+        "config": json.dumps(model.get_config()),
+        "dtype": model.dtype,
+        "input_shape": json.dumps(list(model.input_shape)),
+        "content_sha256": content_digest(all_tensors),
+        "xpcnn_version": __version__,
+    }
+    for key, value in (metadata or {}).items():
+        if key in meta:
+            raise ValueError(f"metadata: key {key!r} is reserved")
+        meta[key] = value
+    from safetensors.numpy import save as st_save
+
+    return st_save(all_tensors, metadata=meta)
+
+
+def save(model, path: str | os.PathLike) -> Path:
+    """Save ``model`` (architecture, dtype, weights) to ``path`` as safetensors, atomically."""
+    return write_atomic(path, encode(model))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (never a FIFO or device, which could block forever)."""
+    where = os.fspath(path)
+    try:
+        info = os.stat(where)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{where}: cannot open model file ({e})") from e
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelFileError(f"{where}: is a directory, expected a model file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{where}: not a regular file")
+    try:
+        with open(where, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ModelFileError(f"{where}: cannot read model file ({e})") from e
+
+
+def _sniff(data: bytes) -> str:
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return " (it looks like a Python pickle, which xpcnn never loads)"
+    if data[:4] == b"PK\x03\x04":
+        return " (it looks like a zip / NumPy .npz archive)"
+    if data[:6] == b"\x93NUMPY":
+        return " (it looks like a NumPy .npy file)"
+    return ""
+
+
+def _parse_json(text: str, what: str, where: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:
+        raise ModelFileError(f"{where}: {what} is not valid JSON ({e})") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Validate and decode safetensors ``data``: (tensors as host arrays, metadata).
+
+    Checks the header length, the header JSON, each entry's dtype (F32/F64 only), shape and
+    byte range (contiguous, in order, covering the data exactly) before decoding anything.
+    """
+    if len(data) < 8:
+        raise ModelFileError(f"{where}: not a model file: {len(data)} bytes is shorter than a safetensors header{_sniff(data)}")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len < 2 or header_len > _MAX_HEADER or 8 + header_len > len(data):
+        raise ModelFileError(
+            f"{where}: not a safetensors model file: header length {header_len} does not fit the "
+            f"{len(data)}-byte file{_sniff(data)} (truncated or not this format)"
+        )
+    try:
+        header_text = data[8 : 8 + header_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{where}: header is not UTF-8 text{_sniff(data)}") from None
+    header = _parse_json(header_text, "header", where)
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{where}: header: expected a JSON object, got {type(header).__name__}")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ModelFileError(f"{where}: header: expected __metadata__ to be an object of strings")
+    body = memoryview(data)[8 + header_len :]
+    entries = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ModelFileError(f"{where}: tensor {name!r}: expected keys dtype, shape, data_offsets, got {entry!r:.200}")
+        dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        if dtype is None:
+            raise ModelFileError(f"{where}: tensor {name!r}: expected dtype F32 or F64, got {entry['dtype']!r:.50}")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_size(s) for s in shape):
+            raise ModelFileError(f"{where}: tensor {name!r}: shape must be a list of at most 8 non-negative ints, got {shape!r:.200}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
+            raise ModelFileError(f"{where}: tensor {name!r}: data_offsets must be [begin, end], got {offsets!r:.200}")
+        begin, end = offsets
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ModelFileError(f"{where}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {entry['dtype']}")
+        entries.append((begin, end, name, dtype, tuple(shape)))
+    entries.sort()
+    position = 0
+    for begin, end, name, _, _ in entries:
+        if begin != position:
+            raise ModelFileError(f"{where}: tensor {name!r}: data starts at byte {begin}, expected {position} (overlap or gap)")
+        position = end
+    if position != len(body):
+        raise ModelFileError(f"{where}: tensor data is {len(body)} bytes, the header describes {position} (truncated or padded)")
+    tensors = {
+        name: np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        for begin, end, name, dtype, shape in entries
+    }
+    return tensors, metadata
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53
+
+
+def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
+    """The validated header fields: format, version, kind, config, dtype, input_shape."""
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{where}: metadata format: expected {FORMAT!r}, got {metadata.get('format')!r:.80} (not an xpcnn model file)")
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or len(version) > 6:
+        raise ModelFileError(f"{where}: metadata format_version: expected an integer, got {version!r:.80}")
+    if int(version) > FORMAT_VERSION:
+        raise ModelFileError(f"{where}: written by a newer xpcnn (format version {version}); this xpcnn reads version {FORMAT_VERSION}; upgrade xpcnn")
+    if int(version) < 1:
+        raise ModelFileError(f"{where}: metadata format_version: expected >= 1, got {version}")
+    kind = metadata.get("kind")
+    if kind not in KINDS:
+        raise ModelFileError(f"{where}: metadata kind: expected one of {KINDS}, got {kind!r:.80}")
+    dtype = metadata.get("dtype")
+    if dtype not in _DTYPE_TAGS:
+        raise ModelFileError(f"{where}: metadata dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
+    input_shape = _parse_json(metadata.get("input_shape", ""), "metadata input_shape", where)
+    if (not isinstance(input_shape, list) or not 1 <= len(input_shape) <= 4
+            or not all(_is_size(s) and 1 <= s <= _MAX_INPUT_SIDE for s in input_shape)):
+        raise ModelFileError(f"{where}: metadata input_shape: expected 1 to 4 positive ints, got {input_shape!r:.200}")
+    config = _parse_json(metadata.get("config", ""), "metadata config", where)
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list) or not config["layers"]:
+        raise ModelFileError(f"{where}: metadata config: expected an object with a non-empty 'layers' list")
+    digest = metadata.get("content_sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ModelFileError(f"{where}: metadata content_sha256: expected a SHA-256 hex digest, got {digest!r:.80}")
+    return {"kind": kind, "dtype": dtype, "input_shape": tuple(input_shape), "config": config, "version": int(version)}
+
+
+def architecture(config: dict[str, Any], where: str):
+    """An unbuilt Sequential from a config read from a file: known layer types, plain arguments."""
+    from .layers import LAYERS
+    from .model import Sequential
+
+    for i, spec in enumerate(config["layers"]):
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            raise ModelFileError(f"{where}: config layers[{i}]: expected {{'type': ..., 'config': {{...}}}}, got {spec!r:.200}")
+        if spec["type"] not in LAYERS:
+            raise ModelFileError(f"{where}: config layers[{i}]: unknown layer type {spec['type']!r:.80}; known: {', '.join(LAYERS)}")
+        args = spec.get("config", {})
+        if not isinstance(args, dict):
+            raise ModelFileError(f"{where}: config layers[{i}].config: expected an object, got {type(args).__name__}")
+    try:
+        return Sequential.from_config({"layers": config["layers"]})
+    except (XpcnnError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{where}: config: cannot rebuild the architecture ({type(e).__name__}: {e})") from None
+
+
+def expected_shapes(model, input_shape: tuple[int, ...], where: str) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape for ``input_shape``, computed without allocating anything."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    shape = tuple(input_shape)
+    try:
+        for i, layer in enumerate(model.layers):
+            specs = layer._param_specs(shape)
+            shape = tuple(layer.output_shape(shape))
+            for name, spec in specs.items():
+                shapes[f"{i}.{name}"] = tuple(int(s) for s in spec[0])
+    except (XpcnnError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{where}: the architecture does not fit input_shape {list(input_shape)} ({e})") from None
+    return shapes
+
+
+def decode(data: bytes, where: str = "<bytes>", *, kinds: tuple[str, ...] = KINDS):
+    """(unbuilt model, header fields, parameter arrays, extra tensors) from file bytes, all checked."""
+    tensors, metadata = parse(data, where)
+    return decode_parsed(tensors, metadata, where, kinds=kinds)
+
+
+def decode_parsed(tensors: dict[str, np.ndarray], metadata: dict[str, str], where: str, *, kinds: tuple[str, ...] = KINDS):
+    """:func:`decode` after :func:`parse`: checks the metadata, architecture and parameters."""
+    fields = check_metadata(metadata, where)
+    if fields["kind"] not in kinds:
+        raise ModelFileError(f"{where}: expected a {' or '.join(kinds)} file, got kind {fields['kind']!r}")
+    if content_digest(tensors) != metadata["content_sha256"]:
+        raise ModelFileError(f"{where}: content checksum mismatch: the tensor data is corrupted")
+    model = architecture(fields["config"], where)
+    shapes = expected_shapes(model, fields["input_shape"], where)
+    params = {k: v for k, v in tensors.items() if not k.startswith("optimizer/")}
+    extra = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
+    if extra and fields["kind"] != "checkpoint":
+        raise ModelFileError(f"{where}: optimizer tensors in a model file: {sorted(extra)[:3]}")
+    if set(params) != set(shapes):
+        missing, unexpected = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
+        raise ModelFileError(f"{where}: parameters do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    want = np.dtype(fields["dtype"])
+    for key, shape in shapes.items():
+        a = params[key]
+        if a.shape != shape:
+            raise ModelFileError(f"{where}: parameter {key}: expected shape {shape} for this architecture, got {a.shape}")
+        if a.dtype != want:
+            raise ModelFileError(f"{where}: parameter {key}: expected dtype {want} (metadata dtype), got {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ModelFileError(f"{where}: parameter {key}: contains NaN or Inf")
+    return model, fields, [params[k] for k in shapes], extra
+
+
+def build_from(model, fields: dict[str, Any], weights: list[np.ndarray], backend) -> Any:
+    """Build ``model`` on ``backend`` (default: the selected one) and install ``weights``."""
+    target: Backend = current_backend() if backend is None else resolve_target(backend)
+    model.build(fields["input_shape"], dtype=fields["dtype"], backend=target)
+    model.set_weights(weights)
+    return model
+
+
+def load(path: str | os.PathLike, backend: str | Backend | None = None):
+    """A built Sequential from a model file (or a checkpoint file, or the latest valid checkpoint
+    in a checkpoint directory), on ``backend`` (a name such as "numpy", "torch", "cupy:1"; default:
+    the selected backend). Weights are exact; the file's dtype is kept.
+
+    Raises :class:`xpcnn.errors.ModelFileError` for anything that is not a valid xpcnn model
+    file (random bytes, truncated, wrong shapes, a pickle, bad metadata); nothing in the file is
+    ever executed.
+    """
+    if os.path.isdir(path):
+        from .checkpoint import latest
+
+        found = latest(path)
+        if found is None:
+            raise ModelFileError(f"{os.fspath(path)}: a directory with no valid checkpoint in it")
+        return found.model(backend)
+    where = os.fspath(path)
+    model, fields, weights, _ = decode(read_bytes(path), where)
+    return build_from(model, fields, weights, backend)
