@@ -9,20 +9,17 @@ from ..backend import device_of, namespace_of
 
 
 def pad2d(x: Any, padding: tuple[int, int], value: float = 0.0) -> Any:
-    """(N, C, H, W) -> (N, C, H + 2ph, W + 2pw), filled with ``value`` (concat: works on immutable arrays)."""
+    """(N, C, H, W) -> (N, C, H + 2ph, W + 2pw), filled with ``value``.
+
+    A fresh array with the input assigned into its middle: half the cost of two concats."""
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
     xp = namespace_of(x)
     n, c, h, w = x.shape
-    kw = dict(dtype=x.dtype, device=device_of(x))
-    if pw:
-        side = xp.full((n, c, h, pw), value, **kw)
-        x = xp.concat([side, x, side], axis=3)
-    if ph:
-        top = xp.full((n, c, ph, w + 2 * pw), value, **kw)
-        x = xp.concat([top, x, top], axis=2)
-    return x
+    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype, device=device_of(x))
+    out[:, :, ph : ph + h, pw : pw + w] = x
+    return out
 
 
 def offsets(kernel: tuple[int, int], dilation: tuple[int, int]) -> Iterator[tuple[int, int]]:
@@ -39,22 +36,28 @@ def tap(x: Any, di: int, dj: int, out_hw: tuple[int, int], stride: tuple[int, in
     return (slice(None), slice(None), slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
 
 
-def stack_windows(x: Any, kernel, stride, dilation, out_hw, axis: int) -> Any:
-    """(N, C, Hp, Wp) -> the kh*kw strided slices stacked on ``axis`` (each (N, C, OH, OW))."""
-    xp = namespace_of(x)
-    return xp.stack([x[tap(x, di, dj, out_hw, stride)] for di, dj in offsets(kernel, dilation)], axis=axis)
+def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:
+    """Each kernel tap's strided slice of x (N, C, Hp, Wp): kh*kw views of shape (N, C, OH, OW)."""
+    return [x[tap(x, di, dj, out_hw, stride)] for di, dj in offsets(kernel, dilation)]
 
 
-def unstack_windows_add(windows: list, padded_shape, kernel, stride, dilation, out_hw, like: Any) -> Any:
-    """Adjoint of :func:`stack_windows`: sum each tap's (N, C, OH, OW) gradient into a zero (N, C, Hp, Wp).
+def add_taps(taps: list, like: Any, padding, kernel, stride, dilation, out_hw) -> Any:
+    """Adjoint of padding then :func:`taps_of`: sum each tap's (N, C, OH, OW) gradient into the
+    input positions it was read from, then drop the padding -> (N, C, H, W) like ``like``.
 
-    Slice accumulation, not scatter-add: deterministic and fast on every backend."""
+    Slice accumulation, not scatter-add: deterministic and fast on every backend; windows
+    that cannot overlap need plain assignment."""
     xp = namespace_of(like)
-    grad = xp.zeros(padded_shape, dtype=like.dtype, device=device_of(like))
-    for (di, dj), g in zip(offsets(kernel, dilation), windows):
+    n, c, h, w = like.shape
+    grad = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=like.dtype, device=device_of(like))
+    overlapping = kernel[0] * dilation[0] > stride[0] or kernel[1] * dilation[1] > stride[1]
+    for (di, dj), g in zip(offsets(kernel, dilation), taps):
         index = tap(grad, di, dj, out_hw, stride)
-        grad[index] += g
-    return grad
+        if overlapping:
+            grad[index] += g
+        else:
+            grad[index] = g
+    return crop2d(grad, padding, (h, w))
 
 
 def crop2d(x: Any, padding: tuple[int, int], size: tuple[int, int]) -> Any:

@@ -1,8 +1,10 @@
 """2-D convolution (cross-correlation, as PyTorch's conv2d), forward and backward side by side.
 
-Forward is im2col: the kh*kw strided slices of the zero-padded input are stacked into
-columns ``(N, C*kh*kw, OH*OW)`` and one batched matmul with the ``(O, C*kh*kw)`` weight
-gives the output. The columns are returned so the backward can reuse them.
+Forward is im2col: the kh*kw strided slices (taps) of the zero-padded input are stacked
+tap-major into columns ``(N, kh*kw*C, OH*OW)`` and one batched matmul with the weight as
+an ``(O, kh*kw*C)`` matrix gives the output. Tap-major stacking copies whole (C, OH, OW)
+blocks, ~1.5x faster than channel-major, and makes the backward's column-to-image sum read
+contiguous blocks. The columns are returned so the backward can reuse them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 from ..errors import ShapeError
 from ._checks import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, namespace, output_size, pair
-from ._windows import crop2d, pad2d, stack_windows, unstack_windows_add
+from ._windows import add_taps, pad2d, taps_of
 
 
 def conv2d_geometry(x_shape, w_shape, stride, padding, dilation):
@@ -46,15 +48,27 @@ def _check(x, weight, bias):
     return xp
 
 
+def _weight_matrix(xp, weight):
+    """(O, C, kh, kw) -> (O, kh*kw*C): the weight in the columns' tap-major order."""
+    o, c, kh, kw = weight.shape
+    return xp.reshape(xp.permute_dims(weight, (0, 2, 3, 1)), (o, kh * kw * c))
+
+
+def _im2col(xp, x, kernel, stride, padding, dilation, out_hw):
+    """x (N, C, H, W) -> columns (N, kh*kw*C, OH*OW), tap-major."""
+    n, c = x.shape[:2]
+    taps = taps_of(pad2d(x, padding), kernel, stride, dilation, out_hw)
+    return xp.reshape(xp.stack(taps, axis=1), (n, len(taps) * c, out_hw[0] * out_hw[1]))
+
+
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> tuple[Any, Any]:
-    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (N, C*kh*kw, OH*OW)."""
+    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (N, kh*kw*C, OH*OW)."""
     xp = _check(x, weight, bias)
     stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
-    n, c = x.shape[:2]
-    o, _, kh, kw = weight.shape
-    windows = stack_windows(pad2d(x, padding), (kh, kw), stride, dilation, (oh, ow), axis=2)
-    cols = xp.reshape(windows, (n, c * kh * kw, oh * ow))
-    y = xp.matmul(xp.reshape(weight, (o, c * kh * kw)), cols)
+    n = x.shape[0]
+    o = weight.shape[0]
+    cols = _im2col(xp, x, weight.shape[2:], stride, padding, dilation, (oh, ow))
+    y = xp.matmul(_weight_matrix(xp, weight), cols)
     if bias is not None:
         y = y + xp.reshape(bias, (o, 1))
     return xp.reshape(y, (n, o, oh, ow)), cols
@@ -79,17 +93,15 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=
     o, _, kh, kw = weight.shape
     check_grad(grad_y, "grad_y", x, (n, o, oh, ow), "x")
     if cols is None:
-        cols = xp.reshape(stack_windows(pad2d(x, padding), (kh, kw), stride, dilation, (oh, ow), axis=2), (n, c * kh * kw, oh * ow))
+        cols = _im2col(xp, x, (kh, kw), stride, padding, dilation, (oh, ow))
     g = xp.reshape(grad_y, (n, o, oh * ow))
     # Batched matmul then a sum over N beats one tensordot (which copies both operands).
-    grad_weight = xp.reshape(xp.sum(xp.matmul(g, xp.matrix_transpose(cols)), axis=0), weight.shape)
+    grad_w_matrix = xp.sum(xp.matmul(g, xp.matrix_transpose(cols)), axis=0)
+    grad_weight = xp.permute_dims(xp.reshape(grad_w_matrix, (o, kh, kw, c)), (0, 3, 1, 2))
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:
-        w2 = xp.reshape(weight, (o, c * kh * kw))
-        grad_cols = xp.reshape(xp.matmul(w2.T, g), (n, c, kh * kw, oh, ow))
-        padded_shape = (n, c, h + 2 * padding[0], w + 2 * padding[1])
-        taps = [grad_cols[:, :, k, ...] for k in range(kh * kw)]
-        grad_xp = unstack_windows_add(taps, padded_shape, (kh, kw), stride, dilation, (oh, ow), like=x)
-        grad_x = crop2d(grad_xp, padding, (h, w))
+        grad_cols = xp.reshape(xp.matmul(_weight_matrix(xp, weight).T, g), (n, kh * kw, c, oh, ow))
+        taps = [grad_cols[:, k, ...] for k in range(kh * kw)]
+        grad_x = add_taps(taps, x, padding, (kh, kw), stride, dilation, (oh, ow))
     return grad_x, grad_weight, grad_bias
