@@ -32,6 +32,10 @@ def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
 
 def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; checks integers >= ``minimum``."""
+    # Layers pass already-normalised pairs on every call: accept them in one cheap test.
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if value[0] >= minimum and value[1] >= minimum:
+            return value
     items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(items) != 2:
         raise ShapeError(f"{name}: expected an int or a pair of ints, got {value!r}")
