@@ -1,0 +1,150 @@
+"""How the cost of training the notebook network grows with batch size and with image size.
+
+    .venv/bin/python benchmarks/bench_growth.py                       # ~1-2 minutes
+    .venv/bin/python benchmarks/bench_growth.py --quick --plot runs/growth
+    .venv/bin/python benchmarks/bench_growth.py --threads 1 --json runs/growth.json
+
+1. Time per image vs batch size 1, 2, 4, ..., 512 (28x28): xpcnn vs PyTorch, round-robin per
+   batch size. A per-step overhead shows as a 1/batch slope at small batches; a flat tail means
+   the work per image dominates.
+2. Time per image vs image size 28, 56, 112 (nearest-neighbour upscaled mnist5k; the Dense input
+   follows: 16 * (S-2)/2 * (S-2)/2): xpcnn and PyTorch at batch 64 and the notebook algorithm at
+   batch 1 (its per-pixel loops should grow like S^2, as should everything else).
+
+Same method as bench_train.py (xpcnn.bench): same data, same initial weights (the notebook algorithm: its own), same threads,
+median of >= 5 rounds after a warm-up. ``--plot DIR`` writes growth_batch.png and
+growth_image_size.png (log-log) with matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from xpcnn import bench  # noqa: E402
+
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+SIZES = [28, 56, 112]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(parser)
+    parser.set_defaults(repeats=5, round_seconds=0.3)
+    parser.add_argument("--quick", action="store_true", help="seconds-long: very short rounds")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="DIR", help="write growth_batch.png and growth_image_size.png here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.round_seconds = 5, 0.03
+    if args.repeats < 5:
+        parser.error("--repeats: at least 5")
+    return args
+
+
+def _us_per_image(results):
+    return {name: 1e6 / r.median for name, r in results.items()}
+
+
+def batch_sweep(args, images, labels, with_torch):
+    rows = []
+    for batch in BATCHES:
+        print(f"  batch {batch} ...", file=sys.stderr, flush=True)
+        ws = bench.contenders("train", "notebook", batch, images, labels, backend=args.backend,
+                              torch_device=args.torch_device, with_torch=with_torch)
+        res = bench.measure(ws, repeats=args.repeats, round_s=args.round_seconds, warmup_s=min(0.3, args.round_seconds))
+        rows.append({"batch": batch, "us_per_image": _us_per_image(res), "ratios": bench.ratios(res)})
+    return rows
+
+
+def size_sweep(args, with_torch):
+    rows = []
+    for size in SIZES:
+        print(f"  image size {size} ...", file=sys.stderr, flush=True)
+        images, labels = bench.load_images(size, n=1024)
+        ws = bench.contenders("train", "notebook", 64, images, labels, backend=args.backend,
+                              torch_device=args.torch_device, with_torch=with_torch, image_size=size)
+        nb = bench.contenders("train", "notebook", 1, images[:200], labels[:200], with_torch=False,
+                              with_notebook=True, image_size=size)[-1]
+        res = bench.measure(ws + [nb], repeats=args.repeats, round_s=args.round_seconds,
+                            warmup_s=min(0.3, args.round_seconds))
+        rows.append({"image_size": size, "dense_inputs": 16 * ((size - 2) // 2) ** 2,
+                     "us_per_image": _us_per_image(res), "ratios": bench.ratios(res)})
+    return rows
+
+
+def print_table(title, key, rows):
+    names = list(rows[0]["us_per_image"])
+    print(f"\n{title}: microseconds per image (median; lower is better)")
+    head = f"{key:>10} " + " ".join(f"{n:>16}" for n in names) + f" {'xpcnn/torch':>12}"
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        ratio = row["ratios"].get("xpcnn/torch")
+        print(f"{row[key]:>10} " + " ".join(f"{row['us_per_image'][n]:>16.4g}" for n in names)
+              + f" {(f'{ratio:.2f}x' if ratio else ''):>12}")
+
+
+def plot(rows_b, rows_s, directory, subtitle):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for rows, key, xlabel, name in ((rows_b, "batch", "batch size", "growth_batch.png"),
+                                    (rows_s, "image_size", "image side (pixels)", "growth_image_size.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for contender in rows[0]["us_per_image"]:
+            ax.plot([r[key] for r in rows], [r["us_per_image"][contender] for r in rows], marker="o", label=contender)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([r[key] for r in rows], [str(r[key]) for r in rows])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("microseconds per image (training step)")
+        ax.set_title(f"notebook network: cost per image vs {xlabel}\n{subtitle}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(directory, name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with_torch = not args.no_torch and bench._torch() is not None
+    bench.set_threads(args.threads, torch_too=with_torch)
+    env = bench.environment(args.threads, args.backend, args.torch_device if with_torch else None)
+    load = bench.LoadMonitor()
+    print(f"{env['date']}  {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
+          f"xpcnn backend {args.backend}")
+    images, labels = bench.load_images()
+    rows_b = batch_sweep(args, images, labels, with_torch)
+    rows_s = size_sweep(args, with_torch)
+    other = load.other_cpus()
+    print_table("training time per image vs batch size (28x28)", "batch", rows_b)
+    print_table("training time per image vs image size (xpcnn/torch batch 64, notebook batch 1)", "image_size", rows_s)
+    if other is not None:
+        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run")
+    if args.plot:
+        subtitle = f"{env['cpu']}, {args.threads} threads, numpy {env['numpy']}, torch {env['torch'] or '-'}"
+        for path in plot(rows_b, rows_s, args.plot, subtitle):
+            print(f"wrote {path}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "other_cpus_busy": other, "batch": rows_b, "image_size": rows_s}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Training and inference throughput and peak memory: xpcnn vs PyTorch vs the notebook algorithm.
+
+    .venv/bin/python benchmarks/bench_train.py                    # full run, ~2-3 minutes
+    .venv/bin/python benchmarks/bench_train.py --quick            # seconds
+    .venv/bin/python benchmarks/bench_train.py --threads 1 --json runs/bench.json
+    .venv/bin/python benchmarks/bench_train.py --backend cupy --torch-device cuda   # on a GPU box
+
+Scenarios (one run; within each, contenders alternate round-robin; median of --repeats rounds
+after a warm-up; same mnist5k images, float32 in [0, 1]; xpcnn and PyTorch from the same initial
+weights; same threads):
+
+    train notebook-net  batch 1     xpcnn, PyTorch, the notebook algorithm (xpcnn/notebook.py)
+    train notebook-net  batch 64    xpcnn, PyTorch
+    train deep-net      batch 64    xpcnn, PyTorch
+    infer notebook-net  batch 1000  xpcnn model.predict, PyTorch softmax(net(x)) under no_grad
+
+notebook-net: Conv2D(16, 3x3, no bias) -> AvgPool2D(2) -> Flatten -> Dense(10), softmax
+cross-entropy, SGD lr 0.05. deep-net: Conv 32 3x3 pad 1 -> ReLU -> MaxPool 2 -> Conv 64 3x3
+pad 1 -> ReLU -> MaxPool 2 -> Flatten -> Dense 10.
+
+Peak memory: every training contender is re-run alone in a fresh child process that reports
+its peak RSS (VmHWM of its own process image: Linux's ``ru_maxrss`` would also count the
+parent's RSS at fork, carried across exec; it is recorded in the JSON as ru_maxrss_mb), and the
+RSS it had after imports and data loading, before training; one more
+child trains the notebook network with xpcnn for one full epoch of mnist5k at batch 64 (target:
+peak under 250 MB).
+
+The PyTorch contender is skipped (with a note) when torch is not installed. Cost growth with
+batch and image size: benchmarks/bench_growth.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from xpcnn import bench  # noqa: E402
+
+EPOCH_RSS_TARGET_MB = 250
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(parser)
+    parser.set_defaults(repeats=7, round_seconds=1.0)
+    parser.add_argument("--quick", action="store_true", help="seconds-long: short rounds, 5 repeats, short children")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.round_seconds = 5, 0.05
+    if args.repeats < 5:
+        parser.error("--repeats: at least 5 (the median of fewer is not worth printing)")
+    return args
+
+
+SCENARIOS = [
+    # (kind, net, batch, with notebook algorithm)
+    ("train", "notebook", 1, True),
+    ("train", "notebook", 64, False),
+    ("train", "deep", 64, False),
+    ("infer", "notebook", 1000, False),
+]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with_torch = not args.no_torch and bench._torch() is not None
+    bench.set_threads(args.threads, torch_too=with_torch)
+    env = bench.environment(args.threads, args.backend, args.torch_device if with_torch else None)
+    load = bench.LoadMonitor()
+    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
+          f"torch {env['torch'] or 'not installed'}, xpcnn backend {args.backend}, torch device {args.torch_device}")
+    print(f"BLAS: {'; '.join(env['blas']) or '?'}")
+    print(f"{args.repeats} rounds of ~{args.round_seconds:g} s per contender, round-robin; images/s = median\n")
+    images, labels = bench.load_images()
+
+    rows, results = [], []
+    for kind, net, batch, with_nb in SCENARIOS:
+        scenario = f"{kind} {net}-net b{batch}"
+        print(f"  measuring {scenario} ...", file=sys.stderr, flush=True)
+        ws = bench.contenders(kind, net, batch, images, labels, backend=args.backend, torch_device=args.torch_device,
+                              with_torch=with_torch, with_notebook=with_nb)
+        res = bench.measure(ws, repeats=args.repeats, round_s=args.round_seconds,
+                            warmup_s=min(0.5, args.round_seconds))
+        rat = bench.ratios(res)
+        for r in res.values():
+            entry = {"scenario": scenario, "kind": kind, "net": net, **r.as_dict(), "ratios": rat}
+            results.append(entry)
+            rows.append([scenario, r, rat, None, entry])
+
+    memory = []
+    if not args.no_memory:
+        seconds = 0.3 if args.quick else 2.0
+        for row in rows:
+            scenario, r, _, _, entry = row
+            if entry["kind"] != "train":
+                continue
+            contender = r.name.split("[")[0]
+            print(f"  peak RSS: {scenario} {r.name} in a child ...", file=sys.stderr, flush=True)
+            spec = {"contender": contender, "net": entry["net"], "batch": r.images_per_step, "threads": args.threads,
+                    "backend": args.backend, "torch_device": args.torch_device, "seconds": seconds}
+            child = bench.run_child(spec)
+            child["scenario"] = scenario
+            memory.append(child)
+            if "peak_rss_mb" in child:
+                row[3] = child["peak_rss_mb"]
+                entry["peak_rss_mb"] = child["peak_rss_mb"]
+        print("  peak RSS: xpcnn, one epoch of mnist5k at batch 64 ...", file=sys.stderr, flush=True)
+        epoch = bench.run_child({"contender": "xpcnn", "net": "notebook", "batch": 64, "threads": args.threads,
+                                 "backend": args.backend, "epoch": True})
+        epoch["scenario"] = "train notebook-net b64, 1 epoch mnist5k"
+        memory.append(epoch)
+
+    other = load.other_cpus()
+    print()
+    print(bench.format_rows([row[:4] for row in rows]))
+    print("images/s: median of rounds, higher is better; min..max: spread over rounds; ratios > 1: xpcnn faster.")
+    print("peak RSS: VmHWM of a fresh child running that contender alone (imports + data + training).")
+    if memory:
+        print()
+        print(f"{'memory child':<44} {'contender':<14} {'after setup MB':>14} {'peak MB':>8} {'images/s':>9}")
+        for m in memory:
+            if "error" in m:
+                print(f"{m['scenario']:<44} {m['contender']:<14} failed: {m['error']}")
+                continue
+            print(f"{m['scenario']:<44} {m['contender']:<14} {m['setup_rss_mb']:>14.0f} {m['peak_rss_mb']:>8.0f} "
+                  f"{m['images_per_s']:>9.4g}")
+        if memory and "peak_rss_mb" in memory[-1]:
+            peak = memory[-1]["peak_rss_mb"]
+            verdict = "within" if peak < EPOCH_RSS_TARGET_MB else "OVER"
+            print(f"xpcnn one-epoch peak RSS {peak:.0f} MB: {verdict} the {EPOCH_RSS_TARGET_MB} MB target")
+    if other is not None:
+        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run"
+              + (" -- numbers are noisy; compare ratios from one run, not absolute values" if other > 0.2 else ""))
+
+    if args.json:
+        report = {"environment": env, "settings": {"repeats": args.repeats, "round_seconds": args.round_seconds,
+                                                   "quick": args.quick, "threads": args.threads},
+                  "other_cpus_busy": other, "results": results, "memory": memory}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
