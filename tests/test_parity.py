@@ -186,3 +186,44 @@ def test_whole_training_parity(digits, backend, dtype):
         largest = max(np.abs(r).max() for r in ref_weights)
         err = max(np.abs(w - r).max() for w, r in zip(weights, ref_weights)) / largest
         assert err <= FLOAT32_TRAINING_RTOL, f"float32 weights differ from numpy's by {err:.3g} of the largest weight"
+
+
+# ---------------------------------------------------------------- `xpcnn parity`
+
+
+def _parity_cli(argv):
+    import argparse
+
+    from xpcnn import parity
+
+    return parity.run(parity.add_arguments(argparse.ArgumentParser()).parse_args(argv))
+
+
+def test_parity_command_prints_the_table_and_skips_with_reason(capsys):
+    code = _parity_cli(["--backend", "numpy", "--backend", "array_api_strict:device1", "--backend", "cupy",
+                        "--op", "relu", "--op", "conv2d"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "max abs err" in out and "max rel err" in out
+    assert out.count("PASS") == 2 * 2 * 2  # 2 ops x 2 backends x 2 dtypes
+    if importlib.util.find_spec("cupy") is None:
+        assert "SKIP (cupy is not installed" in out
+
+
+def test_parity_command_exits_non_zero_on_a_failure(monkeypatch, capsys):
+    from xpcnn import parity
+
+    def off_on_strict(x):
+        return x * (1 + 1e-3) if library_of(x) == "array_api_strict" else x
+
+    broken = testing.OpCase("broken", "differs on array_api_strict", lambda rng: (rng.standard_normal(4),), off_on_strict)
+    monkeypatch.setattr(parity, "parity_cases", lambda: [broken])
+    assert _parity_cli(["--backend", "numpy", "--backend", "array_api_strict"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "broken" in out
+
+
+def test_parity_command_rejects_unknown_names(capsys):
+    assert _parity_cli(["--backend", "nope"]) == 2
+    assert _parity_cli(["--op", "nope"]) == 2
+    assert "unknown" in capsys.readouterr().err
