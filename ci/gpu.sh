@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# GPU parity, training and benchmark on a CUDA machine; writes a results file. See docs/gpu.md.
+#
+#   bash ci/gpu.sh [RESULTS_DIR]      # default: $OUT/gpu when $OUT is set, else runs/gpu
+#
+# Installs nothing from the network. The machine is expected to have Python, NumPy, CuPy, PyTorch,
+# pytest and hypothesis; what it lacks (array-api-compat, array-api-strict, array-api-extra,
+# safetensors, mlxtend) comes from the wheels in $WHEELS (default .whl, filled beforehand with
+# `bash ../shared/wheels/fetch.sh .whl` and carried with the tree), installed into /tmp/site.
+#
+# Steps, each logged to RESULTS_DIR/<step>.log and summarised in RESULTS_DIR/results.md:
+#   env       GPU, driver, library versions, xpcnn.available_backends()
+#   cupy      CuPy must load as an xpcnn backend (a GPU run that silently skips proves nothing)
+#   pytest    the parity suite (tests/test_parity.py, tests/test_ops.py) on $BACKENDS
+#   parity    python -m xpcnn parity on numpy and $BACKENDS (the table)
+#   train     XPCNN_BACKEND=cupy python -m xpcnn train $TRAIN_ARGS
+#   bench     python benchmarks/bench_train.py --backend cupy --quick
+# Exit status: 0 when every step passed, 1 otherwise (every step runs regardless).
+#
+# Environment: PYTHON (default python3), WHEELS (default .whl), BACKENDS (default "cupy torch:cuda";
+# torch:cuda rows are skipped with their reason when PyTorch has no CUDA), TRAIN_ARGS (default none).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-.whl}
+BACKENDS=${BACKENDS:-cupy torch:cuda}
+TRAIN_BACKEND=${BACKENDS%% *}
+RESULTS=${1:-${OUT:+$OUT/gpu}}
+RESULTS=${RESULTS:-runs/gpu}
+mkdir -p "$RESULTS"
+SUMMARY=$RESULTS/results.md
+
+# Parity needs full-precision float32 matmuls: no TF32 anywhere.
+unset CUPY_TF32
+export NVIDIA_TF32_OVERRIDE=0
+
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl || {
+    echo "ci/gpu.sh: installing the wheels in $WHEELS failed" >&2; exit 2; }
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  wheels_note="installed from $WHEELS: $(cd "$WHEELS" && ls -- *.whl | tr '\n' ' ')"
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  wheels_note="no wheels in $WHEELS: using what $PY already has"
+fi
+
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | paste -sd ';') \
+  || gpu="nvidia-smi not available"
+failed=0
+{
+  echo "# xpcnn GPU run"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "- host: $(hostname)"
+  echo "- gpu: $gpu"
+  echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+  echo "- wheels: $wheels_note"
+  echo "- backends: $BACKENDS"
+  echo
+  echo "| step | result | seconds | log |"
+  echo "|---|---|---|---|"
+} >"$SUMMARY"
+
+# step NAME COMMAND...: run, log to RESULTS/NAME.log, append a summary row.
+step() {
+  local name=$1; shift
+  local log=$RESULTS/$name.log start rc
+  echo "== $name: $*" | tee "$log"
+  start=$(date +%s)
+  "$@" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  local result=PASS
+  if [ "$rc" -ne 0 ]; then result="FAIL (exit $rc)"; failed=1; fi
+  echo "| $name | $result | $(( $(date +%s) - start )) | $name.log |" >>"$SUMMARY"
+}
+
+step env bash -c "nvidia-smi; \"$PY\" - <<'EOF'
+import platform, numpy, xpcnn
+print('python', platform.python_version(), '| numpy', numpy.__version__, '| xpcnn', xpcnn.__version__)
+for name in ('cupy', 'torch', 'array_api_compat', 'array_api_strict', 'safetensors', 'mlxtend'):
+    try:
+        module = __import__(name)
+        print(name, getattr(module, '__version__', '?'))
+    except ImportError as e:
+        print(name, 'MISSING:', e)
+try:
+    import torch
+    print('torch.cuda.is_available():', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')
+except ImportError:
+    pass
+for name, status in xpcnn.available_backends().items():
+    print(f'{name}: {status}')
+EOF"
+
+step cupy "$PY" -c "from xpcnn.backend import load_backend; b = load_backend('$TRAIN_BACKEND'); print('loaded', b, 'device', b.device)"
+
+backend_flags=()
+for b in $BACKENDS; do backend_flags+=(--backend "$b"); done
+step pytest "$PY" -m pytest tests/test_parity.py tests/test_ops.py "${backend_flags[@]}" -p no:cacheprovider -q -rs
+
+step parity "$PY" -m xpcnn parity --backend numpy "${backend_flags[@]}"
+
+# shellcheck disable=SC2086  # TRAIN_ARGS is a list of words on purpose
+step train env XPCNN_BACKEND="$TRAIN_BACKEND" "$PY" -m xpcnn train ${TRAIN_ARGS:-}
+
+step bench "$PY" benchmarks/bench_train.py --backend "$TRAIN_BACKEND" --quick --json "$RESULTS/bench.json"
+
+{
+  echo
+  echo "## parity table"
+  echo
+  echo '```'
+  grep -v '^== ' "$RESULTS/parity.log"
+  echo '```'
+  echo
+  echo "## pytest summary"
+  echo
+  echo '```'
+  grep -E 'parity cases run|skipped [0-9]+:|passed|failed|error' "$RESULTS/pytest.log" | tail -n 20
+  echo '```'
+  echo
+  echo "## training (last lines)"
+  echo
+  echo '```'
+  tail -n 8 "$RESULTS/train.log"
+  echo '```'
+  echo
+  echo "## benchmark"
+  echo
+  echo '```'
+  grep -v '^== ' "$RESULTS/bench.log" | tail -n 40
+  echo '```'
+} >>"$SUMMARY"
+
+echo
+echo "ci/gpu.sh: $( [ $failed -eq 0 ] && echo 'all steps passed' || echo 'some steps FAILED' ); summary: $SUMMARY"
+exit $failed
