@@ -1,0 +1,327 @@
+"""``python -m xpcnn`` (or ``xpcnn``): train | evaluate | predict | info | parity | bench.
+
+    python -m xpcnn train                      # default CNN, Adam, mnist5k, prints held-out accuracy
+    python -m xpcnn train --model notebook     # the notebook's network and per-image SGD
+    python -m xpcnn train --save model.safetensors --plot plots/
+    python -m xpcnn evaluate model.safetensors
+    python -m xpcnn predict model.safetensors digit.png
+    python -m xpcnn info                       # version, backends and devices
+
+Exit status: 0 success, 1 an xpcnn error (message on stderr), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+# Defaults per network: what ``train`` uses unless a flag says otherwise.
+TRAIN_DEFAULTS = {
+    "default": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=10, dtype="float32"),
+    "notebook": dict(optimizer="sgd", lr=0.05, batch_size=1, epochs=4, dtype="float64"),
+}
+DELEGATED = {"parity": "xpcnn.parity", "bench": "xpcnn.bench"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpcnn", description="xpcnn: a CNN library on the Python Array API (NumPy, CuPy, torch, ...).")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,info,parity,bench}")
+
+    train = sub.add_parser("train", help="train a CNN on MNIST and print the held-out accuracy")
+    train.add_argument("--model", choices=sorted(TRAIN_DEFAULTS), default="default",
+                       help="network: 'default' (Conv16-Conv32, Adam) or 'notebook' (the notebook's, per-image SGD)")
+    train.add_argument("--backend", help="numpy (default), cupy, torch, array_api_strict, auto; 'name:device' too")
+    train.add_argument("--epochs", type=_positive_int, help="epochs (default: 10; notebook 4)")
+    train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: 64; notebook 1)")
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default: Adam 3e-3; notebook SGD 0.05)")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), help="default: adam; notebook sgd")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and the shuffles (default 0)")
+    train.add_argument("--dataset", choices=("mnist5k", "mnist"), default="mnist5k",
+                       help="mnist5k: 4000/1000 offline subset (default); mnist: the full 60000/10000")
+    train.add_argument("--data-path", help="directory (mnist) or mnist_5k.csv.gz file (mnist5k) to read instead")
+    train.add_argument("--dtype", choices=("float32", "float64"), help="default float32; notebook float64")
+    train.add_argument("--save", metavar="PATH", help="write the trained model here (safetensors)")
+    train.add_argument("--plot", metavar="DIR", help="write training curves and first-layer kernels as PNG here (needs matplotlib)")
+    train.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here (newest 3 kept)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir, if any")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                       help="0 quiet, 1 progress bar on a terminal / a line per epoch otherwise (default), 2 a line per epoch")
+
+    evaluate = sub.add_parser("evaluate", help="accuracy and loss of a saved model on the MNIST test split")
+    evaluate.add_argument("model", help="model file (or checkpoint directory)")
+    evaluate.add_argument("--backend", help="backend to run on (default: the selected one, numpy)")
+    evaluate.add_argument("--dataset", choices=("mnist5k", "mnist"), default="mnist5k")
+    evaluate.add_argument("--data-path")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+
+    predict = sub.add_parser("predict", help="classify an image file (needs Pillow)")
+    predict.add_argument("model", help="model file (or checkpoint directory)")
+    predict.add_argument("image", help="image file (PNG, JPEG, ...); converted to grayscale and resized to the model's input")
+    predict.add_argument("--backend")
+    predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                         help="MNIST digits are white on black; 'auto' inverts images whose background is light")
+
+    sub.add_parser("info", help="version, backends with availability or the reason, devices")
+    for name in DELEGATED:
+        sub.add_parser(name, help=f"see 'xpcnn {name} --help'", add_help=False)
+    return parser
+
+
+# ---------------------------------------------------------------- train
+
+
+def _load_split(dataset: str, path: str | None, dtype: str):
+    from .datasets import load_data, preprocess
+
+    (x_train, y_train), (x_test, y_test) = load_data(dataset, path)
+    return (preprocess(x_train, dtype), y_train), (preprocess(x_test, dtype), y_test)
+
+
+def _optimizer(name: str, lr: float):
+    from . import optim
+
+    return optim.Adam(lr) if name == "adam" else optim.SGD(lr)
+
+
+def cmd_train(args) -> int:
+    import xpcnn
+
+    from . import zoo
+    from .callbacks import LambdaCallback
+
+    settings = dict(TRAIN_DEFAULTS[args.model])
+    for key in settings:
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    if args.resume and not args.checkpoint_dir:
+        print("error: --resume needs --checkpoint-dir DIR (where the checkpoints are)", file=sys.stderr)
+        return 2
+    if args.backend:
+        xpcnn.set_backend(args.backend)
+    start = time.perf_counter()
+    (x_train, y_train), (x_test, y_test) = _load_split(args.dataset, args.data_path, settings["dtype"])
+    model = zoo.get(args.model)
+    resume_from = None
+    if args.resume:
+        from .checkpoint import list_checkpoints
+
+        if list_checkpoints(args.checkpoint_dir):
+            resume_from = args.checkpoint_dir
+        else:
+            print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
+    if resume_from is None:
+        model.build(x_train.shape[1:], seed=args.seed, dtype=settings["dtype"])
+    optimizer = None if resume_from else _optimizer(settings["optimizer"], settings["lr"])
+    backend = xpcnn.get_backend()
+    print(f"xpcnn {xpcnn.__version__}: {args.model} network on {backend} ({settings['dtype']}), {args.dataset}: "
+          f"{len(x_train)} training / {len(x_test)} held-out images; {settings['optimizer']} lr {settings['lr']:g}, "
+          f"batch {settings['batch_size']}, {settings['epochs']} epochs, seed {args.seed}", flush=True)
+    ran = []
+    counter = LambdaCallback(on_epoch_end=lambda epoch, logs: ran.append(epoch))
+    fit_start = time.perf_counter()
+    try:
+        history = model.fit(
+            x_train, y_train, epochs=settings["epochs"], batch_size=settings["batch_size"], optimizer=optimizer,
+            validation_data=(x_test, y_test), seed=args.seed, verbose=args.verbose, callbacks=[counter],
+            checkpoint_dir=args.checkpoint_dir, resume_from=resume_from,
+        )
+    except KeyboardInterrupt:
+        hint = f"; continue with --checkpoint-dir {args.checkpoint_dir} --resume" if args.checkpoint_dir else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
+        return 130
+    fit_seconds = time.perf_counter() - fit_start
+    result = model.evaluate(x_test, y_test)
+    correct = round(result["accuracy"] * len(x_test))
+    print(f"held-out accuracy: {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}), loss {result['loss']:.4f}")
+    per_epoch = f" ({fit_seconds / len(ran):.2f} s/epoch over {len(ran)} epochs)" if ran else " (nothing left to train)"
+    print(f"time: {fit_seconds:.1f} s training{per_epoch}, {time.perf_counter() - start:.1f} s in all")
+    if args.save:
+        model.save(args.save)
+        print(f"saved the model to {args.save}")
+    if args.plot:
+        from . import plot
+
+        paths = plot.save_all(history, model, args.plot)
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate / predict
+
+
+def cmd_evaluate(args) -> int:
+    import xpcnn
+
+    model = xpcnn.load(args.model, backend=args.backend)
+    _, (x_test, y_test) = _load_split(args.dataset, args.data_path, model.dtype)
+    result = model.evaluate(x_test, y_test, batch_size=args.batch_size)
+    correct = round(result["accuracy"] * len(x_test))
+    print(f"{args.model}: accuracy {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}) on the {args.dataset} test split, "
+          f"loss {result['loss']:.4f} ({model.backend}, {model.dtype})")
+    return 0
+
+
+def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
+    """An image file as uint8 (1, H, W) for a model of input ``shape`` (1, H, W): grayscale,
+    resized, inverted to white-on-black when asked (``auto``: when its border is light)."""
+    import numpy as np
+
+    from .errors import DataError, ShapeError
+
+    if len(shape) != 3 or shape[0] != 1:
+        raise ShapeError(f"model: predict reads grayscale images, so the model input must be (1, H, W), got {shape}")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise DataError("predict needs Pillow to read images: pip install pillow") from None
+    try:
+        with Image.open(path) as img:
+            gray = img.convert("L")
+            if gray.size != (shape[2], shape[1]):
+                gray = gray.resize((shape[2], shape[1]), Image.BILINEAR)
+            pixels = np.asarray(gray, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"image: cannot read {path} ({e})") from None
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if invert == "yes" or (invert == "auto" and border.mean() > 127):
+        pixels = 255 - pixels
+    return pixels[None]
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    import xpcnn
+
+    from .datasets import preprocess
+
+    model = xpcnn.load(args.model, backend=args.backend)
+    pixels = read_image(args.image, model.input_shape, args.invert)
+    x = xpcnn.to_device(preprocess(pixels, model.dtype), model.backend)
+    probs = xpcnn.to_numpy(model.predict(x))[0]
+    order = np.argsort(-probs)
+    print(f"{args.image}: {int(order[0])} (probability {probs[order[0]]:.3f}); next: "
+          + ", ".join(f"{int(k)} ({probs[k]:.3f})" for k in order[1:3]))
+    return 0
+
+
+# ---------------------------------------------------------------- info
+
+
+def _devices(name: str) -> str:
+    from .backend import load_backend
+
+    try:
+        xp = load_backend(name).xp
+        with warnings.catch_warnings():  # torch warns about device types it is retiring
+            warnings.simplefilter("ignore")
+            names = [str(d) for d in xp.__array_namespace_info__().devices()]
+    except Exception as e:  # a backend's inspection API is optional; info must still print
+        return f"(could not list: {type(e).__name__})"
+    # array_api_strict.Device('device1') -> device1
+    return ", ".join(re.sub(r"^[\w.]+\('(.*)'\)$", r"\1", name) for name in names)
+
+
+def cmd_info(args) -> int:
+    import numpy as np
+
+    import xpcnn
+
+    print(f"xpcnn {xpcnn.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
+    selected = os.environ.get("XPCNN_BACKEND") or "numpy"
+    print(f"selected backend: {selected} (XPCNN_BACKEND={os.environ.get('XPCNN_BACKEND', '')!r})")
+    print("backends:")
+    for name, status in xpcnn.available_backends().items():
+        if status == "available":
+            print(f"  {name:<17} available; devices: {_devices(name)}")
+        else:
+            print(f"  {name:<17} unavailable: {status}")
+    return 0
+
+
+# ---------------------------------------------------------------- parity / bench
+
+
+def delegate(command: str, argv: list[str]) -> int:
+    """Run ``xpcnn parity`` / ``xpcnn bench`` through their modules' add_arguments / run."""
+    module_name = DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        missing = e.name or str(e)
+        if missing == module_name:
+            print(f"error: 'xpcnn {command}' is not available: this installation has no {module_name} module", file=sys.stderr)
+        else:
+            print(f"error: 'xpcnn {command}' needs the package {missing!r}, which is not installed ({e}); "
+                  "pip install 'xpcnn[test]' or 'xpcnn[bench]'", file=sys.stderr)
+        return 2
+    doc = (module.__doc__ or "").strip().splitlines()
+    parser = argparse.ArgumentParser(prog=f"xpcnn {command}", description=doc[0] if doc else None)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import XpcnnError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in DELEGATED:
+            return delegate(argv[0], argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(f"xpcnn {__version__}")
+            return 0
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except XpcnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
