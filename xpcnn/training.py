@@ -145,7 +145,8 @@ def _diagnose(model, xb, loss_value: float) -> str | None:
             out = layer.forward(out)
             if _first_non_finite(xp, [("output", out)]):
                 return f"layer {i} ({type(layer).__name__}) output is the first non-finite activation"
-        return "the loss (all logits are finite)"
+        largest = float(xp.max(xp.abs(out)))
+        return f"the loss itself overflowed (every layer output is finite; the largest logit magnitude is {largest:.3g})"
     for i, layer in enumerate(model.layers):
         bad = _first_non_finite(xp, layer.grads.items())
         if bad:
