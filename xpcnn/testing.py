@@ -634,7 +634,7 @@ def parity_cases() -> list[OpCase]:
     return [
         _conv_case(),
         _pool_case("avg_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "avg_pool2d + backward, kernel 3, stride 2, pad 1 (zeros counted)"),
-        _pool_case("avg_pool2d_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4), "avg_pool2d + backward, kernel 2 (tiling path, last row dropped)"),
+        _pool_case("avg_pool2d_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4), "avg_pool2d + backward, kernel 2 = stride (non-overlapping windows), last row dropped"),
         _pool_case("max_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "max_pool2d + backward, kernel 3, stride 2, pad 1 (-inf)"),
         _relu_case(),
         _softmax_case(log=False),
