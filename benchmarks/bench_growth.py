@@ -1,24 +1,26 @@
 """How the cost of training the notebook network grows with batch size and with image size.
 
-    .venv/bin/python benchmarks/bench_growth.py                       # ~1-2 minutes
+    .venv/bin/python benchmarks/bench_growth.py                       # ~2 minutes
     .venv/bin/python benchmarks/bench_growth.py --quick --plot runs/growth
     .venv/bin/python benchmarks/bench_growth.py --threads 1 --json runs/growth.json
 
-1. Time per image vs batch size 1, 2, 4, ..., 512 (28x28): xpcnn vs PyTorch, round-robin per
-   batch size. A per-step overhead shows as a 1/batch slope at small batches; a flat tail means
+1. Time per image vs batch size 1, 2, 4, ..., 512 (28x28): xpcnn vs PyTorch. A per-step overhead shows as a 1/batch slope at small batches; a flat tail means
    the work per image dominates.
 2. Time per image vs image size 28, 56, 112 (nearest-neighbour upscaled mnist5k; the Dense input
    follows: 16 * (S-2)/2 * (S-2)/2): xpcnn and PyTorch at batch 64 and the notebook algorithm at
    batch 1 (its per-pixel loops should grow like S^2, as should everything else).
 
-Same method as bench_train.py (xpcnn.bench): same data, same initial weights (the notebook algorithm: its own), same threads,
-median of >= 5 rounds after a warm-up. ``--plot DIR`` writes growth_batch.png and
+All points of a sweep are measured in one round-robin pool (not one point after another), so
+a change in machine load moves the whole curve rather than bending it. Otherwise the same
+method as bench_train.py (xpcnn.bench): same data, same initial weights (the notebook algorithm
+keeps its own), same threads, median of >= 5 rounds after a warm-up. ``--plot DIR`` writes growth_batch.png and
 growth_image_size.png (log-log) with matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,7 +36,7 @@ SIZES = [28, 56, 112]
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(parser)
-    parser.set_defaults(repeats=5, round_seconds=0.3)
+    parser.set_defaults(repeats=9, round_seconds=0.25)
     parser.add_argument("--quick", action="store_true", help="seconds-long: very short rounds")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="DIR", help="write growth_batch.png and growth_image_size.png here")
@@ -46,34 +48,43 @@ def parse_args(argv=None):
     return args
 
 
-def _us_per_image(results):
-    return {name: 1e6 / r.median for name, r in results.items()}
-
-
-def batch_sweep(args, images, labels, with_torch):
+def _sweep(args, key, points, make):
+    """All (point, contender) workloads measured in ONE round-robin pool, so a change in the
+    machine's load during the sweep shifts every point alike instead of bending the curve."""
+    pool, owner = [], {}
+    for point in points:
+        for w in make(point):
+            base = w.name
+            w.name = f"{base} {key}={point}"
+            owner[w.name] = (point, base)
+            pool.append(w)
+    print(f"  measuring {len(pool)} workloads in one pool ...", file=sys.stderr, flush=True)
+    res = bench.measure(pool, repeats=args.repeats, round_s=args.round_seconds, warmup_s=min(0.3, args.round_seconds))
     rows = []
-    for batch in BATCHES:
-        print(f"  batch {batch} ...", file=sys.stderr, flush=True)
-        ws = bench.contenders("train", "notebook", batch, images, labels, backend=args.backend,
-                              torch_device=args.torch_device, with_torch=with_torch)
-        res = bench.measure(ws, repeats=args.repeats, round_s=args.round_seconds, warmup_s=min(0.3, args.round_seconds))
-        rows.append({"batch": batch, "us_per_image": _us_per_image(res), "ratios": bench.ratios(res)})
+    for point in points:
+        mine = {owner[n][1]: dataclasses.replace(r, name=owner[n][1]) for n, r in res.items() if owner[n][0] == point}
+        rows.append({key: point, "us_per_image": {n: 1e6 / r.median for n, r in mine.items()},
+                     "ratios": bench.ratios(mine)})
     return rows
 
 
+def batch_sweep(args, images, labels, with_torch):
+    return _sweep(args, "batch", BATCHES, lambda batch: bench.contenders(
+        "train", "notebook", batch, images, labels, backend=args.backend, torch_device=args.torch_device,
+        with_torch=with_torch))
+
+
 def size_sweep(args, with_torch):
-    rows = []
-    for size in SIZES:
-        print(f"  image size {size} ...", file=sys.stderr, flush=True)
+    def make(size):
         images, labels = bench.load_images(size, n=1024)
-        ws = bench.contenders("train", "notebook", 64, images, labels, backend=args.backend,
-                              torch_device=args.torch_device, with_torch=with_torch, image_size=size)
-        nb = bench.contenders("train", "notebook", 1, images[:200], labels[:200], with_torch=False,
-                              with_notebook=True, image_size=size)[-1]
-        res = bench.measure(ws + [nb], repeats=args.repeats, round_s=args.round_seconds,
-                            warmup_s=min(0.3, args.round_seconds))
-        rows.append({"image_size": size, "dense_inputs": 16 * ((size - 2) // 2) ** 2,
-                     "us_per_image": _us_per_image(res), "ratios": bench.ratios(res)})
+        return bench.contenders("train", "notebook", 64, images, labels, backend=args.backend,
+                                torch_device=args.torch_device, with_torch=with_torch, image_size=size) + \
+            bench.contenders("train", "notebook", 1, images[:200], labels[:200], with_torch=False,
+                             with_notebook=True, image_size=size)[-1:]
+
+    rows = _sweep(args, "image_size", SIZES, make)
+    for row in rows:
+        row["dense_inputs"] = 16 * ((row["image_size"] - 2) // 2) ** 2
     return rows
 
 
@@ -122,8 +133,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with_torch = not args.no_torch and bench._torch() is not None
     bench.set_threads(args.threads, torch_too=with_torch)
+    busy_before = bench.warn_if_oversubscribed(args.threads)
     env = bench.environment(args.threads, args.backend, args.torch_device if with_torch else None)
     load = bench.LoadMonitor()
+    if busy_before is not None:
+        print(f"other processes' load before the run: {busy_before:.2f} CPUs")
     print(f"{env['date']}  {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
           f"xpcnn backend {args.backend}")
     images, labels = bench.load_images()
@@ -135,13 +149,13 @@ def main(argv=None) -> int:
     if other is not None:
         print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run")
     if args.plot:
-        subtitle = f"{env['cpu']}, {args.threads} threads, numpy {env['numpy']}, torch {env['torch'] or '-'}"
+        subtitle = f"{env['cpu']}, threads: {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}"
         for path in plot(rows_b, rows_s, args.plot, subtitle):
             print(f"wrote {path}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "other_cpus_busy": other, "batch": rows_b, "image_size": rows_s}, f, indent=2)
+            json.dump({"environment": env, "other_cpus_busy_before": busy_before, "other_cpus_busy": other, "batch": rows_b, "image_size": rows_s}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -1,6 +1,6 @@
 """Training and inference throughput and peak memory: xpcnn vs PyTorch vs the notebook algorithm.
 
-    .venv/bin/python benchmarks/bench_train.py                    # full run, ~2-3 minutes
+    .venv/bin/python benchmarks/bench_train.py                    # full run, ~3-4 minutes
     .venv/bin/python benchmarks/bench_train.py --quick            # seconds
     .venv/bin/python benchmarks/bench_train.py --threads 1 --json runs/bench.json
     .venv/bin/python benchmarks/bench_train.py --backend cupy --torch-device cuda   # on a GPU box
@@ -46,8 +46,9 @@ EPOCH_RSS_TARGET_MB = 250
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(parser)
-    parser.set_defaults(repeats=7, round_seconds=1.0)
-    parser.add_argument("--quick", action="store_true", help="seconds-long: short rounds, 5 repeats, short children")
+    parser.set_defaults(repeats=11, round_seconds=0.4)
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds-long: 5 short rounds; of the memory children only the one-epoch xpcnn run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     args = parser.parse_args(argv)
@@ -71,8 +72,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with_torch = not args.no_torch and bench._torch() is not None
     bench.set_threads(args.threads, torch_too=with_torch)
+    busy_before = bench.warn_if_oversubscribed(args.threads)
     env = bench.environment(args.threads, args.backend, args.torch_device if with_torch else None)
     load = bench.LoadMonitor()
+    if busy_before is not None:
+        print(f"other processes' load before the run: {busy_before:.2f} CPUs")
     print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
           f"torch {env['torch'] or 'not installed'}, xpcnn backend {args.backend}, torch device {args.torch_device}")
     print(f"BLAS: {'; '.join(env['blas']) or '?'}")
@@ -95,15 +99,14 @@ def main(argv=None) -> int:
 
     memory = []
     if not args.no_memory:
-        seconds = 0.3 if args.quick else 2.0
         for row in rows:
             scenario, r, _, _, entry = row
-            if entry["kind"] != "train":
+            if entry["kind"] != "train" or args.quick:
                 continue
             contender = r.name.split("[")[0]
             print(f"  peak RSS: {scenario} {r.name} in a child ...", file=sys.stderr, flush=True)
             spec = {"contender": contender, "net": entry["net"], "batch": r.images_per_step, "threads": args.threads,
-                    "backend": args.backend, "torch_device": args.torch_device, "seconds": seconds}
+                    "backend": args.backend, "torch_device": args.torch_device, "seconds": 2.0}
             child = bench.run_child(spec)
             child["scenario"] = scenario
             memory.append(child)
@@ -141,7 +144,8 @@ def main(argv=None) -> int:
     if args.json:
         report = {"environment": env, "settings": {"repeats": args.repeats, "round_seconds": args.round_seconds,
                                                    "quick": args.quick, "threads": args.threads},
-                  "other_cpus_busy": other, "results": results, "memory": memory}
+                  "other_cpus_busy_before": busy_before, "other_cpus_busy": other,
+                  "results": results, "memory": memory}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

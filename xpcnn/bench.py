@@ -175,6 +175,21 @@ class LoadMonitor:
         return max(0.0, (end[1] - self.start[1]) - (end[2] - self.start[2])) / wall
 
 
+def warn_if_oversubscribed(threads: int, seconds: float = 0.5) -> float | None:
+    """Sample the machine's other load for ``seconds``; warn when it plus ``threads`` exceeds
+    the CPUs. Then a BLAS/OpenMP thread waits at every barrier for a partner that is not
+    running, and a step can take 10-100x longer: the comparison measures the scheduler."""
+    monitor = LoadMonitor()
+    time.sleep(seconds)
+    other = monitor.other_cpus()
+    cpus = os.cpu_count() or 1
+    if other is not None and other + threads > cpus + 0.25:
+        print(f"WARNING: other processes keep {other:.1f} of {cpus} CPUs busy and --threads is {threads}: "
+              f"multi-threaded steps may stall; prefer --threads {max(1, int(cpus - other))} on this machine",
+              file=sys.stderr)
+    return other
+
+
 # ---------------------------------------------------------------- data and models
 
 
@@ -547,6 +562,7 @@ def run(args: argparse.Namespace) -> int:
     notebook algorithm) and batch 64 (xpcnn, PyTorch); prints a table with ratios."""
     with_torch = not args.no_torch and _torch() is not None
     set_threads(args.threads, torch_too=with_torch)
+    warn_if_oversubscribed(args.threads)
     env = environment(args.threads, args.backend, args.torch_device if with_torch else "-")
     print(f"xpcnn bench: {env['cpu']}, {args.threads} threads, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
           f"xpcnn backend {args.backend}")
