@@ -473,8 +473,9 @@ def ratios(results: dict) -> dict:
 
 def format_rows(rows) -> str:
     """A text table of (scenario, Result, ratios, peak RSS MB or None) rows."""
+    with_rss = any(rss is not None for *_, rss in rows)
     head = f"{'scenario':<28} {'contender':<16} {'batch':>5} {'images/s':>11} {'min..max':>19} " \
-           f"{'xpcnn/torch':>11} {'xpcnn/nb':>9} {'peak RSS MB':>11}"
+           f"{'xpcnn/torch':>11} {'xpcnn/nb':>9}" + (f" {'peak RSS MB':>11}" if with_rss else "")
     lines = [head, "-" * len(head)]
     for scenario, res, rat, rss in rows:
         is_xp = res.name.startswith("xpcnn")
@@ -483,7 +484,7 @@ def format_rows(rows) -> str:
         spread = f"{min(res.samples):.4g}..{max(res.samples):.4g}"
         rss_s = f"{rss:.0f}" if rss is not None else ""
         lines.append(f"{scenario:<28} {res.name:<16} {res.images_per_step:>5} {res.median:>11.5g} {spread:>19} "
-                     f"{vs_t:>11} {vs_n:>9} {rss_s:>11}")
+                     f"{vs_t:>11} {vs_n:>9}" + (f" {rss_s:>11}" if with_rss else ""))
     return "\n".join(lines)
 
 
@@ -564,7 +565,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads, torch_too=with_torch)
     warn_if_oversubscribed(args.threads)
     env = environment(args.threads, args.backend, args.torch_device if with_torch else "-")
-    print(f"xpcnn bench: {env['cpu']}, {args.threads} threads, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
+    print(f"xpcnn bench: {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
           f"xpcnn backend {args.backend}")
     if not with_torch:
         print("note: PyTorch not installed (pip install 'xpcnn[torch]'): xpcnn vs the notebook only")
