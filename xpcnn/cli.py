@@ -19,7 +19,8 @@ import re
 import sys
 import time
 import warnings
-from pathlib import Path
+
+from .errors import ArgumentError, XpcnnError
 
 # Defaults per network: what ``train`` uses unless a flag says otherwise.
 TRAIN_DEFAULTS = {
@@ -104,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(Exception):
+    """A bad command line: printed as ``error: ...`` with exit status 2."""
+
+
+def _backend(spec: str | None):
+    """The backend named on the command line (None: the selected one), loaded now so that an
+    unknown name is a usage error and an unavailable one an xpcnn error, before any work."""
+    if spec is None:
+        return None
+    from .backend import load_backend
+
+    try:
+        return load_backend(spec)
+    except ArgumentError as e:
+        raise UsageError(f"--backend: {e}") from None
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -133,7 +151,7 @@ def cmd_train(args) -> int:
     if args.resume and not args.checkpoint_dir:
         print("error: --resume needs --checkpoint-dir DIR (where the checkpoints are)", file=sys.stderr)
         return 2
-    if args.backend:
+    if _backend(args.backend) is not None:
         xpcnn.set_backend(args.backend)
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = _load_split(args.dataset, args.data_path, settings["dtype"])
@@ -189,7 +207,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import xpcnn
 
-    model = xpcnn.load(args.model, backend=args.backend)
+    model = xpcnn.load(args.model, backend=_backend(args.backend))
     _, (x_test, y_test) = _load_split(args.dataset, args.data_path, model.dtype)
     result = model.evaluate(x_test, y_test, batch_size=args.batch_size)
     correct = round(result["accuracy"] * len(x_test))
@@ -232,7 +250,7 @@ def cmd_predict(args) -> int:
 
     from .datasets import preprocess
 
-    model = xpcnn.load(args.model, backend=args.backend)
+    model = xpcnn.load(args.model, backend=_backend(args.backend))
     pixels = read_image(args.image, model.input_shape, args.invert)
     x = xpcnn.to_device(preprocess(pixels, model.dtype), model.backend)
     probs = xpcnn.to_numpy(model.predict(x))[0]
@@ -302,8 +320,6 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import XpcnnError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in DELEGATED:
@@ -319,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except XpcnnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
