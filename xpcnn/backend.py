@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import array_api_compat
 import numpy as np
 
-from .errors import BackendMismatchError, BackendUnavailableError, DTypeError
+from .errors import ArgumentError, BackendMismatchError, BackendUnavailableError, DTypeError
 
 BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
 VALID_NAMES = BACKENDS + ("auto",)
@@ -72,13 +72,13 @@ def default_device_name(name: str) -> str | None:
 
 def _split(spec: str) -> tuple[str, str | None]:
     if not isinstance(spec, str):
-        raise TypeError(f"backend: expected a name such as 'numpy' or 'cupy', got {type(spec).__name__}")
+        raise ArgumentError(f"backend: expected a name such as 'numpy' or 'cupy', got {type(spec).__name__}")
     name, _, device = spec.strip().partition(":")
     name = name.lower().replace("-", "_")
     if name == "strict":
         name = "array_api_strict"
     if name not in VALID_NAMES:
-        raise ValueError(f"backend: unknown name {spec!r}; valid names are {', '.join(VALID_NAMES)}")
+        raise ArgumentError(f"backend: unknown name {spec!r}; valid names are {', '.join(VALID_NAMES)}")
     return name, (device or None)
 
 
@@ -91,7 +91,7 @@ def _import(module: str, fix: str) -> ModuleType:
 
 def _load_numpy(device: str | None) -> Backend:
     if device not in (None, "cpu"):
-        raise ValueError(f"backend 'numpy': the only device is 'cpu', got {device!r}")
+        raise ArgumentError(f"backend 'numpy': the only device is 'cpu', got {device!r}")
     import array_api_compat.numpy as xp
 
     return Backend("numpy", xp, "cpu")
@@ -145,7 +145,7 @@ def _load_strict(device: str | None) -> Backend:
     if device is None:
         return Backend("array_api_strict", xp, xp.__array_namespace_info__().default_device())
     if device not in names:
-        raise ValueError(f"backend 'array_api_strict': unknown device {device!r}; valid devices are {', '.join(names)}")
+        raise ArgumentError(f"backend 'array_api_strict': unknown device {device!r}; valid devices are {', '.join(names)}")
     return Backend("array_api_strict", xp, names[device])
 
 
@@ -315,7 +315,7 @@ def _backend_of_device(device: Any) -> str:
             return name
     if device == "cpu":
         return "numpy"
-    raise TypeError(f"target: expected a backend name or a device object of numpy/cupy/torch/array_api_strict, got {device!r}")
+    raise ArgumentError(f"target: expected a backend name or a device object of numpy/cupy/torch/array_api_strict, got {device!r}")
 
 
 def resolve_target(target: Any) -> Backend:

@@ -14,6 +14,11 @@ class ShapeError(XpcnnError, ValueError):
     """An array has the wrong rank or shape, or a size is out of range."""
 
 
+class ArgumentError(XpcnnError, ValueError):
+    """A scalar or named argument (learning rate, seed, backend name, initialiser, ...) has the
+    wrong type or is out of range."""
+
+
 class DTypeError(XpcnnError, TypeError):
     """An array has a dtype the operation cannot take."""
 

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import ArgumentError
+
 Initializer = Callable[[np.random.Generator, tuple, int, int], np.ndarray]
 
 
@@ -68,5 +70,5 @@ def get(init: str | Initializer, argument: str) -> Initializer:
     if callable(init):
         return init
     if init not in INITIALIZERS:
-        raise ValueError(f"{argument}: unknown initialiser {init!r}; valid names are {', '.join(INITIALIZERS)}")
+        raise ArgumentError(f"{argument}: unknown initialiser {init!r}; valid names are {', '.join(INITIALIZERS)}")
     return INITIALIZERS[init]

@@ -9,8 +9,8 @@ import numpy as np
 
 from . import functional as F
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
-from .errors import DataError, DTypeError, NotBuiltError, ShapeError
-from .functional._checks import ArgumentError, check_array, namespace, sample_shape
+from .errors import ArgumentError, DataError, DTypeError, NotBuiltError, ShapeError, XpcnnError
+from .functional._checks import check_array, namespace, sample_shape
 from .layers import LAYERS, Layer
 
 
@@ -174,13 +174,26 @@ class Sequential:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Sequential":
-        """An unbuilt model from :meth:`get_config` output; unknown layer types are refused."""
+        """An unbuilt model from :meth:`get_config` output. Anything malformed (unknown layer
+        types, wrong argument names or values) is refused with an ArgumentError: the config
+        may come from a file written by someone else."""
+        specs = config.get("layers") if isinstance(config, dict) else None
+        if not isinstance(specs, list) or not specs:
+            raise ArgumentError(f"config: expected a dict with a non-empty 'layers' list, got {type(config).__name__}")
         layers = []
-        for i, spec in enumerate(config.get("layers", [])):
+        for i, spec in enumerate(specs):
             kind = spec.get("type") if isinstance(spec, dict) else None
-            if kind not in LAYERS:
-                raise ValueError(f"config.layers[{i}]: unknown layer type {kind!r}; known: {', '.join(LAYERS)}")
-            layers.append(LAYERS[kind](**spec.get("config", {})))
+            if not isinstance(kind, str) or kind not in LAYERS:
+                raise ArgumentError(f"config.layers[{i}]: unknown layer type {kind!r}; known: {', '.join(LAYERS)}")
+            kwargs = spec.get("config", {})
+            if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise ArgumentError(f"config.layers[{i}].config: expected a dict of arguments, got {type(kwargs).__name__}")
+            try:
+                layers.append(LAYERS[kind](**kwargs))
+            except XpcnnError:
+                raise
+            except (TypeError, ValueError) as e:
+                raise ArgumentError(f"config.layers[{i}] ({kind}): invalid arguments {kwargs!r}: {e}") from None
         return cls(layers)
 
     def summary(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from .backend import namespace_of
 from .errors import NotBuiltError
-from .functional._checks import ArgumentError
+from .errors import ArgumentError
 
 
 def _check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None, strict_low: bool = False) -> float:
@@ -61,8 +61,15 @@ class Optimizer:
         return {"hyper": self.hyper(), "steps": self.steps, "state": {k: dict(v) for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.state = {k: dict(v) for k, v in state["state"].items()}
+        """Restore :meth:`state_dict` output (step counter and per-parameter state arrays)."""
+        steps = state.get("steps") if isinstance(state, dict) else None
+        buffers = state.get("state") if isinstance(state, dict) else None
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or not isinstance(buffers, dict):
+            raise ArgumentError(f"state: expected a dict with an int 'steps' >= 0 and a 'state' dict (from state_dict()), got {state!r:.200}")
+        if not all(isinstance(v, dict) for v in buffers.values()):
+            raise ArgumentError("state['state']: expected a dict of per-parameter dicts of arrays")
+        self.steps = steps
+        self.state = {k: dict(v) for k, v in buffers.items()}
 
     def map_state(self, fn) -> None:
         """Apply ``fn`` to every state array (used to move optimizer state with the model)."""

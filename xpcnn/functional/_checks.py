@@ -8,13 +8,9 @@ import operator
 from typing import Any
 
 from ..backend import device_of, library_of, namespace_of
-from ..errors import BackendMismatchError, DTypeError, ShapeError, XpcnnError
+from ..errors import ArgumentError, BackendMismatchError, DTypeError, ShapeError  # noqa: F401  (ArgumentError re-exported)
 
 _ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
-
-
-class ArgumentError(XpcnnError, ValueError):
-    """A scalar argument (learning rate, seed, an optimizer, ...) has the wrong type or is out of range."""
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
