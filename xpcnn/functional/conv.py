@@ -54,15 +54,24 @@ def _weight_matrix(xp, weight):
     return xp.reshape(xp.permute_dims(weight, (0, 2, 3, 1)), (o, kh * kw * c))
 
 
+def _batch_second(xp, x):
+    """(N, C, H, W) -> (C, N, H, W). Putting the batch inside the channel lets the whole batch
+    share ONE large matmul: BLAS threads a (K, N*L) product well, while N small per-sample
+    products run on one core."""
+    return xp.permute_dims(x, (1, 0, 2, 3))
+
+
 def _im2col(xp, x, kernel, stride, padding, dilation, out_hw):
-    """x (N, C, H, W) -> columns (N, kh*kw*C, OH*OW), tap-major."""
+    """x (N, C, H, W) -> columns (kh*kw*C, N*OH*OW): tap-major rows, batch-major columns."""
     n, c = x.shape[:2]
-    taps = taps_of(pad2d(x, padding), kernel, stride, dilation, out_hw)
-    return xp.reshape(xp.stack(taps, axis=1), (n, len(taps) * c, out_hw[0] * out_hw[1]))
+    # One copy into (C, N, H, W) first, so each tap below is a plain strided slice.
+    x_cn = xp.reshape(_batch_second(xp, x), (c, n, *x.shape[2:]))
+    taps = taps_of(pad2d(x_cn, padding), kernel, stride, dilation, out_hw)
+    return xp.reshape(xp.stack(taps, axis=0), (len(taps) * c, n * out_hw[0] * out_hw[1]))
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> tuple[Any, Any]:
-    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (N, kh*kw*C, OH*OW)."""
+    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (kh*kw*C, N*OH*OW)."""
     xp = _check(x, weight, bias)
     stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
     n = x.shape[0]
@@ -71,7 +80,8 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> 
     y = xp.matmul(_weight_matrix(xp, weight), cols)
     if bias is not None:
         y = y + xp.reshape(bias, (o, 1))
-    return xp.reshape(y, (n, o, oh, ow)), cols
+    # (O, N, OH, OW) memory seen as (N, O, OH, OW): a view, no copy; later ops read it strided.
+    return _batch_second(xp, xp.reshape(y, (o, n, oh, ow))), cols
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
@@ -94,14 +104,14 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=
     check_grad(grad_y, "grad_y", x, (n, o, oh, ow), "x")
     if cols is None:
         cols = _im2col(xp, x, (kh, kw), stride, padding, dilation, (oh, ow))
-    g = xp.reshape(grad_y, (n, o, oh * ow))
-    # Batched matmul then a sum over N beats one tensordot (which copies both operands).
-    grad_w_matrix = xp.sum(xp.matmul(g, xp.matrix_transpose(cols)), axis=0)
+    g = xp.reshape(_batch_second(xp, grad_y), (o, n * oh * ow))
+    grad_w_matrix = xp.matmul(g, xp.matrix_transpose(cols))
     grad_weight = xp.permute_dims(xp.reshape(grad_w_matrix, (o, kh, kw, c)), (0, 3, 1, 2))
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:
-        grad_cols = xp.reshape(xp.matmul(_weight_matrix(xp, weight).T, g), (n, kh * kw, c, oh, ow))
-        taps = [grad_cols[:, k, ...] for k in range(kh * kw)]
-        grad_x = add_taps(taps, x, padding, (kh, kw), stride, dilation, (oh, ow))
+        grad_cols = xp.reshape(xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight)), g), (kh * kw, c, n, oh, ow))
+        taps = [grad_cols[k, ...] for k in range(kh * kw)]
+        grad_x_cn = add_taps(taps, _batch_second(xp, x), padding, (kh, kw), stride, dilation, (oh, ow))
+        grad_x = _batch_second(xp, grad_x_cn)
     return grad_x, grad_weight, grad_bias
