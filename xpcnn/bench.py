@@ -183,7 +183,7 @@ def warn_if_oversubscribed(threads: int, seconds: float = 0.5) -> float | None:
     time.sleep(seconds)
     other = monitor.other_cpus()
     cpus = os.cpu_count() or 1
-    if other is not None and other + threads > cpus + 0.25:
+    if other is not None and threads > 1 and other + threads > cpus + 0.25:
         print(f"WARNING: other processes keep {other:.1f} of {cpus} CPUs busy and --threads is {threads}: "
               f"multi-threaded steps may stall; prefer --threads {max(1, int(cpus - other))} on this machine",
               file=sys.stderr)
