@@ -146,21 +146,34 @@ def save(model, path: str | os.PathLike) -> Path:
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of a regular file (never a FIFO or device, which could block forever)."""
+    """The bytes of a model file, refusing early: never a FIFO or device (which could block or
+    never end), and nothing past the first 8 bytes of a file whose header length cannot fit."""
     where = os.fspath(path)
     try:
-        info = os.stat(where)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; harmless for regular files.
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except IsADirectoryError:
+        raise ModelFileError(f"{where}: is a directory, expected a model file") from None
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{where}: cannot open model file ({e})") from e
-    if stat.S_ISDIR(info.st_mode):
-        raise ModelFileError(f"{where}: is a directory, expected a model file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ModelFileError(f"{where}: not a regular file")
-    try:
-        with open(where, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ModelFileError(f"{where}: cannot read model file ({e})") from e
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise ModelFileError(f"{where}: is a directory, expected a model file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelFileError(f"{where}: not a regular file")
+        try:
+            head = f.read(8)
+            if len(head) == 8:
+                (header_len,) = struct.unpack("<Q", head)
+                if header_len > _MAX_HEADER or 8 + header_len > info.st_size:  # refuse before reading the rest
+                    raise ModelFileError(
+                        f"{where}: not a safetensors model file: header length {header_len} does not fit the "
+                        f"{info.st_size}-byte file{_sniff(head)} (truncated or not this format)"
+                    )
+            return head + f.read()
+        except OSError as e:
+            raise ModelFileError(f"{where}: cannot read model file ({e})") from e
 
 
 def _sniff(data: bytes) -> str:
@@ -299,8 +312,9 @@ def expected_shapes(model, input_shape: tuple[int, ...], where: str) -> dict[str
     shape = tuple(input_shape)
     try:
         for i, layer in enumerate(model.layers):
+            out = tuple(layer.output_shape(shape))  # validates the geometry first, as build does
             specs = layer._param_specs(shape)
-            shape = tuple(layer.output_shape(shape))
+            shape = out
             for name, spec in specs.items():
                 shapes[f"{i}.{name}"] = tuple(int(s) for s in spec[0])
     except (XpcnnError, ValueError, TypeError) as e:
