@@ -1,8 +1,10 @@
 """Checkpoints: contents, pruning, exact resume (also after a SIGKILL mid-write), damaged files,
 and the NaN guard leaving the last good checkpoint intact."""
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import xpcnn
 from xpcnn import checkpoint, layers, optim
@@ -192,3 +196,54 @@ def test_sigkill_during_checkpoint_write_then_exact_resume(tmp_path):
     assert_same_weights(resumed, reference)
     assert [e for e, _ in checkpoint.list_checkpoints(directory)] == [3, 4, 5]
     assert not [n for n in os.listdir(directory) if n.endswith(".tmp")]  # the stray file was cleaned up
+
+
+# ---------------------------------------------------------------- damaged checkpoint metadata
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ck")
+    train(1, directory, optimizer=lambda: optim.SGD(0.1, momentum=0.5))
+    return directory / checkpoint.checkpoint_name(1)
+
+
+def rewrite_metadata(path, target, **changes):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"].update(changes)
+    text = json.dumps(header).encode()
+    target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
+    return target
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                           max_leaves=10)
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["epoch", "optimizer", "rng", "history", "fit"]), value=json_values)
+def test_damaged_checkpoint_metadata_is_refused_cleanly(checkpoint_file, tmp_path, key, value):
+    path = rewrite_metadata(checkpoint_file, tmp_path / checkpoint.checkpoint_name(1), **{key: json.dumps(value)})
+    try:
+        ckpt = checkpoint.read(path)
+    except ModelFileError:
+        return
+    ckpt.make_rng()
+    ckpt.make_optimizer()
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("optimizer", '{"class": "Evil", "hyper": {}, "steps": 1, "state": {}}', "unknown class"),
+    ("optimizer", '{"class": "SGD", "hyper": {"lr": -1}, "steps": 1, "state": {}}', "hyper"),
+    ("optimizer", '{"class": "SGD", "hyper": {"lr": 0.1}, "steps": 1, "state": {"9.weight": ["momentum"]}}', "not a parameter"),
+    ("rng", '{"bit_generator": "MT19937", "state": {}}', "PCG64"),
+    ("rng", '{"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0, "uinteger": 0}', "rng"),
+    ("epoch", "0", "epoch"),
+    ("history", '{"loss": [1, 2, 3]}', "history"),
+])
+def test_specific_checkpoint_defects(checkpoint_file, tmp_path, key, value, match):
+    path = rewrite_metadata(checkpoint_file, tmp_path / "c.safetensors", **{key: value})
+    with pytest.raises(ModelFileError, match=match):
+        checkpoint.read(path)
