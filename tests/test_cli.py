@@ -43,7 +43,7 @@ def test_train_prints_accuracy_and_time_and_writes_files(trained):
     assert "epoch 1/1 - " in out
     accuracy = float(out.split("held-out accuracy: ")[1].split("%")[0])
     assert accuracy > 85.0  # one epoch; the 10-epoch default reaches >= 95%
-    assert "s/epoch over 1 epochs" in out
+    assert "s/epoch over 1 epoch(s)" in out
     assert model_path.exists() and (directory / "plots" / "curves.png").exists()
     assert (directory / "ckpt" / "ckpt-epoch000001.safetensors").exists()
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here (newest 3 kept)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir, if any")
     train.add_argument("--threads", type=_positive_int,
-                       help="limit NumPy's BLAS / OpenMP threads (needs threadpoolctl); 1 is often fastest for this "
+                       help="limit NumPy's BLAS / OpenMP threads (threadpoolctl) and torch's; 1 is often fastest for this "
                             "small network, and much faster on a busy machine")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 quiet, 1 progress bar on a terminal / a line per epoch otherwise (default), 2 a line per epoch")
@@ -142,19 +142,34 @@ def _optimizer(name: str, lr: float):
 
 
 def _thread_limit(threads: int | None):
-    """A context that limits the BLAS / OpenMP thread pools to ``threads`` (None: no limit)."""
+    """A context limiting NumPy's BLAS / OpenMP pools (threadpoolctl) and, when the torch backend
+    is loaded, torch's intra-op pool to ``threads``. None: no limit."""
     import contextlib
 
+    stack = contextlib.ExitStack()
     if threads is None:
-        return contextlib.nullcontext()
+        return stack
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        raise UsageError("--threads needs threadpoolctl: pip install threadpoolctl") from None
-    return threadpool_limits(threads)
+        if torch is None:
+            raise UsageError("--threads needs threadpoolctl: pip install threadpoolctl") from None
+        return stack
+    stack.enter_context(threadpool_limits(threads))
+    return stack
 
 
 def cmd_train(args) -> int:
+    import xpcnn
+
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
+    if _backend(args.backend) is not None:
+        xpcnn.set_backend(args.backend)
     with _thread_limit(args.threads):
         return _train(args)
 
@@ -169,11 +184,6 @@ def _train(args) -> int:
     for key in settings:
         if getattr(args, key, None) is not None:
             settings[key] = getattr(args, key)
-    if args.resume and not args.checkpoint_dir:
-        print("error: --resume needs --checkpoint-dir DIR (where the checkpoints are)", file=sys.stderr)
-        return 2
-    if _backend(args.backend) is not None:
-        xpcnn.set_backend(args.backend)
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = _load_split(args.dataset, args.data_path, settings["dtype"])
     model = zoo.get(args.model)
@@ -188,10 +198,11 @@ def _train(args) -> int:
     if resume_from is None:
         model.build(x_train.shape[1:], seed=args.seed, dtype=settings["dtype"])
     optimizer = None if resume_from else _optimizer(settings["optimizer"], settings["lr"])
-    backend = xpcnn.get_backend()
-    print(f"xpcnn {xpcnn.__version__}: {args.model} network on {backend} ({settings['dtype']}), {args.dataset}: "
-          f"{len(x_train)} training / {len(x_test)} held-out images; {settings['optimizer']} lr {settings['lr']:g}, "
-          f"batch {settings['batch_size']}, {settings['epochs']} epochs, seed {args.seed}", flush=True)
+    training = (f"resuming from the newest checkpoint in {resume_from} (its optimizer and shuffle state)" if resume_from
+                else f"{settings['optimizer']} lr {settings['lr']:g}, seed {args.seed}")
+    print(f"xpcnn {xpcnn.__version__}: {args.model} network on {xpcnn.get_backend()} ({settings['dtype']}), {args.dataset}: "
+          f"{len(x_train)} training / {len(x_test)} held-out images; {training}, batch {settings['batch_size']}, "
+          f"{settings['epochs']} epoch(s)", flush=True)
     ran = []
     counter = LambdaCallback(on_epoch_end=lambda epoch, logs: ran.append(epoch))
     fit_start = time.perf_counter()
@@ -209,7 +220,7 @@ def _train(args) -> int:
     result = model.evaluate(x_test, y_test)
     correct = round(result["accuracy"] * len(x_test))
     print(f"held-out accuracy: {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}), loss {result['loss']:.4f}")
-    per_epoch = f" ({fit_seconds / len(ran):.2f} s/epoch over {len(ran)} epochs)" if ran else " (nothing left to train)"
+    per_epoch = f" ({fit_seconds / len(ran):.2f} s/epoch over {len(ran)} epoch(s))" if ran else " (nothing left to train)"
     print(f"time: {fit_seconds:.1f} s training{per_epoch}, {time.perf_counter() - start:.1f} s in all")
     if args.save:
         model.save(args.save)
