@@ -91,6 +91,14 @@ def test_unbuilt_model_is_built_from_the_data():
     assert isinstance(model.optimizer, optim.Adam) and model.optimizer.lr == training.DEFAULT_LR
 
 
+def test_unbuilt_model_refuses_uint8_before_building():
+    x, y = blobs(10)
+    model = small_model()
+    with pytest.raises(DTypeError, match="preprocess"):
+        model.fit((x[:, 0] * 255).astype(np.uint8), y, verbose=0)
+    assert not model.built
+
+
 def test_optimizer_is_kept_between_fits():
     x, y = blobs(32)
     model = built()

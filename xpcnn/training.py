@@ -54,14 +54,7 @@ class _Data:
         x, y = _as_array(x, nx), _as_array(y, ny)
         self.host = isinstance(x, np.ndarray)
         xp = namespace_of(x)
-        kind = dtype_name(x.dtype)
-        if kind == "uint8":
-            raise DTypeError(
-                f"{nx}: expected float images in [0, 1], got uint8 pixels; convert them with "
-                "xpcnn.datasets.preprocess(images) (x / 255, adds the channel axis)"
-            )
-        if kind not in ("float32", "float64"):
-            raise DTypeError(f"{nx}: expected a float32 or float64 array, got dtype {kind}")
+        _float_kind(x, nx)
         expected = tuple(model.input_shape)
         if tuple(x.shape[1:]) != expected or len(x.shape) != len(expected) + 1:
             hint = " (add the channel axis: xpcnn.datasets.preprocess)" if tuple(x.shape[1:]) == expected[1:] else ""
@@ -96,6 +89,19 @@ class _Data:
             xp = namespace_of(xb)
             xb = xp.astype(xb, getattr(xp, self.dtype))
         return xb, yb
+
+
+def _float_kind(x: Any, name: str) -> str:
+    """"float32" or "float64", else a DTypeError (uint8 pixels get pointed to preprocess)."""
+    kind = dtype_name(x.dtype)
+    if kind == "uint8":
+        raise DTypeError(
+            f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
+            "xpcnn.datasets.preprocess(images) (x / 255, adds the channel axis)"
+        )
+    if kind not in ("float32", "float64"):
+        raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {kind}")
+    return kind
 
 
 def _as_array(a: Any, name: str) -> Any:
@@ -269,8 +275,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     else:
         if not model.built:
             x_arr = _as_array(x, "x")
-            kind = dtype_name(x_arr.dtype)
-            model.build(tuple(x_arr.shape[1:]), seed=seed, dtype=kind if kind in ("float32", "float64") else "float32")
+            model.build(tuple(x_arr.shape[1:]), seed=seed, dtype=_float_kind(x_arr, "x"))
         optimizer = optimizer or getattr(model, "optimizer", None) or default_optimizer()
         rng, initial_epoch, past = np.random.default_rng(seed), 0, {}
     model.optimizer = optimizer
