@@ -401,6 +401,7 @@ class Result:
     images_per_step: int
     steps_per_round: int
     samples: list  # images/s, one per round
+    faults_per_step: float = float("nan")  # minor page faults per step (fresh memory being mapped)
 
     @property
     def median(self) -> float:
@@ -409,7 +410,7 @@ class Result:
     def as_dict(self) -> dict:
         return {"contender": self.name, "batch": self.images_per_step, "steps_per_round": self.steps_per_round,
                 "images_per_s": self.median, "samples": self.samples,
-                "min": min(self.samples), "max": max(self.samples)}
+                "min": min(self.samples), "max": max(self.samples), "minor_faults_per_step": self.faults_per_step}
 
 
 def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
@@ -428,15 +429,19 @@ def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
         per_step = (time.perf_counter() - t0) / n
         steps[w.name] = max(1, round(round_s / per_step))
     samples = {w.name: [] for w in workloads}
+    faults = {w.name: 0 for w in workloads}
     for r in range(repeats):
         for w in workloads[r % len(workloads):] + workloads[:r % len(workloads)]:
             k = steps[w.name]
             gc.collect()
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(k):
                 w.step()
             samples[w.name].append(k * w.images_per_step / (time.perf_counter() - t0))
-    return {w.name: Result(w.name, w.images_per_step, steps[w.name], samples[w.name]) for w in workloads}
+            faults[w.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return {w.name: Result(w.name, w.images_per_step, steps[w.name], samples[w.name],
+                           faults[w.name] / (steps[w.name] * repeats)) for w in workloads}
 
 
 def contenders(kind: str, net: str, batch: int, images_u8, labels, *, backend="numpy", torch_device="cpu",
@@ -485,6 +490,11 @@ def format_rows(rows) -> str:
         rss_s = f"{rss:.0f}" if rss is not None else ""
         lines.append(f"{scenario:<28} {res.name:<16} {res.images_per_step:>5} {res.median:>11.5g} {spread:>19} "
                      f"{vs_t:>11} {vs_n:>9}" + (f" {rss_s:>11}" if with_rss else ""))
+    churn = [f"{scenario} {res.name}: {res.faults_per_step:.0f}" for scenario, res, _, _ in rows
+             if res.faults_per_step > 100]
+    if churn:
+        lines.append("note: minor page faults per step (memory freshly mapped every step; the allocator gives large "
+                     "temporaries back to the OS and maps them again): " + "; ".join(churn))
     return "\n".join(lines)
 
 
@@ -514,6 +524,7 @@ def child_main(spec: dict) -> dict:
     setup_rss = current_rss_mb()
     setup_peak = peak_rss_mb()
     w.step()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     steps, t0 = 0, time.perf_counter()
     if spec.get("epoch"):
         total = len(labels) // w.images_per_step - 1
@@ -525,9 +536,11 @@ def child_main(spec: dict) -> dict:
             w.step()
             steps += 1
     elapsed = time.perf_counter() - t0
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / max(1, steps)
     return {"contender": w.name, "net": spec["net"], "batch": spec["batch"], "images": (steps + 1) * w.images_per_step,
             "images_per_s": steps * w.images_per_step / elapsed, "setup_rss_mb": setup_rss,
             "setup_peak_rss_mb": setup_peak, "peak_rss_mb": peak_rss_mb(), "ru_maxrss_mb": maxrss_mb(),
+            "minor_faults_per_step": faults,
             "modules": sorted(m for m in ("torch", "cupy", "xpcnn", "array_api_strict") if m in sys.modules)}
 
 
