@@ -7,6 +7,8 @@ import urllib.error
 
 import numpy as np
 import pytest
+
+from xpcnn.errors import ArgumentError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -410,8 +412,9 @@ def test_batches_order_drawn_at_call():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True, "4", None])
 def test_batch_size_must_be_positive_int(bad):
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ArgumentError, match="batch_size: expected a positive int"):
         iterate_batches(10, bad, shuffle=False)
+    assert issubclass(ArgumentError, ValueError)
 
 
 def test_shuffle_needs_a_generator():

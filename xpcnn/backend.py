@@ -60,11 +60,20 @@ class Backend:
         return self.xp.asarray(host, device=self.device)
 
     def __str__(self) -> str:
-        return self.name if self.device == default_device_name(self.name) else f"{self.name}:{self.device}"
+        """``"numpy"``, ``"torch:cuda:0"``, ``"array_api_strict:device1"``: the spec that loads it."""
+        if self.name == "numpy":
+            return "numpy"
+        if self.name == "cupy":
+            return f"cupy:{self.device.id}"
+        if self.name == "array_api_strict":
+            return f"array_api_strict:{device_label(self.device)}"
+        return f"{self.name}:{self.device}"
 
 
-def default_device_name(name: str) -> str | None:
-    return {"numpy": "cpu"}.get(name)
+def device_label(device: Any) -> str:
+    """``Device('device1')`` -> ``"device1"``; other devices as ``str``."""
+    text = str(device)
+    return text.split("'")[1] if "'" in text else text
 
 
 # ---------------------------------------------------------------- loading
@@ -141,7 +150,7 @@ def _load_torch(device: str | None) -> Backend:
 
 def _load_strict(device: str | None) -> Backend:
     xp = _import("array_api_strict", "pip install array-api-strict")
-    names = {str(d).split("'")[1] if "'" in str(d) else str(d): d for d in xp.__array_namespace_info__().devices()}
+    names = {device_label(d): d for d in xp.__array_namespace_info__().devices()}
     if device is None:
         return Backend("array_api_strict", xp, xp.__array_namespace_info__().default_device())
     if device not in names:

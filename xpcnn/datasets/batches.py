@@ -10,13 +10,15 @@ import numbers
 
 import numpy as np
 
+from ..errors import ArgumentError
+
 
 def check_batch_size(batch_size):
-    """Return batch_size as an int, or raise ValueError unless it is a positive integer."""
+    """Return batch_size as an int, or raise ArgumentError (a ValueError) unless it is a positive integer."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ArgumentError(f"batch_size: expected a positive int, got {batch_size!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+        raise ArgumentError(f"batch_size: expected a positive int, got {batch_size}")
     return int(batch_size)
 
 
