@@ -103,6 +103,9 @@ def _load_numpy(device: str | None) -> Backend:
         raise ArgumentError(f"backend 'numpy': the only device is 'cpu', got {device!r}")
     import array_api_compat.numpy as xp
 
+    from ._allocator import keep_freed_memory
+
+    keep_freed_memory()
     return Backend("numpy", xp, "cpu")
 
 
