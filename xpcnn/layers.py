@@ -3,6 +3,12 @@
 A layer is built for an input shape (without the batch axis) on a backend, with
 parameters drawn from a host RNG. ``forward`` caches its input; ``backward(grad_y)``
 fills ``grads`` (same keys as ``params``) and returns the gradient of its input.
+
+``forward``/``backward`` check their arguments (they are public). ``_forward(xp, x)`` /
+``_backward(xp, grad_y, input_grad)`` run the same math kernels with the geometry computed
+once at build: Sequential checks a batch once at its entry and then takes this path, since
+every later shape follows from the built ones. At batch size 1 the per-op checks were a
+quarter of a training step.
 """
 
 from __future__ import annotations
@@ -17,8 +23,16 @@ from . import init as initializers
 from .backend import Backend
 from .errors import NotBuiltError, ShapeError
 from .functional._checks import check_shape, namespace, pair, positive_int, sample_shape
-from .functional.conv import conv2d_geometry
-from .functional.pool import pool_geometry
+from .functional.activation import relu_backward_kernel, relu_kernel
+from .functional.conv import conv2d_backward_kernel, conv2d_geometry, conv2d_kernel
+from .functional.linear import linear_backward_kernel, linear_kernel
+from .functional.pool import (
+    avg_pool2d_backward_kernel,
+    avg_pool2d_kernel,
+    max_pool2d_backward_kernel,
+    max_pool2d_kernel,
+    pool_geometry,
+)
 
 
 class Layer:
@@ -39,6 +53,7 @@ class Layer:
         """Create parameters for ``input_shape`` (C, H, W) or (F,) on ``backend``; returns the output shape."""
         self.input_shape = tuple(input_shape)
         out = self.output_shape(self.input_shape)
+        self._geometry = self._plan(self.input_shape)
         for name, (shape, init, fan_in, fan_out) in self._param_specs(self.input_shape).items():
             self.params[name] = backend.asarray(init(rng, shape, fan_in, fan_out), dtype=dtype)
         self.grads = {}
@@ -46,6 +61,10 @@ class Layer:
 
     def _param_specs(self, input_shape) -> dict:
         return {}
+
+    def _plan(self, input_shape):
+        """Shape-derived constants the kernels need (conv/pool geometry), fixed at build."""
+        return None
 
     def get_config(self) -> dict:
         """Constructor arguments (JSON-serialisable): the architecture saved in model files."""
@@ -56,6 +75,14 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, grad_y, *, input_grad: bool = True):
+        raise NotImplementedError
+
+    def _forward(self, xp, x):
+        """Forward on a batch already checked against the built input shape."""
+        raise NotImplementedError
+
+    def _backward(self, xp, grad_y, input_grad: bool):
+        """Backward of the last :meth:`_forward`, grad_y of the built output shape."""
         raise NotImplementedError
 
     def __call__(self, x):
@@ -116,22 +143,42 @@ class Conv2D(Layer):
                     padding=list(self.padding), dilation=list(self.dilation), bias=self.bias,
                     weight_init=self._init_names[0], bias_init=self._init_names[1])
 
-    def _geometry(self):
+    def _geometry_args(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     def forward(self, x):
         self._require_params()
-        y, cols = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"), **self._geometry())
+        y, cols = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"), **self._geometry_args())
         self._cache = (x, cols)
         return y
 
     def backward(self, grad_y, *, input_grad: bool = True):
         x, cols = self._cached()
         grad_x, grad_w, grad_b = F.conv2d_backward(
-            grad_y, x, self.params["weight"], bias=self.bias, cols=cols, input_grad=input_grad, **self._geometry()
+            grad_y, x, self.params["weight"], bias=self.bias, cols=cols, input_grad=input_grad, **self._geometry_args()
         )
-        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        self._set_grads(grad_w, grad_b)
         return grad_x
+
+    def _plan(self, input_shape):
+        w_shape = (self.out_channels, input_shape[0], *self.kernel_size)
+        return conv2d_geometry((1, *input_shape), w_shape, self.stride, self.padding, self.dilation)
+
+    def _forward(self, xp, x):
+        y, cols = conv2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry)
+        self._cache = (x, cols)
+        return y
+
+    def _backward(self, xp, grad_y, input_grad):
+        x, cols = self._cached()
+        grad_x, grad_w, grad_b = conv2d_backward_kernel(
+            xp, grad_y, x, self.params["weight"], self._geometry, bias=self.bias, cols=cols, input_grad=input_grad
+        )
+        self._set_grads(grad_w, grad_b)
+        return grad_x
+
+    def _set_grads(self, grad_w, grad_b):
+        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
 
 
 class _Pool2D(Layer):
@@ -152,6 +199,9 @@ class _Pool2D(Layer):
     def get_config(self):
         return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding))
 
+    def _plan(self, input_shape):
+        return pool_geometry((1, *input_shape), self.kernel_size, self.stride, self.padding, name=type(self).__name__)
+
 
 class AvgPool2D(_Pool2D):
     """Average pooling (N, C, H, W) -> (N, C, OH, OW); stride defaults to the kernel size."""
@@ -163,6 +213,14 @@ class AvgPool2D(_Pool2D):
     def backward(self, grad_y, *, input_grad: bool = True):
         (x,) = self._cached()
         return F.avg_pool2d_backward(grad_y, x, self.kernel_size, self.stride, self.padding)
+
+    def _forward(self, xp, x):
+        self._cache = (x,)
+        return avg_pool2d_kernel(xp, x, self._geometry)
+
+    def _backward(self, xp, grad_y, input_grad):
+        (x,) = self._cached()
+        return avg_pool2d_backward_kernel(xp, grad_y, x, self._geometry)
 
 
 class MaxPool2D(_Pool2D):
@@ -176,6 +234,15 @@ class MaxPool2D(_Pool2D):
     def backward(self, grad_y, *, input_grad: bool = True):
         x, y, taps = self._cached()
         return F.max_pool2d_backward(grad_y, x, self.kernel_size, self.stride, self.padding, y=y, taps=taps)
+
+    def _forward(self, xp, x):
+        y, taps = max_pool2d_kernel(xp, x, self._geometry)
+        self._cache = (x, y, taps)
+        return y
+
+    def _backward(self, xp, grad_y, input_grad):
+        x, y, taps = self._cached()
+        return max_pool2d_backward_kernel(xp, grad_y, x, self._geometry, y, taps)
 
 
 class Dense(Layer):
@@ -216,6 +283,16 @@ class Dense(Layer):
         self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
         return grad_x
 
+    def _forward(self, xp, x):
+        self._cache = (x,)
+        return linear_kernel(xp, x, self.params["weight"], self.params.get("bias"))
+
+    def _backward(self, xp, grad_y, input_grad):
+        (x,) = self._cached()
+        grad_x, grad_w, grad_b = linear_backward_kernel(xp, grad_y, x, self.params["weight"], bias=self.bias, input_grad=input_grad)
+        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        return grad_x
+
 
 class ReLU(Layer):
     """max(x, 0), any shape."""
@@ -227,6 +304,14 @@ class ReLU(Layer):
     def backward(self, grad_y, *, input_grad: bool = True):
         (x,) = self._cached()
         return F.relu_backward(grad_y, x)
+
+    def _forward(self, xp, x):
+        self._cache = (x,)
+        return relu_kernel(xp, x)
+
+    def _backward(self, xp, grad_y, input_grad):
+        (x,) = self._cached()
+        return relu_backward_kernel(xp, grad_y, x)
 
 
 class Flatten(Layer):
@@ -246,6 +331,14 @@ class Flatten(Layer):
         (shape,) = self._cached()
         xp = namespace(grad_y=grad_y)
         check_shape(grad_y, (shape[0], math.prod(shape[1:])), "grad_y", " (Flatten's output shape)")
+        return xp.reshape(grad_y, shape)
+
+    def _forward(self, xp, x):
+        self._cache = (tuple(x.shape),)
+        return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+
+    def _backward(self, xp, grad_y, input_grad):
+        (shape,) = self._cached()
         return xp.reshape(grad_y, shape)
 
 

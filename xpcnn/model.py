@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import functional as F
-from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
+from .backend import Backend, current_backend, dtype_name, namespace_of, resolve_target, to_device, to_numpy
 from .errors import ArgumentError, DataError, DTypeError, NotBuiltError, ShapeError, XpcnnError
 from .functional._checks import check_array, namespace, sample_shape
 from .layers import LAYERS, Layer
@@ -108,7 +108,8 @@ class Sequential:
 
     # ---------------------------------------------------------------- running
 
-    def _check_input(self, x) -> None:
+    def _check_input(self, x):
+        """Check a batch against the built model once; returns its namespace."""
         self._require_built()
         check_array(x, "x")
         first = next((layer.params[name] for _, layer, name in self.named_parameters()), None)
@@ -126,12 +127,14 @@ class Sequential:
         if not bool(xp.all(xp.isfinite(x))):
             bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
             raise DataError(f"x: expected finite values, got {bad} NaN/Inf among {math.prod(x.shape)} values in the batch; clean or mask the data")
+        return xp
 
     def forward(self, x):
         """Logits (N, K) for x (N, C, H, W); each layer caches what its backward needs."""
-        self._check_input(x)
+        xp = self._check_input(x)
+        # The batch is checked once here; every later shape follows from the built ones.
         for layer in self.layers:
-            x = layer.forward(x)
+            x = layer._forward(xp, x)
         return x
 
     __call__ = forward
@@ -147,7 +150,9 @@ class Sequential:
         """Forward, mean softmax cross-entropy and backward on one batch; returns the loss as a 0-d array."""
         logits = self.forward(x)
         loss, grad = F.cross_entropy_with_grad(logits, y)
-        self.backward(grad)
+        xp = namespace_of(grad)
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad = self.layers[i]._backward(xp, grad, i > 0)
         return loss
 
     def train_step(self, x, y, optimizer) -> float:

@@ -20,6 +20,10 @@ def relu(x):
     """max(x, 0), any shape."""
     xp = namespace(x=x)
     check_float(xp, "x", x)
+    return relu_kernel(xp, x)
+
+
+def relu_kernel(xp, x):
     # maximum, not where: one SIMD ufunc on NumPy, ~10x faster.
     return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x)))
 
@@ -29,6 +33,10 @@ def relu_backward(grad_y, x):
     xp = namespace(x=x, grad_y=grad_y)
     check_float(xp, "x", x)
     check_grad(grad_y, "grad_y", x, tuple(x.shape), "x")
+    return relu_backward_kernel(xp, grad_y, x)
+
+
+def relu_backward_kernel(xp, grad_y, x):
     return grad_y * xp.astype(x > 0, grad_y.dtype)
 
 

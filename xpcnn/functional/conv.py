@@ -70,10 +70,10 @@ def _im2col(xp, x, kernel, stride, padding, dilation, out_hw):
     return xp.reshape(xp.stack(taps, axis=0), (len(taps) * c, n * out_hw[0] * out_hw[1]))
 
 
-def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> tuple[Any, Any]:
-    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (kh*kw*C, N*OH*OW)."""
-    xp = _check(x, weight, bias)
-    stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
+def conv2d_kernel(xp, x, weight, bias, geometry) -> tuple[Any, Any]:
+    """The forward math, inputs already checked: (y, cols). ``geometry`` is
+    (stride, padding, dilation, (OH, OW)) from :func:`conv2d_geometry`."""
+    stride, padding, dilation, (oh, ow) = geometry
     n = x.shape[0]
     o = weight.shape[0]
     cols = _im2col(xp, x, weight.shape[2:], stride, padding, dilation, (oh, ow))
@@ -84,24 +84,22 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> 
     return _batch_second(xp, xp.reshape(y, (o, n, oh, ow))), cols
 
 
+def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1) -> tuple[Any, Any]:
+    """y, cols. x (N, C, H, W), weight (O, C, kh, kw), bias (O,) -> y (N, O, OH, OW), cols (kh*kw*C, N*OH*OW)."""
+    xp = _check(x, weight, bias)
+    return conv2d_kernel(xp, x, weight, bias, conv2d_geometry(x.shape, weight.shape, stride, padding, dilation))
+
+
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     """x (N, C, H, W) cross-correlated with weight (O, C, kh, kw), plus bias (O,) -> (N, O, OH, OW)."""
     return conv2d_forward(x, weight, bias, stride=stride, padding=padding, dilation=dilation)[0]
 
 
-def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=True, cols=None, input_grad=True):
-    """Gradients (grad_x, grad_weight, grad_bias) of :func:`conv2d` given grad_y (N, O, OH, OW).
-
-    grad_bias is None when ``bias`` is False; grad_x is None when ``input_grad`` is False
-    (the first layer of a network never needs it). ``cols`` from :func:`conv2d_forward` saves
-    recomputing the im2col columns.
-    """
-    xp = _check(x, weight, None)
-    namespace(x=x, grad_y=grad_y)
-    stride, padding, dilation, (oh, ow) = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
-    n, c, h, w = x.shape
+def conv2d_backward_kernel(xp, grad_y, x, weight, geometry, *, bias, cols, input_grad):
+    """The backward math, inputs already checked: (grad_x or None, grad_weight, grad_bias or None)."""
+    stride, padding, dilation, (oh, ow) = geometry
+    n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    check_grad(grad_y, "grad_y", x, (n, o, oh, ow), "x")
     if cols is None:
         cols = _im2col(xp, x, (kh, kw), stride, padding, dilation, (oh, ow))
     g = xp.reshape(_batch_second(xp, grad_y), (o, n * oh * ow))
@@ -115,3 +113,17 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=
         grad_x_cn = add_taps(taps, _batch_second(xp, x), padding, (kh, kw), stride, dilation, (oh, ow))
         grad_x = _batch_second(xp, grad_x_cn)
     return grad_x, grad_weight, grad_bias
+
+
+def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, bias=True, cols=None, input_grad=True):
+    """Gradients (grad_x, grad_weight, grad_bias) of :func:`conv2d` given grad_y (N, O, OH, OW).
+
+    grad_bias is None when ``bias`` is False; grad_x is None when ``input_grad`` is False
+    (the first layer of a network never needs it). ``cols`` from :func:`conv2d_forward` saves
+    recomputing the im2col columns.
+    """
+    xp = _check(x, weight, None)
+    namespace(x=x, grad_y=grad_y)
+    geometry = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation)
+    check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[0], *geometry[3]), "x")
+    return conv2d_backward_kernel(xp, grad_y, x, weight, geometry, bias=bias, cols=cols, input_grad=input_grad)

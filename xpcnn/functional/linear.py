@@ -19,6 +19,11 @@ def linear(x, weight, bias=None):
         check_same_dtype("x", x, "bias", bias)
     if x.shape[1] != weight.shape[0]:
         raise ShapeError(f"x: has {x.shape[1]} features but weight of shape {tuple(weight.shape)} expects {weight.shape[0]}")
+    return linear_kernel(xp, x, weight, bias)
+
+
+def linear_kernel(xp, x, weight, bias):
+    """``x @ weight + bias`` on checked inputs."""
     y = xp.matmul(x, weight)
     return y if bias is None else y + bias
 
@@ -30,6 +35,10 @@ def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
     check_ndim(weight, 2, "weight", "(in_features, out_features)")
     check_float(xp, "x", x)
     check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[1]), "x")
+    return linear_backward_kernel(xp, grad_y, x, weight, bias=bias, input_grad=input_grad)
+
+
+def linear_backward_kernel(xp, grad_y, x, weight, *, bias, input_grad):
     grad_weight = xp.matmul(x.T, grad_y)
     grad_bias = xp.sum(grad_y, axis=0) if bias else None
     grad_x = xp.matmul(grad_y, weight.T) if input_grad else None

@@ -36,10 +36,9 @@ def _check(x, grad_y=None):
     return xp
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """(N, C, H, W) -> (N, C, OH, OW): mean of each window, padded zeros included."""
-    _check(x)
-    kernel, stride, padding, dilation, out_hw = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d")
+def avg_pool2d_kernel(xp, x, geometry):
+    """Average pooling math on a checked input; ``geometry`` from :func:`pool_geometry`."""
+    kernel, stride, padding, dilation, out_hw = geometry
     taps = taps_of(pad2d(x, padding), kernel, stride, dilation, out_hw)
     total = taps[0]
     for t in taps[1:]:
@@ -47,25 +46,41 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return total * (1.0 / (kernel[0] * kernel[1]))
 
 
-def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0):
-    """grad_x (N, C, H, W) of :func:`avg_pool2d` given grad_y (N, C, OH, OW)."""
-    xp = _check(x, grad_y)
-    kernel, stride, padding, dilation, out_hw = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d")
-    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *out_hw), "x")
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """(N, C, H, W) -> (N, C, OH, OW): mean of each window, padded zeros included."""
+    xp = _check(x)
+    return avg_pool2d_kernel(xp, x, pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d"))
+
+
+def avg_pool2d_backward_kernel(xp, grad_y, x, geometry):
+    kernel, stride, padding, dilation, out_hw = geometry
     g = grad_y * (1.0 / (kernel[0] * kernel[1]))
     return add_taps([g] * (kernel[0] * kernel[1]), x, padding, kernel, stride, dilation, out_hw)
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
-    """y (N, C, OH, OW) and what the backward needs (the padded input's taps)."""
-    xp = _check(x)
-    kernel, stride, padding, dilation, out_hw = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d")
+def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0):
+    """grad_x (N, C, H, W) of :func:`avg_pool2d` given grad_y (N, C, OH, OW)."""
+    xp = _check(x, grad_y)
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d")
+    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry[4]), "x")
+    return avg_pool2d_backward_kernel(xp, grad_y, x, geometry)
+
+
+def max_pool2d_kernel(xp, x, geometry):
+    """Max pooling math on a checked input: y and the padded input's taps (for the backward)."""
+    kernel, stride, padding, dilation, out_hw = geometry
     taps = taps_of(pad2d(x, padding, value=-float("inf")), kernel, stride, dilation, out_hw)
     # A chain of element-wise maxima: ~15x faster on NumPy than where/argmax over a window axis.
     y = taps[0]
     for t in taps[1:]:
         y = xp.maximum(y, t)
     return y, taps
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
+    """y (N, C, OH, OW) and what the backward needs (the padded input's taps)."""
+    xp = _check(x)
+    return max_pool2d_kernel(xp, x, pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d"))
 
 
 def first_max_masks(xp, taps, y):
@@ -84,14 +99,19 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
     return max_pool2d_forward(x, kernel_size, stride, padding, dilation)[0]
 
 
+def max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps):
+    kernel, stride, padding, dilation, out_hw = geometry
+    grads = [grad_y * mask for mask in first_max_masks(xp, taps, y)]
+    return add_taps(grads, x, padding, kernel, stride, dilation, out_hw)
+
+
 def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1, y=None, taps=None):
     """grad_x (N, C, H, W) of :func:`max_pool2d`: each window's gradient goes to its first
     maximum (a one-hot mask per tap times grad_y, summed back by slices: no scatter).
     ``y`` and ``taps`` from :func:`max_pool2d_forward` save recomputing them."""
     xp = _check(x, grad_y)
-    kernel, stride, padding, dilation, out_hw = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d")
-    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *out_hw), "x")
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d")
+    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry[4]), "x")
     if y is None or taps is None:
-        y, taps = max_pool2d_forward(x, kernel_size, stride, padding, dilation)
-    grads = [grad_y * mask for mask in first_max_masks(xp, taps, y)]
-    return add_taps(grads, x, padding, kernel, stride, dilation, out_hw)
+        y, taps = max_pool2d_kernel(xp, x, geometry)
+    return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
