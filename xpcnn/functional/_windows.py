@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterator
 
 from ..backend import device_of, namespace_of
@@ -29,16 +30,22 @@ def offsets(kernel: tuple[int, int], dilation: tuple[int, int]) -> Iterator[tupl
             yield i * dilation[0], j * dilation[1]
 
 
-def tap(x: Any, di: int, dj: int, out_hw: tuple[int, int], stride: tuple[int, int]) -> tuple[slice, slice, slice, slice]:
-    """The index of one kernel tap's strided slice; stops are exact (array-api-strict rejects overshoot)."""
+@functools.lru_cache(maxsize=256)
+def tap_indices(kernel, stride, dilation, out_hw) -> tuple:
+    """The index of each kernel tap's strided slice, in row-major kernel order. Stops are exact
+    (array-api-strict rejects overshoot). Cached: a network asks for the same few geometries
+    every step."""
     oh, ow = out_hw
     sh, sw = stride
-    return (slice(None), slice(None), slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
+    return tuple(
+        (slice(None), slice(None), slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
+        for di, dj in offsets(kernel, dilation)
+    )
 
 
 def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:
     """Each kernel tap's strided slice of x (N, C, Hp, Wp): kh*kw views of shape (N, C, OH, OW)."""
-    return [x[tap(x, di, dj, out_hw, stride)] for di, dj in offsets(kernel, dilation)]
+    return [x[index] for index in tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw))]
 
 
 def add_taps(taps: list, like: Any, padding, kernel, stride, dilation, out_hw) -> Any:
@@ -51,8 +58,7 @@ def add_taps(taps: list, like: Any, padding, kernel, stride, dilation, out_hw) -
     n, c, h, w = like.shape
     grad = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=like.dtype, device=device_of(like))
     overlapping = kernel[0] * dilation[0] > stride[0] or kernel[1] * dilation[1] > stride[1]
-    for (di, dj), g in zip(offsets(kernel, dilation), taps):
-        index = tap(grad, di, dj, out_hw, stride)
+    for index, g in zip(tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw)), taps):
         if overlapping:
             grad[index] += g
         else:
