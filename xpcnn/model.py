@@ -112,15 +112,14 @@ class Sequential:
         """Check a batch against the built model once; returns its namespace."""
         self._require_built()
         check_array(x, "x")
-        first = next((layer.params[name] for _, layer, name in self.named_parameters()), None)
+        first = next((p for layer in self.layers for p in layer.params.values()), None)
         xp = namespace(x=x) if first is None else namespace(x=x, model_parameters=first)
-        expected = (None, *self.input_shape)
-        if len(x.shape) != len(expected) or tuple(x.shape[1:]) != self.input_shape:
-            hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(expected) - 1 else ""
+        if len(x.shape) != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(self.input_shape) else ""
             raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}")
         if x.shape[0] == 0:
             raise DataError("x: the batch is empty (N = 0)")
-        if dtype_name(x.dtype) != self.dtype:
+        if (x.dtype != first.dtype) if first is not None else (dtype_name(x.dtype) != self.dtype):
             raise DTypeError(f"x: expected dtype {self.dtype} (the model's), got {dtype_name(x.dtype)}; cast the input or build the model with that dtype")
         # One fused reduction (~1% of a train step) so NaN/Inf in the data is named here
         # rather than surfacing as a NaN loss epochs later.

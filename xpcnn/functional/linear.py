@@ -39,7 +39,12 @@ def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
 
 
 def linear_backward_kernel(xp, grad_y, x, weight, *, bias, input_grad):
-    grad_weight = xp.matmul(x.T, grad_y)
+    if x.shape[0] == 1:
+        # One sample: the weight gradient is an outer product. Broadcasting it along the long
+        # axis is ~2x faster than a K=1 matmul on NumPy and gives the same single products.
+        grad_weight = xp.matrix_transpose(xp.matrix_transpose(grad_y) * x)
+    else:
+        grad_weight = xp.matmul(x.T, grad_y)
     grad_bias = xp.sum(grad_y, axis=0) if bias else None
     grad_x = xp.matmul(grad_y, weight.T) if input_grad else None
     return grad_x, grad_weight, grad_bias
