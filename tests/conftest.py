@@ -20,10 +20,17 @@ import collections
 import os
 
 import pytest
+from hypothesis import settings
 
 from xpcnn.backend import BACKENDS, load_backend
 from xpcnn.errors import BackendUnavailableError
 from xpcnn.testing import ALL_BACKENDS, is_gpu_backend
+
+# The suite is deterministic by default (the same Hypothesis examples on every run, no
+# wall-clock deadlines on a busy CI machine); XPCNN_HYPOTHESIS=explore draws new ones.
+settings.register_profile("xpcnn-ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("xpcnn-explore", deadline=None, print_blob=True)
+settings.load_profile("xpcnn-explore" if os.environ.get("XPCNN_HYPOTHESIS") == "explore" else "xpcnn-ci")
 
 _SELECTED = pytest.StashKey[list]()
 _loaded: dict[str, object] = {}  # name -> Backend, or the BackendUnavailableError saying why not

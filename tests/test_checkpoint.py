@@ -223,7 +223,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=10)
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(["epoch", "optimizer", "rng", "history", "fit"]), value=json_values)
 def test_damaged_checkpoint_metadata_is_refused_cleanly(checkpoint_file, tmp_path, key, value):
     path = rewrite_metadata(checkpoint_file, tmp_path / checkpoint.checkpoint_name(1), **{key: json.dumps(value)})

@@ -292,7 +292,7 @@ def corrupt(data, change):
 _FUZZ_BYTES = io.encode(small_model())
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(corruptions(len(_FUZZ_BYTES)), min_size=1, max_size=3))
 def test_fuzz_load_raises_only_model_file_errors(tmp_path, changes):
     data = _FUZZ_BYTES
@@ -310,7 +310,7 @@ def test_fuzz_load_raises_only_model_file_errors(tmp_path, changes):
     assert model.built and np.isfinite(xpcnn.to_numpy(model.predict(images()))).all()
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(meta=st.dictionaries(st.sampled_from(["config", "input_shape", "dtype", "format_version", "kind"]),
                             st.one_of(st.text(max_size=40), st.builds(json.dumps, st.recursive(
                                 st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
