@@ -10,7 +10,6 @@ window tensor is ever stacked, which keeps memory at one output-sized buffer and
 
 from __future__ import annotations
 
-from ..backend import device_of
 from ..errors import ShapeError
 from ._checks import check_float, check_grad, check_ndim, namespace, output_size, pair
 from ._windows import add_taps, pad2d, taps_of
