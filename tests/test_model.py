@@ -115,3 +115,39 @@ def test_summary_and_config_round_trip():
     assert "total parameters: 27,194" in model.summary()
     clone = xpcnn.Sequential.from_config(model.get_config())
     assert repr(clone) == repr(model)
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd_nesterov_wd", "adam_wd"])
+def test_training_matches_torch_optim_step_for_step(name):
+    """20 steps of Sequential.train_step against the same torch network and torch.optim (float64)."""
+    torch = pytest.importorskip("torch")
+    from tests.tolerances import FLOAT64_RTOL
+
+    ours, theirs = {
+        "sgd": (lambda: optim.SGD(0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+        "sgd_nesterov_wd": (lambda: optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+                            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+        "adam_wd": (lambda: optim.Adam(1e-2, weight_decay=1e-3), lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3)),
+    }[name]
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 1, 12, 12)), rng.integers(0, 10, 16)
+    model = xpcnn.Sequential([layers.Conv2D(4, 3, padding=1, stride=2), layers.ReLU(), layers.MaxPool2D(2),
+                              layers.Flatten(), layers.Dense(10)]).build((1, 12, 12), dtype="float64", backend="numpy")
+    conv_w, conv_b, dense_w, dense_b = model.get_weights()
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, stride=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(36, 10)).double()
+    with torch.no_grad():
+        for p, w in zip(net.parameters(), (conv_w, conv_b, dense_w.T, dense_b)):
+            p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+    opt, torch_opt = ours(), theirs(net.parameters())
+    for _ in range(20):
+        loss = model.train_step(x, y, opt)
+        torch_opt.zero_grad()
+        torch_loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        torch_loss.backward()
+        torch_opt.step()
+        assert abs(loss - torch_loss.item()) <= FLOAT64_RTOL * abs(torch_loss.item())
+    expected = [p.detach().numpy() for p in net.parameters()]
+    expected[2] = expected[2].T
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT64_RTOL * np.abs(want).max())
