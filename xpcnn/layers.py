@@ -14,9 +14,7 @@ quarter of a training step.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from . import functional as F
 from . import init as initializers
@@ -33,6 +31,9 @@ from .functional.pool import (
     max_pool2d_kernel,
     pool_geometry,
 )
+
+if TYPE_CHECKING:  # the host RNG that draws initial weights; numeric code never touches NumPy
+    import numpy as np
 
 
 class Layer:
