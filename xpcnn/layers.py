@@ -14,7 +14,7 @@ quarter of a training step.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import functional as F
 from . import init as initializers
@@ -32,10 +32,6 @@ from .functional.pool import (
     pool_geometry,
 )
 
-if TYPE_CHECKING:  # the host RNG that draws initial weights; numeric code never touches NumPy
-    import numpy as np
-
-
 class Layer:
     """Base class: ``params`` and ``grads`` are dicts of arrays ("weight", "bias")."""
 
@@ -50,8 +46,9 @@ class Layer:
         """Shape of one output sample for one input sample of ``input_shape``."""
         return tuple(input_shape)
 
-    def build(self, input_shape: tuple[int, ...], *, rng: np.random.Generator, backend: Backend, dtype: str) -> tuple[int, ...]:
-        """Create parameters for ``input_shape`` (C, H, W) or (F,) on ``backend``; returns the output shape."""
+    def build(self, input_shape: tuple[int, ...], *, rng: Any, backend: Backend, dtype: str) -> tuple[int, ...]:
+        """Create parameters for ``input_shape`` (C, H, W) or (F,) on ``backend``, drawn from the host
+        ``numpy.random.Generator`` ``rng``; returns the output shape."""
         self.input_shape = tuple(input_shape)
         out = self.output_shape(self.input_shape)
         self._geometry = self._plan(self.input_shape)
