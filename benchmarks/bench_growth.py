@@ -131,13 +131,7 @@ def plot(rows_b, rows_s, directory, subtitle):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with_torch = not args.no_torch and bench._torch() is not None
-    bench.set_threads(args.threads, torch_too=with_torch)
-    busy_before = bench.warn_if_oversubscribed(args.threads)
-    env = bench.environment(args.threads, args.backend, args.torch_device if with_torch else None)
-    load = bench.LoadMonitor()
-    if busy_before is not None:
-        print(f"other processes' load before the run: {busy_before:.2f} CPUs")
+    with_torch, env, busy_before, load = bench.start_run(args)
     print(f"{env['date']}  {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
           f"xpcnn backend {args.backend}")
     images, labels = bench.load_images()

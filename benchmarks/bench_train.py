@@ -70,13 +70,7 @@ SCENARIOS = [
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with_torch = not args.no_torch and bench._torch() is not None
-    bench.set_threads(args.threads, torch_too=with_torch)
-    busy_before = bench.warn_if_oversubscribed(args.threads)
-    env = bench.environment(args.threads, args.backend, args.torch_device if with_torch else None)
-    load = bench.LoadMonitor()
-    if busy_before is not None:
-        print(f"other processes' load before the run: {busy_before:.2f} CPUs")
+    with_torch, env, busy_before, load = bench.start_run(args)
     print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
           f"torch {env['torch'] or 'not installed'}, xpcnn backend {args.backend}, torch device {args.torch_device}")
     print(f"BLAS: {'; '.join(env['blas']) or '?'}")

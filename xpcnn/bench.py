@@ -190,6 +190,20 @@ def warn_if_oversubscribed(threads: int, seconds: float = 0.5) -> float | None:
     return other
 
 
+def start_run(args) -> tuple[bool, dict, float | None, LoadMonitor]:
+    """The common start of a benchmark script: same threads for every contender, a load check
+    (printed), the environment record, and a monitor of other processes' load during the run.
+    ``args`` needs ``threads``, ``backend``, ``torch_device`` and ``no_torch``.
+    Returns (with_torch, environment, other processes' load before the run, monitor)."""
+    with_torch = not args.no_torch and _torch() is not None
+    set_threads(args.threads, torch_too=with_torch)
+    busy_before = warn_if_oversubscribed(args.threads)
+    env = environment(args.threads, args.backend, args.torch_device if with_torch else None)
+    if busy_before is not None:
+        print(f"other processes' load before the run: {busy_before:.2f} CPUs")
+    return with_torch, env, busy_before, LoadMonitor()
+
+
 # ---------------------------------------------------------------- data and models
 
 

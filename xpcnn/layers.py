@@ -104,6 +104,15 @@ def _init_name(init) -> Any:
     return init if isinstance(init, str) else getattr(init, "__name__", "custom")
 
 
+def _set_parameter_options(layer: Layer, bias, weight_init, bias_init) -> None:
+    """The options Conv2D and Dense share: whether to have a bias, and the initialisers
+    (kept by name too, so the architecture can be saved without code)."""
+    layer.bias = bool(bias)
+    layer.weight_init = initializers.get(weight_init, "weight_init")
+    layer.bias_init = initializers.get(bias_init, "bias_init")
+    layer._init_names = (_init_name(weight_init), _init_name(bias_init))
+
+
 class Conv2D(Layer):
     """2-D convolution. Input (N, C, H, W) -> (N, out_channels, OH, OW); weight (out, C, kh, kw)."""
 
@@ -115,10 +124,7 @@ class Conv2D(Layer):
         self.stride = pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.dilation = pair(dilation, "dilation")
-        self.bias = bool(bias)
-        self.weight_init = initializers.get(weight_init, "weight_init")
-        self.bias_init = initializers.get(bias_init, "bias_init")
-        self._init_names = (_init_name(weight_init), _init_name(bias_init))
+        _set_parameter_options(self, bias, weight_init, bias_init)
 
     def output_shape(self, input_shape):
         input_shape = sample_shape(input_shape, "Conv2D input_shape", "(C, H, W)", ndim=3)
@@ -249,10 +255,7 @@ class Dense(Layer):
     def __init__(self, units: int, *, bias: bool = True, weight_init="he_normal", bias_init="zeros") -> None:
         super().__init__()
         self.units = positive_int(units, "units")
-        self.bias = bool(bias)
-        self.weight_init = initializers.get(weight_init, "weight_init")
-        self.bias_init = initializers.get(bias_init, "bias_init")
-        self._init_names = (_init_name(weight_init), _init_name(bias_init))
+        _set_parameter_options(self, bias, weight_init, bias_init)
 
     def output_shape(self, input_shape):
         if hasattr(input_shape, "__len__") and len(input_shape) != 1:
