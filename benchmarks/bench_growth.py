@@ -26,6 +26,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("XPCNN_MALLOC", "keep")  # this process and its children are xpcnn's (README: allocator)
 
 from xpcnn import bench  # noqa: E402
 

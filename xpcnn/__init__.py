@@ -4,7 +4,8 @@ The same layer code runs on NumPy (CPU), CuPy (GPU), PyTorch and array-api-stric
 backend is picked with ``XPCNN_BACKEND`` or :func:`set_backend`.
 """
 
-from . import datasets, functional, init, layers, optim
+from . import _allocator, datasets, functional, init, layers, optim
+from ._allocator import keep_freed_memory
 from .backend import (
     available_backends,
     get_backend,
@@ -20,8 +21,11 @@ from .model import Sequential
 
 __version__ = "0.1.0"
 
+_allocator.apply_requested()  # XPCNN_MALLOC=keep only: the library alone never touches malloc
+
 __all__ = [
     "Sequential", "load", "layers", "optim", "init", "functional", "datasets",
     "set_backend", "get_backend", "use_backend", "available_backends", "namespace_of", "to_device", "to_numpy",
+    "keep_freed_memory",
     "BackendUnavailableError", "BackendMismatchError", "XpcnnError", "__version__",
 ]

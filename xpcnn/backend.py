@@ -5,11 +5,12 @@ library. It asks its inputs for their namespace with :func:`namespace_of` and
 creates new arrays with the dtype and device of an input. The *selected*
 backend only decides where new parameters and data are created.
 
-Backend names: ``numpy`` (default), ``cupy``, ``torch``, ``array_api_strict`` and
-``auto`` (CuPy if it can run a kernel, else NumPy with one warning). A name may
-carry a device after a colon: ``"torch:cuda"``, ``"cupy:1"``,
-``"array_api_strict:device1"``. ``XPCNN_BACKEND`` is read on first use, so
-``import xpcnn`` works on any machine whatever it says.
+Backend names: ``numpy`` (default), ``cupy``, ``torch``, ``jax``, ``array_api_strict``
+and ``auto`` (CuPy if it can run a kernel, else NumPy with one warning). A name may
+carry a device after a colon: ``"torch:cuda"``, ``"cupy:1"``, ``"jax:gpu"``,
+``"array_api_strict:device1"``; ``"torch"`` and ``"jax"`` alone mean their CPU device.
+``XPCNN_BACKEND`` is read on first use, so ``import xpcnn`` works on any machine
+whatever it says. Loaded backends are cached: loading probes the device once per process.
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ import numpy as np
 
 from .errors import ArgumentError, BackendMismatchError, BackendUnavailableError, DTypeError
 
-BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
+BACKENDS = ("numpy", "cupy", "torch", "jax", "array_api_strict")
 VALID_NAMES = BACKENDS + ("auto",)
 FLOAT_DTYPES = ("float32", "float64")
 
 _CUPY_FIX = "install CuPy for your CUDA version: pip install 'xpcnn[cuda12]' or 'xpcnn[cuda13]'"
+_JAX_FIX = "pip install 'xpcnn[jax]' (from a checkout: pip install -e '.[jax]')"
+_X64_FIX = (
+    "enable JAX's 64-bit mode before creating any array: jax.config.update(\"jax_enable_x64\", True) "
+    "at the start of the program, or the environment variable JAX_ENABLE_X64=1; xpcnn does not flip "
+    "this process-wide switch for you (or use dtype='float32')"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +64,50 @@ class Backend:
             import torch
 
             return torch.from_numpy(host).to(self.device)
+        if self.name == "jax":
+            import jax
+
+            check_jax_dtype(host.dtype)
+            return jax.device_put(host, self.device)
         return self.xp.asarray(host, device=self.device)
 
+    def activate(self) -> contextlib.AbstractContextManager:
+        """The context to run this backend's compute in (``with backend.activate(): ...``).
+
+        CuPy creates arrays and launches kernels on the *current* CUDA device whatever
+        ``device=`` says, so compute for ``cupy:1`` must run under ``cupy.cuda.Device(1)``;
+        on JAX it makes the backend's device the default for arrays created without one.
+        A no-op context elsewhere."""
+        if self.name == "cupy":
+            import cupy
+
+            return cupy.cuda.Device(self.device.id)
+        if self.name == "jax":
+            import jax
+
+            return jax.default_device(self.device)
+        return contextlib.nullcontext()
+
     def __str__(self) -> str:
-        """``"numpy"``, ``"torch:cuda:0"``, ``"array_api_strict:device1"``: the spec that loads it."""
+        """``"numpy"``, ``"torch:cuda:0"``, ``"jax:cpu:0"``, ``"array_api_strict:device1"``: the spec that loads it."""
         if self.name == "numpy":
             return "numpy"
         if self.name == "cupy":
             return f"cupy:{self.device.id}"
+        if self.name == "jax":
+            return f"jax:{self.device.platform}:{self.device.id}"
         if self.name == "array_api_strict":
             return f"array_api_strict:{device_label(self.device)}"
         return f"{self.name}:{self.device}"
+
+
+def check_jax_dtype(dtype: Any) -> None:
+    """Refuse a 64-bit float for JAX while its 64-bit mode is off: JAX would silently store
+    float32 instead, and a float64 model would train in float32."""
+    import jax
+
+    if dtype_name(dtype) == "float64" and not jax.config.jax_enable_x64:
+        raise DTypeError(f"dtype: float64 on the jax backend needs JAX's 64-bit mode, which is off; {_X64_FIX}")
 
 
 def device_label(device: Any) -> str:
@@ -101,9 +141,6 @@ def _import(module: str, fix: str) -> ModuleType:
 def _load_numpy(device: str | None) -> Backend:
     if device not in (None, "cpu"):
         raise ArgumentError(f"backend 'numpy': the only device is 'cpu', got {device!r}")
-    from ._allocator import keep_freed_memory
-
-    keep_freed_memory()
     return Backend("numpy", _native_numpy(), "cpu")
 
 
@@ -149,6 +186,25 @@ def _load_torch(device: str | None) -> Backend:
     return Backend("torch", xp, dev)
 
 
+def _load_jax(device: str | None) -> Backend:
+    jax = _import("jax", _JAX_FIX)
+    platform, _, index = (device or "cpu").partition(":")
+    platform = {"cuda": "gpu"}.get(platform.lower(), platform.lower())
+    if index and not index.isdigit():
+        raise ArgumentError(f"backend 'jax': expected a device such as 'cpu', 'gpu' or 'gpu:1', got {device!r}")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as e:  # "Unknown backend: 'gpu' requested, but no platforms ... are present"
+        fix = "install JAX with CUDA support (pip install 'jax[cuda12]') on a machine with an NVIDIA GPU" if platform == "gpu" else "use 'jax:cpu'"
+        raise BackendUnavailableError(f"jax cannot use device {device!r} ({e}); fix: {fix}") from e
+    number = int(index or 0)
+    if number >= len(devices):
+        raise BackendUnavailableError(f"jax: device {platform}:{number} requested but only {len(devices)} {platform} device(s) exist")
+    import jax.numpy as xp  # JAX's own namespace implements the Array API standard
+
+    return Backend("jax", xp, devices[number])
+
+
 def _load_strict(device: str | None) -> Backend:
     xp = _import("array_api_strict", "pip install array-api-strict")
     names = {device_label(d): d for d in xp.__array_namespace_info__().devices()}
@@ -159,23 +215,44 @@ def _load_strict(device: str | None) -> Backend:
     return Backend("array_api_strict", xp, names[device])
 
 
-_LOADERS = {"numpy": _load_numpy, "cupy": _load_cupy, "torch": _load_torch, "array_api_strict": _load_strict}
+_LOADERS = {"numpy": _load_numpy, "cupy": _load_cupy, "torch": _load_torch, "jax": _load_jax, "array_api_strict": _load_strict}
+
+# (name, device) -> Backend. Loading probes the device (CuPy launches a kernel and syncs) and
+# to_device / model.to load their target on every call, so each backend is loaded once.
+# Failures are not cached: installing a library or a driver later in the session works.
+_loaded: dict[tuple[str, str | None], Backend] = {}
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first caller outside xpcnn."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def load_backend(spec: str) -> Backend:
     """Load the backend named by ``spec`` (``"name"`` or ``"name:device"``) without selecting it.
 
     Raises ValueError for an unknown name and BackendUnavailableError (with the reason
-    and the fix) when the backend cannot run here. ``auto`` never raises for lack of CuPy.
+    and the fix) when the backend cannot run here. ``auto`` never raises for lack of CuPy;
+    it warns once per process when it falls back to NumPy.
     """
-    name, device = _split(spec)
-    if name == "auto":
-        try:
-            return _load_cupy(device)
-        except BackendUnavailableError as e:
-            warnings.warn(f"XPCNN backend 'auto': CuPy is not usable ({e}); using NumPy on the CPU", stacklevel=3)
-            return _load_numpy(None)
-    return _LOADERS[name](device)
+    key = _split(spec)
+    backend = _loaded.get(key)
+    if backend is None:
+        name, device = key
+        if name == "auto":
+            try:
+                backend = _load_cupy(device)
+            except BackendUnavailableError as e:
+                warnings.warn(f"XPCNN backend 'auto': CuPy is not usable ({e}); using NumPy on the CPU", stacklevel=_user_stacklevel())
+                backend = load_backend("numpy")
+        else:
+            backend = _LOADERS[name](device)
+        _loaded[key] = backend
+    return backend
 
 
 # ---------------------------------------------------------------- selection
@@ -187,12 +264,16 @@ def current_backend() -> Backend:
     """The selected :class:`Backend`; on first use it is read from ``XPCNN_BACKEND`` (default numpy)."""
     global _selected
     if _selected is None:
-        _selected = load_backend(os.environ.get("XPCNN_BACKEND", "numpy") or "numpy")
+        spec = os.environ.get("XPCNN_BACKEND", "numpy") or "numpy"
+        try:
+            _selected = load_backend(spec)
+        except ArgumentError as e:
+            raise ArgumentError(f"XPCNN_BACKEND={spec!r} (environment variable): {e}") from None
     return _selected
 
 
 def get_backend() -> str:
-    """The selected backend's name: ``"numpy"``, ``"cupy"``, ``"torch"`` or ``"array_api_strict"``."""
+    """The selected backend's name: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"`` or ``"array_api_strict"``."""
     return current_backend().name
 
 
@@ -223,7 +304,7 @@ def available_backends() -> dict[str, str]:
     report = {}
     for name in BACKENDS:
         try:
-            _LOADERS[name](None)
+            load_backend(name)
             report[name] = "available"
         except BackendUnavailableError as e:
             report[name] = str(e)
@@ -234,7 +315,7 @@ def available_backends() -> dict[str, str]:
 
 
 def library_of(x: Any) -> str:
-    """The backend name of array ``x`` ("numpy", "cupy", "torch", "array_api_strict")."""
+    """The backend name of array ``x`` ("numpy", "cupy", "torch", "jax", "array_api_strict")."""
     info = _TYPE_INFO.get(type(x))
     if info is not None:
         return info[0]
@@ -244,15 +325,18 @@ def library_of(x: Any) -> str:
         return "cupy"
     if array_api_compat.is_torch_array(x):
         return "torch"
+    if array_api_compat.is_jax_array(x):  # concrete arrays and the tracers of jax.jit
+        return "jax"
     if type(x).__module__.startswith("array_api_strict"):
         return "array_api_strict"
     if hasattr(x, "__array_namespace__"):
         return x.__array_namespace__().__name__
-    raise DTypeError(f"expected an array (numpy, cupy, torch or array_api_strict), got {type(x).__name__}")
+    raise DTypeError(f"expected an array (numpy, cupy, torch, jax or array_api_strict), got {type(x).__name__}")
 
 
 def device_of(x: Any) -> Any:
-    """The device of array ``x`` (``"cpu"`` for NumPy)."""
+    """The device of array ``x`` (``"cpu"`` for NumPy; None for a JAX tracer inside ``jax.jit``,
+    whose placement XLA decides from the concrete arguments)."""
     if type(x) is np.ndarray:
         return "cpu"
     return array_api_compat.device(x)
@@ -302,7 +386,7 @@ def namespace_of(*arrays: Any) -> ModuleType:
         if first is None:
             first, first_info = a, info
             continue
-        if info[0] != first_info[0] or (info[0] != "numpy" and device_of(a) != device_of(first)):
+        if info[0] != first_info[0] or (info[0] != "numpy" and _two_devices(device_of(a), device_of(first))):
             raise BackendMismatchError(
                 f"arrays from two backends in one call: {_describe(first)} and {_describe(a)}; "
                 "move them to one with xpcnn.to_device(x, target) (e.g. model.to(...) or to_device(x, 'numpy'))"
@@ -310,6 +394,11 @@ def namespace_of(*arrays: Any) -> ModuleType:
     if first is None:
         raise DTypeError("namespace_of: expected at least one array, got none")
     return first_info[1]
+
+
+def _two_devices(a: Any, b: Any) -> bool:
+    # A device of None (a JAX tracer under jax.jit) is wherever its computation runs.
+    return a is not None and b is not None and a != b
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -327,17 +416,17 @@ def to_numpy(x: Any) -> np.ndarray:
         import array_api_strict as xps
 
         return np.asarray(xps.asarray(x).to_device(xps.Device("CPU_DEVICE")))
-    return np.asarray(x)
+    return np.asarray(x)  # JAX: a copy from the device (read-only)
 
 
 def _backend_of_device(device: Any) -> str:
     module = type(device).__module__
-    for name in ("cupy", "torch", "array_api_strict"):
+    for name in ("cupy", "torch", "array_api_strict", "jax"):  # jax devices live in jaxlib
         if module.startswith(name):
             return name
     if device == "cpu":
         return "numpy"
-    raise ArgumentError(f"target: expected a backend name or a device object of numpy/cupy/torch/array_api_strict, got {device!r}")
+    raise ArgumentError(f"target: expected a backend name or a device object of numpy/cupy/torch/jax/array_api_strict, got {device!r}")
 
 
 def resolve_target(target: Any) -> Backend:
@@ -353,6 +442,8 @@ def resolve_target(target: Any) -> Backend:
         return load_backend(f"cupy:{target.id}")
     if name == "torch":
         return load_backend(f"torch:{target}")
+    if name == "jax":
+        return load_backend(f"jax:{target.platform}:{target.id}")
     backend = load_backend("array_api_strict")
     return dataclasses.replace(backend, device=target)
 
@@ -360,7 +451,8 @@ def resolve_target(target: Any) -> Backend:
 def to_device(x: Any, target: Any) -> Any:
     """Move array ``x`` to ``target``: a backend name (``"numpy"``, ``"cupy"``, ``"torch:cuda"``, ...),
     a :class:`Backend`, or a device object (``cupy.cuda.Device(0)``, ``torch.device("cuda")``,
-    ``array_api_strict.Device("device1")``). Dtype and values are kept exactly.
+    ``jax.devices("cpu")[0]``, ``array_api_strict.Device("device1")``). Dtype and values are
+    kept exactly (float64 to JAX needs its 64-bit mode: a DTypeError says how).
 
     Within one library the move uses the library's own transfer; across libraries it goes
     through host memory (``.get()`` from CuPy, ``.cpu()`` from torch).
@@ -370,8 +462,23 @@ def to_device(x: Any, target: Any) -> Any:
     if source == backend.name:
         if device_of(x) == backend.device:
             return x
-        return array_api_compat.to_device(x, backend.device)
+        return _same_library_move(x, backend)
     return backend.asarray(to_numpy(x))
+
+
+def _same_library_move(x: Any, backend: Backend) -> Any:
+    if backend.name == "cupy":
+        import cupy
+
+        # cupy.asarray returns an array of another device unchanged; an explicit copy
+        # under the target device is what moves it.
+        with cupy.cuda.Device(backend.device.id):
+            return cupy.array(x, copy=True)
+    if backend.name == "jax":
+        import jax
+
+        return jax.device_put(x, backend.device)
+    return array_api_compat.to_device(x, backend.device)
 
 
 def dtype_of(name_or_dtype: Any, xp: ModuleType) -> Any:

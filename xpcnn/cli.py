@@ -169,6 +169,7 @@ def _train(args) -> int:
     from . import zoo
     from .callbacks import LambdaCallback
 
+    xpcnn.keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
     settings = dict(TRAIN_DEFAULTS[args.model])
     for key in settings:
         if getattr(args, key, None) is not None:
