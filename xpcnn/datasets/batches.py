@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ArgumentTypeError
 
 
 def check_batch_size(batch_size):
@@ -32,11 +32,11 @@ def iterate_batches(n, batch_size, *, shuffle=True, rng=None, drop_last=False):
     """
     batch_size = check_batch_size(batch_size)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+        raise ArgumentError(f"n: expected a non-negative int, got {n!r}")
     if shuffle:
         if not isinstance(rng, np.random.Generator):
-            raise TypeError(
-                "shuffle=True needs rng=numpy.random.Generator (e.g. np.random.default_rng(seed)), "
+            raise ArgumentTypeError(
+                "rng: shuffle=True needs a numpy.random.Generator (e.g. np.random.default_rng(seed)), "
                 f"got {type(rng).__name__}"
             )
         order = rng.permutation(int(n)).astype(np.int64, copy=False)

