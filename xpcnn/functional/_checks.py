@@ -141,13 +141,52 @@ def check_grad(grad: Any, name: str, like: Any, expected: tuple[int, ...], like_
     check_same_dtype(like_name, like, name, grad)
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, name: str) -> int:
-    """PyTorch's floor((size + 2p - d(k-1) - 1) / s) + 1, refusing windows larger than the input."""
+def output_size(size: int, kernel: int, stride: int, padding, dilation: int, name: str) -> int:
+    """PyTorch's floor((size + p_before + p_after - d(k-1) - 1) / s) + 1, refusing windows larger
+    than the input. ``padding`` is an int (both sides) or a (before, after) pair."""
+    before, after = (padding, padding) if isinstance(padding, int) else padding
     span = dilation * (kernel - 1) + 1
-    padded = size + 2 * padding
+    padded = size + before + after
     if span > padded:
+        pads = f"2*padding {before}" if before == after else f"padding {before} + {after}"
         raise ShapeError(
             f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
-            f"padded input {padded} (size {size} + 2*padding {padding})"
+            f"padded input {padded} (size {size} + {pads})"
         )
     return (padded - span) // stride + 1
+
+
+def groups_of(value: Any, **channels: int) -> int:
+    """``groups`` as an int >= 1 dividing every named channel count (as torch.nn.Conv2d)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or operator.index(value) < 1:
+        raise ArgumentError(f"groups: expected an int >= 1, got {value!r}")
+    groups = operator.index(value)
+    if any(count % groups for count in channels.values()):
+        counts = " and ".join(f"{name} {count}" for name, count in channels.items())
+        raise ArgumentError(f"groups: expected a divisor of {counts}, got {groups}")
+    return groups
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def conv_padding(value: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                 *, strings: bool = True) -> Padding:
+    """``((top, bottom), (left, right))`` from an int, an (h, w) pair, a ((top, bottom), (left, right))
+    pair of pairs, or (when ``strings``) ``"valid"`` (no padding) or ``"same"`` (stride 1 only;
+    PyTorch's rule: total d*(k-1), top/left get half rounded down, the odd pixel goes bottom/right)."""
+    if isinstance(value, str):
+        if strings and value == "valid":
+            return ((0, 0), (0, 0))
+        if strings and value == "same":
+            if stride != (1, 1):
+                raise ArgumentError(f"padding: 'same' needs stride 1 (as PyTorch), got stride {stride}")
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+        allowed = "an int, a pair, ((top, bottom), (left, right))" + (", 'same' or 'valid'" if strings else "")
+        raise ArgumentError(f"padding: expected {allowed}, got {value!r}")
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (tuple, list)) for v in value):
+        sides = tuple(pair(v, "padding", minimum=0) for v in value)
+        return sides  # type: ignore[return-value]
+    ph, pw = pair(value, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))

@@ -1,26 +1,31 @@
 """Sliding windows by strided slicing: the Array API has no as_strided or pad, so a
-``k x k`` window view is the ``k*k`` shifted strided slices of the input."""
+``k x k`` window view is the ``k*k`` shifted strided slices of the input.
+
+Arrays are never assigned into in place by hand: updates go through array-api-extra's
+``at``, which writes in place into the fresh buffers made here where the library allows it
+(NumPy, CuPy, torch) and makes a functional update where it does not (JAX)."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Iterator
 
-from ..backend import device_of, namespace_of
+import array_api_extra as xpx
+
+from ..backend import device_of
 
 
-def pad2d(x: Any, padding: tuple[int, int], value: float = 0.0) -> Any:
-    """(N, C, H, W) -> (N, C, H + 2ph, W + 2pw), filled with ``value``.
+def pad2d(xp: Any, x: Any, padding, value: float = 0.0) -> Any:
+    """(..., H, W) -> (..., top + H + bottom, left + W + right) filled with ``value``;
+    ``padding`` is ((top, bottom), (left, right)).
 
-    A fresh array with the input assigned into its middle: half the cost of two concats."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
+    A fresh array with the input set into its middle: half the cost of two concatenations."""
+    (top, bottom), (left, right) = padding
+    if not (top or bottom or left or right):
         return x
-    xp = namespace_of(x)
-    n, c, h, w = x.shape
-    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype, device=device_of(x))
-    out[:, :, ph : ph + h, pw : pw + w] = x
-    return out
+    *lead, h, w = x.shape
+    out = xp.full((*lead, top + h + bottom, left + w + right), value, dtype=x.dtype, device=device_of(x))
+    return xpx.at(out, (..., slice(top, top + h), slice(left, left + w))).set(x, xp=xp)
 
 
 def offsets(kernel: tuple[int, int], dilation: tuple[int, int]) -> Iterator[tuple[int, int]]:
@@ -32,43 +37,42 @@ def offsets(kernel: tuple[int, int], dilation: tuple[int, int]) -> Iterator[tupl
 
 @functools.lru_cache(maxsize=256)
 def tap_indices(kernel, stride, dilation, out_hw) -> tuple:
-    """The index of each kernel tap's strided slice, in row-major kernel order. Stops are exact
-    (array-api-strict rejects overshoot). Cached: a network asks for the same few geometries
-    every step."""
+    """The index of each kernel tap's strided slice over the last two axes, in row-major kernel
+    order. Stops are exact (array-api-strict rejects overshoot). Cached: a network asks for
+    the same few geometries every step."""
     oh, ow = out_hw
     sh, sw = stride
     return tuple(
-        (slice(None), slice(None), slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
+        (..., slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
         for di, dj in offsets(kernel, dilation)
     )
 
 
 def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:
-    """Each kernel tap's strided slice of x (N, C, Hp, Wp): kh*kw views of shape (N, C, OH, OW)."""
+    """Each kernel tap's strided slice of x (..., Hp, Wp): kh*kw views of shape (..., OH, OW)."""
     return [x[index] for index in tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw))]
 
 
-def add_taps(taps: list, like: Any, padding, kernel, stride, dilation, out_hw) -> Any:
-    """Adjoint of padding then :func:`taps_of`: sum each tap's (N, C, OH, OW) gradient into the
-    input positions it was read from, then drop the padding -> (N, C, H, W) like ``like``.
+def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride, dilation, out_hw) -> Any:
+    """Adjoint of padding then :func:`taps_of`: sum each tap's (..., OH, OW) gradient into the
+    input positions it was read from, then drop the padding -> (..., H, W) with (H, W) = ``size``.
 
     Slice accumulation, not scatter-add: deterministic and fast on every backend; windows
-    that cannot overlap need plain assignment."""
-    xp = namespace_of(like)
-    n, c, h, w = like.shape
-    grad = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=like.dtype, device=device_of(like))
+    that cannot overlap need a plain set."""
+    (top, bottom), (left, right) = padding
+    h, w = size
+    first = taps[0]
+    grad = xp.zeros((*first.shape[:-2], top + h + bottom, left + w + right), dtype=first.dtype, device=device_of(first))
     overlapping = kernel[0] * dilation[0] > stride[0] or kernel[1] * dilation[1] > stride[1]
     for index, g in zip(tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw)), taps):
-        if overlapping:
-            grad[index] += g
-        else:
-            grad[index] = g
-    return crop2d(grad, padding, (h, w))
+        update = xpx.at(grad, index)
+        grad = update.add(g, xp=xp) if overlapping else update.set(g, xp=xp)
+    return crop2d(grad, padding, size)
 
 
-def crop2d(x: Any, padding: tuple[int, int], size: tuple[int, int]) -> Any:
-    """Inverse of :func:`pad2d` on a gradient: (N, C, Hp, Wp) -> (N, C, H, W)."""
-    ph, pw = padding
-    if ph == 0 and pw == 0 and tuple(x.shape[2:]) == tuple(size):
+def crop2d(x: Any, padding, size: tuple[int, int]) -> Any:
+    """Inverse of :func:`pad2d` on a gradient: (..., Hp, Wp) -> (..., H, W)."""
+    (top, _), (left, _) = padding
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return x[:, :, ph : ph + size[0], pw : pw + size[1]]
+    return x[..., top : top + size[0], left : left + size[1]]

@@ -1,31 +1,93 @@
-"""Average and max pooling over (N, C, H, W), forward and backward side by side, with
-PyTorch's semantics: stride defaults to the kernel size, output size rounds down,
-average pooling counts padded zeros (count_include_pad=True), max pooling pads with
--inf and sends the gradient to the first maximum of each window.
+"""Average, max and global average pooling over (N, C, H, W), forward and backward side by
+side, with PyTorch's semantics: stride defaults to the kernel size; the output size rounds
+down, or up with ``ceil_mode`` (the last window must start inside the input or the left
+padding); average pooling counts padded zeros unless ``count_include_pad=False``, and a
+window running past the padding (``ceil_mode``) is averaged over its part inside it; max
+pooling pads with -inf and sends the gradient to the first maximum of each window.
 
-Both run over the kh*kw window taps (strided slices) with running sums / maxima: no
-window tensor is ever stacked, which keeps memory at one output-sized buffer and is
-5-15x faster on NumPy than reducing over a stacked or reshaped window axis.
+The forwards run over the kh*kw window taps (strided slices) with running sums / maxima: no
+window tensor is stacked, which keeps memory at one output-sized buffer and is 5-15x faster
+on NumPy than reducing over a stacked window axis.
 """
 
 from __future__ import annotations
 
-from ..errors import ShapeError
-from ._checks import check_float, check_grad, check_ndim, namespace, output_size, pair
+from typing import Any, NamedTuple
+
+from ..backend import device_of
+from ..errors import ArgumentError, ShapeError
+from ._checks import Padding, check_float, check_grad, check_ndim, namespace, pair
 from ._windows import add_taps, pad2d, taps_of
 
 
-def pool_geometry(x_shape, kernel_size, stride, padding, dilation=1, name="pool"):
-    """Normalised (kernel, stride, padding, dilation) pairs and the output size (OH, OW)."""
+class PoolGeometry(NamedTuple):
+    """What the pool kernels need, fixed once per input shape. ``padding`` is the padded
+    input's ((top, bottom), (left, right)): bottom/right grow past the requested padding when
+    a ``ceil_mode`` window runs over. ``divisor`` is None when every average divides by
+    kh*kw, else (rows per output row, columns per output column) of each window's count.
+    ``out_hw`` is last so ``*_, (oh, ow) = pool_geometry(...)`` reads the output size."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding
+    dilation: tuple[int, int]
+    divisor: tuple[tuple[int, ...], tuple[int, ...]] | None
+    out_hw: tuple[int, int]
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def _pool_size(size, kernel, stride, padding, dilation, ceil_mode, name) -> int:
+    """PyTorch's pooling_output_shape: floor or ceil of (size + 2p - d(k-1) - 1) / s, plus one,
+    minus the last window when ``ceil_mode`` would start it in the right padding."""
+    span = dilation * (kernel - 1) + 1
+    out = (size + 2 * padding - span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    if out < 1:
+        raise ShapeError(
+            f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
+            f"padded input {size + 2 * padding} (size {size} + 2*padding {padding})"
+        )
+    return out
+
+
+def _counts(size, out, kernel, stride, padding, include_pad) -> tuple[int, ...]:
+    """How many rows (or columns) each window averages over, as PyTorch's avg_pool2d: the
+    window clipped to the padded input, or to the input alone without ``include_pad``."""
+    counts = []
+    for o in range(out):
+        start = o * stride - padding
+        end = min(start + kernel, size + padding)
+        counts.append(end - start if include_pad else min(end, size) - max(start, 0))
+    return tuple(counts)
+
+
+def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, name="pool", *, ceil_mode=False,
+                  count_include_pad=True) -> PoolGeometry:
+    """Normalised options and the output size (OH, OW) of a pool over x (N, C, H, W); validates."""
     kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
-    padding = pair(padding, "padding", minimum=0)
+    pad = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation")
-    for a in range(2):
-        if padding[a] > kernel[a] // 2:
-            raise ShapeError(f"padding: must be at most half the kernel size {kernel}, got {padding} (as PyTorch)")
-    out_hw = tuple(output_size(x_shape[2 + a], kernel[a], stride[a], padding[a], dilation[a], f"{name} kernel_size") for a in range(2))
-    return kernel, stride, padding, dilation, out_hw
+    ceil_mode = _flag(ceil_mode, "ceil_mode")
+    count_include_pad = _flag(count_include_pad, "count_include_pad")
+    if any(p > k // 2 for p, k in zip(pad, kernel)):
+        raise ShapeError(f"padding: must be at most half the kernel size {kernel}, got {pad} (as PyTorch)")
+    sizes = tuple(x_shape[2:4])
+    out_hw = tuple(
+        _pool_size(sizes[a], kernel[a], stride[a], pad[a], dilation[a], ceil_mode, f"{name} kernel_size") for a in range(2)
+    )
+    # The last window's far edge, so that every tap slice stays inside the padded input.
+    ends = tuple((out_hw[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1 for a in range(2))
+    padded = tuple((pad[a], max(pad[a], ends[a] - sizes[a] - pad[a])) for a in range(2))
+    counts = tuple(_counts(sizes[a], out_hw[a], kernel[a], stride[a], pad[a], count_include_pad) for a in range(2))
+    uniform = all(c == kernel[a] for a in range(2) for c in counts[a])
+    return PoolGeometry(kernel, stride, padded, dilation, None if uniform else counts, out_hw)
 
 
 def _check(x, grad_y=None):
@@ -35,82 +97,127 @@ def _check(x, grad_y=None):
     return xp
 
 
-def avg_pool2d_kernel(xp, x, geometry):
+def _scale(xp, geometry: PoolGeometry, like):
+    """1 / (window count): a Python float when uniform, else an (OH, OW) array like ``like``."""
+    if geometry.divisor is None:
+        return 1.0 / (geometry.kernel[0] * geometry.kernel[1])
+    rows, cols = geometry.divisor
+    return 1.0 / xp.asarray([[r * c for c in cols] for r in rows], dtype=like.dtype, device=device_of(like))
+
+
+# ---------------------------------------------------------------- average
+
+
+def avg_pool2d_kernel(xp, x, geometry: PoolGeometry):
     """Average pooling math on a checked input; ``geometry`` from :func:`pool_geometry`."""
-    kernel, stride, padding, dilation, out_hw = geometry
-    taps = taps_of(pad2d(x, padding), kernel, stride, dilation, out_hw)
+    taps = taps_of(pad2d(xp, x, geometry.padding), geometry.kernel, geometry.stride, geometry.dilation, geometry.out_hw)
     total = taps[0]
     for t in taps[1:]:
         total = total + t
-    return total * (1.0 / (kernel[0] * kernel[1]))
+    return total * _scale(xp, geometry, x)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """(N, C, H, W) -> (N, C, OH, OW): mean of each window, padded zeros included."""
+def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True):
+    """(N, C, H, W) -> (N, C, OH, OW): mean of each window (as ``torch.nn.functional.avg_pool2d``)."""
     xp = _check(x)
-    return avg_pool2d_kernel(xp, x, pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d"))
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d", ceil_mode=ceil_mode,
+                             count_include_pad=count_include_pad)
+    return avg_pool2d_kernel(xp, x, geometry)
 
 
-def avg_pool2d_backward_kernel(xp, grad_y, x, geometry):
-    kernel, stride, padding, dilation, out_hw = geometry
-    g = grad_y * (1.0 / (kernel[0] * kernel[1]))
-    return add_taps([g] * (kernel[0] * kernel[1]), x, padding, kernel, stride, dilation, out_hw)
+def avg_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry):
+    g = grad_y * _scale(xp, geometry, x)
+    k = geometry.kernel[0] * geometry.kernel[1]
+    return add_taps(xp, [g] * k, tuple(x.shape[2:]), geometry.padding, geometry.kernel, geometry.stride,
+                    geometry.dilation, geometry.out_hw)
 
 
-def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0):
+def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True):
     """grad_x (N, C, H, W) of :func:`avg_pool2d` given grad_y (N, C, OH, OW)."""
     xp = _check(x, grad_y)
-    geometry = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d")
-    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry[4]), "x")
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d", ceil_mode=ceil_mode,
+                             count_include_pad=count_include_pad)
+    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry.out_hw), "x")
     return avg_pool2d_backward_kernel(xp, grad_y, x, geometry)
 
 
-def max_pool2d_kernel(xp, x, geometry):
+# ---------------------------------------------------------------- max
+
+
+def max_pool2d_kernel(xp, x, geometry: PoolGeometry):
     """Max pooling math on a checked input: y and the padded input's taps (for the backward)."""
-    kernel, stride, padding, dilation, out_hw = geometry
-    taps = taps_of(pad2d(x, padding, value=-float("inf")), kernel, stride, dilation, out_hw)
-    # A chain of element-wise maxima: ~15x faster on NumPy than where/argmax over a window axis.
+    taps = taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
+                   geometry.dilation, geometry.out_hw)
+    # A chain of element-wise maxima: ~15x faster on NumPy than a reduction over a window axis.
     y = taps[0]
     for t in taps[1:]:
         y = xp.maximum(y, t)
     return y, taps
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
     """y (N, C, OH, OW) and what the backward needs (the padded input's taps)."""
     xp = _check(x)
-    return max_pool2d_kernel(xp, x, pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d"))
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d", ceil_mode=ceil_mode)
+    return max_pool2d_kernel(xp, x, geometry)
 
 
-def first_max_masks(xp, taps, y):
-    """One float mask per tap, 1 where that tap is its window's *first* maximum (PyTorch's tie rule)."""
-    masks, taken = [], None
-    for t in taps:
-        hit = t == y
-        first = hit if taken is None else hit & ~taken
-        taken = hit if taken is None else taken | hit
-        masks.append(xp.astype(first, y.dtype))
-    return masks
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
+    """(N, C, H, W) -> (N, C, OH, OW): maximum of each window (padding is -inf), as
+    ``torch.nn.functional.max_pool2d``."""
+    return max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)[0]
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
-    """(N, C, H, W) -> (N, C, OH, OW): maximum of each window (padding is -inf)."""
-    return max_pool2d_forward(x, kernel_size, stride, padding, dilation)[0]
+def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, taps):
+    """Each window's gradient goes to its first maximum (PyTorch's tie rule). Walking the taps in
+    kernel order, a tap equal to its window's maximum takes the gradient still left there
+    (exactly all of it, times 1.0) and leaves exactly zero for later ties: four element-wise
+    ops per tap. One argmax over the stacked windows plus a one-hot was 2-3x slower on NumPy
+    (the stack copies every window and argmax along a short axis runs element by element)."""
+    grads, rest = [], grad_y
+    for i, t in enumerate(taps):
+        taken = rest * xp.astype(t == y, rest.dtype)
+        grads.append(taken)
+        if i + 1 < len(taps):
+            rest = rest - taken
+    return add_taps(xp, grads, tuple(x.shape[2:]), geometry.padding, geometry.kernel, geometry.stride,
+                    geometry.dilation, geometry.out_hw)
 
 
-def max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps):
-    kernel, stride, padding, dilation, out_hw = geometry
-    grads = [grad_y * mask for mask in first_max_masks(xp, taps, y)]
-    return add_taps(grads, x, padding, kernel, stride, dilation, out_hw)
-
-
-def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1, y=None, taps=None):
+def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1, y=None, taps=None, *,
+                        ceil_mode=False):
     """grad_x (N, C, H, W) of :func:`max_pool2d`: each window's gradient goes to its first
-    maximum (a one-hot mask per tap times grad_y, summed back by slices: no scatter).
-    ``y`` and ``taps`` from :func:`max_pool2d_forward` save recomputing them."""
+    maximum. ``y`` and ``taps`` from :func:`max_pool2d_forward` save recomputing them."""
     xp = _check(x, grad_y)
-    geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d")
-    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry[4]), "x")
+    geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d", ceil_mode=ceil_mode)
+    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry.out_hw), "x")
     if y is None or taps is None:
         y, taps = max_pool2d_kernel(xp, x, geometry)
     return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
+
+
+# ---------------------------------------------------------------- global average
+
+
+def global_avg_pool2d(x):
+    """(N, C, H, W) -> (N, C): the mean over each channel's H x W (AdaptiveAvgPool2d(1) + Flatten)."""
+    xp = _check(x)
+    return global_avg_pool2d_kernel(xp, x)
+
+
+def global_avg_pool2d_kernel(xp, x):
+    return xp.mean(x, axis=(2, 3))
+
+
+def global_avg_pool2d_backward(grad_y, x):
+    """grad_x (N, C, H, W) of :func:`global_avg_pool2d` given grad_y (N, C): grad_y / (H*W) everywhere."""
+    xp = _check(x, grad_y)
+    check_grad(grad_y, "grad_y", x, tuple(x.shape[:2]), "x")
+    return global_avg_pool2d_backward_kernel(xp, grad_y, x)
+
+
+def global_avg_pool2d_backward_kernel(xp, grad_y, x):
+    n, c, h, w = x.shape
+    # Times a plane of ones, not broadcast_to: a real (N, C, H, W) array, never a read-only view.
+    ones = xp.ones((h, w), dtype=grad_y.dtype, device=device_of(grad_y))
+    return xp.reshape(grad_y * (1.0 / (h * w)), (n, c, 1, 1)) * ones
