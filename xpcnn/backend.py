@@ -36,7 +36,7 @@ FLOAT_DTYPES = ("float32", "float64")
 _CUPY_FIX = "install CuPy for your CUDA version: pip install 'xpcnn[cuda12]' or 'xpcnn[cuda13]'"
 _JAX_FIX = "pip install 'xpcnn[jax]' (from a checkout: pip install -e '.[jax]')"
 _X64_FIX = (
-    "enable JAX's 64-bit mode before creating any array: jax.config.update(\"jax_enable_x64\", True) "
+    "enable JAX's 64-bit mode: jax.config.update(\"jax_enable_x64\", True) "
     "at the start of the program, or the environment variable JAX_ENABLE_X64=1; xpcnn does not flip "
     "this process-wide switch for you (or use dtype='float32')"
 )

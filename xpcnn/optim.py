@@ -1,6 +1,10 @@
 """Optimizers with PyTorch's update rules. They rebind parameters (``p = p - lr * g``)
 rather than mutating them, so they work on immutable array libraries too, and keep
-Python-float hyper-parameters so float32 stays float32."""
+Python-float hyper-parameters so float32 stays float32.
+
+Each rule is a pure function of one parameter, its gradient, its state and the step's
+scalars (:meth:`Optimizer.update`): :meth:`Optimizer.step` applies it eagerly, and
+:mod:`xpcnn.jit` traces the same function inside one compiled training step."""
 
 from __future__ import annotations
 
@@ -8,9 +12,8 @@ import math
 import numbers
 from typing import Any, Iterable
 
-from .backend import namespace_of
-from .errors import NotBuiltError
-from .errors import ArgumentError
+from .backend import device_of, library_of, namespace_of, resolve_target, to_device
+from .errors import ArgumentError, BackendMismatchError, NotBuiltError
 
 
 def _check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None, strict_low: bool = False) -> float:
@@ -35,7 +38,11 @@ def _check_betas(betas: Any) -> tuple[float, float]:
 
 class Optimizer:
     """Base: ``step(model)`` updates every parameter from ``layer.grads``; per-parameter state
-    is keyed by ``"<layer index>.<name>"`` so it can be saved and restored."""
+    is keyed by ``"<layer index>.<name>"`` so it can be saved, restored and moved.
+
+    A subclass defines :meth:`initial_state` (the state before the first step, zeros that
+    make the first update equal PyTorch's), :meth:`scalars` (the numbers that change from
+    step to step: learning rate, bias corrections) and :meth:`update` (the pure rule)."""
 
     def __init__(self, lr: float) -> None:
         self.lr = _check_hyper("lr", lr, strict_low=True)
@@ -46,15 +53,56 @@ class Optimizer:
         """One update of all of ``model``'s parameters from their gradients."""
         if not callable(getattr(model, "named_parameters", None)):
             raise ArgumentError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
-        missing = [key for key, layer, name in model.named_parameters() if name not in layer.grads]
+        slots = model.named_parameters()
+        missing = [key for key, layer, name in slots if name not in layer.grads]
         if missing:
             raise NotBuiltError(f"optimizer: parameters {', '.join(missing)} have no gradient; run backward (or train_step) first")
+        self.check_state_location(slots)
         self.steps += 1
-        for key, layer, name in model.named_parameters():
-            layer.params[name] = self.update(key, layer.params[name], layer.grads[name])
+        scalars = self.scalars(self.steps)
+        for key, layer, name in slots:
+            param = layer.params[name]
+            state = self.state[key] if key in self.state else self.initial_state(param)
+            layer.params[name], state = self.update(param, layer.grads[name], state, scalars)
+            if state:
+                self.state[key] = state
 
-    def update(self, key: str, param, grad):
+    def check_state_location(self, slots) -> None:
+        """The state must live where the parameters do: after ``model.to(...)`` it moves with
+        the model; an optimizer used with a model on another backend is an error, not a
+        TypeError deep inside an update."""
+        for key, layer, name in slots:
+            state = self.state.get(key)
+            if state:
+                param, held = layer.params[name], next(iter(state.values()))
+                where, here = (library_of(held), device_of(held)), (library_of(param), device_of(param))
+                if where[0] != here[0] or (where[0] != "numpy" and where[1] != here[1]):
+                    raise BackendMismatchError(
+                        f"optimizer: its state is on {where[0]} ({where[1]}) but the parameters are on {here[0]} "
+                        f"({here[1]}); model.to(target) moves the optimizer of the last fit with the model, "
+                        "or call optimizer.to(target)"
+                    )
+                return
+
+    def initial_state(self, param) -> dict[str, Any]:
+        """The state of one parameter before its first update (an empty dict: no state)."""
+        return {}
+
+    def scalars(self, t: int) -> dict[str, float]:
+        """The step-dependent numbers of step ``t`` (1-based) as Python floats."""
+        return {"lr": self.lr}
+
+    def update(self, param, grad, state: dict[str, Any], scalars: dict[str, Any]):
+        """(new parameter, new state) from one parameter, its gradient and its state. Pure:
+        the inputs are not modified. ``scalars`` are :meth:`scalars`' values, as Python floats
+        or (in a compiled step) 0-d arrays."""
         raise NotImplementedError
+
+    def to(self, target) -> "Optimizer":
+        """Move every state array to ``target`` (a backend name or device, as ``model.to``)."""
+        backend = resolve_target(target)
+        self.map_state(lambda a: to_device(a, backend))
+        return self
 
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters, step counter and state arrays (of the model's backend)."""
@@ -82,6 +130,10 @@ class Optimizer:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hyper().items())})"
 
 
+def _zeros_like(param):
+    return namespace_of(param).zeros_like(param)
+
+
 class SGD(Optimizer):
     """SGD with optional momentum / Nesterov / L2 weight decay, exactly ``torch.optim.SGD``:
     g += wd*p; b = momentum*b + g (b = g on the first step); g = g + momentum*b (Nesterov) or b; p -= lr*g."""
@@ -97,19 +149,23 @@ class SGD(Optimizer):
     def hyper(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
-    def update(self, key, param, grad):
+    def initial_state(self, param):
+        # momentum * 0 + g == g exactly: the zero buffer reproduces torch's "b = g" first step.
+        return {"momentum": _zeros_like(param)} if self.momentum else {}
+
+    def update(self, param, grad, state, scalars):
         if self.weight_decay:
             grad = grad + self.weight_decay * param
         if self.momentum:
-            state = self.state.setdefault(key, {})
-            buf = grad if "momentum" not in state else self.momentum * state["momentum"] + grad
-            state["momentum"] = buf
+            buf = self.momentum * state["momentum"] + grad
+            state = {"momentum": buf}
             grad = grad + self.momentum * buf if self.nesterov else buf
-        return param - self.lr * grad
+        return param - scalars["lr"] * grad, state
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba), exactly ``torch.optim.Adam`` (bias-corrected, eps outside the sqrt)."""
+    """Adam (Kingma & Ba), exactly ``torch.optim.Adam`` (bias-corrected, eps outside the sqrt;
+    ``weight_decay`` is L2: added to the gradient)."""
 
     def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(lr)
@@ -120,18 +176,41 @@ class Adam(Optimizer):
     def hyper(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def update(self, key, param, grad):
+    def initial_state(self, param):
+        # beta * 0 + (1 - beta) * g is exactly torch's first moment update from its zero state.
+        return {"m": _zeros_like(param), "v": _zeros_like(param)}
+
+    def scalars(self, t):
         beta1, beta2 = self.betas
+        # As torch (non-capturable): bias corrections in Python floats, on the host.
+        return {"lr": self.lr, "step_size": self.lr / (1.0 - beta1**t), "bias_correction2_sqrt": math.sqrt(1.0 - beta2**t)}
+
+    def update(self, param, grad, state, scalars):
         if self.weight_decay:
             grad = grad + self.weight_decay * param
-        state = self.state.setdefault(key, {})
-        m = (1.0 - beta1) * grad if "m" not in state else beta1 * state["m"] + (1.0 - beta1) * grad
-        v = (1.0 - beta2) * grad * grad if "v" not in state else beta2 * state["v"] + (1.0 - beta2) * (grad * grad)
-        state["m"], state["v"] = m, v
-        t = self.steps
-        step_size = self.lr / (1.0 - beta1**t)
+        return self._adam(param, grad, state, scalars)
+
+    def _adam(self, param, grad, state, scalars):
+        """The moment updates and the bias-corrected step (shared with AdamW)."""
+        beta1, beta2 = self.betas
+        m = beta1 * state["m"] + (1.0 - beta1) * grad
+        v = beta2 * state["v"] + (1.0 - beta2) * grad * grad
         xp = namespace_of(param, grad)
-        return param - step_size * (m / (xp.sqrt(v) / math.sqrt(1.0 - beta2**t) + self.eps))
+        denom = xp.sqrt(v) / scalars["bias_correction2_sqrt"] + self.eps
+        return param - scalars["step_size"] * (m / denom), {"m": m, "v": v}
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter), exactly ``torch.optim.AdamW``: decoupled weight decay
+    ``p = p * (1 - lr * weight_decay)`` before the Adam step, the gradient left untouched."""
+
+    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        super().__init__(lr, betas, eps, weight_decay)
+
+    def update(self, param, grad, state, scalars):
+        if self.weight_decay:
+            param = param * (1.0 - scalars["lr"] * self.weight_decay)
+        return self._adam(param, grad, state, scalars)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
