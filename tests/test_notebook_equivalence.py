@@ -1,8 +1,8 @@
 """xpcnn trains the notebook's network exactly as the notebook does.
 
-The notebook's own code (``xpcnn.notebook``, per-pixel loops, float64) and ``model.fit`` start
-from the same weights (converted between the two layouts) and visit the same images in the same
-order: the order ``fit`` draws from its seed, handed to the notebook loop as the permutations its
+The notebook's own code (tests/notebook_reference.py, per-pixel loops, float64) and
+``model.fit`` start from the same weights (converted between the two layouts) and visit the same
+images in the same order: the order ``fit`` draws from its seed, handed to the notebook loop as the permutations its
 ``X = X[permutation]`` shuffle would have drawn. Per-step losses must agree within
 NOTEBOOK_LOSS_ATOL for 300 steps (two epochs of 150 real digits), and so must the final weights.
 """
@@ -13,8 +13,10 @@ import pytest
 from xpcnn import optim, zoo
 from xpcnn.callbacks import LambdaCallback, NotebookLogger
 from xpcnn.datasets import load_data, preprocess
-from xpcnn.notebook import NotebookCNN, from_xpcnn_weights, to_xpcnn_weights
-from tests.tolerances import FLOAT64_RTOL, NOTEBOOK_LOSS_ATOL
+from xpcnn.notebook import from_xpcnn_weights, to_xpcnn_weights
+
+from .notebook_reference import NotebookCNN
+from .tolerances import FLOAT64_RTOL, NOTEBOOK_LOSS_ATOL
 
 N, EPOCHS, SEED = 150, 2, 7
 

@@ -1,4 +1,5 @@
-"""The notebook oracle (xpcnn.notebook) reproduces the notebook's basic facts, in float64."""
+"""The notebook oracle (tests/notebook_reference.py) reproduces the notebook's basic facts, in
+float64; the public layout converters (xpcnn.notebook) are exact permutations."""
 
 import importlib.util
 
@@ -6,13 +7,10 @@ import numpy as np
 import pytest
 
 from xpcnn.datasets import load_data
-from xpcnn.notebook import (
-    NotebookCNN,
-    epoch_orders,
-    from_xpcnn_weights,
-    to_xpcnn_weights,
-)
+from xpcnn.errors import DTypeError, ShapeError
+from xpcnn.notebook import from_xpcnn_weights, to_xpcnn_weights
 
+from .notebook_reference import NotebookCNN, epoch_orders
 from .tolerances import FINITE_DIFF_RTOL, FINITE_DIFF_STEP, FLOAT64_RTOL
 
 
@@ -236,3 +234,23 @@ def test_training_on_mnist5k_beats_chance(tmp_path, monkeypatch):
     assert last_accuracy >= 45, lines  # chance is 10 of 100
     assert losses[200:].mean() < 0.75 * losses[:100].mean()
     assert np.isfinite(losses).all()
+
+
+def test_layout_converters_take_any_backend_and_refuse_bad_shapes():
+    rng = np.random.default_rng(10)
+    kernels, weight, bias = rng.standard_normal((4, 3, 3)), rng.standard_normal((4 * 25, 3)), rng.standard_normal(3)
+    conv, W, b = to_xpcnn_weights(kernels, weight, bias)  # 4 kernels, a 5x5 pooling output, 3 classes
+    assert W[2 * 25 + 1 * 5 + 3].tolist() == weight[1 * 5 * 4 + 3 * 4 + 2].tolist()
+    strict = pytest.importorskip("array_api_strict")
+    back = from_xpcnn_weights([strict.asarray(a) for a in (conv, W, b)])
+    for u, v in zip(back, (kernels, weight, bias)):
+        assert isinstance(u, np.ndarray) and u.dtype == np.float64
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ShapeError, match=r"weight: expected 4 \* P \* P rows .* got 99"):
+        to_xpcnn_weights(kernels, weight[:99], bias)
+    with pytest.raises(ShapeError, match=r"weights\[0\]: expected a conv weight \(C, 1, kh, kw\), got shape \(4, 3, 3\)"):
+        from_xpcnn_weights([kernels, W, b])
+    with pytest.raises(ShapeError, match="expected \\[conv, W, b\\] \\(3 arrays\\), got 2"):
+        from_xpcnn_weights([conv, W])
+    with pytest.raises(DTypeError, match="kernels: expected an array"):
+        to_xpcnn_weights(object(), weight, bias)

@@ -1,10 +1,12 @@
-"""Callbacks for :func:`xpcnn.training.fit`: progress bar, the notebook's logger, history,
-checkpointing.
+"""Callbacks for :func:`xpcnn.training.fit`: progress output, the notebook's logger, history,
+checkpointing, learning-rate schedules and early stopping.
 
 A callback subclasses :class:`Callback` and overrides any hook. Epochs and steps are 0-based in
 the hooks (printed 1-based). ``self.trainer`` is set before training starts and exposes
-``model``, ``optimizer``, ``rng`` (the host shuffle generator), ``history`` and ``params``
-(``epochs``, ``initial_epoch``, ``steps`` per epoch, ``samples``, ``batch_size``, ``verbose``).
+``model``, ``optimizer``, ``rng`` (the host shuffle generator), ``history``, ``params``
+(``epochs``, ``initial_epoch``, ``steps`` per epoch, ``samples``, ``batch_size``, ``verbose``)
+and ``stop_training``: a callback that sets ``trainer.stop_training = True`` ends ``fit`` after
+the current epoch (as Keras's ``model.stop_training``).
 
 Hooks and their ``logs``:
 
@@ -18,11 +20,14 @@ Hooks and their ``logs``:
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 from typing import Any, Callable, TextIO
 
 from . import checkpoint
+from .errors import ArgumentError, ArgumentTypeError
 
 
 class Callback:
@@ -67,12 +72,16 @@ class History(Callback):
 
 
 def format_metrics(logs: dict[str, Any]) -> str:
-    return " - ".join(f"{k} {v:.4f}" for k, v in logs.items())
+    """``loss 0.1234 - accuracy 0.9650 - lr 0.003``: metrics to 4 decimals, the learning rate to
+    4 significant digits (a decayed rate like 3e-05 would print as 0.0000)."""
+    return " - ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
 
 
 class ProgressBar(Callback):
-    """tqdm bar per epoch when ``file`` is a terminal; otherwise (logs, CI) one summary line per
-    epoch. ``verbose=2`` always prints summary lines. ``file`` defaults to ``sys.stdout``."""
+    """One plain summary line per epoch (``epoch 2/10 - 0.5s - loss ... - val_accuracy ...``),
+    on a terminal too, so no metric is ever cut at the terminal's width. On a terminal with
+    ``verbose=1`` a tqdm bar shows the progress within the epoch and is erased when the epoch
+    ends; ``verbose=2`` never draws it. ``file`` defaults to ``sys.stdout``."""
 
     def __init__(self, verbose: int = 1, file: TextIO | None = None, live: bool | None = None) -> None:
         self.verbose = verbose
@@ -95,7 +104,7 @@ class ProgressBar(Callback):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=params["steps"], desc=f"epoch {epoch + 1}/{params['epochs']}", unit="batch",
-                             file=self.file, leave=True, dynamic_ncols=True)
+                             file=self.file, leave=False, dynamic_ncols=True)
 
     def on_batch_end(self, step, logs):
         self._loss += logs["loss"] * logs["size"]
@@ -109,12 +118,10 @@ class ProgressBar(Callback):
     def on_epoch_end(self, epoch, logs):
         seconds = time.perf_counter() - self._t0
         if self._bar is not None:
-            self._bar.set_postfix_str(format_metrics(logs), refresh=False)
             self._bar.close()
             self._bar = None
-        else:
-            print(f"epoch {epoch + 1}/{self.trainer.params['epochs']} - {seconds:.1f}s - {format_metrics(logs)}",
-                  file=self.file, flush=True)
+        print(f"epoch {epoch + 1}/{self.trainer.params['epochs']} - {seconds:.1f}s - {format_metrics(logs)}",
+              file=self.file, flush=True)
 
     def on_train_end(self, logs):
         if self._bar is not None:
@@ -165,6 +172,153 @@ class ModelCheckpoint(Callback):
                                          epoch=epoch + 1, history=t.history.history, fit_args=fit_args, keep=self.keep)
 
 
+def _positive_finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+
+
+class LearningRateScheduler(Callback):
+    """At the start of every epoch, set the optimizer's learning rate to ``schedule(epoch, lr)``
+    (``epoch`` 0-based and counted across a resume, ``lr`` the current rate), as Keras's
+    ``LearningRateScheduler``. The epoch's logs (and so ``History``) get ``"lr"``: the rate the
+    epoch trained with. ``verbose=1`` prints each change. See :func:`cosine_schedule` and
+    :func:`step_schedule` for the usual shapes.
+    """
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
+        if not callable(schedule):
+            raise ArgumentTypeError(f"schedule: expected a function (epoch, lr) -> lr, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs):
+        optimizer = self.trainer.optimizer
+        lr = self.schedule(epoch, optimizer.lr)
+        if not _positive_finite(lr):
+            raise ArgumentError(f"schedule: expected a finite learning rate > 0 for epoch {epoch + 1}, got {lr!r}")
+        if self.verbose and float(lr) != optimizer.lr:
+            print(f"epoch {epoch + 1}: learning rate {optimizer.lr:.4g} -> {float(lr):.4g}", flush=True)
+        optimizer.lr = float(lr)
+
+    def on_epoch_end(self, epoch, logs):
+        logs["lr"] = self.trainer.optimizer.lr
+
+
+def cosine_schedule(initial_lr: float, epochs: int, min_lr: float = 0.0) -> Callable[[int, float], float]:
+    """``schedule(epoch, lr) = min_lr + (initial_lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2``:
+    PyTorch's ``CosineAnnealingLR(T_max=epochs, eta_min=min_lr)`` stepped once per epoch."""
+    if not _positive_finite(initial_lr):
+        raise ArgumentError(f"initial_lr: expected a finite number > 0, got {initial_lr!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ArgumentError(f"epochs: expected an int >= 1, got {epochs!r}")
+    if not (min_lr == 0 or _positive_finite(min_lr)) or min_lr >= initial_lr:
+        raise ArgumentError(f"min_lr: expected a number >= 0 and < initial_lr ({initial_lr}), got {min_lr!r}")
+
+    def schedule(epoch: int, lr: float) -> float:
+        return min_lr + (initial_lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+    return schedule
+
+
+def step_schedule(initial_lr: float, milestones, gamma: float = 0.1) -> Callable[[int, float], float]:
+    """``schedule(epoch, lr) = initial_lr * gamma ** (number of milestones <= epoch)``: PyTorch's
+    ``MultiStepLR(milestones, gamma)`` stepped once per epoch (0-based epochs)."""
+    if not _positive_finite(initial_lr):
+        raise ArgumentError(f"initial_lr: expected a finite number > 0, got {initial_lr!r}")
+    if not _positive_finite(gamma):
+        raise ArgumentError(f"gamma: expected a finite number > 0, got {gamma!r}")
+    marks = tuple(milestones)
+    if any(isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0 for m in marks):
+        raise ArgumentError(f"milestones: expected epochs (ints >= 0), got {milestones!r}")
+
+    def schedule(epoch: int, lr: float) -> float:
+        return initial_lr * gamma ** sum(epoch >= m for m in marks)
+
+    return schedule
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has stopped improving, with Keras's rules.
+
+    After each epoch (from ``start_from_epoch`` on) the monitored value improves when it is
+    below the best so far by more than ``min_delta`` (``mode="min"``) or above it by more than
+    ``min_delta`` (``"max"``; ``"auto"``: max for names ending in ``accuracy`` or ``acc``, else
+    min). The first value always improves. ``wait`` counts the epochs since the last
+    improvement; when it reaches ``patience``, training stops after that epoch
+    (``trainer.stop_training``) and ``stopped_epoch`` records it (0-based). With a
+    ``baseline``, an improvement only resets ``wait`` when it also beats the baseline.
+
+    ``restore_best_weights``: when training ends (stopped early or not), the model gets back
+    the weights of the end of its best epoch (``best_epoch``). Checkpoints written by
+    ``checkpoint_dir`` keep each epoch's own weights.
+
+    A ``monitor`` missing from the logs is an error naming the metrics there are (``val_*``
+    needs ``validation_data``).
+    """
+
+    def __init__(self, monitor: str = "val_loss", *, patience: int = 3, min_delta: float = 0.0, mode: str = "auto",
+                 baseline: float | None = None, restore_best_weights: bool = True, start_from_epoch: int = 0,
+                 verbose: int = 0) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ArgumentError(f"monitor: expected a metric name such as 'val_loss', got {monitor!r}")
+        for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ArgumentError(f"{name}: expected an int >= 0, got {value!r}")
+        if not (min_delta == 0 or _positive_finite(min_delta)):
+            raise ArgumentError(f"min_delta: expected a finite number >= 0, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ArgumentError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+        if mode == "auto":
+            mode = "max" if monitor.endswith(("accuracy", "acc")) else "min"
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, int(patience), float(min_delta), mode
+        self.baseline, self.restore_best_weights = baseline, bool(restore_best_weights)
+        self.start_from_epoch, self.verbose = int(start_from_epoch), verbose
+
+    def _improves(self, value: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
+
+    def on_train_begin(self, logs):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise ArgumentError(f"EarlyStopping: monitor {self.monitor!r} is not among this fit's metrics "
+                                f"({', '.join(logs)}); 'val_*' metrics need fit(..., validation_data=...)")
+        if epoch < self.start_from_epoch:
+            return
+        value = float(logs[self.monitor])
+        model = self.trainer.model
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = model.get_weights()  # restore at least the first epoch's weights
+        self.wait += 1
+        if self._improves(value, self.best):
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best_weights:
+                self.best_weights = model.get_weights()
+            if self.baseline is None or self._improves(value, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
+            if self.verbose:
+                print(f"epoch {epoch + 1}: early stopping ({self.monitor} has not improved for {self.wait} epochs; "
+                      f"best {self.best:.4f} at epoch {self.best_epoch + 1})", flush=True)
+
+    def on_train_end(self, logs):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.trainer.model.set_weights(self.best_weights)
+            if self.verbose:
+                print(f"restored the weights of the end of epoch {self.best_epoch + 1} (best {self.monitor})", flush=True)
+
+
 class LambdaCallback(Callback):
     """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
 
@@ -172,5 +326,5 @@ class LambdaCallback(Callback):
         names = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
         for name, fn in hooks.items():
             if name not in names:
-                raise TypeError(f"LambdaCallback: unknown hook {name!r}; valid hooks are {', '.join(names)}")
+                raise ArgumentTypeError(f"LambdaCallback: unknown hook {name!r}; valid hooks are {', '.join(names)}")
             setattr(self, name, fn)
