@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xpcnn
-from xpcnn import io, layers
-from xpcnn.errors import ModelFileError, XpcnnError
+from xpcnn import fileformat, layers
+from xpcnn.errors import ModelFileError, NotBuiltError, XpcnnError
 from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
 
 
@@ -29,7 +29,7 @@ def images(n=5, size=8, dtype="float32", seed=1):
 
 @pytest.fixture(scope="module")
 def model_bytes():
-    return io.encode(small_model())
+    return small_model().to_bytes()
 
 
 def write(tmp_path, data, name="model.safetensors"):
@@ -70,7 +70,7 @@ def test_metadata_holds_architecture_dtype_and_version(tmp_path):
     model.save(tmp_path / "m.safetensors")
     header, _ = header_and_body((tmp_path / "m.safetensors").read_bytes())
     meta = header["__metadata__"]
-    assert meta["format"] == "xpcnn" and meta["format_version"] == "1" and meta["kind"] == "model"
+    assert meta["format"] == "xpcnn" and meta["format_version"] == "2" and meta["kind"] == "model"
     assert meta["dtype"] == "float32" and json.loads(meta["input_shape"]) == [1, 8, 8]
     assert json.loads(meta["config"]) == model.get_config()
     assert {k for k in header if k != "__metadata__"} == {"0.weight", "0.bias", "4.weight", "4.bias"}
@@ -108,7 +108,7 @@ def test_load_uses_selected_backend_by_default(tmp_path):
 
 
 def test_unbuilt_model_cannot_be_saved(tmp_path):
-    with pytest.raises(ModelFileError, match="not built"):
+    with pytest.raises(NotBuiltError, match="not built"):
         xpcnn.Sequential([layers.Flatten(), layers.Dense(2)]).save(tmp_path / "m.safetensors")
 
 
@@ -123,7 +123,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.os, "replace", broken_replace)
+    monkeypatch.setattr(fileformat.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         small_model(seed=1).save(path)
     assert path.read_bytes() == before
@@ -133,9 +133,9 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 def test_atomic_write_fsyncs_before_rename(tmp_path, monkeypatch):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(io.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(io.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
-    io.write_atomic(tmp_path / "f.bin", b"data")
+    monkeypatch.setattr(fileformat.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(fileformat.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    fileformat.write_atomic(tmp_path / "f.bin", b"data")
     assert calls[:2] == ["fsync", "replace"]
     assert (tmp_path / "f.bin").read_bytes() == b"data"
 
@@ -167,9 +167,9 @@ def test_refuses_corrupted_tensor_data(tmp_path, model_bytes):
 
 def test_refuses_wrong_shapes(tmp_path):
     # weights of one architecture under the metadata of another
-    a, b = io.encode(small_model()), io.encode(
+    a, b = small_model().to_bytes(), (
         xpcnn.Sequential([layers.Conv2D(5, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(4)])
-        .build((1, 8, 8), backend="numpy"))
+        .build((1, 8, 8), backend="numpy").to_bytes())
     header_a, body_a = header_and_body(a)
     header_b, _ = header_and_body(b)
     header_a["__metadata__"]["config"] = header_b["__metadata__"]["config"]
@@ -215,7 +215,7 @@ def test_refuses_bad_metadata(tmp_path, model_bytes, key, value, match):
 def test_refuses_non_finite_weights(tmp_path):
     model = small_model()
     model.layers[0].params["weight"] = model.layers[0].params["weight"] * np.float32(np.nan)
-    refuses(tmp_path, io.encode(model), "NaN or Inf")
+    refuses(tmp_path, model.to_bytes(), "NaN or Inf")
 
 
 def test_refuses_directories_without_checkpoints_and_special_files(tmp_path):
@@ -255,7 +255,7 @@ def test_pickle_files_are_refused_without_running_anything(tmp_path):
         xpcnn.load(npz)
     refuses(tmp_path, struct.pack("<Q", len(payload)) + payload, "UTF-8|JSON")
     # and inside the metadata, where a naive reader might unpickle a config string
-    header, body = header_and_body(io.encode(small_model()))
+    header, body = header_and_body(small_model().to_bytes())
     header["__metadata__"]["config"] = payload.decode("latin-1")
     refuses(tmp_path, assemble(header, body))
     assert not marker.exists()
@@ -289,7 +289,7 @@ def corrupt(data, change):
     return data[:pos] + payload + data[pos + len(payload) :]
 
 
-_FUZZ_BYTES = io.encode(small_model())
+_FUZZ_BYTES = small_model().to_bytes()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -16,7 +16,7 @@ from .backend import (
     use_backend,
 )
 from .errors import BackendMismatchError, BackendUnavailableError, XpcnnError
-from .io import load
+from .saving import load
 from .model import Sequential
 
 __version__ = "0.1.0"

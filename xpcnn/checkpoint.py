@@ -3,13 +3,18 @@
 One safetensors file per finished epoch, ``<dir>/ckpt-epoch000003.safetensors``, written
 atomically (temporary file, flush, fsync, ``os.replace``, directory fsync) so a crash or a
 SIGKILL at any instant leaves every existing checkpoint intact; the newest ``keep`` (3) are
-kept. Each holds, besides the model (see :mod:`xpcnn.io`, so ``xpcnn.load`` reads it too):
+kept. Each holds, besides the model (see :mod:`xpcnn.fileformat`, so ``xpcnn.load`` reads it too):
 
 * tensors ``optimizer/<param key>/<state name>``: the optimizer's state arrays (Adam's m, v,
   SGD's momentum buffer), exactly;
 * metadata ``epoch`` (epochs finished), ``optimizer`` (class, hyper-parameters, step count,
   which state arrays exist), ``rng`` (the shuffle generator's ``bit_generator.state``),
-  ``history`` (per-epoch metrics so far) and ``fit`` (seed, batch size, shuffle; informative).
+  ``history`` (per-epoch metrics so far), ``layers`` (dropout counters) and ``fit`` (seed,
+  batch size, shuffle; informative).
+
+Reading checks the file on its own (format, checksum, optimizer record, rng state);
+:meth:`Checkpoint.restore` then checks it against the model it is given and restores into it.
+This module knows no model class: it works on the model it is handed.
 
 Resuming from the newest valid checkpoint with the same data and batch size replays the
 remaining epochs bit for bit (on NumPy): same weights, same optimizer moments, same shuffles.
@@ -28,28 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from . import io
+from . import fileformat
 from .backend import to_numpy
-from .errors import ModelFileError
+from .errors import ArgumentTypeError, ModelFileError, XpcnnError
+from .fileformat import checkpoint_name, list_checkpoints  # noqa: F401  (part of this module's API)
 from .optim import OPTIMIZERS, Optimizer
 
 KEEP = 3
-_NAME = re.compile(r"^ckpt-epoch(\d{6})\.safetensors$")
 _STALE_TMP = re.compile(r"^\.ckpt-epoch\d{6}\.safetensors\..+\.tmp$")
 _OPTIMIZER_CLASSES = {cls.__name__: cls for cls in OPTIMIZERS.values()}
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"ckpt-epoch{epoch:06d}.safetensors"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(epoch, path) of every checkpoint file in ``directory``, oldest first (unvalidated)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), directory / name) for name in os.listdir(directory) if (m := _NAME.match(name))]
-    return sorted(found)
 
 
 # ---------------------------------------------------------------- writing
@@ -63,7 +55,7 @@ def optimizer_record(optimizer: Optimizer, model) -> tuple[dict[str, Any], dict[
         names[key] = sorted(slots)
         for name, array in slots.items():
             if not hasattr(array, "shape"):
-                raise TypeError(f"optimizer state {key}/{name}: expected an array, got {type(array).__name__}")
+                raise ArgumentTypeError(f"optimizer state {key}/{name}: expected an array, got {type(array).__name__}")
             tensors[f"optimizer/{key}/{name}"] = np.ascontiguousarray(to_numpy(array))
     record = {"class": type(optimizer).__name__, "hyper": state["hyper"], "steps": int(state["steps"]), "state": names}
     return record, tensors
@@ -77,7 +69,7 @@ def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.r
     directory.mkdir(parents=True, exist_ok=True)
     for name in os.listdir(directory):
         if _STALE_TMP.match(name):  # left by a writer that was killed mid-write
-            with io._suppress_oserror():
+            with fileformat.suppress_oserror():
                 os.unlink(directory / name)
     record, tensors = optimizer_record(optimizer, model)
     metadata = {
@@ -86,11 +78,12 @@ def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.r
         "rng": json.dumps(rng.bit_generator.state),
         "history": json.dumps(history or {}),
         "fit": json.dumps(fit_args or {}),
+        "layers": json.dumps(model.layer_states()),
     }
-    data = io.encode(model, kind="checkpoint", tensors=tensors, metadata=metadata)
-    path = io.write_atomic(directory / checkpoint_name(epoch), data)
+    data = model.to_bytes(kind="checkpoint", tensors=tensors, metadata=metadata)
+    path = fileformat.write_atomic(directory / checkpoint_name(epoch), data)
     for _, old in list_checkpoints(directory)[:-keep]:
-        with io._suppress_oserror():
+        with fileformat.suppress_oserror():
             os.unlink(old)
     return path
 
@@ -100,29 +93,22 @@ def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.r
 
 @dataclasses.dataclass
 class Checkpoint:
-    """A validated checkpoint read into host memory."""
+    """A checkpoint read into host memory and checked as a file (not yet against a model)."""
 
     path: Path
     epoch: int
     fields: dict[str, Any]
-    weights: list[np.ndarray]
+    tensors: dict[str, np.ndarray]
     optimizer_record: dict[str, Any]
     optimizer_tensors: dict[str, np.ndarray]
     rng_state: dict[str, Any]
     history: dict[str, list[float]]
     fit_args: dict[str, Any]
-    architecture: Any  # an unbuilt Sequential
+    layer_states: dict[str, Any]
 
     @property
     def config(self) -> dict[str, Any]:
         return self.fields["config"]
-
-    def model(self, backend=None):
-        """A new built Sequential with the checkpoint's weights on ``backend``."""
-        from .model import Sequential
-
-        fresh = Sequential.from_config({"layers": self.config["layers"]})
-        return io.build_from(fresh, self.fields, self.weights, backend)
 
     def make_rng(self) -> np.random.Generator:
         rng = np.random.Generator(np.random.PCG64())
@@ -134,26 +120,86 @@ class Checkpoint:
         cls = _OPTIMIZER_CLASSES[self.optimizer_record["class"]]
         return cls(**self.optimizer_record["hyper"])
 
-    def restore_optimizer(self, optimizer: Optimizer, model) -> None:
-        """Load the saved step count and state arrays into ``optimizer``, on ``model``'s backend."""
-        saved = self.optimizer_record["class"]
-        if type(optimizer).__name__ != saved:
+    def restore(self, model, optimizer: Optimizer | None = None) -> Optimizer:
+        """Restore weights, buffers, layer states and the optimizer into ``model`` (built as the
+        checkpoint says when it is not built yet); returns the optimizer (a new one of the saved
+        class when ``optimizer`` is None). The model must have the checkpoint's architecture."""
+        where = os.fspath(self.path)
+        saved = {"layers": self.config["layers"], "input_shape": list(self.fields["input_shape"]), "dtype": self.fields["dtype"]}
+        if model.built:
+            mine = {"layers": model.get_config()["layers"], "input_shape": list(model.input_shape), "dtype": model.dtype}
+            if mine != saved:
+                raise ModelFileError(f"resume_from: {where} was written by a different model (architecture, input shape or dtype)")
+        else:
+            mine = [{"type": type(layer).__name__, "config": layer.get_config()} for layer in model.layers]
+            if mine != saved["layers"]:
+                raise ModelFileError(f"resume_from: {where} was written by a different architecture")
+            model.build(self.fields["input_shape"], dtype=self.fields["dtype"])
+        weights, buffers = model_arrays(model, self.tensors, self.fields, where, allow_missing_buffers=False)
+        param_shapes = {key: tuple(layer.params[name].shape) for key, layer, name in model.named_parameters()}
+        _check_optimizer(self.optimizer_record, self.optimizer_tensors, param_shapes, self.fields["dtype"], where)
+        model.set_weights(weights)
+        model.set_buffers(buffers)
+        try:
+            model.set_layer_states(self.layer_states)
+        except XpcnnError as e:
+            raise ModelFileError(f"{where}: checkpoint layers: {e}") from None
+        if optimizer is None:
+            optimizer = self.make_optimizer()
+        if type(optimizer).__name__ != self.optimizer_record["class"]:
             raise ModelFileError(
-                f"optimizer: the checkpoint {self.path} holds {saved} state, got a {type(optimizer).__name__}; "
-                "pass optimizer=None to use the saved one"
+                f"optimizer: the checkpoint {self.path} holds {self.optimizer_record['class']} state, got a "
+                f"{type(optimizer).__name__}; pass optimizer=None to use the saved one"
             )
         state = {
             key: {name: model.backend.asarray(self.optimizer_tensors[f"optimizer/{key}/{name}"], dtype=model.dtype) for name in names}
             for key, names in self.optimizer_record["state"].items()
         }
         optimizer.load_state_dict({"steps": self.optimizer_record["steps"], "state": state})
+        return optimizer
+
+
+def model_arrays(model, tensors: dict[str, np.ndarray], fields: dict[str, Any], where: str, *,
+                 allow_missing_buffers: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(weights, buffers) for ``model`` from file ``tensors``, checked against the shapes the
+    model's architecture gives for the file's input shape: names, shapes, dtype, finiteness.
+    Buffers missing from a version-1 file (written before layers had buffers) may keep their
+    initial values when ``allow_missing_buffers``."""
+    try:
+        param_shapes, buffer_shapes = model.state_shapes(fields["input_shape"])
+    except (XpcnnError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{where}: the architecture does not fit input_shape {list(fields['input_shape'])} ({e})") from None
+    own = {k: v for k, v in tensors.items() if not k.startswith("optimizer/")}
+    expected = {**param_shapes, **buffer_shapes}
+    missing = sorted(set(expected) - set(own))
+    if allow_missing_buffers and fields.get("version", 2) < 2:
+        missing = [k for k in missing if k not in buffer_shapes]
+    unexpected = sorted(set(own) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(f"{where}: parameters do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    want = np.dtype(fields["dtype"])
+    for key, shape in expected.items():
+        if key not in own:
+            continue
+        a = own[key]
+        if a.shape != shape:
+            raise ModelFileError(f"{where}: parameter {key}: expected shape {shape} for this architecture, got {a.shape}")
+        if a.dtype != want:
+            raise ModelFileError(f"{where}: parameter {key}: expected dtype {want} (metadata dtype), got {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ModelFileError(f"{where}: parameter {key}: contains NaN or Inf")
+    weights = [own[k] for k in param_shapes]
+    buffers = [own[k] if k in own else None for k in buffer_shapes]
+    return weights, buffers
 
 
 def _fail(where: str, what: str) -> ModelFileError:
     return ModelFileError(f"{where}: checkpoint {what}")
 
 
-def _check_optimizer(record: Any, tensors: dict[str, np.ndarray], shapes: dict[str, tuple], dtype: str, where: str) -> None:
+def _check_record(record: Any, tensors: dict[str, np.ndarray], where: str) -> None:
+    """The optimizer record on its own: known class, valid hyper-parameters, step count, and
+    exactly the listed state tensors, all finite."""
     if not isinstance(record, dict) or set(record) != {"class", "hyper", "steps", "state"}:
         raise _fail(where, "optimizer: expected class, hyper, steps and state")
     if record["class"] not in _OPTIMIZER_CLASSES:
@@ -172,22 +218,28 @@ def _check_optimizer(record: Any, tensors: dict[str, np.ndarray], shapes: dict[s
         raise _fail(where, "optimizer state: expected an object")
     listed = set()
     for key, names in state.items():
-        if key not in shapes:
-            raise _fail(where, f"optimizer state: {key!r:.80} is not a parameter of the model")
         if not isinstance(names, list) or not all(isinstance(n, str) and "/" not in n for n in names):
-            raise _fail(where, f"optimizer state {key}: expected a list of names")
+            raise _fail(where, f"optimizer state {key!r:.80}: expected a list of names")
         for name in names:
             tensor_key = f"optimizer/{key}/{name}"
             listed.add(tensor_key)
             if tensor_key not in tensors:
                 raise _fail(where, f"optimizer state: tensor {tensor_key} is missing")
-            a = tensors[tensor_key]
-            if a.shape != shapes[key] or a.dtype != np.dtype(dtype):
-                raise _fail(where, f"optimizer state {tensor_key}: expected {dtype} {shapes[key]}, got {a.dtype} {a.shape}")
-            if not np.isfinite(a).all():
+            if not np.isfinite(tensors[tensor_key]).all():
                 raise _fail(where, f"optimizer state {tensor_key}: contains NaN or Inf")
     if set(tensors) != listed:
         raise _fail(where, f"optimizer: unexpected tensors {sorted(set(tensors) - listed)[:3]}")
+
+
+def _check_optimizer(record: dict[str, Any], tensors: dict[str, np.ndarray], shapes: dict[str, tuple], dtype: str, where: str) -> None:
+    """The optimizer state against the model's parameters: keys, shapes and dtype."""
+    for key, names in record["state"].items():
+        if key not in shapes:
+            raise _fail(where, f"optimizer state: {key!r:.80} is not a parameter of the model")
+        for name in names:
+            a = tensors[f"optimizer/{key}/{name}"]
+            if a.shape != shapes[key] or a.dtype != np.dtype(dtype):
+                raise _fail(where, f"optimizer state optimizer/{key}/{name}: expected {dtype} {shapes[key]}, got {a.dtype} {a.shape}")
 
 
 def _check_rng(state: Any, where: str) -> dict[str, Any]:
@@ -211,23 +263,30 @@ def _check_history(history: Any, epoch: int, where: str) -> dict[str, list[float
 
 
 def read(path: str | os.PathLike) -> Checkpoint:
-    """Read and validate one checkpoint file; :class:`ModelFileError` if anything is wrong."""
+    """Read and check one checkpoint file; :class:`ModelFileError` if anything is wrong."""
     where = os.fspath(path)
-    tensors, metadata = io.parse(io.read_bytes(path), where)
-    model, fields, weights, extra = io.decode_parsed(tensors, metadata, where, kinds=("checkpoint",))
+    tensors, metadata = fileformat.parse(fileformat.read_bytes(path), where)
+    fields = fileformat.check_metadata(metadata, where)
+    if fields["kind"] != "checkpoint":
+        raise ModelFileError(f"{where}: expected a checkpoint file, got kind {fields['kind']!r}")
+    if fileformat.content_digest(tensors) != metadata["content_sha256"]:
+        raise ModelFileError(f"{where}: content checksum mismatch: the tensor data is corrupted")
     epoch_text = metadata.get("epoch", "")
     if not epoch_text.isdigit() or len(epoch_text) > 9 or int(epoch_text) < 1:
         raise _fail(where, f"epoch: expected a positive int, got {epoch_text!r:.40}")
     epoch = int(epoch_text)
-    shapes = io.expected_shapes(model, fields["input_shape"], where)
-    record = io._parse_json(metadata.get("optimizer", ""), "metadata optimizer", where)
-    _check_optimizer(record, extra, shapes, fields["dtype"], where)
-    rng_state = _check_rng(io._parse_json(metadata.get("rng", ""), "metadata rng", where), where)
-    history = _check_history(io._parse_json(metadata.get("history", "{}"), "metadata history", where), epoch, where)
-    fit_args = io._parse_json(metadata.get("fit", "{}"), "metadata fit", where)
+    extra = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
+    record = fileformat.parse_json(metadata.get("optimizer", ""), "metadata optimizer", where)
+    _check_record(record, extra, where)
+    rng_state = _check_rng(fileformat.parse_json(metadata.get("rng", ""), "metadata rng", where), where)
+    history = _check_history(fileformat.parse_json(metadata.get("history", "{}"), "metadata history", where), epoch, where)
+    fit_args = fileformat.parse_json(metadata.get("fit", "{}"), "metadata fit", where)
+    layer_states = fileformat.parse_json(metadata.get("layers", "{}"), "metadata layers", where)
     if not isinstance(fit_args, dict):
         raise _fail(where, "fit: expected an object")
-    return Checkpoint(Path(path), epoch, fields, weights, record, extra, rng_state, history, fit_args, model)
+    if not isinstance(layer_states, dict):
+        raise _fail(where, "layers: expected an object")
+    return Checkpoint(Path(path), epoch, fields, tensors, record, extra, rng_state, history, fit_args, layer_states)
 
 
 def latest(directory: str | os.PathLike) -> Checkpoint | None:

@@ -1,33 +1,38 @@
-"""Model files: safetensors, never pickle; written atomically; everything read is validated.
+"""The xpcnn file format: safetensors bytes <-> host arrays plus validated metadata.
 
-A model file is a safetensors file whose tensors are the parameters, keyed as
-``Sequential.named_parameters`` names them (``"0.weight"``, ``"3.bias"``), and whose metadata
-(all strings) holds::
+This module knows bytes, host NumPy arrays and metadata fields, and no model: the model
+(``Sequential.state_tensors`` / ``file_fields``) says what to write, :mod:`xpcnn.saving` and
+:mod:`xpcnn.checkpoint` rebuild or restore models from what this module reads.
+
+A file is a safetensors file whose tensors are the model's parameters and buffers keyed
+``"<layer>.<name>"`` (``"0.weight"``, ``"1.running_mean"``, ``"3.block.0.bias"``), and whose
+metadata (all strings) holds::
 
     format          "xpcnn"
-    format_version  "1"
+    format_version  "2" (version 1 files, written before layers had buffers, still read)
     kind            "model" or "checkpoint"
-    config          Sequential.get_config() as JSON (architecture, input_shape, dtype)
+    config          the architecture as JSON (Sequential.get_config())
     dtype           "float32" | "float64"
     input_shape     JSON list, e.g. [1, 28, 28]
     content_sha256  digest of every tensor's name, dtype, shape and bytes (detects corruption)
     xpcnn_version   the writer's version (information only)
 
-Checkpoints (``xpcnn.checkpoint``) are the same format with ``kind = "checkpoint"``, extra
-tensors under ``optimizer/`` and extra metadata; :func:`load` reads the model out of either.
+Checkpoints are the same format with ``kind = "checkpoint"``, extra tensors under
+``optimizer/`` and extra metadata.
 
 Reading never executes anything from the file: the header is parsed as JSON and checked field
-by field, the architecture is rebuilt only from known layer types, and every parameter's shape
-is checked against the architecture *before* anything is allocated. Any defect raises
+by field, tensor byte ranges are checked before anything is decoded, and any defect raises
 :class:`xpcnn.errors.ModelFileError`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -36,17 +41,19 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, current_backend, resolve_target, to_numpy
-from .errors import ModelFileError, XpcnnError
+import safetensors.numpy
+
+from .errors import ArgumentError, ModelFileError
 
 FORMAT = "xpcnn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS = ("model", "checkpoint")
 
 _DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 _DTYPE_TAGS = {"float32": "F32", "float64": "F64"}
 _MAX_HEADER = 16 * 2**20  # bytes of JSON header; real headers are a few KB
 _MAX_INPUT_SIDE = 2**20
+CHECKPOINT_NAME = re.compile(r"^ckpt-epoch(\d{6})\.safetensors$")
 
 # ---------------------------------------------------------------- writing
 
@@ -68,14 +75,14 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress_oserror():
+        with suppress_oserror():
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
     return path
 
 
-class _suppress_oserror:
+class suppress_oserror:
     def __enter__(self):
         return self
 
@@ -103,43 +110,48 @@ def content_digest(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def model_tensors(model) -> dict[str, np.ndarray]:
-    """The model's parameters as contiguous host arrays keyed ``"<layer>.<name>"``."""
-    return {key: np.ascontiguousarray(to_numpy(layer.params[name])) for key, layer, name in model.named_parameters()}
-
-
-def encode(model, *, kind: str = "model", tensors: dict[str, np.ndarray] | None = None,
-           metadata: dict[str, str] | None = None) -> bytes:
-    """The safetensors bytes of ``model`` (plus extra ``tensors`` / ``metadata`` for checkpoints)."""
-    from . import __version__
-
-    if not model.built:
-        raise ModelFileError("model: not built, nothing to save; call model.build((C, H, W)) or fit first")
-    all_tensors = model_tensors(model)
-    for key, a in (tensors or {}).items():
-        all_tensors[key] = np.ascontiguousarray(a)
+def encode(tensors: dict[str, np.ndarray], *, kind: str, config: dict[str, Any], dtype: str,
+           input_shape: tuple[int, ...], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of host ``tensors`` with the validated xpcnn metadata fields (plus
+    extra string ``metadata`` for checkpoints, which may not override the reserved keys)."""
+    if kind not in KINDS:
+        raise ArgumentError(f"kind: expected one of {KINDS}, got {kind!r}")
+    all_tensors = {key: np.ascontiguousarray(a) for key, a in tensors.items()}
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "kind": kind,
-        "config": json.dumps(model.get_config()),
-        "dtype": model.dtype,
-        "input_shape": json.dumps(list(model.input_shape)),
+        "config": json.dumps(config),
+        "dtype": dtype,
+        "input_shape": json.dumps(list(input_shape)),
         "content_sha256": content_digest(all_tensors),
-        "xpcnn_version": __version__,
+        "xpcnn_version": _version(),
     }
     for key, value in (metadata or {}).items():
         if key in meta:
-            raise ValueError(f"metadata: key {key!r} is reserved")
+            raise ArgumentError(f"metadata: key {key!r} is reserved")
         meta[key] = value
-    from safetensors.numpy import save as st_save
-
-    return st_save(all_tensors, metadata=meta)
+    return safetensors.numpy.save(all_tensors, metadata=meta)
 
 
-def save(model, path: str | os.PathLike) -> Path:
-    """Save ``model`` (architecture, dtype, weights) to ``path`` as safetensors, atomically."""
-    return write_atomic(path, encode(model))
+def _version() -> str:
+    try:
+        return importlib.metadata.version("xpcnn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"ckpt-epoch{epoch:06d}.safetensors"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(epoch, path) of every checkpoint file in ``directory``, oldest first (unvalidated)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), directory / name) for name in os.listdir(directory) if (m := CHECKPOINT_NAME.match(name))]
+    return sorted(found)
 
 
 # ---------------------------------------------------------------- reading
@@ -186,7 +198,7 @@ def _sniff(data: bytes) -> str:
     return ""
 
 
-def _parse_json(text: str, what: str, where: str) -> Any:
+def parse_json(text: str, what: str, where: str) -> Any:
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as e:
@@ -215,7 +227,7 @@ def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], d
         header_text = data[8 : 8 + header_len].decode("utf-8")
     except UnicodeDecodeError:
         raise ModelFileError(f"{where}: header is not UTF-8 text{_sniff(data)}") from None
-    header = _parse_json(header_text, "header", where)
+    header = parse_json(header_text, "header", where)
     if not isinstance(header, dict):
         raise ModelFileError(f"{where}: header: expected a JSON object, got {type(header).__name__}")
     metadata = header.pop("__metadata__", None)
@@ -274,112 +286,14 @@ def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     dtype = metadata.get("dtype")
     if dtype not in _DTYPE_TAGS:
         raise ModelFileError(f"{where}: metadata dtype: expected 'float32' or 'float64', got {dtype!r:.80}")
-    input_shape = _parse_json(metadata.get("input_shape", ""), "metadata input_shape", where)
+    input_shape = parse_json(metadata.get("input_shape", ""), "metadata input_shape", where)
     if (not isinstance(input_shape, list) or not 1 <= len(input_shape) <= 4
             or not all(_is_size(s) and 1 <= s <= _MAX_INPUT_SIDE for s in input_shape)):
         raise ModelFileError(f"{where}: metadata input_shape: expected 1 to 4 positive ints, got {input_shape!r:.200}")
-    config = _parse_json(metadata.get("config", ""), "metadata config", where)
+    config = parse_json(metadata.get("config", ""), "metadata config", where)
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list) or not config["layers"]:
         raise ModelFileError(f"{where}: metadata config: expected an object with a non-empty 'layers' list")
     digest = metadata.get("content_sha256")
     if not isinstance(digest, str) or len(digest) != 64:
         raise ModelFileError(f"{where}: metadata content_sha256: expected a SHA-256 hex digest, got {digest!r:.80}")
     return {"kind": kind, "dtype": dtype, "input_shape": tuple(input_shape), "config": config, "version": int(version)}
-
-
-def architecture(config: dict[str, Any], where: str):
-    """An unbuilt Sequential from a config read from a file: known layer types, plain arguments."""
-    from .layers import LAYERS
-    from .model import Sequential
-
-    for i, spec in enumerate(config["layers"]):
-        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
-            raise ModelFileError(f"{where}: config layers[{i}]: expected {{'type': ..., 'config': {{...}}}}, got {spec!r:.200}")
-        if spec["type"] not in LAYERS:
-            raise ModelFileError(f"{where}: config layers[{i}]: unknown layer type {spec['type']!r:.80}; known: {', '.join(LAYERS)}")
-        args = spec.get("config", {})
-        if not isinstance(args, dict):
-            raise ModelFileError(f"{where}: config layers[{i}].config: expected an object, got {type(args).__name__}")
-    try:
-        return Sequential.from_config({"layers": config["layers"]})
-    except (XpcnnError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{where}: config: cannot rebuild the architecture ({type(e).__name__}: {e})") from None
-
-
-def expected_shapes(model, input_shape: tuple[int, ...], where: str) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape for ``input_shape``, computed without allocating anything."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    shape = tuple(input_shape)
-    try:
-        for i, layer in enumerate(model.layers):
-            out = tuple(layer.output_shape(shape))  # validates the geometry first, as build does
-            specs = layer._param_specs(shape)
-            shape = out
-            for name, spec in specs.items():
-                shapes[f"{i}.{name}"] = tuple(int(s) for s in spec[0])
-    except (XpcnnError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{where}: the architecture does not fit input_shape {list(input_shape)} ({e})") from None
-    return shapes
-
-
-def decode(data: bytes, where: str = "<bytes>", *, kinds: tuple[str, ...] = KINDS):
-    """(unbuilt model, header fields, parameter arrays, extra tensors) from file bytes, all checked."""
-    tensors, metadata = parse(data, where)
-    return decode_parsed(tensors, metadata, where, kinds=kinds)
-
-
-def decode_parsed(tensors: dict[str, np.ndarray], metadata: dict[str, str], where: str, *, kinds: tuple[str, ...] = KINDS):
-    """:func:`decode` after :func:`parse`: checks the metadata, architecture and parameters."""
-    fields = check_metadata(metadata, where)
-    if fields["kind"] not in kinds:
-        raise ModelFileError(f"{where}: expected a {' or '.join(kinds)} file, got kind {fields['kind']!r}")
-    if content_digest(tensors) != metadata["content_sha256"]:
-        raise ModelFileError(f"{where}: content checksum mismatch: the tensor data is corrupted")
-    model = architecture(fields["config"], where)
-    shapes = expected_shapes(model, fields["input_shape"], where)
-    params = {k: v for k, v in tensors.items() if not k.startswith("optimizer/")}
-    extra = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
-    if extra and fields["kind"] != "checkpoint":
-        raise ModelFileError(f"{where}: optimizer tensors in a model file: {sorted(extra)[:3]}")
-    if set(params) != set(shapes):
-        missing, unexpected = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
-        raise ModelFileError(f"{where}: parameters do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    want = np.dtype(fields["dtype"])
-    for key, shape in shapes.items():
-        a = params[key]
-        if a.shape != shape:
-            raise ModelFileError(f"{where}: parameter {key}: expected shape {shape} for this architecture, got {a.shape}")
-        if a.dtype != want:
-            raise ModelFileError(f"{where}: parameter {key}: expected dtype {want} (metadata dtype), got {a.dtype}")
-        if not np.isfinite(a).all():
-            raise ModelFileError(f"{where}: parameter {key}: contains NaN or Inf")
-    return model, fields, [params[k] for k in shapes], extra
-
-
-def build_from(model, fields: dict[str, Any], weights: list[np.ndarray], backend) -> Any:
-    """Build ``model`` on ``backend`` (default: the selected one) and install ``weights``."""
-    target: Backend = current_backend() if backend is None else resolve_target(backend)
-    model.build(fields["input_shape"], dtype=fields["dtype"], backend=target)
-    model.set_weights(weights)
-    return model
-
-
-def load(path: str | os.PathLike, backend: str | Backend | None = None):
-    """A built Sequential from a model file (or a checkpoint file, or the latest valid checkpoint
-    in a checkpoint directory), on ``backend`` (a name such as "numpy", "torch", "cupy:1"; default:
-    the selected backend). Weights are exact; the file's dtype is kept.
-
-    Raises :class:`xpcnn.errors.ModelFileError` for anything that is not a valid xpcnn model
-    file (random bytes, truncated, wrong shapes, a pickle, bad metadata); nothing in the file is
-    ever executed.
-    """
-    if os.path.isdir(path):
-        from .checkpoint import latest
-
-        found = latest(path)
-        if found is None:
-            raise ModelFileError(f"{os.fspath(path)}: a directory with no valid checkpoint in it")
-        return found.model(backend)
-    where = os.fspath(path)
-    model, fields, weights, _ = decode(read_bytes(path), where)
-    return build_from(model, fields, weights, backend)

@@ -21,6 +21,10 @@ def zeros(rng, shape, fan_in, fan_out):
     return np.zeros(shape)
 
 
+def ones(rng, shape, fan_in, fan_out):
+    return np.ones(shape)
+
+
 def he_normal(rng, shape, fan_in, fan_out):
     """N(0, 2 / fan_in): keeps activations' variance through ReLU layers (He et al. 2015)."""
     return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
@@ -56,6 +60,7 @@ def notebook(rng, shape, fan_in, fan_out):
 
 INITIALIZERS: dict[str, Initializer] = {
     "zeros": zeros,
+    "ones": ones,
     "he_normal": he_normal,
     "he_uniform": he_uniform,
     "glorot_normal": glorot_normal,

@@ -1,4 +1,9 @@
-"""The training loop: :func:`fit` and :func:`evaluate` (``Sequential.fit`` / ``.evaluate``).
+"""Training: the one step function, and :func:`fit` / :func:`evaluate` / :func:`predict` around it.
+
+:func:`train_step` (``Sequential.train_step``) and :func:`fit` run the same :func:`_step` code:
+forward in training mode, fused softmax cross-entropy and its gradient, backward, then one
+host read of (NaN-guard sum, loss, correct) before the optimizer update. ``train_step``
+validates its batch; ``fit`` validates the whole data set once and then runs the step unchecked.
 
 Data stay where the caller put them (host NumPy, usually) and move to the model's backend one
 batch at a time with :func:`xpcnn.to_device`. Shuffles come from a host
@@ -9,6 +14,9 @@ labels ``(N,)``. uint8 images are refused, not silently scaled: pass them throug
 :func:`xpcnn.datasets.preprocess` first (x / 255 and a channel axis), which is exactly what a
 saved model then expects at evaluation time. Float data of the other float dtype are cast to
 the model's dtype batch by batch.
+
+This module is written against the model's interface (``forward_checked``, ``backward_checked``,
+``layers``, ``build``...), not its class, so the model can delegate to it without a circle.
 """
 
 from __future__ import annotations
@@ -21,11 +29,24 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import checkpoint
 from . import functional as F
 from .backend import device_of, dtype_name, library_of, namespace_of, to_device, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
 from .datasets.batches import iterate_batches
-from .errors import DataError, DTypeError, LabelError, ModelFileError, NonFiniteError, NotBuiltError, ShapeError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DataError,
+    DTypeError,
+    LabelError,
+    ModelFileError,
+    NonFiniteError,
+    NotBuiltError,
+    ShapeError,
+)
+from .functional._checks import positive_int
+from .functional.loss import check_labels
 from .optim import Adam, Optimizer
 
 DEFAULT_LR = 1e-3
@@ -38,12 +59,6 @@ def default_optimizer() -> Optimizer:
 
 
 # ---------------------------------------------------------------- data
-
-
-def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class _Data:
@@ -64,15 +79,16 @@ class _Data:
             raise DataError(f"{nx}: empty (N = 0); nothing to train or evaluate on")
         if not bool(xp.all(xp.isfinite(x))):
             raise DataError(f"{nx}: contains NaN or Inf; clean the data first")
-        ypx = namespace_of(y)
-        if len(y.shape) != 1 or int(y.shape[0]) != n:
-            raise LabelError(f"{ny}: expected integer labels of shape ({n},) to match {nx}, got shape {tuple(y.shape)}")
-        if not ypx.isdtype(y.dtype, "integral"):
-            raise LabelError(f"{ny}: expected integer class labels, got dtype {y.dtype}")
-        classes = model.output_shape[-1]
-        low, high = int(ypx.min(y)), int(ypx.max(y))
-        if low < 0 or high >= classes:
-            raise LabelError(f"{ny}: expected labels in [0, {classes - 1}] (the model has {classes} outputs), got values from {low} to {high}")
+        if y is not None:
+            ypx = namespace_of(y)
+            if len(y.shape) != 1 or int(y.shape[0]) != n:
+                raise LabelError(f"{ny}: expected integer labels of shape ({n},) to match {nx}, got shape {tuple(y.shape)}")
+            if not ypx.isdtype(y.dtype, "integral"):
+                raise LabelError(f"{ny}: expected integer class labels, got dtype {y.dtype}")
+            classes = model.output_shape[-1]
+            low, high = int(ypx.min(y)), int(ypx.max(y))
+            if low < 0 or high >= classes:
+                raise LabelError(f"{ny}: expected labels in [0, {classes - 1}] (the model has {classes} outputs), got values from {low} to {high}")
         self.x, self.y, self.n = x, y, n
         self.backend, self.dtype = model.backend, model.dtype
 
@@ -82,9 +98,10 @@ class _Data:
             xb = self.x[idx]
             if xb.dtype != self.dtype:
                 xb = xb.astype(self.dtype)
-            return to_device(xb, self.backend), to_device(self.y[idx], self.backend)
-        xb, yb = _take(self.x, idx), _take(self.y, idx)
-        xb, yb = to_device(xb, self.backend), to_device(yb, self.backend)
+            yb = None if self.y is None else to_device(self.y[idx], self.backend)
+            return to_device(xb, self.backend), yb
+        xb = to_device(_take(self.x, idx), self.backend)
+        yb = None if self.y is None else to_device(_take(self.y, idx), self.backend)
         if dtype_name(xb.dtype) != self.dtype:
             xp = namespace_of(xb)
             xb = xp.astype(xb, getattr(xp, self.dtype))
@@ -123,11 +140,33 @@ def _validation(model, validation_data) -> _Data | None:
     if validation_data is None:
         return None
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise TypeError(f"validation_data: expected a pair (x_val, y_val), got {type(validation_data).__name__}")
+        raise ArgumentTypeError(f"validation_data: expected a pair (x_val, y_val), got {type(validation_data).__name__}")
     return _Data(model, *validation_data, names=("validation_data[0]", "validation_data[1]"))
 
 
-# ---------------------------------------------------------------- one step and its guard
+def _label_smoothing(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ArgumentError(f"label_smoothing: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------- the step
+
+
+def _step(model, xp, xb, yb, label_smoothing: float):
+    """Forward (training mode), loss and gradient, backward. Returns device arrays
+    ``(guard, loss, correct)``: ``guard`` is non-finite when the loss or any gradient is.
+    Nothing is read back to the host here."""
+    logits = model.forward_checked(xp, xb, True)
+    loss, grad = F.cross_entropy_with_grad(logits, yb, label_smoothing=label_smoothing) if label_smoothing \
+        else F.cross_entropy_with_grad(logits, yb)
+    model.backward_checked(xp, grad)
+    guard = loss
+    for layer in model.layers:
+        for g in layer.grads.values():
+            guard = guard + xp.sum(g)
+    correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
+    return xp.stack([guard, loss, correct])
 
 
 def _first_non_finite(xp, arrays) -> str | None:
@@ -148,7 +187,7 @@ def _diagnose(model, xb, loss_value: float) -> str | None:
     if not math.isfinite(loss_value):
         out = xb
         for i, layer in enumerate(model.layers):
-            out = layer.forward(out)
+            out = layer.run_forward(xp, out, False)
             if _first_non_finite(xp, [("output", out)]):
                 return f"layer {i} ({type(layer).__name__}) output is the first non-finite activation"
         largest = float(xp.max(xp.abs(out)))
@@ -160,47 +199,54 @@ def _diagnose(model, xb, loss_value: float) -> str | None:
     return None
 
 
-def _train_step(model, optimizer: Optimizer, xb, yb, epoch: int, step: int) -> tuple[float, int]:
-    """Forward, loss, backward, NaN guard, update. Returns (loss, correct predictions)."""
-    logits = model.forward(xb)
-    loss, grad = F.cross_entropy_with_grad(logits, yb)
-    model.backward(grad)
-    xp = namespace_of(logits)
-    # One host sync per step: NaN/Inf anywhere in the loss or a gradient makes this sum non-finite.
-    check = loss
-    for layer in model.layers:
-        for g in layer.grads.values():
-            check = check + xp.sum(g)
-    correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
-    check_value, loss_value, correct_value = to_numpy(xp.stack([check, loss, correct])).tolist()
-    if not math.isfinite(check_value):
-        where = _diagnose(model, xb, loss_value)
-        if where is not None:
-            err = NonFiniteError(
-                f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss_value}; {where}. "
-                "The weights were not updated by this step and the last checkpoint is intact; "
-                "lower the learning rate, check the data, or use float64"
-            )
-            err.epoch, err.step, err.where = epoch + 1, step + 1, where
+def _non_finite(model, xb, loss_value: float, epoch: int, step: int, updated: bool) -> NonFiniteError | None:
+    where = _diagnose(model, xb, loss_value) if not updated else "found when the values were read"
+    if where is None:
+        return None
+    state = ("The weights hold this step's update (values are read every sync_every steps); restore the last checkpoint"
+             if updated else "The weights were not updated by this step and the last checkpoint is intact")
+    err = NonFiniteError(
+        f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss_value}; {where}. "
+        f"{state}; lower the learning rate, check the data, or use float64"
+    )
+    err.epoch, err.step, err.where = epoch + 1, step + 1, where
+    return err
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise ArgumentTypeError(f"optimizer: expected an xpcnn.optim optimizer instance such as optim.SGD(lr=0.01), got {optimizer!r:.80}")
+
+
+def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> float:
+    """One optimizer step on the batch-mean softmax cross-entropy of (x, y) in training mode:
+    checks the batch and labels, runs :func:`_step` (the step of :func:`fit`), stops with
+    :class:`NonFiniteError` before a non-finite update, then updates. Returns the loss."""
+    _check_optimizer(optimizer)
+    label_smoothing = _label_smoothing(label_smoothing)
+    xp = model.check_input(x)
+    check_labels(xp, y, int(x.shape[0]), model.output_shape[-1])
+    guard, loss, _ = to_numpy(_step(model, xp, x, y, label_smoothing)).tolist()
+    if not math.isfinite(guard):
+        err = _non_finite(model, x, loss, 0, 0, updated=False)
+        if err is not None:
             raise err
     optimizer.step(model)
-    return loss_value, int(correct_value)
+    return loss
 
 
 # ---------------------------------------------------------------- fit
 
 
 def _check_checkpoint_dir(checkpoint_dir, resume_from) -> None:
-    from .checkpoint import list_checkpoints
-
     if checkpoint_dir is None:
         return
     if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
-        raise ValueError(f"checkpoint_dir: {os.fspath(checkpoint_dir)} exists and is not a directory")
+        raise ArgumentError(f"checkpoint_dir: {os.fspath(checkpoint_dir)} exists and is not a directory")
     same = resume_from is not None and os.path.abspath(checkpoint_dir) == os.path.abspath(resume_from)
-    existing = list_checkpoints(checkpoint_dir)
+    existing = checkpoint.list_checkpoints(checkpoint_dir)
     if existing and not same:
-        raise ValueError(
+        raise ArgumentError(
             f"checkpoint_dir: {os.fspath(checkpoint_dir)} already holds checkpoints (latest: epoch {existing[-1][0]}); "
             "pass resume_from=<the same directory> to continue that run, or use an empty directory"
         )
@@ -208,36 +254,22 @@ def _check_checkpoint_dir(checkpoint_dir, resume_from) -> None:
 
 def _resume(model, resume_from, optimizer: Optimizer | None):
     """Load the newest valid checkpoint into ``model``: (optimizer, rng, epoch, history)."""
-    from .checkpoint import latest
-
-    ckpt = latest(resume_from)
+    ckpt = checkpoint.latest(resume_from)
     if ckpt is None:
         raise ModelFileError(f"resume_from: no valid checkpoint in {os.fspath(resume_from)}")
-    if model.built:
-        mine = {"layers": model.get_config()["layers"], "input_shape": list(model.input_shape), "dtype": model.dtype}
-        saved = {"layers": ckpt.config["layers"], "input_shape": list(ckpt.fields["input_shape"]), "dtype": ckpt.fields["dtype"]}
-        if mine != saved:
-            raise ModelFileError(f"resume_from: {ckpt.path} was written by a different model (architecture, input shape or dtype)")
-    else:
-        saved_layers = ckpt.config["layers"]
-        mine = [{"type": type(layer).__name__, "config": layer.get_config()} for layer in model.layers]
-        if mine != saved_layers:
-            raise ModelFileError(f"resume_from: {ckpt.path} was written by a different architecture")
-        model.build(ckpt.fields["input_shape"], dtype=ckpt.fields["dtype"])
-    model.set_weights(ckpt.weights)
-    if optimizer is None:
-        optimizer = ckpt.make_optimizer()
-    ckpt.restore_optimizer(optimizer, model)
+    optimizer = ckpt.restore(model, optimizer)
     return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history
 
 
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimizer | None = None,
         validation_data=None, shuffle: bool = True, seed: int = 0, callbacks: Iterable[Callback] | None = None,
-        verbose: int = 1, checkpoint_dir=None, resume_from=None) -> History:
+        verbose: int = 1, checkpoint_dir=None, resume_from=None, label_smoothing: float = 0.0,
+        sync_every: int = 1, compile: bool | None = None, distributed: bool = False) -> History:
     """Train ``model`` on images ``x`` (N, C, H, W) float in [0, 1] and integer labels ``y`` (N,)
-    by mini-batch gradient descent on the mean softmax cross-entropy.
+    by mini-batch gradient descent on the mean softmax cross-entropy, in training mode.
 
-    epochs: train until this many epochs are done (counting those of a resumed checkpoint).
+    epochs: train until this many epochs are done (>= 1; counting those of a resumed checkpoint,
+        so resuming a run that already has ``epochs`` epochs returns its history unchanged).
     batch_size: samples per step (the last batch of an epoch may be smaller).
     optimizer: an :mod:`xpcnn.optim` optimizer; None reuses the one of the model's previous
         ``fit``, or else creates ``Adam(lr=1e-3)``. It is kept as ``model.optimizer``.
@@ -251,23 +283,41 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     checkpoint_dir: save a checkpoint after every epoch there (atomic, newest 3 kept). Must be
         empty unless it is also ``resume_from``.
     resume_from: a checkpoint directory: continue from its newest valid checkpoint (weights,
-        optimizer state, shuffle state, epoch, history; ``seed`` is then unused). With the same
-        data and batch size the result is bit-identical (NumPy) to an uninterrupted run.
+        buffers, optimizer state, dropout counters, shuffle state, epoch, history; ``seed`` is
+        then unused). With the same data and batch size the result is bit-identical (NumPy) to
+        an uninterrupted run.
+    label_smoothing: as ``torch.nn.functional.cross_entropy``'s.
+    sync_every: read the loss, accuracy and NaN guard back to the host every this many steps
+        (one read for all of them). 1 (default) checks every step before its update; with k > 1
+        the device never waits on the host in between, and a non-finite step is still named
+        exactly, but the weights then hold the updates up to the read.
+    compile: run the whole step as one compiled function (the jax backend; default there).
+    distributed: data-parallel training over MPI ranks (``mpiexec -n K``); see docs/distributed.md.
 
     Training stops with :class:`xpcnn.errors.NonFiniteError` (naming epoch, step and the first
-    layer with NaN/Inf) when the loss or a gradient becomes non-finite, before the bad update.
+    layer with NaN/Inf) when the loss or a gradient becomes non-finite.
     Returns a :class:`xpcnn.callbacks.History`.
     """
-    epochs = _positive_int(epochs, "epochs", minimum=0)
-    batch_size = _positive_int(batch_size, "batch_size")
-    if optimizer is not None and not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer: expected an xpcnn.optim optimizer such as optim.Adam(1e-3), got {type(optimizer).__name__}")
+    epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    sync_every = positive_int(sync_every, "sync_every")
+    label_smoothing = _label_smoothing(label_smoothing)
+    if optimizer is not None:
+        _check_optimizer(optimizer)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed: expected an int, got {seed!r}")
+        raise ArgumentTypeError(f"seed: expected a non-negative int, got {seed!r}")
+    if seed < 0:
+        raise ArgumentError(f"seed: expected a non-negative int, got {seed!r}")
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ArgumentError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     callbacks = list(callbacks or [])
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}]: expected an xpcnn.callbacks.Callback, got {type(cb).__name__}")
+            raise ArgumentTypeError(f"callbacks[{i}]: expected an xpcnn.callbacks.Callback, got {type(cb).__name__}")
+    if compile:
+        raise ArgumentError("compile: a compiled step needs the jax backend")
+    if distributed:
+        raise ArgumentError("distributed: needs MPI (pip install -e '.[mpi]')")
     _check_checkpoint_dir(checkpoint_dir, resume_from)
 
     if resume_from is not None:
@@ -275,8 +325,10 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     else:
         if not model.built:
             x_arr = _as_array(x, "x")
+            if len(x_arr.shape) < 2:
+                raise ShapeError(f"x: expected a batch of images (N, C, H, W), got shape {tuple(x_arr.shape)}")
             model.build(tuple(x_arr.shape[1:]), seed=seed, dtype=_float_kind(x_arr, "x"))
-        optimizer = optimizer or getattr(model, "optimizer", None) or default_optimizer()
+        optimizer = optimizer or model.optimizer or default_optimizer()
         rng, initial_epoch, past = np.random.default_rng(seed), 0, {}
     model.optimizer = optimizer
 
@@ -284,15 +336,16 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     val = _validation(model, validation_data)
     history = History(past, initial_epoch)
     steps = -(-data.n // batch_size)
-    trainer = SimpleNamespace(model=model, optimizer=optimizer, rng=rng, history=history, params=dict(
+    trainer = SimpleNamespace(model=model, optimizer=optimizer, rng=rng, history=history, stop_training=False, params=dict(
         epochs=epochs, initial_epoch=initial_epoch, steps=steps, samples=data.n, batch_size=batch_size,
         shuffle=bool(shuffle), seed=int(seed), verbose=verbose))
-    everything: list[Callback] = [history]
+    # The caller's callbacks first (Keras's order): what they add to an epoch's logs ("lr") reaches
+    # the history, the checkpoint and the progress line.
+    everything: list[Callback] = [*callbacks, history]
     if checkpoint_dir is not None:
         everything.append(ModelCheckpoint(checkpoint_dir))
     if verbose:
         everything.append(ProgressBar(verbose))
-    everything += callbacks
     for cb in everything:
         cb.set_trainer(trainer)
 
@@ -302,36 +355,68 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         for epoch in range(initial_epoch, epochs):
             for cb in everything:
                 cb.on_epoch_begin(epoch, {})
-            total_loss, total_correct = 0.0, 0
-            for step, idx in enumerate(iterate_batches(data.n, batch_size, shuffle=shuffle, rng=rng)):
-                xb, yb = data.batch(idx)
-                loss, correct = _train_step(model, optimizer, xb, yb, epoch, step)
-                total_loss += loss * len(idx)
-                total_correct += correct
-                logs = {"loss": loss, "correct": correct, "size": len(idx)}
-                for cb in everything:
-                    cb.on_batch_end(step, logs)
-            logs = {"loss": total_loss / data.n, "accuracy": total_correct / data.n}
+            totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, everything)
+            logs = {"loss": totals[0] / data.n, "accuracy": totals[1] / data.n}
             if val is not None:
                 result = _evaluate(model, val, 256)
                 logs.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
             for cb in everything:
                 cb.on_epoch_end(epoch, logs)
+            if trainer.stop_training:
+                break
     finally:
         for cb in everything:
             cb.on_train_end({})
     return history
 
 
-# ---------------------------------------------------------------- evaluate
+def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks):
+    """One pass over the data; returns (summed loss * batch size, correct). The host reads the
+    step values every ``sync_every`` steps, all pending steps in one transfer."""
+    xp = None
+    total_loss, total_correct = 0.0, 0
+    pending: list[tuple[int, Any, int, Any]] = []  # (step, stacked values, batch size, x batch)
+
+    def read_pending():
+        nonlocal total_loss, total_correct
+        values = to_numpy(xp.stack([v for _, v, _, _ in pending])).tolist()
+        for (step, _, size, xb), (guard, loss, correct) in zip(pending, values):
+            if not math.isfinite(guard):
+                err = _non_finite(model, xb, loss, epoch, step, updated=sync_every > 1)
+                if err is not None:
+                    raise err
+            if sync_every == 1:
+                optimizer.step(model)
+            total_loss += loss * size
+            total_correct += int(correct)
+            logs = {"loss": loss, "correct": int(correct), "size": size}
+            for cb in callbacks:
+                cb.on_batch_end(step, logs)
+        pending.clear()
+
+    for step, idx in enumerate(iterate_batches(data.n, batch_size, shuffle=shuffle, rng=rng)):
+        xb, yb = data.batch(idx)
+        xp = xp or namespace_of(xb)
+        values = _step(model, xp, xb, yb, label_smoothing)
+        if sync_every > 1:
+            optimizer.step(model)
+        pending.append((step, values, len(idx), xb if sync_every == 1 else None))
+        if len(pending) >= sync_every:
+            read_pending()
+    if pending:
+        read_pending()
+    return total_loss, total_correct
+
+
+# ---------------------------------------------------------------- evaluate and predict
 
 
 def _evaluate(model, data: _Data, batch_size: int) -> dict[str, float]:
     total_loss, total_correct = 0.0, 0
     for idx in iterate_batches(data.n, batch_size, shuffle=False):
         xb, yb = data.batch(idx)
-        logits = model.forward(xb)
-        xp = namespace_of(logits)
+        xp = namespace_of(xb)
+        logits = model.forward_checked(xp, xb, False)
         loss = F.cross_entropy(logits, yb)
         correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
         loss_value, correct_value = to_numpy(xp.stack([loss, correct])).tolist()
@@ -340,10 +425,33 @@ def _evaluate(model, data: _Data, batch_size: int) -> dict[str, float]:
     return {"loss": total_loss / data.n, "accuracy": total_correct / data.n}
 
 
-def evaluate(model, x, y, *, batch_size: int = 256) -> dict[str, float]:
-    """Mean softmax cross-entropy and accuracy of ``model`` on (x, y), batch by batch:
-    ``{"loss": float, "accuracy": float}``. Same input rules as :func:`fit`."""
-    batch_size = _positive_int(batch_size, "batch_size")
+def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -> dict[str, float]:
+    """Mean softmax cross-entropy and accuracy of ``model`` on (x, y) in inference mode, batch by
+    batch: ``{"loss": float, "accuracy": float}``. Same input rules as :func:`fit`: host data
+    are moved to the model's backend one batch at a time."""
+    batch_size = positive_int(batch_size, "batch_size")
     if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before evaluate")
+    if distributed:
+        raise ArgumentError("distributed: needs MPI (pip install -e '.[mpi]')")
     return _evaluate(model, _Data(model, x, y), batch_size)
+
+
+def predict(model, x, *, batch_size: int = 256):
+    """Softmax probabilities (N, K) of ``model`` for x (N, C, H, W) in inference mode, on the
+    model's backend. Host (NumPy) data are moved one batch at a time (and cast to the model's
+    float dtype); arrays of another backend are refused as in :meth:`Sequential.forward`."""
+    batch_size = positive_int(batch_size, "batch_size")
+    if not model.built:
+        raise NotBuiltError("model: not built; build it or fit it before predict")
+    x = _as_array(x, "x")
+    if not isinstance(x, np.ndarray) or model.backend.name == "numpy":
+        xp = model.check_input(x)
+        return F.softmax(model.forward_checked(xp, x, False), axis=1)
+    data = _Data(model, x, None)
+    parts = []
+    for idx in iterate_batches(data.n, batch_size, shuffle=False):
+        xb, _ = data.batch(idx)
+        xp = namespace_of(xb)
+        parts.append(F.softmax(model.forward_checked(xp, xb, False), axis=1))
+    return parts[0] if len(parts) == 1 else namespace_of(parts[0]).concat(parts, axis=0)
