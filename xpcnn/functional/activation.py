@@ -1,9 +1,13 @@
-"""Element-wise and row-wise activations, forward and backward side by side."""
+"""Element-wise and row-wise activations, forward and backward side by side (PyTorch's
+formulas, so float64 results agree to rounding). Backwards of tanh and sigmoid take the
+forward's output y, the others its input x."""
 
 from __future__ import annotations
 
+import math
+
 from ..backend import device_of
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from ._checks import check_float, check_grad, namespace
 
 
@@ -71,3 +75,109 @@ def softmax_backward(grad_y, y, axis=-1):
     _check_axis(y, axis, "y")
     check_grad(grad_y, "grad_y", y, tuple(y.shape), "y")
     return y * (grad_y - xp.sum(grad_y * y, axis=axis, keepdims=True))
+
+
+def _check_same(xp, grad_y, a, name):
+    check_float(xp, name, a)
+    check_grad(grad_y, "grad_y", a, tuple(a.shape), name)
+
+
+def tanh(x):
+    """tanh(x), any shape."""
+    xp = namespace(x=x)
+    check_float(xp, "x", x)
+    return xp.tanh(x)
+
+
+def tanh_backward(grad_y, y):
+    """grad_x given grad_y and the forward's output y = tanh(x): grad_y * (1 - y**2)."""
+    xp = namespace(y=y, grad_y=grad_y)
+    _check_same(xp, grad_y, y, "y")
+    return tanh_backward_kernel(xp, grad_y, y)
+
+
+def tanh_backward_kernel(xp, grad_y, y):
+    return grad_y * (1.0 - y * y)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), any shape; exp only of -|x|, so no overflow (nor its warning) at any x."""
+    xp = namespace(x=x)
+    check_float(xp, "x", x)
+    return sigmoid_kernel(xp, x)
+
+
+def sigmoid_kernel(xp, x):
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def sigmoid_backward(grad_y, y):
+    """grad_x given grad_y and the forward's output y = sigmoid(x): grad_y * y * (1 - y)."""
+    xp = namespace(y=y, grad_y=grad_y)
+    _check_same(xp, grad_y, y, "y")
+    return sigmoid_backward_kernel(xp, grad_y, y)
+
+
+def sigmoid_backward_kernel(xp, grad_y, y):
+    return grad_y * (y * (1.0 - y))
+
+
+def _slope(negative_slope):
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope != negative_slope:
+        raise ArgumentError(f"negative_slope: expected a real number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x (PyTorch's LeakyReLU), any shape."""
+    xp = namespace(x=x)
+    check_float(xp, "x", x)
+    return leaky_relu_kernel(xp, x, _slope(negative_slope))
+
+
+def leaky_relu_kernel(xp, x, negative_slope):
+    return xp.where(x > 0, x, x * negative_slope)
+
+
+def leaky_relu_backward(grad_y, x, negative_slope=0.01):
+    """grad_x = grad_y where x > 0, else negative_slope * grad_y (PyTorch's choice at exactly 0)."""
+    xp = namespace(x=x, grad_y=grad_y)
+    _check_same(xp, grad_y, x, "x")
+    return leaky_relu_backward_kernel(xp, grad_y, x, _slope(negative_slope))
+
+
+def leaky_relu_backward_kernel(xp, grad_y, x, negative_slope):
+    return xp.where(x > 0, grad_y, grad_y * negative_slope)
+
+
+# GELU's tanh approximation, PyTorch's constants: sqrt(2 / pi) and the cubic coefficient.
+_GELU_BETA = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5
+_GELU_KAPPA = 0.044715
+
+
+def gelu(x):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3))): PyTorch's GELU(approximate="tanh"), any shape."""
+    xp = namespace(x=x)
+    check_float(xp, "x", x)
+    return gelu_kernel(xp, x)
+
+
+def gelu_kernel(xp, x):
+    inner = _GELU_BETA * (x + _GELU_KAPPA * (x * x * x))
+    return 0.5 * x * (1.0 + xp.tanh(inner))
+
+
+def gelu_backward(grad_y, x):
+    """grad_x of :func:`gelu` given grad_y and its input x (PyTorch's formula)."""
+    xp = namespace(x=x, grad_y=grad_y)
+    _check_same(xp, grad_y, x, "x")
+    return gelu_backward_kernel(xp, grad_y, x)
+
+
+def gelu_backward_kernel(xp, grad_y, x):
+    x_sq = x * x
+    t = xp.tanh(_GELU_BETA * (x + _GELU_KAPPA * (x_sq * x)))
+    left_derivative = 0.5 * (1.0 + t)
+    right_derivative = (0.5 * x) * (1.0 - t * t) * (_GELU_BETA * (1.0 + 3.0 * _GELU_KAPPA * x_sq))
+    return grad_y * (left_derivative + right_derivative)

@@ -1,26 +1,31 @@
 """Softmax cross-entropy fused with its gradient: log-softmax + NLL, batch mean (PyTorch's
-``F.cross_entropy``). Fusing is both stable (log-sum-exp) and cheap: the gradient of the
-mean loss with respect to the logits is ``(softmax - one_hot) / N``."""
+``F.cross_entropy``, with its label smoothing and ignore_index). Fusing is both stable
+(log-sum-exp) and cheap: the gradient of the mean loss with respect to the logits is
+``(softmax - target) / N``."""
 
 from __future__ import annotations
 
 from ..backend import device_of
-from ..errors import DataError, LabelError
+from ..errors import ArgumentError, DataError, LabelError
 from ._checks import check_float, check_ndim, check_nonempty, namespace, positive_int
 from .activation import log_softmax
 
 
-def check_labels(xp, labels, n: int, num_classes: int):
-    """Labels must be an integer (N,) array with values in [0, num_classes)."""
+def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None):
+    """Labels must be an integer (N,) array with values in [0, num_classes) (or ``ignore_index``)."""
     if not hasattr(labels, "shape") or tuple(labels.shape) != (n,):
         got = f"shape {tuple(labels.shape)}" if hasattr(labels, "shape") else type(labels).__name__
         raise LabelError(f"labels: expected an integer array of shape ({n},) to match the batch, got {got}")
     if not xp.isdtype(labels.dtype, "integral"):
         raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
     # One reduction (one host sync on a GPU) in the common, valid case; min/max only for the message.
-    if n and bool(xp.any((labels < 0) | (labels >= num_classes))):
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (labels != ignore_index)
+    if n and bool(xp.any(bad)):
         low, high = int(xp.min(labels)), int(xp.max(labels))
-        raise LabelError(f"labels: expected values in [0, {num_classes - 1}], got values from {low} to {high}")
+        also = "" if ignore_index is None else f" or ignore_index {ignore_index}"
+        raise LabelError(f"labels: expected values in [0, {num_classes - 1}]{also}, got values from {low} to {high}")
 
 
 def one_hot(labels, num_classes: int, dtype):
@@ -34,32 +39,59 @@ def one_hot(labels, num_classes: int, dtype):
     return xp.astype(labels[:, None] == classes, dtype)
 
 
-def cross_entropy_with_grad(logits, labels):
-    """(loss, grad_logits): mean over the batch of -log softmax(logits)[label], and its gradient.
+def _options(label_smoothing, ignore_index):
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise ArgumentError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise ArgumentError(f"ignore_index: expected None or an int class index, got {ignore_index!r}")
+    return float(label_smoothing), ignore_index
+
+
+def cross_entropy_with_grad(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+    """(loss, grad_logits): ``torch.nn.functional.cross_entropy`` (mean reduction) and its gradient.
 
     logits (N, K) float, labels (N,) integer in [0, K). loss is a 0-d array of logits' dtype.
+    Each sample's target is (1 - label_smoothing) * one_hot + label_smoothing / K, so the loss
+    is (1 - eps) * NLL + eps * mean over classes of -log p, as PyTorch's. Samples whose label
+    is ``ignore_index`` add nothing, and the mean is over the others.
     """
     xp = namespace(logits=logits, labels=labels)
     check_ndim(logits, 2, "logits", "(N, num_classes)")
     check_nonempty(logits, "logits", "(N, num_classes)", axes=(1,))
     check_float(xp, "logits", logits)
+    label_smoothing, ignore_index = _options(label_smoothing, ignore_index)
     n, k = logits.shape
     if n == 0:
         raise DataError("logits: the batch is empty (N = 0); the mean loss of no samples is undefined")
-    check_labels(xp, labels, n, k)
+    check_labels(xp, labels, n, k, ignore_index)
     log_p = log_softmax(logits, axis=1)
     classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))
     target = xp.astype(labels[:, None] == classes, logits.dtype)
-    loss = -xp.sum(log_p * target) / n
-    grad = (xp.exp(log_p) - target) / n
-    return loss, grad
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / k
+    count = n
+    if ignore_index is not None:
+        kept = labels != ignore_index
+        count = int(xp.count_nonzero(kept))
+        if count == 0:
+            raise LabelError(
+                f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is undefined"
+            )
+        target = target * xp.astype(kept, logits.dtype)[:, None]
+    loss = -xp.sum(log_p * target) / count
+    grad = xp.exp(log_p) - target
+    if ignore_index is not None:
+        grad = grad * xp.astype(kept, logits.dtype)[:, None]
+    return loss, grad / count
 
 
-def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy of logits (N, K) against integer labels (N,); a 0-d array."""
-    return cross_entropy_with_grad(logits, labels)[0]
+def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+    """Mean softmax cross-entropy of logits (N, K) against integer labels (N,); a 0-d array.
+    Options as ``torch.nn.functional.cross_entropy``'s (see :func:`cross_entropy_with_grad`)."""
+    return cross_entropy_with_grad(logits, labels, label_smoothing=label_smoothing, ignore_index=ignore_index)[0]
 
 
-def cross_entropy_backward(logits, labels):
-    """grad_logits (N, K) of :func:`cross_entropy`: (softmax(logits) - one_hot(labels)) / N."""
-    return cross_entropy_with_grad(logits, labels)[1]
+def cross_entropy_backward(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+    """grad_logits (N, K) of :func:`cross_entropy`: (softmax(logits) - target) / N for kept rows."""
+    return cross_entropy_with_grad(logits, labels, label_smoothing=label_smoothing, ignore_index=ignore_index)[1]
