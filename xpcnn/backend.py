@@ -71,6 +71,12 @@ class Backend:
             return jax.device_put(host, self.device)
         return self.xp.asarray(host, device=self.device)
 
+    def check_dtype(self, dtype: Any) -> None:
+        """Refuse a dtype this backend cannot hold as asked (float64 on JAX with 64-bit mode off)
+        before anything is created: a DTypeError that says how to enable it."""
+        if self.name == "jax":
+            check_jax_dtype(dtype)
+
     def activate(self) -> contextlib.AbstractContextManager:
         """The context to run this backend's compute in (``with backend.activate(): ...``).
 
