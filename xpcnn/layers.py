@@ -32,14 +32,32 @@ import math
 from collections.abc import MutableMapping
 from typing import Any
 
-from . import functional as F
 from . import init as initializers
 from .backend import Backend
 from .errors import ArgumentError, DTypeError, LayerNotImplementedError, NotBuiltError, ShapeError
 from .functional._checks import check_array, check_float, check_shape, namespace, pair, positive_int, sample_shape
-from .functional.activation import relu_backward_kernel, relu_kernel
-from .functional.conv import conv2d_backward_kernel, conv2d_geometry, conv2d_kernel
+from .functional.activation import (
+    gelu_backward_kernel,
+    gelu_kernel,
+    leaky_relu_backward_kernel,
+    leaky_relu_kernel,
+    relu_backward_kernel,
+    relu_kernel,
+    sigmoid_backward_kernel,
+    sigmoid_kernel,
+    tanh_backward_kernel,
+)
+from .functional.conv import (
+    conv2d_backward_kernel,
+    conv2d_geometry,
+    conv2d_kernel,
+    conv_transpose2d_backward_kernel,
+    conv_transpose2d_geometry,
+    conv_transpose2d_kernel,
+)
+from .functional.dropout import dropout_mask_kernel
 from .functional.linear import linear_backward_kernel, linear_kernel
+from .functional.norm import batch_norm_backward_kernel, batch_norm_kernel
 from .functional.pool import (
     avg_pool2d_backward_kernel,
     avg_pool2d_kernel,
@@ -210,11 +228,6 @@ def _remember_output(layer: Layer, y):
     return y
 
 
-def _non_default(**options):
-    """Keyword options whose value differs from its default: ``name=(value, default)``."""
-    return {name: value for name, (value, default) in options.items() if value != default}
-
-
 def _init_name(init) -> Any:
     return init if isinstance(init, str) else getattr(init, "__name__", "custom")
 
@@ -269,11 +282,11 @@ class Conv2D(Layer):
 
     def _plan(self, input_shape):
         return conv2d_geometry((1, *input_shape), self._weight_shape(input_shape[0]), self.stride, self.padding,
-                               self.dilation, **_non_default(groups=(self.groups, 1)))
+                               self.dilation, self.groups)
 
     def output_shape(self, input_shape):
         input_shape = sample_shape(input_shape, "Conv2D input_shape", "(C, H, W)", ndim=3)
-        oh, ow = self._plan(input_shape)[-1]
+        oh, ow = self._plan(input_shape).out_hw
         return (self.out_channels, oh, ow)
 
     def _param_specs(self, input_shape):
@@ -328,12 +341,12 @@ class Conv2DTranspose(Layer):
         return (c, self.out_channels // self.groups, *self.kernel_size)
 
     def _plan(self, input_shape):
-        return F.conv_transpose2d_geometry((1, *input_shape), self._weight_shape(input_shape[0]), self.stride, self.padding,
+        return conv_transpose2d_geometry((1, *input_shape), self._weight_shape(input_shape[0]), self.stride, self.padding,
                                            self.output_padding, self.dilation, self.groups)
 
     def output_shape(self, input_shape):
         input_shape = sample_shape(input_shape, "Conv2DTranspose input_shape", "(C, H, W)", ndim=3)
-        oh, ow = self._plan(input_shape)[-1]
+        oh, ow = self._plan(input_shape).out_hw
         return (self.out_channels, oh, ow)
 
     def _param_specs(self, input_shape):
@@ -352,14 +365,14 @@ class Conv2DTranspose(Layer):
                     groups=self.groups, bias=self.bias, weight_init=self._init_names[0], bias_init=self._init_names[1])
 
     def _forward(self, xp, x, training):
-        y, saved = F.conv_transpose2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry)
-        self._cache = (x, saved)
+        y = conv_transpose2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry)
+        self._cache = (x,)
         return _remember_output(self, y)
 
     def _backward(self, xp, grad_y, input_grad):
-        x, saved = self._cached()
-        grad_x, grad_w, grad_b = F.conv_transpose2d_backward_kernel(
-            xp, grad_y, x, self.params["weight"], self._geometry, bias=self.bias, saved=saved, input_grad=input_grad
+        (x,) = self._cached()
+        grad_x, grad_w, grad_b = conv_transpose2d_backward_kernel(
+            xp, grad_y, x, self.params["weight"], self._geometry, bias=self.bias, input_grad=input_grad
         )
         self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
         return grad_x
@@ -379,11 +392,11 @@ class _Pool2D(Layer):
 
     def _plan(self, input_shape):
         return pool_geometry((1, *input_shape), self.kernel_size, self.stride, self.padding, name=type(self).__name__,
-                             **_non_default(ceil_mode=(self.ceil_mode, False)))
+                             ceil_mode=self.ceil_mode)
 
     def output_shape(self, input_shape):
         input_shape = sample_shape(input_shape, f"{type(self).__name__} input_shape", "(C, H, W)", ndim=3)
-        oh, ow = self._plan(input_shape)[-1]
+        oh, ow = self._plan(input_shape).out_hw
         return (input_shape[0], oh, ow)
 
     def get_config(self):
@@ -403,7 +416,7 @@ class AvgPool2D(_Pool2D):
 
     def _plan(self, input_shape):
         return pool_geometry((1, *input_shape), self.kernel_size, self.stride, self.padding, name=type(self).__name__,
-                             **_non_default(ceil_mode=(self.ceil_mode, False), count_include_pad=(self.count_include_pad, True)))
+                             ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
 
     def get_config(self):
         return {**super().get_config(), "count_include_pad": self.count_include_pad}
@@ -518,11 +531,11 @@ class LeakyReLU(_Elementwise):
 
     def _apply(self, xp, x):
         self._cache = (x,)
-        return F.leaky_relu(x, self.negative_slope)
+        return leaky_relu_kernel(xp, x, self.negative_slope)
 
     def _backward(self, xp, grad_y, input_grad):
         (x,) = self._cached()
-        return F.leaky_relu_backward(grad_y, x, self.negative_slope)
+        return leaky_relu_backward_kernel(xp, grad_y, x, self.negative_slope)
 
 
 class Tanh(_Elementwise):
@@ -535,20 +548,20 @@ class Tanh(_Elementwise):
 
     def _backward(self, xp, grad_y, input_grad):
         (y,) = self._cached()
-        return F.tanh_backward(grad_y, y)
+        return tanh_backward_kernel(xp, grad_y, y)
 
 
 class Sigmoid(_Elementwise):
     """1 / (1 + exp(-x)); backward from the output: y (1 - y)."""
 
     def _apply(self, xp, x):
-        y = F.sigmoid(x)
+        y = sigmoid_kernel(xp, x)
         self._cache = (y,)
         return y
 
     def _backward(self, xp, grad_y, input_grad):
         (y,) = self._cached()
-        return F.sigmoid_backward(grad_y, y)
+        return sigmoid_backward_kernel(xp, grad_y, y)
 
 
 class GELU(_Elementwise):
@@ -556,11 +569,11 @@ class GELU(_Elementwise):
 
     def _apply(self, xp, x):
         self._cache = (x,)
-        return F.gelu(x)
+        return gelu_kernel(xp, x)
 
     def _backward(self, xp, grad_y, input_grad):
         (x,) = self._cached()
-        return F.gelu_backward(grad_y, x)
+        return gelu_backward_kernel(xp, grad_y, x)
 
 
 class Flatten(Layer):
@@ -585,7 +598,7 @@ class _BatchNorm(Layer):
     running variance takes the unbiased one); inference mode uses the running statistics.
     Params "weight" (ones), "bias" (zeros); buffers "running_mean" (zeros), "running_var" (ones)."""
 
-    _layout = ""
+    _layout, _ndim = "", 0
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
@@ -599,7 +612,7 @@ class _BatchNorm(Layer):
         self.momentum, self.eps = float(momentum), float(eps)
 
     def output_shape(self, input_shape):
-        return sample_shape(input_shape, f"{type(self).__name__} input_shape", self._layout, ndim=len(self._layout.split(",")))
+        return sample_shape(input_shape, f"{type(self).__name__} input_shape", self._layout, ndim=self._ndim)
 
     def _param_specs(self, input_shape):
         c = input_shape[0]
@@ -613,15 +626,18 @@ class _BatchNorm(Layer):
         return {"momentum": self.momentum, "eps": self.eps}
 
     def _forward(self, xp, x, training):
-        y, saved, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
-                                           self.buffers["running_var"], training=training, momentum=self.momentum, eps=self.eps)
+        if training and math.prod(x.shape) == x.shape[1]:
+            raise ShapeError(f"x: {type(self).__name__} in training mode needs more than 1 value per channel, "
+                             f"got shape {tuple(x.shape)} (as PyTorch); use a batch of 2 or more, or inference mode")
+        y, saved, mean, var = batch_norm_kernel(xp, x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
+                                                self.buffers["running_var"], training=training, momentum=self.momentum, eps=self.eps)
         self.buffers["running_mean"], self.buffers["running_var"] = mean, var
         self._cache = (x, saved, training)
         return _remember_output(self, y)
 
     def _backward(self, xp, grad_y, input_grad):
         x, saved, training = self._cached()
-        grad_x, grad_w, grad_b = F.batch_norm_backward(grad_y, x, self.params["weight"], saved, training=training)
+        grad_x, grad_w, grad_b = batch_norm_backward_kernel(xp, grad_y, x, self.params["weight"], saved, training=training, bias=True)
         self.grads = {"weight": grad_w, "bias": grad_b}
         return grad_x
 
@@ -629,13 +645,13 @@ class _BatchNorm(Layer):
 class BatchNorm2D(_BatchNorm):
     """BatchNorm over (N, C, H, W), statistics per channel over N, H, W (``torch.nn.BatchNorm2d``)."""
 
-    _layout = "(C, H, W)"
+    _layout, _ndim = "(C, H, W)", 3
 
 
 class BatchNorm1D(_BatchNorm):
     """BatchNorm over (N, F), statistics per feature over N (``torch.nn.BatchNorm1d``)."""
 
-    _layout = "(F,)"
+    _layout, _ndim = "(F,)", 1
 
 
 class Dropout(Layer):
@@ -677,14 +693,14 @@ class Dropout(Layer):
         if not training or self.p == 0.0:
             self._cache = (None,)
             return x
-        mask = F.dropout_mask(x, self.p, seed=self.key, counter=self.counter)
+        mask = dropout_mask_kernel(xp, x, self.p, self.key, self.counter)
         self.counter += 1
         self._cache = (mask,)
-        return F.dropout(x, mask)
+        return x * mask
 
     def _backward(self, xp, grad_y, input_grad):
         (mask,) = self._cached()
-        return grad_y if mask is None else F.dropout_backward(grad_y, mask)
+        return grad_y if mask is None else grad_y * mask
 
 
 class _Nested(MutableMapping):

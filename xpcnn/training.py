@@ -66,7 +66,7 @@ class _Data:
 
     def __init__(self, model, x: Any, y: Any, names: tuple[str, str] = ("x", "y")) -> None:
         nx, ny = names
-        x, y = _as_array(x, nx), _as_array(y, ny)
+        x, y = _as_array(x, nx), (None if y is None else _as_array(y, ny))
         self.host = isinstance(x, np.ndarray)
         xp = namespace_of(x)
         _float_kind(x, nx)
@@ -252,6 +252,13 @@ def _check_checkpoint_dir(checkpoint_dir, resume_from) -> None:
         )
 
 
+def _starts_fresh(checkpoint_dir, resume_from) -> bool:
+    """A resumable run's first start: ``resume_from`` is ``checkpoint_dir`` and holds no
+    checkpoint yet, so the same call both starts and continues a run."""
+    return (checkpoint_dir is not None and resume_from is not None and not checkpoint.list_checkpoints(resume_from)
+            and os.path.abspath(checkpoint_dir) == os.path.abspath(resume_from))
+
+
 def _resume(model, resume_from, optimizer: Optimizer | None):
     """Load the newest valid checkpoint into ``model``: (optimizer, rng, epoch, history)."""
     ckpt = checkpoint.latest(resume_from)
@@ -285,7 +292,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     resume_from: a checkpoint directory: continue from its newest valid checkpoint (weights,
         buffers, optimizer state, dropout counters, shuffle state, epoch, history; ``seed`` is
         then unused). With the same data and batch size the result is bit-identical (NumPy) to
-        an uninterrupted run.
+        an uninterrupted run. When it is also ``checkpoint_dir`` and holds no checkpoint yet,
+        training starts from scratch: one call that starts a run and, run again, continues it.
     label_smoothing: as ``torch.nn.functional.cross_entropy``'s.
     sync_every: read the loss, accuracy and NaN guard back to the host every this many steps
         (one read for all of them). 1 (default) checks every step before its update; with k > 1
@@ -319,6 +327,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     if distributed:
         raise ArgumentError("distributed: needs MPI (pip install -e '.[mpi]')")
     _check_checkpoint_dir(checkpoint_dir, resume_from)
+    if _starts_fresh(checkpoint_dir, resume_from):
+        resume_from = None
 
     if resume_from is not None:
         optimizer, rng, initial_epoch, past = _resume(model, resume_from, optimizer)
