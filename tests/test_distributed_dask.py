@@ -65,6 +65,17 @@ def test_predict_float64(data):
     np.testing.assert_allclose(got, model.predict(x64), rtol=1e-12, atol=1e-15)
 
 
+def test_buffers_travel_with_the_model(data):
+    x, _ = data
+    model = xpcnn.Sequential([
+        layers.Conv2D(4, 3), layers.BatchNorm2D(), layers.ReLU(), layers.Flatten(), layers.Dense(CLASSES),
+    ]).build((1, SIZE, SIZE), seed=4)
+    rng = np.random.default_rng(1)
+    model.set_buffers([rng.random(b.shape) + 0.5 for b in model.get_buffers()])  # not the initial 0 / 1
+    got = xpcnn.dask.predict(model, da.from_array(x, chunks=(60, 1, SIZE, SIZE))).compute()
+    np.testing.assert_allclose(got, model.predict(x), rtol=0, atol=FLOAT32_DASK_TOL)
+
+
 def test_evaluate_equals_model_evaluate(model, data):
     x, y = data
     dx = da.from_array(x, chunks=(30, 1, SIZE, SIZE))
@@ -116,10 +127,11 @@ def test_local_cluster_two_processes(model, data, tmp_path):
     x, y = data
     path = tmp_path / "images.npy"
     np.save(path, x)
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
         dx = xpcnn.dask.from_npy(path, chunk=10)
-        np.testing.assert_allclose(xpcnn.dask.predict(model, dx).compute(), model.predict(x), rtol=0, atol=FLOAT32_DASK_TOL)
+        got = xpcnn.dask.predict(model, dx).compute()
+        np.testing.assert_allclose(got, model.predict(x), rtol=0, atol=FLOAT32_DASK_TOL)
         assert_same_metrics(xpcnn.dask.evaluate(model, dx, y), model.evaluate(x, y))
         info = client.run(xpcnn.dask.model_cache_info)
     # 11 chunks per call, two calls: each worker process built the model at most once.

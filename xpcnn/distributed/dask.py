@@ -56,16 +56,14 @@ def _dask_array():
 
 
 def _model_bytes(model) -> bytes:
-    from .. import io
-
-    return io.encode(model)
+    return model.to_bytes()
 
 
 def _model_from_bytes(blob: bytes, backend: str | None):
-    from .. import io
+    from .. import saving
 
-    model, fields, weights, _ = io.decode(blob, "<model sent to the Dask workers>", kinds=("model",))
-    return io.build_from(model, fields, weights, backend)
+    model, fields, weights, buffers = saving.decode(blob, "<model sent to the Dask workers>")
+    return saving.build_from(model, fields, weights, buffers, backend)
 
 
 _models: dict[tuple[str, str | None], Any] = {}
@@ -103,12 +101,12 @@ def _shipped(dask, model) -> tuple[Any, str]:
 
 
 def _model_key(model) -> str:
-    """SHA-256 of the architecture, dtype and weights (the file bytes themselves are not
-    canonical: safetensors does not fix the order of its metadata)."""
+    """SHA-256 of the architecture, dtype, weights and buffers (the file bytes themselves are
+    not canonical: safetensors does not fix the order of its metadata)."""
     h = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True).encode())
-    for key, _, _ in model.named_parameters():
+    for key, _, _ in model.named_parameters() + model.named_buffers():
         h.update(key.encode())
-    for w in model.get_weights():
+    for w in model.get_weights() + model.get_buffers():
         host = np.ascontiguousarray(to_numpy(w))
         h.update(f"{host.dtype.str}{host.shape}".encode())
         h.update(host.tobytes())
@@ -126,7 +124,8 @@ def _check_batch_size(batch_size: Any) -> int:
 
 def _check_backend(backend: Any) -> str | None:
     if backend is not None and not isinstance(backend, str):
-        raise ArgumentError(f"backend: expected a backend name such as 'numpy' or 'cupy:0' (loaded on each worker), or None, got {backend!r}")
+        raise ArgumentError("backend: expected a backend name such as 'numpy' or 'cupy:0' (loaded on each worker), "
+                            f"or None, got {backend!r}")
     return backend
 
 
@@ -134,7 +133,8 @@ def _images(da, model, x, name: str = "x"):
     """``x`` as a dask array of float images (N, *model.input_shape) with whole images per chunk."""
     if not isinstance(x, da.Array):
         raise DTypeError(
-            f"{name}: expected a dask.array (e.g. xpcnn.dask.from_npy(path) or dask.array.from_array(x, chunks=(1024, -1, -1, -1))), "
+            f"{name}: expected a dask.array (e.g. xpcnn.dask.from_npy(path) or "
+            "dask.array.from_array(x, chunks=(1024, -1, -1, -1))), "
             f"got {type(x).__name__}; for an in-memory array call model.predict / model.evaluate"
         )
     expected = tuple(model.input_shape)
@@ -142,7 +142,8 @@ def _images(da, model, x, name: str = "x"):
         hint = " (add the channel axis: xpcnn.datasets.preprocess)" if tuple(x.shape[1:]) == expected[1:] else ""
         raise ShapeError(f"{name}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
     if any(math.isnan(s) for s in x.shape) or any(math.isnan(c) for c in x.chunks[0]):
-        raise ShapeError(f"{name}: expected known chunk sizes along the batch axis, got unknown ones; call {name}.compute_chunk_sizes() first")
+        raise ShapeError(f"{name}: expected known chunk sizes along the batch axis, got unknown ones; "
+                         f"call {name}.compute_chunk_sizes() first")
     kind = dtype_name(x.dtype)
     if kind == "uint8":
         raise DTypeError(f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
@@ -237,7 +238,8 @@ def evaluate(model, x, y, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str 
         raise ShapeError("x: empty (N = 0); nothing to evaluate")
     image_axes = "abcdefgh"[:x.ndim - 1]
     parts = da.blockwise(
-        _evaluate_chunk, "ns", x, "n" + image_axes, y, "n", shipped, None, digest, None, backend, None, batch_size, None,
+        _evaluate_chunk, "ns", x, "n" + image_axes, y, "n",
+        shipped, None, digest, None, backend, None, batch_size, None,
         new_axes={"s": 2}, adjust_chunks={"n": 1}, concatenate=True, dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64), name=f"xpcnn-evaluate-{digest[:16]}",
     )
@@ -278,5 +280,6 @@ def from_npy(path, *, chunk: int = 4096):
     chunk = _check_batch_size(chunk)
     source = _NpyFile(path)
     chunks = (chunk,) + tuple(-1 for _ in source.shape[1:])
-    return da.from_array(source, chunks=chunks, name=f"xpcnn-npy-{hashlib.sha256(repr(source._token).encode()).hexdigest()[:16]}",
-                         meta=np.empty((0,) * source.ndim, dtype=source.dtype), fancy=False, asarray=False)
+    name = "xpcnn-npy-" + hashlib.sha256(repr(source._token).encode()).hexdigest()[:16]
+    return da.from_array(source, chunks=chunks, name=name, meta=np.empty((0,) * source.ndim, dtype=source.dtype),
+                         fancy=False, asarray=False)

@@ -27,7 +27,8 @@ import math
 import os
 import sys
 import traceback
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ INSTALL = "pip install -e '.[mpi]' (mpi4py and the mpich wheel, whose mpiexec la
 # World-size variables of the common launchers: set when a process was started as one rank of many.
 _LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 TRANSPORTS = ("auto", "host", "nccl", "cuda-mpi")
+_NCCL_ID_BYTES = 128  # sizeof(ncclUniqueId)
 
 
 class RanksDisagreeError(DataError):
@@ -56,7 +58,7 @@ def _launched_size() -> int:
 
 
 @functools.cache
-def _world() -> "Communicator | None":
+def _world() -> Communicator | None:
     try:
         from mpi4py import MPI
     except ImportError:
@@ -71,7 +73,7 @@ def _world() -> "Communicator | None":
     return Communicator(comm, MPI) if comm.Get_size() > 1 else None
 
 
-def communicator(distributed: bool = True) -> "Communicator | None":
+def communicator(distributed: bool = True) -> Communicator | None:
     """The world communicator when ``distributed`` and this process is one of several MPI ranks;
     None otherwise (not distributed, not started by an MPI launcher, or a single rank), in which
     case training is exactly single-process training.
@@ -97,16 +99,25 @@ def size() -> int:
 
 
 def _fingerprint(value: Any) -> int:
-    """A process-independent 63-bit integer for ``value`` (ints as themselves)."""
-    if isinstance(value, (bool, np.bool_)):
+    """A process-independent 63-bit integer for ``value``: small ints as themselves, anything
+    else (JSON-able values, NumPy arrays, lists of them) as a SHA-256 prefix."""
+    if _same_when_integer(value):
         return int(value)
-    if isinstance(value, (int, np.integer)) and -(2**62) < int(value) < 2**62:
-        return int(value)
+    h = hashlib.sha256()
+    _feed(h, value)
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+def _feed(h, value: Any) -> None:
     if isinstance(value, np.ndarray):
-        data = json.dumps([value.dtype.str, list(value.shape)]).encode() + np.ascontiguousarray(value).tobytes()
+        h.update(json.dumps(["ndarray", value.dtype.str, list(value.shape)]).encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, np.ndarray) for v in value):
+        h.update(f"list{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
     else:
-        data = json.dumps(value, sort_keys=True, default=str).encode()
-    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
+        h.update(json.dumps(value, sort_keys=True, default=str).encode())
 
 
 def _same_when_integer(value: Any) -> bool:
@@ -152,7 +163,8 @@ class Communicator:
         if (every == every[0]).all():
             return
         if (every[:, 0] != every[0, 0]).any():
-            raise RanksDisagreeError(f"{what}: the ranks reached different checks (different code or arguments on some ranks)")
+            raise RanksDisagreeError(f"{what}: the ranks reached different checks "
+                                     "(different code or arguments on some ranks)")
         problems = []
         for j, name in enumerate(names, start=1):
             column = every[:, j]
@@ -165,7 +177,8 @@ class Communicator:
                 groups: dict[int, list[int]] = {}
                 for r, v in enumerate(column):
                     groups.setdefault(int(v), []).append(r)
-                problems.append(f"{name} differs between ranks ({' vs '.join('ranks ' + ','.join(map(str, g)) for g in groups.values())})")
+                sides = " vs ".join("ranks " + ",".join(map(str, g)) for g in groups.values())
+                problems.append(f"{name} differs between ranks ({sides})")
         raise RanksDisagreeError(
             f"{what}: every rank must pass the same data and arguments, but {'; '.join(problems)} "
             f"(this is rank {self.rank} of {self.size})"
@@ -174,19 +187,20 @@ class Communicator:
     # ---------------------------------------------------------------- initial state from rank 0
 
     def broadcast_state(self, model, optimizer=None) -> None:
-        """Give every rank rank 0's weights and (when ``optimizer`` holds state) its optimizer
-        state: one Bcast of the flattened host arrays, after agreeing on their layout."""
-        keys = [key for key, _, _ in model.named_parameters()]
+        """Give every rank rank 0's parameters, buffers and (when ``optimizer`` holds state) its
+        optimizer state: one Bcast of the flattened host arrays, after agreeing on their layout."""
+        keys = [key for key, _, _ in model.named_parameters() + model.named_buffers()]
         weights = [np.ascontiguousarray(to_numpy(w)) for w in model.get_weights()]
+        buffers = [np.ascontiguousarray(to_numpy(b)) for b in model.get_buffers()]
         slots: list[tuple[str, str]] = []
         if optimizer is not None:
             slots = [(key, name) for key in sorted(optimizer.state) for name in sorted(optimizer.state[key])]
         state = [np.ascontiguousarray(to_numpy(optimizer.state[k][n])) for k, n in slots]
-        arrays = weights + state
+        arrays = weights + buffers + state
         self.agree("distributed training state", {
-            "parameters": [keys, [list(a.shape) for a in weights], model.dtype],
+            "parameters and buffers": [keys, [list(a.shape) for a in weights + buffers], model.dtype],
             "optimizer": None if optimizer is None else [type(optimizer).__name__, optimizer.hyper(), optimizer.steps],
-            "optimizer state": [slots, [list(a.shape) for a in state]],
+            "optimizer state": [slots, [list(a.shape) for a in state], [a.dtype.str for a in state]],
         })
         flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, dtype=model.dtype)
         self.comm.Bcast(flat, root=0)
@@ -194,42 +208,67 @@ class Communicator:
             return
         pieces, offset = [], 0
         for a in arrays:
-            pieces.append(flat[offset:offset + a.size].reshape(a.shape))
+            pieces.append(flat[offset:offset + a.size].reshape(a.shape).astype(a.dtype))
             offset += a.size
         model.set_weights(pieces[:len(weights)])
-        for (key, name), a in zip(slots, pieces[len(weights):]):
+        model.set_buffers(pieces[len(weights):len(weights) + len(buffers)])
+        for (key, name), a in zip(slots, pieces[len(weights) + len(buffers):]):
             optimizer.state[key][name] = model.backend.asarray(a, dtype=model.dtype)
 
     # ---------------------------------------------------------------- the per-step allreduce
 
-    def average_gradients(self, model, loss, correct, n_local: int, n_global: int):
-        """Replace every ``layer.grads`` by the mean over the global batch and return the global
-        (mean loss, correct count) as 0-d arrays of the model's backend.
+    def step(self, step_fn, model, xp, xb, yb, n_global: int, *args):
+        """Run the training step ``step_fn(model, xp, xb, yb, *args)`` on this rank's share
+        (xb, yb) of a global batch of ``n_global`` samples, then :meth:`reduce_step`. An empty
+        share (the last batch of an epoch smaller than K) skips the forward and adds zeros."""
+        n_local = int(xb.shape[0])
+        values = step_fn(model, xp, xb, yb, *args) if n_local else None
+        return self.reduce_step(model, values, n_local, n_global)
 
-        ``loss`` is this rank's mean loss over its ``n_local`` samples (0-d array; the gradients
-        in ``layer.grads`` are of that mean), ``correct`` its count of right predictions. A rank
-        whose share is empty passes ``loss=correct=None`` and contributes zeros. One allreduce of
-        ``[grad * n_local ..., loss * n_local, correct]``, then a division by ``n_global``:
-        sum_r(n_r * mean_r) / n is the whole batch's mean, so the result equals single-process
-        training on the whole batch up to rounding."""
-        slots = model.named_parameters()
-        shapes = [tuple(layer.params[name].shape) for _, layer, name in slots]
+    def reduce_step(self, model, values, n_local: int, n_global: int):
+        """Turn one rank's step into the whole batch's: ONE allreduce of
+        ``[grad * n_local ..., buffer * n_local ..., loss * n_local, correct]`` over the ranks,
+        divided by ``n_global``.
+
+        ``values`` is the step's ``(guard, loss, correct)`` array: this rank's mean loss over its
+        ``n_local`` samples (the gradients in ``layer.grads`` are of that mean) and its count of
+        right predictions; None for an empty share. Afterwards every ``layer.grads`` holds the
+        mean over the global batch -- sum_r(n_r * mean_r) / n, which is the whole batch's mean,
+        so the update equals single-process training on that batch up to rounding -- and the
+        returned ``(guard, loss, correct)`` are the global ones, identical on every rank, so
+        every rank takes the same decision on a non-finite step.
+
+        Buffers (BatchNorm running statistics) are averaged the same way, which keeps the ranks
+        identical: the running mean then equals the single-process one; the running variance
+        and the normalisation itself use per-rank batch statistics (docs/distributed.md)."""
+        grads = model.named_parameters()
+        buffers = model.named_buffers()
+        shapes = [tuple(layer.params[name].shape) for _, layer, name in grads]
+        shapes += [tuple(layer.buffers[name].shape) for _, layer, name in buffers]
         sizes = [math.prod(s) for s in shapes]
         if n_local:
-            xp = namespace_of(loss)
+            xp = namespace_of(values)
             scale = float(n_local)
-            parts = [xp.reshape(layer.grads[name], (-1,)) * scale for _, layer, name in slots]
-            tail = xp.stack([loss * scale, xp.astype(correct, loss.dtype)])
-            flat = xp.concat(parts + [tail])
+            parts = [xp.reshape(layer.grads[name], (-1,)) for _, layer, name in grads]
+            parts += [xp.reshape(layer.buffers[name], (-1,)) for _, layer, name in buffers]
+            parts.append(values[1:2])
+            flat = xp.concat([xp.concat(parts) * scale, values[2:3]])
         else:
             flat = model.backend.asarray(np.zeros(sum(sizes) + 2), dtype=model.dtype)
             xp = namespace_of(flat)
-        total = self.allreduce_sum(flat, model.backend)
+        summed = self.allreduce_sum(flat, model.backend)
+        total, correct = summed[:-1] / float(n_global), summed[-1]
         offset = 0
-        for (_, layer, name), shape, count in zip(slots, shapes, sizes):
-            layer.grads[name] = xp.reshape(total[offset:offset + count], shape) / float(n_global)
+        for (_, layer, name), shape, count in zip(grads, shapes, sizes):
+            layer.grads[name] = xp.reshape(total[offset:offset + count], shape)
             offset += count
-        return total[offset] / float(n_global), total[offset + 1]
+        guard = xp.sum(total[:offset])
+        for (_, layer, name), shape, count in zip(buffers, shapes[len(grads):], sizes[len(grads):]):
+            layer.buffers[name] = xp.reshape(total[offset:offset + count], shape)
+            offset += count
+        loss = total[offset]
+        guard = guard + loss
+        return xp.stack([guard, loss, correct])
 
     def allreduce_sum(self, flat, backend):
         """Element-wise sum over the ranks of the 1-D array ``flat`` (of ``backend``), returned on
@@ -270,9 +309,11 @@ class Communicator:
         nccl_ok = backend.name == "cupy" and _nccl_available()
         mpi_ok = _mpi_is_cuda_aware(self.MPI)
         if choice == "nccl" and not nccl_ok:
-            raise BackendUnavailableError("XPCNN_ALLREDUCE=nccl: needs CuPy arrays and cupy.cuda.nccl (pip install nvidia-nccl-cu12)")
+            raise BackendUnavailableError("XPCNN_ALLREDUCE=nccl: needs CuPy arrays and cupy.cuda.nccl "
+                                          "(pip install nvidia-nccl-cu12)")
         if choice == "cuda-mpi" and not mpi_ok:
-            raise BackendUnavailableError("XPCNN_ALLREDUCE=cuda-mpi: this MPI library does not report CUDA support (MPIX_Query_cuda_support)")
+            raise BackendUnavailableError("XPCNN_ALLREDUCE=cuda-mpi: this MPI library does not report CUDA support "
+                                          "(MPIX_Query_cuda_support)")
         if choice == "auto":
             return "nccl" if nccl_ok else "cuda-mpi" if mpi_ok else "host"
         return choice
@@ -285,7 +326,7 @@ class Communicator:
             key = backend.device.id
             if key not in self._nccl:
                 # The unique id travels as 128 signed bytes through MPI (no pickling).
-                uid = np.array(nccl.get_unique_id() if self.rank == 0 else [0] * nccl.NCCL_UNIQUE_ID_BYTES, dtype=np.int8)
+                uid = np.array(nccl.get_unique_id() if self.rank == 0 else [0] * _NCCL_ID_BYTES, dtype=np.int8)
                 self.comm.Bcast(uid, root=0)
                 self._nccl[key] = nccl.NcclCommunicator(self.size, tuple(int(v) for v in uid), self.rank)
             kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[str(flat.dtype)]
@@ -356,3 +397,50 @@ def abort_on_error(comm: Communicator | None) -> Iterator[None]:
     except BaseException as exc:  # noqa: BLE001 -- KeyboardInterrupt too: the job must not hang
         comm.abort(exc)
         raise
+
+
+def abort_on_local_error(fn):
+    """Decorator for ``fit`` / ``evaluate``: a call with ``distributed=True`` on one of several
+    MPI ranks runs under :func:`abort_on_error`, and the ranks return together (a barrier), so
+    that what rank 0 wrote (the last checkpoint) is there for every rank afterwards; any other
+    call runs as it is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        comm = communicator(bool(kwargs.get("distributed", False)))
+        with abort_on_error(comm):
+            result = fn(*args, **kwargs)
+        if comm is not None:
+            comm.comm.Barrier()
+        return result
+
+    return wrapper
+
+
+def start_fit(comm: Communicator, model, optimizer, y, rng, **arguments) -> None:
+    """Before the first step of a distributed ``fit``: check that every rank has the same data
+    (sample count, labels, sample shape) and ``arguments`` (batch_size, epochs, ... and the
+    shuffle generator's state, so every rank cuts the same global batches), then give every
+    rank rank 0's parameters, buffers and optimizer state."""
+    labels = np.ascontiguousarray(to_numpy(y))
+    comm.agree("fit(distributed=True)", {
+        "N (samples in x and y)": int(labels.shape[0]),
+        "labels y (checksum)": labels,
+        "model (architecture, input shape, dtype)": model.get_config(),
+        **arguments,
+        "shuffle generator state": rng.bit_generator.state,
+        "gradient allreduce transport": comm.transport_for(model.backend),
+    })
+    comm.broadcast_state(model, optimizer)
+
+
+def start_evaluate(comm: Communicator, model, y, batch_size: int) -> None:
+    """Before a distributed ``evaluate``: every rank has the same labels and model."""
+    labels = np.ascontiguousarray(to_numpy(y))
+    comm.agree("evaluate(distributed=True)", {
+        "N (samples in x and y)": int(labels.shape[0]),
+        "labels y (checksum)": labels,
+        "model (architecture, input shape, dtype)": model.get_config(),
+        "batch_size": batch_size,
+        "weights (checksum)": [np.ascontiguousarray(to_numpy(w)) for w in model.get_weights() + model.get_buffers()],
+    })
