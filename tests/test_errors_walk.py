@@ -409,6 +409,26 @@ case("xpcnn.dask.from_npy", "path", lambda: xdask.from_npy(MISSING_DIR / "x.npy"
      or_shows=str(MISSING_DIR / "x.npy"))
 case("xpcnn.dask.from_npy", "chunk", lambda: xdask.from_npy(MISSING_DIR / "x.npy", chunk=0))
 
+# xpcnn.interop (torch is a test dependency; without it these raise BackendUnavailableError)
+interop = importlib.import_module("xpcnn.interop")
+
+
+def torch_net():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(72, 3))
+
+
+case("xpcnn.interop.from_torch", "module", lambda: interop.from_torch("not a module", (1, 8, 8)))
+case("xpcnn.interop.from_torch", "input_shape", lambda: interop.from_torch(torch_net(), (1, -8, 8)))
+case("xpcnn.interop.from_torch", "dtype", lambda: interop.from_torch(torch_net(), (1, 8, 8), dtype="float16"))
+case("xpcnn.interop.from_torch", "backend", lambda: interop.from_torch(torch_net(), (1, 8, 8), backend="nope"))
+case("xpcnn.interop.from_torch", "seed", lambda: interop.from_torch(torch_net(), (1, 8, 8), seed=-1))
+case("xpcnn.interop.to_torch", "model", lambda: interop.to_torch(torch_net()))
+case("xpcnn.interop.to_torch", "model", lambda: interop.to_torch(xpcnn.Sequential([layers.Dense(3)])))
+case("xpcnn.interop.torch_resnet8", "num_classes", lambda: interop.torch_resnet8(num_classes=0))
+case("xpcnn.interop.torch_resnet8", "in_channels", lambda: interop.torch_resnet8(in_channels=-1))
+
 # xpcnn.testing
 testing = importlib.import_module("xpcnn.testing")
 case("xpcnn.testing.Tolerance", "rtol", lambda: testing.Tolerance(rtol=-1.0))
