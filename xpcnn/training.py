@@ -34,6 +34,7 @@ from . import functional as F
 from .backend import device_of, dtype_name, library_of, namespace_of, to_device, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
 from .datasets.batches import iterate_batches
+from .distributed import mpi
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -268,6 +269,7 @@ def _resume(model, resume_from, optimizer: Optimizer | None):
     return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history
 
 
+@mpi.abort_on_local_error
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimizer | None = None,
         validation_data=None, shuffle: bool = True, seed: int = 0, callbacks: Iterable[Callback] | None = None,
         verbose: int = 1, checkpoint_dir=None, resume_from=None, label_smoothing: float = 0.0,
@@ -324,8 +326,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
             raise ArgumentTypeError(f"callbacks[{i}]: expected an xpcnn.callbacks.Callback, got {type(cb).__name__}")
     if compile:
         raise ArgumentError("compile: a compiled step needs the jax backend")
-    if distributed:
-        raise ArgumentError("distributed: needs MPI (pip install -e '.[mpi]')")
+    comm = mpi.communicator(distributed)
+    if comm is not None and compile:
+        raise ArgumentError("compile: not available with distributed=True yet (the allreduce sits inside the step)")
     _check_checkpoint_dir(checkpoint_dir, resume_from)
     if _starts_fresh(checkpoint_dir, resume_from):
         resume_from = None
@@ -346,6 +349,11 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     val = _validation(model, validation_data)
     history = History(past, initial_epoch)
     steps = -(-data.n // batch_size)
+    if comm is not None:
+        mpi.start_fit(comm, model, optimizer, data.y, rng, batch_size=batch_size, epochs=epochs, shuffle=bool(shuffle),
+                      initial_epoch=initial_epoch, label_smoothing=label_smoothing)
+        if comm.rank:  # rank 0 alone prints and writes checkpoints
+            verbose, checkpoint_dir = 0, None
     trainer = SimpleNamespace(model=model, optimizer=optimizer, rng=rng, history=history, stop_training=False, params=dict(
         epochs=epochs, initial_epoch=initial_epoch, steps=steps, samples=data.n, batch_size=batch_size,
         shuffle=bool(shuffle), seed=int(seed), verbose=verbose))
@@ -365,10 +373,10 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         for epoch in range(initial_epoch, epochs):
             for cb in everything:
                 cb.on_epoch_begin(epoch, {})
-            totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, everything)
+            totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, everything, comm)
             logs = {"loss": totals[0] / data.n, "accuracy": totals[1] / data.n}
             if val is not None:
-                result = _evaluate(model, val, 256)
+                result = _evaluate(model, val, 256, comm)
                 logs.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
             for cb in everything:
                 cb.on_epoch_end(epoch, logs)
@@ -380,7 +388,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     return history
 
 
-def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks):
+def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks, comm=None):
     """One pass over the data; returns (summed loss * batch size, correct). The host reads the
     step values every ``sync_every`` steps, all pending steps in one transfer."""
     xp = None
@@ -405,9 +413,10 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
         pending.clear()
 
     for step, idx in enumerate(iterate_batches(data.n, batch_size, shuffle=shuffle, rng=rng)):
-        xb, yb = data.batch(idx)
+        xb, yb = data.batch(idx if comm is None else comm.shard(idx))
         xp = xp or namespace_of(xb)
-        values = _step(model, xp, xb, yb, label_smoothing)
+        values = _step(model, xp, xb, yb, label_smoothing) if comm is None \
+            else comm.step(_step, model, xp, xb, yb, len(idx), label_smoothing)
         if sync_every > 1:
             optimizer.step(model)
         pending.append((step, values, len(idx), xb if sync_every == 1 else None))
@@ -421,9 +430,11 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 # ---------------------------------------------------------------- evaluate and predict
 
 
-def _evaluate(model, data: _Data, batch_size: int) -> dict[str, float]:
+def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float]:
     total_loss, total_correct = 0.0, 0
-    for idx in iterate_batches(data.n, batch_size, shuffle=False):
+    start, stop = (0, data.n) if comm is None else comm.share(data.n)  # each rank its slice
+    for idx in iterate_batches(stop - start, batch_size, shuffle=False):
+        idx = idx + start
         xb, yb = data.batch(idx)
         xp = namespace_of(xb)
         logits = model.forward_checked(xp, xb, False)
@@ -432,19 +443,25 @@ def _evaluate(model, data: _Data, batch_size: int) -> dict[str, float]:
         loss_value, correct_value = to_numpy(xp.stack([loss, correct])).tolist()
         total_loss += loss_value * len(idx)
         total_correct += int(correct_value)
+    if comm is not None:
+        total_loss, total_correct = comm.sum_floats([total_loss, total_correct])
     return {"loss": total_loss / data.n, "accuracy": total_correct / data.n}
 
 
+@mpi.abort_on_local_error
 def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -> dict[str, float]:
     """Mean softmax cross-entropy and accuracy of ``model`` on (x, y) in inference mode, batch by
     batch: ``{"loss": float, "accuracy": float}``. Same input rules as :func:`fit`: host data
-    are moved to the model's backend one batch at a time."""
+    are moved to the model's backend one batch at a time. ``distributed``: under ``mpiexec -n K``
+    each rank evaluates a contiguous K-th of (x, y) and every rank returns the reduced result."""
     batch_size = positive_int(batch_size, "batch_size")
     if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before evaluate")
-    if distributed:
-        raise ArgumentError("distributed: needs MPI (pip install -e '.[mpi]')")
-    return _evaluate(model, _Data(model, x, y), batch_size)
+    comm = mpi.communicator(distributed)
+    data = _Data(model, x, y)
+    if comm is not None:
+        mpi.start_evaluate(comm, model, data.y, batch_size)
+    return _evaluate(model, data, batch_size, comm)
 
 
 def predict(model, x, *, batch_size: int = 256):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import namespace_of, to_device, to_numpy
-from ..errors import BackendUnavailableError, DataError, NonFiniteError
+from ..errors import ArgumentTypeError, BackendUnavailableError, DataError, NonFiniteError
 
 INSTALL = "pip install -e '.[mpi]' (mpi4py and the mpich wheel, whose mpiexec lands in the environment's bin/)"
 # World-size variables of the common launchers: set when a process was started as one rank of many.
@@ -81,6 +81,8 @@ def communicator(distributed: bool = True) -> Communicator | None:
     Without mpi4py this is None, unless the environment says the process was started as one of
     several ranks: then :class:`xpcnn.errors.BackendUnavailableError` names the install command
     (running K unconnected copies would silently train K separate models)."""
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise ArgumentTypeError(f"distributed: expected True or False, got {distributed!r:.80}")
     if not distributed:
         return None
     return _world()
@@ -407,7 +409,7 @@ def abort_on_local_error(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        comm = communicator(bool(kwargs.get("distributed", False)))
+        comm = communicator(kwargs.get("distributed", False))
         with abort_on_error(comm):
             result = fn(*args, **kwargs)
         if comm is not None:
