@@ -9,12 +9,14 @@ it took effect: a 16 MiB block comes from the heap instead of a fresh mmap.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,13 +70,39 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_child(mode: str, malloc_env: str | None) -> dict:
+CLI_CHILD = textwrap.dedent(
+    """
+    import json, sys
+
+    seen = {"mallopt_lookups": 0}
+
+    def hook(event, args):
+        if event == "ctypes.dlsym" and args[1] == "mallopt":
+            seen["mallopt_lookups"] += 1
+
+    sys.addaudithook(hook)
+
+    from xpcnn import _allocator, cli
+
+    seen["exit"] = cli.main(sys.argv[1:])
+    seen["applied"] = _allocator._applied
+    print(json.dumps(seen))
+    """
+)
+
+
+def child_env(malloc_env: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("XPCNN_MALLOC", "XPCNN_BACKEND")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     env["OMP_NUM_THREADS"] = "1"
     if malloc_env is not None:
         env["XPCNN_MALLOC"] = malloc_env
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True, timeout=120)
+    return env
+
+
+def run_child(mode: str, malloc_env: str | None, code: str = CHILD, args: tuple[str, ...] = ()) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, mode, *args], env=child_env(malloc_env), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -119,3 +147,25 @@ def test_unknown_environment_value_is_an_error_naming_the_variable():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "ArgumentError: XPCNN_MALLOC: expected 'keep' or 'default' (or unset), got 'always'" in proc.stderr
+
+
+def tiny_mnist(directory) -> None:
+    """The four MNIST IDX files holding 8 training and 4 test images (random pixels)."""
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (8, 28, 28)), "train-labels-idx1-ubyte": np.arange(8),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (4, 28, 28)), "t10k-labels-idx1-ubyte": np.arange(4)}
+    for name, array in arrays.items():
+        header = (2051 if array.ndim == 3 else 2049).to_bytes(4, "big")
+        header += b"".join(d.to_bytes(4, "big") for d in array.shape)
+        (directory / f"{name}.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@glibc_only
+@pytest.mark.parametrize("malloc_env, applied", [(None, True), ("default", False)])
+def test_cli_train_owns_its_process_and_applies_it(tmp_path, malloc_env, applied):
+    tiny_mnist(tmp_path)
+    argv = ("train", "--dataset", "mnist", "--data-path", str(tmp_path), "--epochs", "1", "--batch-size", "4",
+            "--verbose", "0")
+    seen = run_child(argv[0], malloc_env, code=CLI_CHILD, args=argv[1:])
+    assert seen["exit"] == 0
+    assert seen["applied"] is applied and seen["mallopt_lookups"] == int(applied)
