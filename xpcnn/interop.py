@@ -121,7 +121,8 @@ class _Converter:
         self.torch = torch
         self.nn = torch.nn
         self.residual = _residual_class()
-        self.assign: list[tuple[Layer, str, str, np.ndarray, str]] = []  # (layer, attr, name, host array, torch path)
+        # (layer, "params" / "buffers", name, host array in xpcnn's layout, torch path, transposed)
+        self.assign: list[tuple[Layer, str, str, np.ndarray, str, bool]] = []
 
     def refuse(self, path: str, module, why: str) -> ArgumentError:
         kind = f"{type(module).__module__}.{type(module).__name__}"
@@ -162,7 +163,7 @@ class _Converter:
 
     def take(self, layer: Layer, attr: str, name: str, tensor, path: str, transpose: bool = False) -> None:
         host = _host(tensor)
-        self.assign.append((layer, attr, name, host.T.copy() if transpose else host, path))
+        self.assign.append((layer, attr, name, host.T.copy() if transpose else host, path, transpose))
 
     def convert(self, m, path: str) -> Layer:
         nn, kind = self.nn, type(m)
@@ -273,11 +274,12 @@ def from_torch(module, input_shape, dtype: str = "float32", *, backend=None, see
         raise ArgumentError("module: an empty nn.Sequential has no xpcnn equivalent")
     target = current_backend() if backend is None else resolve_target(backend)
     model = Sequential(layers).build(input_shape, seed=seed, dtype=dtype, backend=target)
-    for layer, attr, name, host, path in converter.assign:
+    for layer, attr, name, host, path, transposed in converter.assign:
         slot = getattr(layer, attr)
         if tuple(slot[name].shape) != host.shape:
-            raise ShapeError(f"module: {path}: torch shape {tuple(host.shape)} does not fit the xpcnn layer built for "
-                             f"input_shape {tuple(input_shape)}, which needs {tuple(slot[name].shape)}")
+            flip = (lambda shape: tuple(reversed(shape))) if transposed else tuple
+            raise ShapeError(f"module: {path}: torch shape {flip(host.shape)} does not fit input_shape "
+                             f"{tuple(input_shape)}, which needs {flip(slot[name].shape)} there")
         slot[name] = target.asarray(host, dtype=dtype)
     return model
 
