@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    load_before = os.getloadavg()[0]
     runs: dict[str, list[dict]] = {"keep": [], "default": []}
     for _ in range(args.repeats):
         for mode in runs:  # alternate, so a change in the machine's load hits both settings alike
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     glibc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
     print(f"bench_allocator: notebook network, training at batch {args.batch}, float32, NumPy backend, "
           f"{args.threads} thread(s), {args.repeats} fresh processes per setting, {args.seconds:g} s each")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end; "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, load average {load_before:.2f} before and "
+          f"{os.getloadavg()[0]:.2f} after (other processes share the CPUs: compare the two rows, not runs); "
           f"Python {platform.python_version()}, NumPy {np.__version__}, {glibc or 'libc unknown'}")
     print()
     print(f"{'XPCNN_MALLOC':<14}{'images/s (median)':>19}{'range':>19}{'minor faults/step':>19}{'range':>17}")
