@@ -65,25 +65,32 @@ def cross_entropy_with_grad(logits, labels, *, label_smoothing=0.0, ignore_index
     if n == 0:
         raise DataError("logits: the batch is empty (N = 0); the mean loss of no samples is undefined")
     check_labels(xp, labels, n, k, ignore_index)
+    if ignore_index is None:
+        return cross_entropy_kernel(xp, logits, labels, label_smoothing)
+    count = int(xp.count_nonzero(labels != ignore_index))
+    kept = xp.astype(labels != ignore_index, logits.dtype)[:, None]
+    if count == 0:
+        raise LabelError(f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is undefined")
     log_p = log_softmax(logits, axis=1)
+    target = _target(xp, labels, k, logits.dtype, label_smoothing) * kept
+    return -xp.sum(log_p * target) / count, (xp.exp(log_p) - target) * kept / count
+
+
+def cross_entropy_kernel(xp, logits, labels, label_smoothing=0.0):
+    """(loss, grad_logits) of :func:`cross_entropy_with_grad` without ignore_index, on arguments
+    already checked. Reads nothing back to the host, so a compiled step (:mod:`xpcnn.jit`)
+    can trace it."""
+    n, k = logits.shape
+    log_p = log_softmax(logits, axis=1)
+    target = _target(xp, labels, k, logits.dtype, label_smoothing)
+    return -xp.sum(log_p * target) / n, (xp.exp(log_p) - target) / n
+
+
+def _target(xp, labels, k: int, dtype, label_smoothing: float):
+    """(N, K) targets: one-hot, smoothed towards label_smoothing / K."""
     classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))
-    target = xp.astype(labels[:, None] == classes, logits.dtype)
-    if label_smoothing:
-        target = target * (1.0 - label_smoothing) + label_smoothing / k
-    count = n
-    if ignore_index is not None:
-        kept = labels != ignore_index
-        count = int(xp.count_nonzero(kept))
-        if count == 0:
-            raise LabelError(
-                f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is undefined"
-            )
-        target = target * xp.astype(kept, logits.dtype)[:, None]
-    loss = -xp.sum(log_p * target) / count
-    grad = xp.exp(log_p) - target
-    if ignore_index is not None:
-        grad = grad * xp.astype(kept, logits.dtype)[:, None]
-    return loss, grad / count
+    target = xp.astype(labels[:, None] == classes, dtype)
+    return target * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else target
 
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None):
