@@ -4,15 +4,19 @@
     .venv/bin/python benchmarks/bench_growth.py --quick --plot runs/growth
     .venv/bin/python benchmarks/bench_growth.py --threads 1 --json runs/growth.json
 
-1. Time per image vs batch size 1, 2, 4, ..., 512 (28x28): xpcnn vs PyTorch. A per-step overhead shows as a 1/batch slope at small batches; a flat tail means
+1. Time per image vs batch size 1, 2, 4, ..., 512 (28x28): xpcnn vs PyTorch. A per-step overhead
+   shows as a 1/batch slope at small batches; a flat tail means
    the work per image dominates.
 2. Time per image vs image size 28, 56, 112 (nearest-neighbour upscaled mnist5k; the Dense input
    follows: 16 * (S-2)/2 * (S-2)/2): xpcnn and PyTorch at batch 64 and the notebook algorithm at
-   batch 1 (its per-pixel loops should grow like S^2, as should everything else).
+   batch 1 (its per-pixel loops should grow like S^2, as should everything else). The learning
+   rate is 0.05 * (28/S)^2 for every contender: the Dense layer's inputs grow like S^2, and with
+   0.05 the notebook algorithm's logits overflow its exp() within a few steps at 56 and 112 px
+   (the harness refuses to time a non-finite loss).
 
 All points of a sweep are measured in one round-robin pool (not one point after another), so
 a change in machine load moves the whole curve rather than bending it. Otherwise the same
-method as bench_train.py (xpcnn.bench): same data, same initial weights (the notebook algorithm
+method as bench_train.py (benchmarks/harness.py): same data, same initial weights (the notebook algorithm
 keeps its own), same threads, median of >= 5 rounds after a warm-up. ``--plot DIR`` writes growth_batch.png and
 growth_image_size.png (log-log) with matplotlib.
 """
@@ -28,7 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # this process and its children are xpcnn's (README: allocator)
 
-from xpcnn import bench  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 SIZES = [28, 56, 112]
@@ -36,7 +40,7 @@ SIZES = [28, 56, 112]
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_arguments(parser)
+    harness.add_arguments(parser)
     parser.set_defaults(repeats=9, round_seconds=0.25)
     parser.add_argument("--quick", action="store_true", help="seconds-long: very short rounds")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -60,28 +64,34 @@ def _sweep(args, key, points, make):
             owner[w.name] = (point, base)
             pool.append(w)
     print(f"  measuring {len(pool)} workloads in one pool ...", file=sys.stderr, flush=True)
-    res = bench.measure(pool, repeats=args.repeats, round_s=args.round_seconds, warmup_s=min(0.3, args.round_seconds))
+    res = harness.measure(pool, repeats=args.repeats, round_s=args.round_seconds, warmup_s=min(0.3, args.round_seconds))
     rows = []
     for point in points:
         mine = {owner[n][1]: dataclasses.replace(r, name=owner[n][1]) for n, r in res.items() if owner[n][0] == point}
         rows.append({key: point, "us_per_image": {n: 1e6 / r.median for n, r in mine.items()},
-                     "ratios": bench.ratios(mine)})
+                     "ratios": harness.ratios(mine)})
     return rows
 
 
 def batch_sweep(args, images, labels, with_torch):
-    return _sweep(args, "batch", BATCHES, lambda batch: bench.contenders(
+    return _sweep(args, "batch", BATCHES, lambda batch: harness.contenders(
         "train", "notebook", batch, images, labels, backend=args.backend, torch_device=args.torch_device,
         with_torch=with_torch))
 
 
+def size_lr(size: int) -> float:
+    """The learning rate at image side ``size``: 0.05 at 28 px, scaled by (28/S)^2 (see the docstring)."""
+    return harness.LR * (28 / size) ** 2
+
+
 def size_sweep(args, with_torch):
     def make(size):
-        images, labels = bench.load_images(size, n=1024)
-        return bench.contenders("train", "notebook", 64, images, labels, backend=args.backend,
-                                torch_device=args.torch_device, with_torch=with_torch, image_size=size) + \
-            bench.contenders("train", "notebook", 1, images[:200], labels[:200], with_torch=False,
-                             with_notebook=True, image_size=size)[-1:]
+        images, labels = harness.load_images(size, n=1024)
+        lr = size_lr(size)
+        return harness.contenders("train", "notebook", 64, images, labels, backend=args.backend,
+                                  torch_device=args.torch_device, with_torch=with_torch, image_size=size, lr=lr) + \
+            harness.contenders("train", "notebook", 1, images[:200], labels[:200], with_torch=False,
+                               with_notebook=True, image_size=size, lr=lr)[-1:]
 
     rows = _sweep(args, "image_size", SIZES, make)
     for row in rows:
@@ -132,10 +142,10 @@ def plot(rows_b, rows_s, directory, subtitle):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with_torch, env, busy_before, load = bench.start_run(args)
+    with_torch, env, busy_before, load = harness.start_run(args)
     print(f"{env['date']}  {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
           f"xpcnn backend {args.backend}")
-    images, labels = bench.load_images()
+    images, labels = harness.load_images()
     rows_b = batch_sweep(args, images, labels, with_torch)
     rows_s = size_sweep(args, with_torch)
     other = load.other_cpus()
@@ -150,7 +160,9 @@ def main(argv=None) -> int:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "other_cpus_busy_before": busy_before, "other_cpus_busy": other, "batch": rows_b, "image_size": rows_s}, f, indent=2)
+            json.dump({"environment": env, "other_cpus_busy_before": busy_before, "other_cpus_busy": other,
+                       "batch": rows_b, "image_size": rows_s, "lr_by_image_size": {s: size_lr(s) for s in SIZES}},
+                      f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -1,33 +1,45 @@
-"""Training and inference throughput, side by side: xpcnn vs PyTorch vs the notebook algorithm.
+"""The measuring core of the benchmarks: xpcnn vs PyTorch vs the notebook algorithm, side by side.
 
-The measuring core shared by ``python -m xpcnn bench`` (:func:`add_arguments` / :func:`run`: a
-seconds-long comparison) and the full scripts in ``benchmarks/`` (bench_train.py,
-bench_growth.py).
+Used by ``benchmarks/bench_train.py`` and ``bench_growth.py``, and by ``python -m xpcnn bench``
+(:func:`add_arguments` / :func:`run`, a seconds-long comparison) when xpcnn runs from a source
+checkout: this file is tooling, not part of the installed package.
 
-Method. Every contender trains (or infers) on the same mnist5k images, float32 in [0, 1] (the
-notebook algorithm gets the same images as uint8 and divides by 255 itself, in float64, as the
+Throughput. Every contender trains (or infers) on the same mnist5k images, float32 in [0, 1]
+(the notebook algorithm gets them as uint8 and divides by 255 itself, in float64, as the
 notebook does). xpcnn and PyTorch start from the same weights (xpcnn's, copied into PyTorch);
 the notebook algorithm keeps its own initialisation (see :func:`notebook_workload`). PyTorch
 (``torch.set_num_threads``) and NumPy's BLAS (``threadpoolctl``) get the same thread count.
 After a warm-up that also sizes a round to about ``round_s`` seconds, the contenders run one
 round each in turn, the starting one rotating, ``repeats`` times; the figure is the median
-images/s.
+images/s. Every training round ends with a check that the loss is finite: a diverged run
+(NaN arithmetic) is an error, never a timing.
+
+Operations and host reads per step (:func:`count_ops`): one more copy of each xpcnn workload,
+on the torch backend (CPU), runs a few steps under ``torch.profiler``. An operation is a
+top-level ATen call (one not made inside another ATen call) whose work is more than a view:
+``slice``, ``permute``, ``reshape`` without a copy and the like are not counted. A host read
+is a value brought from a tensor into Python or NumPy: ``.item()`` / ``float()`` / ``bool()``
+(``aten::_local_scalar_dense``), ``.numpy()``, ``.tolist()``, ``__array__``, and ``.cpu()`` /
+``.to("cpu")`` of a tensor on another device. On a GPU each operation is (at least) one kernel
+launch and each host read a synchronisation. The PyTorch contender's own loop is counted the
+same way.
 
 Peak memory is read in a fresh child process per contender (VmHWM, see :func:`peak_rss_mb`),
 so one contender's imports and buffers never count against another's.
-
-Numeric code lives elsewhere; this module names torch/cupy only to run and synchronise the
-contenders.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import collections
 import dataclasses
 import datetime
+import functools
 import gc
 import itertools
 import json
+import math
 import os
 import platform
 import resource
@@ -35,14 +47,25 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+import traceback
+import weakref
+from collections.abc import Callable
 
 import numpy as np
 
-NETS = ("notebook", "deep")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler: no log lines between the tables
+if ROOT not in sys.path:  # this checkout's xpcnn, and the notebook oracle in tests/
+    sys.path.insert(0, ROOT)
+
+NETS = ("notebook", "deep", "default", "resnet8")
 LR = 0.05
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class Unavailable(Exception):
+    """A contender or network this checkout cannot run (said in the output, never hidden)."""
 
 
 # ---------------------------------------------------------------- environment
@@ -87,8 +110,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(threads: int, backend: str, torch_device: str) -> dict:
-    """What a result depends on: date, versions, CPU, threads, backends."""
+def environment(threads: int, backend: str, torch_device: str | None) -> dict:
+    """What a result depends on: date, versions, CPU, threads, backends, commit."""
     import xpcnn
 
     torch = _torch()
@@ -96,11 +119,13 @@ def environment(threads: int, backend: str, torch_device: str) -> dict:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('num_threads')} threads)" for i in threadpool_info()]
+        blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('num_threads')} threads)"
+                for i in threadpool_info()]
     except ImportError:
         pass
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__ if torch else None,
@@ -113,6 +138,17 @@ def environment(threads: int, backend: str, torch_device: str) -> dict:
         "torch_device": torch_device,
         "platform": platform.platform(),
     }
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "xpcnn", "benchmarks"],
+                               timeout=10).returncode
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" (with local changes)" if dirty else "")
 
 
 def peak_rss_mb() -> float:
@@ -129,8 +165,7 @@ def peak_rss_mb() -> float:
                     return int(line.split()[1]) / 2**10
     except OSError:
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return maxrss_mb()
 
 
 def maxrss_mb() -> float:
@@ -214,7 +249,7 @@ def load_images(image_size: int = 28, n: int | None = None):
     labels (throughput does not depend on the digits), said on stderr.
     """
     try:
-        from .datasets import load_data
+        from xpcnn.datasets import load_data
 
         (xa, ya), (xb, yb) = load_data("mnist5k")
         images, labels = np.concatenate([xa, xb]), np.concatenate([ya, yb]).astype(np.int64)
@@ -236,67 +271,100 @@ def to_float(images_u8):
     return (images_u8.astype(np.float32) / np.float32(255))[:, None]
 
 
-def net_layers(net: str):
-    """The xpcnn layers of a benchmark network.
+def network(net: str):
+    """A new unbuilt xpcnn network for (1, S, S) input.
 
-    notebook: Conv2D(16, 3x3, no bias) -> AvgPool2D(2) -> Flatten -> Dense(10)
+    notebook: Conv2D(16, 3x3, no bias) -> AvgPool2D(2) -> Flatten -> Dense(10) (He-normal init)
     deep:     Conv2D(32, 3x3, pad 1) -> ReLU -> MaxPool2D(2) -> Conv2D(64, 3x3, pad 1) -> ReLU
               -> MaxPool2D(2) -> Flatten -> Dense(10)
+    default:  xpcnn.zoo.default_cnn(), the network ``xpcnn train`` trains
+    resnet8:  xpcnn.zoo's "resnet8", once the zoo has it (else :class:`Unavailable`)
     """
-    from . import layers
+    import xpcnn
+    from xpcnn import layers, zoo
 
     if net == "notebook":
-        return [layers.Conv2D(16, 3, bias=False), layers.AvgPool2D(2), layers.Flatten(), layers.Dense(10)]
+        return xpcnn.Sequential([layers.Conv2D(16, 3, bias=False), layers.AvgPool2D(2), layers.Flatten(),
+                                 layers.Dense(10)])
     if net == "deep":
-        return [layers.Conv2D(32, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
-                layers.Conv2D(64, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
-                layers.Flatten(), layers.Dense(10)]
+        return xpcnn.Sequential([layers.Conv2D(32, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+                                 layers.Conv2D(64, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+                                 layers.Flatten(), layers.Dense(10)])
+    if net == "default":
+        return zoo.default_cnn()
+    if net == "resnet8":
+        if net not in getattr(zoo, "NETWORKS", {}):
+            raise Unavailable(f"xpcnn.zoo has no {net!r} network in this checkout")
+        return zoo.get(net)
     raise ValueError(f"net: expected one of {NETS}, got {net!r}")
 
 
 def build_xpcnn(net: str, image_size: int = 28, backend: str = "numpy", seed: int = 0):
-    import xpcnn
+    return network(net).build((1, image_size, image_size), seed=seed, dtype="float32", backend=backend)
 
-    return xpcnn.Sequential(net_layers(net)).build((1, image_size, image_size), seed=seed, dtype="float32",
-                                                   backend=backend)
+
+def _torch_module(layer, shape):
+    """The torch.nn module(s) computing what an xpcnn layer computes, or None when unknown."""
+    from torch import nn
+
+    from xpcnn import layers
+    from xpcnn.functional.conv import conv2d_geometry
+
+    if isinstance(layer, layers.Conv2D):
+        groups = getattr(layer, "groups", 1)
+        w_shape = (layer.out_channels, shape[0] // groups, *layer.kernel_size)
+        (top, bottom), (left, right) = conv2d_geometry((1, *shape), w_shape, layer.stride, layer.padding,
+                                                       layer.dilation, groups).padding
+        conv = nn.Conv2d(shape[0], layer.out_channels, tuple(layer.kernel_size), stride=tuple(layer.stride),
+                         dilation=tuple(layer.dilation), groups=groups, bias=layer.bias)
+        if top == bottom and left == right:
+            conv.padding = (top, left)
+            return [conv]
+        return [nn.ZeroPad2d((left, right, top, bottom)), conv]
+    simple = {layers.ReLU: nn.ReLU, layers.Flatten: nn.Flatten}
+    if type(layer) in simple:
+        return [simple[type(layer)]()]
+    if type(layer) in (layers.AvgPool2D, layers.MaxPool2D) and not getattr(layer, "ceil_mode", False):
+        cls = nn.AvgPool2d if isinstance(layer, layers.AvgPool2D) else nn.MaxPool2d
+        return [cls(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding))]
+    if isinstance(layer, layers.Dense):
+        return [nn.Linear(shape[0], layer.units, bias=layer.bias)]
+    return None
 
 
 def torch_from_xpcnn(model, device: str = "cpu"):
-    """An equivalent float32 ``torch.nn.Sequential`` holding a copy of ``model``'s weights
-    (conv weights as they are, Dense W (in, out) as Linear weight W.T)."""
+    """An equivalent float32 ``torch.nn`` network holding a copy of ``model``'s weights (conv
+    weights as they are, Dense W (in, out) as Linear weight W.T). Sequential models of plain
+    layers are converted here; others through ``xpcnn.interop.to_torch`` when xpcnn has it."""
     import torch
     from torch import nn
 
-    from . import layers, to_numpy
+    from xpcnn import to_numpy
 
     modules, shape = [], model.input_shape
     for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
-            modules.append(nn.Conv2d(shape[0], layer.out_channels, tuple(layer.kernel_size), stride=tuple(layer.stride),
-                                     padding=tuple(layer.padding), dilation=tuple(layer.dilation), bias=layer.bias))
-        elif isinstance(layer, layers.AvgPool2D):
-            modules.append(nn.AvgPool2d(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding)))
-        elif isinstance(layer, layers.MaxPool2D):
-            modules.append(nn.MaxPool2d(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding)))
-        elif isinstance(layer, layers.ReLU):
-            modules.append(nn.ReLU())
-        elif isinstance(layer, layers.Flatten):
-            modules.append(nn.Flatten())
-        elif isinstance(layer, layers.Dense):
-            modules.append(nn.Linear(shape[0], layer.units, bias=layer.bias))
-        else:
-            raise TypeError(f"no PyTorch equivalent for {type(layer).__name__}")
+        found = _torch_module(layer, shape)
+        if found is None:
+            return _interop_to_torch(model, device, type(layer).__name__)
+        modules += found
         shape = layer.output_shape(shape)
     net = nn.Sequential(*modules)
-    params = list(net.parameters())
-    weights = [to_numpy(w) for w in model.get_weights()]
     with torch.no_grad():
-        for p, w in zip(params, weights, strict=True):
+        for p, w in zip(net.parameters(), (to_numpy(w) for w in model.get_weights()), strict=True):
             w = w.T if w.ndim == 2 else w
             if tuple(p.shape) != w.shape:
                 raise ValueError(f"weight shape {w.shape} does not fit {tuple(p.shape)}")
             p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
     return net.to(device)
+
+
+def _interop_to_torch(model, device, layer_name):
+    try:
+        from xpcnn.interop import to_torch
+    except ImportError:
+        raise Unavailable(f"no PyTorch equivalent for {layer_name} (xpcnn.interop.to_torch is not in this checkout)") \
+            from None
+    return to_torch(model).to(device)
 
 
 # ---------------------------------------------------------------- workloads
@@ -305,11 +373,12 @@ def torch_from_xpcnn(model, device: str = "cpu"):
 @dataclasses.dataclass
 class Workload:
     """One contender: ``step()`` processes ``images_per_step`` images (and has finished when it
-    returns: device work is synchronised)."""
+    returns: device work is synchronised). A training step returns its loss (a float)."""
 
     name: str
     step: Callable[[], object]
     images_per_step: int
+    train: bool = True
 
 
 def _batches(x, y, batch):
@@ -321,6 +390,7 @@ def _batches(x, y, batch):
 
 
 def _sync_for(library: str, device: str | None = None):
+    """The call that waits for queued device work, so a timed step has really finished."""
     if library == "cupy":
         import cupy
 
@@ -341,7 +411,8 @@ def xpcnn_workload(model, images_u8, labels, batch, *, train=True, backend="nump
     y = xpcnn.to_device(labels, backend)
     batches = _batches(x, y, batch)
     opt = optim.SGD(lr=lr)
-    sync = _sync_for(backend.split(":")[0])
+    library, _, device = backend.partition(":")
+    sync = _sync_for(library, device or None)
     if train:
         def step():
             xb, yb = next(batches)
@@ -349,15 +420,16 @@ def xpcnn_workload(model, images_u8, labels, batch, *, train=True, backend="nump
     else:
         def step():
             xb, _ = next(batches)
-            out = model.predict(xb)
+            out = model.predict(xb, batch_size=batch)
             sync()
             return out
-    return Workload(name or f"xpcnn[{backend}]", step, batch)
+    return Workload(name or f"xpcnn[{backend}]", step, batch, train)
 
 
 def torch_workload(net, images_u8, labels, batch, *, train=True, device="cpu", lr=LR, name=None):
     """The standard PyTorch loop: zero_grad, forward, F.cross_entropy, backward, SGD step,
-    ``loss.item()`` (xpcnn's train_step returns a float too); inference under no_grad."""
+    ``loss.item()`` (xpcnn's train_step returns a float too); inference under no_grad, then a
+    device synchronisation (a no-op on the CPU)."""
     import torch
     import torch.nn.functional as F
 
@@ -385,24 +457,28 @@ def torch_workload(net, images_u8, labels, batch, *, train=True, device="cpu", l
                 out = F.softmax(net(xb), dim=1)
             sync()
             return out
-    return Workload(name or f"torch[{device}]", step, batch)
+    return Workload(name or f"torch[{device}]", step, batch, train)
 
 
-def notebook_workload(images_u8, labels, seed=0, name="notebook"):
-    """The notebook algorithm (xpcnn.notebook): ``CNN_training`` on one uint8 image per step.
+def notebook_workload(images_u8, labels, seed=0, name="notebook", lr=LR):
+    """The notebook algorithm (tests/notebook_reference.py): ``CNN_training`` on one uint8 image
+    per step, returning its loss.
 
     Its weights are the notebook's own initialisation (kernels randn/9, weight randn/rows) drawn
     from ``Generator(seed)``, not xpcnn's He-normal ones: from those, the notebook's unstable
-    softmax overflows within a few steps on larger images, and NaN arithmetic would be timed.
+    softmax overflows within a few steps, and NaN arithmetic would be timed.
     """
-    from .notebook import NotebookCNN
+    try:
+        from tests.notebook_reference import NotebookCNN
+    except ImportError as e:
+        raise Unavailable(f"the notebook algorithm (tests/notebook_reference.py) is not importable: {e}") from None
 
-    nb = NotebookCNN(rng=np.random.default_rng(seed), image_size=images_u8.shape[-1])
+    nb = NotebookCNN(rng=np.random.default_rng(seed), image_size=images_u8.shape[-1], alpha=lr)
     samples = itertools.cycle(list(zip(images_u8, labels.tolist())))
 
     def step():
         image, label = next(samples)
-        return nb.train_step(image, label)
+        return float(nb.train_step(image, label)[0])
     return Workload(name, step, 1)
 
 
@@ -416,6 +492,7 @@ class Result:
     steps_per_round: int
     samples: list  # images/s, one per round
     faults_per_step: float = float("nan")  # minor page faults per step (fresh memory being mapped)
+    ops: OpCount | None = None
 
     @property
     def median(self) -> float:
@@ -424,13 +501,26 @@ class Result:
     def as_dict(self) -> dict:
         return {"contender": self.name, "batch": self.images_per_step, "steps_per_round": self.steps_per_round,
                 "images_per_s": self.median, "samples": self.samples,
-                "min": min(self.samples), "max": max(self.samples), "minor_faults_per_step": self.faults_per_step}
+                "min": min(self.samples), "max": max(self.samples), "minor_faults_per_step": self.faults_per_step,
+                "ops_per_step": self.ops.ops_per_step if self.ops else None,
+                "host_reads_per_step": self.ops.host_reads_per_step if self.ops else None}
+
+
+class DivergedError(RuntimeError):
+    """A training workload's loss went non-finite: its timing would be of NaN arithmetic."""
+
+
+def _check_finite(w: Workload, value) -> None:
+    if w.train and not math.isfinite(float(value)):
+        raise DivergedError(f"{w.name}: the training loss became {value} (diverged); fix the workload "
+                            "(learning rate, input scale), never time a diverged run")
 
 
 def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
     """Images/s of each workload: warm up (at least two steps and ``warmup_s``), size a round to
     about ``round_s``, then ``repeats`` rounds per workload, alternating round-robin with the
-    first one rotating. Returns {name: Result}."""
+    first one rotating. Every round's last training loss must be finite (:class:`DivergedError`).
+    Returns {name: Result}."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     steps = {}
@@ -438,8 +528,9 @@ def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
         w.step()  # first call: lazy allocations, caches
         n, t0 = 0, time.perf_counter()
         while n < 2 or time.perf_counter() - t0 < warmup_s:
-            w.step()
+            out = w.step()
             n += 1
+        _check_finite(w, out)
         per_step = (time.perf_counter() - t0) / n
         steps[w.name] = max(1, round(round_s / per_step))
     samples = {w.name: [] for w in workloads}
@@ -451,28 +542,228 @@ def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(k):
-                w.step()
+                out = w.step()
             samples[w.name].append(k * w.images_per_step / (time.perf_counter() - t0))
             faults[w.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+            _check_finite(w, out)
     return {w.name: Result(w.name, w.images_per_step, steps[w.name], samples[w.name],
                            faults[w.name] / (steps[w.name] * repeats)) for w in workloads}
 
 
+# ---------------------------------------------------------------- operations and host reads per step
+
+# ATen calls that only make a view (or return their input): not operations.
+VIEW_OPS = frozenset({
+    "aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::slice", "aten::select", "aten::permute",
+    "aten::transpose", "aten::t", "aten::numpy_T", "aten::mT", "aten::swapaxes", "aten::expand", "aten::expand_as",
+    "aten::unsqueeze", "aten::squeeze", "aten::alias", "aten::detach", "aten::detach_", "aten::_reshape_alias",
+    "aten::reshape", "aten::flatten", "aten::unflatten", "aten::contiguous", "aten::resolve_conj",
+    "aten::resolve_neg", "aten::lift_fresh", "aten::to", "aten::split", "aten::unbind", "aten::chunk",
+    "aten::narrow", "aten::view_as", "aten::movedim", "aten::diagonal", "aten::broadcast_to", "detach",
+})
+SCALAR_READ = "aten::_local_scalar_dense"
+
+
+@dataclasses.dataclass
+class OpCount:
+    """Operations and host reads per step; ``by_site`` counts operations per (ATen name, the
+    innermost xpcnn call, the layer or function that made it) and ``reads_by_site`` host reads per
+    (kind, innermost xpcnn call), summed over the profiled steps."""
+
+    steps: int
+    ops: int
+    host_reads: int
+    by_site: collections.Counter
+    reads_by_site: collections.Counter
+
+    @property
+    def ops_per_step(self) -> float:
+        return self.ops / self.steps
+
+    @property
+    def host_reads_per_step(self) -> float:
+        return self.host_reads / self.steps
+
+
+class _HostReadCounter:
+    """Counts Python-level reads of tensor data (``numpy()``, ``tolist()``, ``__array__``, and
+    ``cpu()``/``to("cpu")`` away from a device) while active; a read nested in another (e.g.
+    ``__array__`` calling ``numpy()``) or of a tensor that was just copied to the host counts once."""
+
+    METHODS = ("numpy", "tolist", "__array__", "cpu", "to")
+
+    def __init__(self, torch) -> None:
+        self.torch, self.depth = torch, 0
+        self.sites = collections.Counter()
+        self.on_host = weakref.WeakSet()
+        self.saved = {}
+
+    def __enter__(self):
+        for name in self.METHODS:
+            original = getattr(self.torch.Tensor, name)
+            self.saved[name] = original
+            setattr(self.torch.Tensor, name, self._wrap(name, original))
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.saved.items():
+            setattr(self.torch.Tensor, name, original)
+
+    def _wrap(self, name, original):
+        counter = self
+
+        @functools.wraps(original)
+        def wrapper(tensor, *args, **kwargs):
+            moving = name in ("cpu", "to")
+            if moving and (tensor.device.type == "cpu" or (name == "to" and not _to_host(args, kwargs))):
+                return original(tensor, *args, **kwargs)
+            if counter.depth == 0 and tensor not in counter.on_host:
+                counter.sites[(f"Tensor.{name}", _python_site())] += 1
+            counter.depth += 1
+            try:
+                out = original(tensor, *args, **kwargs)
+            finally:
+                counter.depth -= 1
+            if moving:
+                counter.on_host.add(out)
+            return out
+        return wrapper
+
+
+def _to_host(args, kwargs) -> bool:
+    target = kwargs.get("device", args[0] if args else None)
+    return str(target).startswith("cpu")
+
+
+def count_ops(step: Callable[[], object], *, steps: int = 3, warmup: int = 2) -> OpCount:
+    """Operations and host reads per call of ``step`` (which must run on torch tensors), from
+    ``torch.profiler`` over ``steps`` calls after ``warmup`` calls; see the module docstring."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        step()
+    with _HostReadCounter(torch) as reads, profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        for _ in range(steps):
+            step()
+    ops, by_site, reads = 0, collections.Counter(), reads.sites
+    events = prof.events()
+    children = collections.defaultdict(list)
+    for e in events:
+        if e.cpu_parent is not None:
+            children[id(e.cpu_parent)].append(e)
+    for e in events:
+        if e.name == SCALAR_READ:
+            reads[(SCALAR_READ, _site(e)[0])] += 1
+        if "::" not in e.name or any("::" in a.name for a in _ancestors(e)):
+            continue  # a Python frame, or an ATen call made inside another one
+        if _does_work(e, children):
+            ops += 1
+            by_site[(e.name, *_site(e))] += 1
+    return OpCount(steps, ops, sum(reads.values()), by_site, reads)
+
+
+def _ancestors(e):
+    p = e.cpu_parent
+    while p is not None:
+        yield p
+        p = p.cpu_parent
+
+
+def _python_site() -> str:
+    """The innermost xpcnn frame of the Python stack, as :func:`_qualified` writes it."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename.replace(os.sep, "/")
+        if "/xpcnn/" in path and not path.endswith("xpcnn/backend.py"):  # the caller of to_numpy, not it
+            return _qualified(f"{path[path.index('xpcnn/'):]}({frame.lineno}): {frame.name}")
+    return "(outside xpcnn)"
+
+
+def _does_work(e, children) -> bool:
+    return e.name not in VIEW_OPS or any(_does_work(c, children) for c in children[id(e)])
+
+
+def _site(e) -> tuple[str, str]:
+    """(innermost xpcnn call, outermost layers/model/training call) of an operation, as
+    "file:line Qualified.name", from the Python frames the profiler recorded around it."""
+    frames = [a.name for a in _ancestors(e) if "xpcnn/" in a.name.replace(os.sep, "/")]
+    if not frames:
+        return ("(outside xpcnn)", "")
+    owner = next((f for f in frames if any(k in f for k in ("layers.py", "model.py", "training.py", "optim.py"))),
+                 frames[-1])
+    return _qualified(frames[0]), _qualified(owner)
+
+
+@functools.lru_cache(maxsize=4096)
+def _qualified(frame: str) -> str:
+    """"xpcnn/layers.py(172): forward" -> "xpcnn/layers.py:172 Conv2D.forward" (the class found
+    from the source), so a count can be traced to the layer that made it."""
+    try:
+        where, func = frame.split(": ", 1)
+        path, line = where.rsplit("(", 1)
+        line = int(line.rstrip(")"))
+    except ValueError:
+        return frame
+    path = path[path.index("xpcnn/"):]
+    owner = _enclosing_class(os.path.join(ROOT, path), line)
+    return f"{path}:{line} {owner + '.' if owner else ''}{func}"
+
+
+@functools.lru_cache(maxsize=64)
+def _classes(path: str) -> list:
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError):
+        return []
+    return [(n.lineno, n.end_lineno, n.name) for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+
+
+def _enclosing_class(path: str, line: int) -> str:
+    spans = [(start, end, name) for start, end, name in _classes(path) if start <= line <= end]
+    return max(spans)[2] if spans else ""
+
+
+def torch_twin(kind: str, net: str, batch: int, images_u8, labels, *, image_size=28, seed=0) -> Workload:
+    """The xpcnn workload of a scenario on the torch backend (CPU), for :func:`count_ops`."""
+    model = build_xpcnn(net, image_size, "torch", seed)
+    return xpcnn_workload(model, images_u8, labels, batch, train=kind == "train", backend="torch")
+
+
+def format_breakdown(count: OpCount, top: int | None = None) -> str:
+    """The per-op table of a count: operations per step by ATen name and call site."""
+    lines = [f"{'per step':>8}  {'operation':<28} {'innermost xpcnn call':<58} layer / caller"]
+    for (name, site, owner), n in count.by_site.most_common(top):
+        lines.append(f"{n / count.steps:>8.3g}  {name:<28} {site:<58} {owner if owner != site else ''}")
+    lines.append(f"{count.ops_per_step:>8.3g}  total operations per step")
+    lines.append(f"\n{'per step':>8}  {'host read':<28} innermost xpcnn call")
+    for (kind, site), n in count.reads_by_site.most_common():
+        lines.append(f"{n / count.steps:>8.3g}  {kind:<28} {site}")
+    lines.append(f"{count.host_reads_per_step:>8.3g}  total host reads per step")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- scenarios and tables
+
+
 def contenders(kind: str, net: str, batch: int, images_u8, labels, *, backend="numpy", torch_device="cpu",
-               with_torch=True, with_notebook=False, image_size=28, seed=0) -> list:
+               with_torch=True, with_notebook=False, image_size=28, seed=0, lr=LR) -> list:
     """Workloads for one scenario, all starting from the same xpcnn-initialised weights.
-    kind: "train" or "infer"."""
+    kind: "train" or "infer". A PyTorch contender that cannot be built is left out with a note."""
     train = kind == "train"
     model = build_xpcnn(net, image_size, backend, seed)
-    out = [xpcnn_workload(model, images_u8, labels, batch, train=train, backend=backend)]
+    out = [xpcnn_workload(model, images_u8, labels, batch, train=train, backend=backend, lr=lr)]
     if with_torch:
         host_model = model if backend == "numpy" else build_xpcnn(net, image_size, "numpy", seed)
-        out.append(torch_workload(torch_from_xpcnn(host_model, torch_device), images_u8, labels, batch,
-                                  train=train, device=torch_device))
+        try:
+            out.append(torch_workload(torch_from_xpcnn(host_model, torch_device), images_u8, labels, batch,
+                                      train=train, device=torch_device, lr=lr))
+        except Unavailable as e:
+            print(f"note: {kind} {net}-net: no PyTorch contender ({e})", file=sys.stderr)
     if with_notebook:
         if net != "notebook" or not train or batch != 1:
             raise ValueError("the notebook algorithm only trains the notebook network at batch 1")
-        out.append(notebook_workload(images_u8, labels, seed))
+        out.append(notebook_workload(images_u8, labels, seed, lr=lr))
     return out
 
 
@@ -490,26 +781,50 @@ def ratios(results: dict) -> dict:
     return out
 
 
+def _fmt_count(value) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
 def format_rows(rows) -> str:
     """A text table of (scenario, Result, ratios, peak RSS MB or None) rows."""
     with_rss = any(rss is not None for *_, rss in rows)
-    head = f"{'scenario':<28} {'contender':<16} {'batch':>5} {'images/s':>11} {'min..max':>19} " \
-           f"{'xpcnn/torch':>11} {'xpcnn/nb':>9}" + (f" {'peak RSS MB':>11}" if with_rss else "")
+    head = f"{'scenario':<26} {'contender':<16} {'batch':>5} {'images/s':>11} {'min..max':>19} " \
+           f"{'xpcnn/torch':>11} {'xpcnn/nb':>9} {'ops/step':>8} {'reads/step':>10}" \
+           + (f" {'peak RSS MB':>11}" if with_rss else "")
     lines = [head, "-" * len(head)]
     for scenario, res, rat, rss in rows:
         is_xp = res.name.startswith("xpcnn")
         vs_t = f"{rat['xpcnn/torch']:.2f}x" if is_xp and "xpcnn/torch" in rat else ""
         vs_n = f"{rat['xpcnn/notebook']:.0f}x" if is_xp and "xpcnn/notebook" in rat else ""
         spread = f"{min(res.samples):.4g}..{max(res.samples):.4g}"
+        ops = _fmt_count(res.ops.ops_per_step if res.ops else None)
+        reads = _fmt_count(res.ops.host_reads_per_step if res.ops else None)
         rss_s = f"{rss:.0f}" if rss is not None else ""
-        lines.append(f"{scenario:<28} {res.name:<16} {res.images_per_step:>5} {res.median:>11.5g} {spread:>19} "
-                     f"{vs_t:>11} {vs_n:>9}" + (f" {rss_s:>11}" if with_rss else ""))
+        lines.append(f"{scenario:<26} {res.name:<16} {res.images_per_step:>5} {res.median:>11.5g} {spread:>19} "
+                     f"{vs_t:>11} {vs_n:>9} {ops:>8} {reads:>10}" + (f" {rss_s:>11}" if with_rss else ""))
     churn = [f"{scenario} {res.name}: {res.faults_per_step:.0f}" for scenario, res, _, _ in rows
              if res.faults_per_step > 100]
     if churn:
         lines.append("note: minor page faults per step (memory freshly mapped every step; the allocator gives large "
                      "temporaries back to the OS and maps them again): " + "; ".join(churn))
     return "\n".join(lines)
+
+
+def run_scenario(kind, net, batch, images, labels, *, args, with_torch, with_notebook=False, count=True):
+    """Measure one scenario's contenders side by side, then count the operations and host reads
+    of its xpcnn workload (on the torch backend) and of the PyTorch contender. Returns the
+    {name: Result} of :func:`measure`."""
+    ws = contenders(kind, net, batch, images, labels, backend=args.backend, torch_device=args.torch_device,
+                    with_torch=with_torch, with_notebook=with_notebook)
+    res = measure(ws, repeats=args.repeats, round_s=args.round_seconds, warmup_s=min(0.5, args.round_seconds))
+    if count and _torch() is not None:
+        twin = torch_twin(kind, net, batch, images, labels)
+        for name, r in res.items():
+            if name.startswith("xpcnn"):
+                r.ops = count_ops(twin.step)
+            elif name.startswith("torch") and args.torch_device == "cpu":
+                r.ops = count_ops(next(w for w in ws if w.name == name).step)
+    return res
 
 
 # ---------------------------------------------------------------- child processes (peak RSS)
@@ -525,9 +840,10 @@ def child_main(spec: dict) -> dict:
     contender = spec["contender"]
     set_threads(spec["threads"], torch_too=contender == "torch")
     images, labels = load_images(spec.get("image_size", 28))
-    model = build_xpcnn(spec["net"], spec.get("image_size", 28), spec.get("backend", "numpy") if contender == "xpcnn" else "numpy")
+    backend = spec.get("backend", "numpy") if contender == "xpcnn" else "numpy"
+    model = build_xpcnn(spec["net"], spec.get("image_size", 28), backend)
     if contender == "xpcnn":
-        w = xpcnn_workload(model, images, labels, spec["batch"], backend=spec.get("backend", "numpy"))
+        w = xpcnn_workload(model, images, labels, spec["batch"], backend=backend)
     elif contender == "torch":
         w = torch_workload(torch_from_xpcnn(model, spec.get("torch_device", "cpu")), images, labels, spec["batch"],
                            device=spec.get("torch_device", "cpu"))
@@ -543,13 +859,14 @@ def child_main(spec: dict) -> dict:
     if spec.get("epoch"):
         total = len(labels) // w.images_per_step - 1
         while steps < total:
-            w.step()
+            out = w.step()
             steps += 1
     else:
         while steps < 2 or time.perf_counter() - t0 < spec.get("seconds", 1.0):
-            w.step()
+            out = w.step()
             steps += 1
     elapsed = time.perf_counter() - t0
+    _check_finite(w, out)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / max(1, steps)
     return {"contender": w.name, "net": spec["net"], "batch": spec["batch"], "images": (steps + 1) * w.images_per_step,
             "images_per_s": steps * w.images_per_step / elapsed, "setup_rss_mb": setup_rss,
@@ -559,13 +876,12 @@ def child_main(spec: dict) -> dict:
 
 
 def run_child(spec: dict, timeout: float = 600) -> dict:
-    """:func:`child_main` in a fresh interpreter (``python -m xpcnn.bench --child SPEC``)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """:func:`child_main` in a fresh interpreter (``python benchmarks/harness.py --child SPEC``)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     for name in THREAD_ENV:
         env[name] = str(spec["threads"])
-    proc = subprocess.run([sys.executable, "-m", "xpcnn.bench", "--child", json.dumps(spec)], env=env,
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"],
@@ -585,33 +901,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
 
 
+# The scenarios `python -m xpcnn bench` prints: (kind, net, batch, with the notebook algorithm).
+QUICK_SCENARIOS = [
+    ("train", "notebook", 1, True),
+    ("train", "notebook", 64, False),
+    ("train", "default", 64, False),
+    ("infer", "notebook", 1000, False),
+]
+
+
 def run(args: argparse.Namespace) -> int:
     """Seconds-long comparison: the notebook network trained at batch 1 (xpcnn, PyTorch, the
-    notebook algorithm) and batch 64 (xpcnn, PyTorch); prints a table with ratios."""
-    with_torch = not args.no_torch and _torch() is not None
-    set_threads(args.threads, torch_too=with_torch)
-    warn_if_oversubscribed(args.threads)
-    env = environment(args.threads, args.backend, args.torch_device if with_torch else "-")
+    notebook algorithm) and 64, the default network at batch 64, inference at batch 1000;
+    images/s with ratios, and operations and host reads per step counted on the torch backend."""
+    with_torch, env, _, _ = start_run(args)
     print(f"xpcnn bench: {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
-          f"xpcnn backend {args.backend}")
+          f"xpcnn backend {args.backend}, torch device {args.torch_device if with_torch else '-'}")
     if not with_torch:
-        print("note: PyTorch not installed (pip install 'xpcnn[torch]'): xpcnn vs the notebook only")
+        print("note: PyTorch not installed (pip install 'xpcnn[torch]'): xpcnn vs the notebook only, "
+              "and no operation counts")
     images, labels = load_images()
     rows = []
-    for batch, with_nb in ((1, True), (64, False)):
-        ws = contenders("train", "notebook", batch, images, labels, backend=args.backend,
-                        torch_device=args.torch_device, with_torch=with_torch, with_notebook=with_nb)
-        res = measure(ws, repeats=args.repeats, round_s=args.round_seconds,
-                      warmup_s=min(0.3, args.round_seconds))
+    for kind, net, batch, with_nb in QUICK_SCENARIOS:
+        res = run_scenario(kind, net, batch, images, labels, args=args, with_torch=with_torch,
+                           with_notebook=with_nb, count=with_torch)
         rat = ratios(res)
-        rows += [(f"train notebook-net b{batch}", r, rat, None) for r in res.values()]
+        rows += [(f"{kind} {net}-net b{batch}", r, rat, None) for r in res.values()]
     print(format_rows(rows))
-    print("images/s: median of rounds (higher is better); ratios > 1 mean xpcnn is faster.")
+    print("images/s: median of rounds (higher is better); ratios > 1 mean xpcnn is faster; ops/step and "
+          "reads/step: operations (views excluded) and host reads per step, counted with torch.profiler on the "
+          "torch backend (CPU).")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xpcnn.bench", description=run.__doc__)
+    parser = argparse.ArgumentParser(prog="benchmarks/harness.py", description=run.__doc__)
     add_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

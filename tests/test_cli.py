@@ -128,17 +128,17 @@ def test_unknown_or_unavailable_backend_is_a_clean_error(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["parity", "bench"], ids=["parity-command", "bench-command"])
 def test_parity_and_bench_dispatch_to_their_modules(command, monkeypatch):
     seen = {}
-    fake = types.ModuleType(f"xpcnn.{command}")
+    fake = types.ModuleType(cli.DELEGATED[command])
     fake.__doc__ = "Fake module."
     fake.add_arguments = lambda parser: parser.add_argument("--answer", type=int)
     fake.run = lambda args: seen.setdefault("answer", args.answer)
-    monkeypatch.setitem(sys.modules, f"xpcnn.{command}", fake)
+    monkeypatch.setitem(sys.modules, cli.DELEGATED[command], fake)
     assert cli.main([command, "--answer", "42"]) == 42 and seen == {"answer": 42}
 
 
 @pytest.mark.parametrize("command", ["parity", "bench"], ids=["parity-command", "bench-command"])
 def test_missing_parity_or_bench_module_is_explained(command, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, f"xpcnn.{command}", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, cli.DELEGATED[command], None)  # import raises ModuleNotFoundError
     assert cli.main([command]) == 2
     assert f"'xpcnn {command}' is not available" in capsys.readouterr().err
 

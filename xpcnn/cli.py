@@ -1,33 +1,41 @@
 """``python -m xpcnn`` (or ``xpcnn``): train | evaluate | predict | info | parity | bench.
 
     python -m xpcnn train                      # default CNN, Adam, mnist5k, prints held-out accuracy
-    python -m xpcnn train --model notebook     # the notebook's network and per-image SGD
+    python -m xpcnn train --model notebook     # the notebook's network, per-image SGD, its log lines
     python -m xpcnn train --save model.safetensors --plot plots/
     python -m xpcnn evaluate model.safetensors
     python -m xpcnn predict model.safetensors digit.png
     python -m xpcnn info                       # version, backends and devices
 
-Exit status: 0 success, 1 an xpcnn error (message on stderr), 2 bad usage, 130 interrupted.
+Exit status: 0 success, 1 an xpcnn error, 2 bad usage (a bad option or path, checked before any
+training), 130 interrupted. Errors are one ``error: ...`` line on stderr naming the option,
+never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import re
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from .errors import ArgumentError, XpcnnError
 
-# Defaults per network: what ``train`` uses unless a flag says otherwise.
+# Defaults per network: what ``train`` uses unless a flag says otherwise (a network of xpcnn.zoo
+# not listed here gets the "default" row).
 TRAIN_DEFAULTS = {
-    "default": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=10, dtype="float32"),
-    "notebook": dict(optimizer="sgd", lr=0.05, batch_size=1, epochs=4, dtype="float64"),
+    "default": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=10, dtype="float32", lr_schedule="none"),
+    "notebook": dict(optimizer="sgd", lr=0.05, batch_size=1, epochs=4, dtype="float64", lr_schedule="none"),
+    "resnet8": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=8, dtype="float32", lr_schedule="cosine"),
 }
-DELEGATED = {"parity": "xpcnn.parity", "bench": "xpcnn.bench"}
+DELEGATED = {"parity": "xpcnn.parity", "bench": "benchmarks.harness"}
+# The benchmark harness is tooling kept in a source checkout's benchmarks/ folder, not in the package.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _number(cast, expected: str, *, low: float, strict: bool):
@@ -55,27 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,info,parity,bench}")
 
     train = sub.add_parser("train", help="train a CNN on MNIST and print the held-out accuracy")
-    train.add_argument("--model", choices=sorted(TRAIN_DEFAULTS), default="default",
-                       help="network: 'default' (Conv16-Conv32, Adam) or 'notebook' (the notebook's, per-image SGD)")
+    train.add_argument("--model", default="default", metavar="NAME",
+                       help="a network of xpcnn.zoo: 'default' (Conv16-Conv32, Adam; the default), 'notebook' "
+                            "(the notebook's, per-image SGD, printing its log lines), 'resnet8' (residual, BatchNorm)")
     train.add_argument("--backend", help="numpy (default), cupy, torch, array_api_strict, auto; 'name:device' too")
     train.add_argument("--epochs", type=_positive_int, help="epochs (default: 10; notebook 4)")
     train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: 64; notebook 1)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: Adam 3e-3; notebook SGD 0.05)")
     train.add_argument("--optimizer", choices=("adam", "sgd"), help="default: adam; notebook sgd")
-    train.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and the shuffles (default 0)")
+    train.add_argument("--seed", type=_seed, help="seed of the initial weights and the shuffles (default 0)")
     train.add_argument("--dataset", choices=("mnist5k", "mnist"), default="mnist5k",
                        help="mnist5k: 4000/1000 offline subset (default); mnist: the full 60000/10000")
     train.add_argument("--data-path", help="directory (mnist) or mnist_5k.csv.gz file (mnist5k) to read instead")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32; notebook float64")
     train.add_argument("--save", metavar="PATH", help="write the trained model here (safetensors)")
     train.add_argument("--plot", metavar="DIR", help="write training curves and first-layer kernels as PNG here (needs matplotlib)")
-    train.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here (newest 3 kept)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir, if any")
+    train.add_argument("--lr-schedule", choices=("none", "cosine", "step"),
+                       help="learning rate per epoch: cosine (from --lr down towards 0 over the epochs), step (x0.1 "
+                            "at 1/2 and 3/4 of the epochs), none (default; resnet8: cosine)")
+    train.add_argument("--early-stopping", type=_positive_int, metavar="N",
+                       help="stop when the held-out loss has not improved for N epochs, and keep the best epoch's weights")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="save a checkpoint after every epoch here (newest 3 kept); must hold none yet, unless --resume")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoint in --checkpoint-dir, if any: its optimizer (and learning "
+                            "rate), shuffle state, dtype and batch size are kept; --epochs is the total to reach")
     train.add_argument("--threads", type=_positive_int,
                        help="limit NumPy's BLAS / OpenMP threads (threadpoolctl) and torch's; 1 is often fastest for this "
                             "small network, and much faster on a busy machine")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                       help="0 quiet, 1 progress bar on a terminal / a line per epoch otherwise (default), 2 a line per epoch")
+                       help="0 quiet; 1 a line per epoch, with a progress bar within the epoch on a terminal (default); "
+                            "2 a line per epoch only")
 
     evaluate = sub.add_parser("evaluate", help="accuracy and loss of a saved model on the MNIST test split")
     evaluate.add_argument("model", help="model file (or checkpoint directory)")
@@ -152,54 +170,153 @@ def _thread_limit(threads: int | None):
     return stack
 
 
+def _writable_dir(path: Path, flag: str) -> None:
+    """``path`` is a writable directory or can be created as one: the nearest existing of it
+    and its ancestors is a directory we may write in."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = f"{existing} is a file" + ("" if existing == path else f", so {path} cannot be created")
+        raise UsageError(f"{flag}: {what}; give a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write in {existing} (permission denied); choose another directory")
+
+
+def _check_paths(args) -> None:
+    """Every output path is checked before training, so a finished run is never lost to a typo."""
+    if args.save:
+        path = Path(args.save)
+        if path.is_dir():
+            raise UsageError(f"--save: {path} is a directory; give a file name, e.g. --save {path / 'model.safetensors'}")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"--save: the directory {parent} does not exist; create it first or save elsewhere")
+        if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UsageError(f"--save: cannot write {path} (permission denied); choose another path")
+    if args.plot:
+        _writable_dir(Path(args.plot), "--plot")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
+    if args.checkpoint_dir:
+        from .fileformat import list_checkpoints
+
+        path = Path(args.checkpoint_dir)
+        _writable_dir(path, "--checkpoint-dir")
+        existing = list_checkpoints(path)
+        if existing and not args.resume:
+            raise UsageError(f"--checkpoint-dir: {path} already holds checkpoints (latest: epoch {existing[-1][0]}); "
+                             "add --resume to continue that run, or choose an empty directory")
+    elif args.resume:
+        raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
+
+
+def _network(name: str):
+    """The unbuilt network ``name`` from xpcnn.zoo; an unknown name is a usage error."""
+    from . import zoo
+
+    if name not in zoo.NETWORKS:
+        raise UsageError(f"--model: unknown network {name!r}; valid names are {', '.join(zoo.NETWORKS)}")
+    return zoo.get(name)
+
+
 def cmd_train(args) -> int:
     import xpcnn
 
-    if args.resume and not args.checkpoint_dir:
-        raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
+    _check_paths(args)
+    model = _network(args.model)
     if _backend(args.backend) is not None:
         xpcnn.set_backend(args.backend)
     with _thread_limit(args.threads):
-        return _train(args)
+        return _train(args, model)
 
 
-def _train(args) -> int:
-    import xpcnn
-
-    from . import zoo
-    from .callbacks import LambdaCallback
-
-    xpcnn.keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
-    settings = dict(TRAIN_DEFAULTS[args.model])
+def _settings(args) -> dict:
+    """The network's defaults, overridden by the options given."""
+    settings = dict(TRAIN_DEFAULTS.get(args.model, TRAIN_DEFAULTS["default"]), seed=0)
     for key in settings:
         if getattr(args, key, None) is not None:
             settings[key] = getattr(args, key)
-    start = time.perf_counter()
-    (x_train, y_train), (x_test, y_test) = _load_split(args.dataset, args.data_path, settings["dtype"])
-    model = zoo.get(args.model)
-    resume_from = None
-    if args.resume:
-        from .checkpoint import list_checkpoints
+    return settings
 
-        if list_checkpoints(args.checkpoint_dir):
-            resume_from = args.checkpoint_dir
-        else:
-            print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
+
+def _resume_point(args, model, settings: dict):
+    """The checkpoint ``--resume`` continues from (None: none yet), after saying what it keeps.
+
+    A checkpoint holds the optimizer (class, learning rate, state), the shuffle state, the dtype
+    and the batch size of its run; those win over the options, which are named when they differ.
+    ``--epochs`` is the total to reach, and ``--lr-schedule`` sets each epoch's rate from the
+    epoch number, so repeating the first command continues it exactly."""
+    from .checkpoint import latest
+
+    ckpt = latest(args.checkpoint_dir)
+    if ckpt is None:
+        print(f"--resume: no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
+        return None
+    layers = [{"type": type(layer).__name__, "config": layer.get_config()} for layer in model.layers]
+    if layers != ckpt.config["layers"]:
+        raise UsageError(f"--resume: the checkpoints in {args.checkpoint_dir} are of another network than --model "
+                         f"{args.model}; give that run's --model, or another --checkpoint-dir")
+    kept = dict(optimizer=ckpt.optimizer_record["class"].lower(), lr=ckpt.optimizer_record["hyper"]["lr"],
+                dtype=ckpt.fields["dtype"], batch_size=ckpt.fit_args.get("batch_size", settings["batch_size"]),
+                seed=ckpt.fit_args.get("seed"))
+    ignored = []
+    for key, value in kept.items():
+        given = getattr(args, key, None)
+        if given is not None and given != value:
+            ignored.append(f"--{key.replace('_', '-')} {given:g}" if key == "lr" else f"--{key.replace('_', '-')} {given}")
+    settings.update(kept)
+    print(f"--resume: continuing after epoch {ckpt.epoch} from {ckpt.path}; kept from the checkpoint: optimizer "
+          f"{kept['optimizer']} (lr {kept['lr']:g}) and its state, the shuffle state, dtype {kept['dtype']}, "
+          f"batch size {kept['batch_size']}" + (f"; not applied: {', '.join(ignored)}" if ignored else ""))
+    return args.checkpoint_dir
+
+
+def _schedule_callbacks(args, settings: dict) -> list:
+    from .callbacks import EarlyStopping, LearningRateScheduler, cosine_schedule, step_schedule
+
+    callbacks = []
+    epochs, lr = settings["epochs"], settings["lr"]
+    if settings["lr_schedule"] == "cosine":
+        callbacks.append(LearningRateScheduler(cosine_schedule(lr, epochs)))
+    elif settings["lr_schedule"] == "step":
+        milestones = sorted({m for m in (epochs // 2, 3 * epochs // 4) if m > 0})
+        callbacks.append(LearningRateScheduler(step_schedule(lr, milestones, gamma=0.1)))
+    if args.early_stopping:
+        callbacks.append(EarlyStopping("val_loss", patience=args.early_stopping, restore_best_weights=True))
+    return callbacks
+
+
+def _train(args, model) -> int:
+    import xpcnn
+
+    from .callbacks import EarlyStopping, LambdaCallback, NotebookLogger
+
+    xpcnn.keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
+    settings = _settings(args)
+    start = time.perf_counter()
+    resume_from = _resume_point(args, model, settings) if args.resume else None
+    (x_train, y_train), (x_test, y_test) = _load_split(args.dataset, args.data_path, settings["dtype"])
     if resume_from is None:
-        model.build(x_train.shape[1:], seed=args.seed, dtype=settings["dtype"])
+        model.build(x_train.shape[1:], seed=settings["seed"], dtype=settings["dtype"])
     optimizer = None if resume_from else _optimizer(settings["optimizer"], settings["lr"])
-    training = (f"resuming from the newest checkpoint in {resume_from} (its optimizer and shuffle state)" if resume_from
-                else f"{settings['optimizer']} lr {settings['lr']:g}, seed {args.seed}")
+    callbacks = _schedule_callbacks(args, settings)
+    verbose = args.verbose
+    if args.model == "notebook":
+        callbacks.append(NotebookLogger())  # the notebook's own lines are the progress within an epoch
+        verbose = 2 if verbose else 0
+    schedule = "" if settings["lr_schedule"] == "none" else f" ({settings['lr_schedule']} schedule)"
+    training = f"{settings['optimizer']} lr {settings['lr']:g}{schedule}, seed {settings['seed']}"
     print(f"xpcnn {xpcnn.__version__}: {args.model} network on {xpcnn.get_backend()} ({settings['dtype']}), {args.dataset}: "
           f"{len(x_train)} training / {len(x_test)} held-out images; {training}, batch {settings['batch_size']}, "
           f"{settings['epochs']} epoch(s)", flush=True)
     ran = []
-    counter = LambdaCallback(on_epoch_end=lambda epoch, logs: ran.append(epoch))
+    callbacks.append(LambdaCallback(on_epoch_end=lambda epoch, logs: ran.append(epoch)))
     fit_start = time.perf_counter()
     try:
         history = model.fit(
             x_train, y_train, epochs=settings["epochs"], batch_size=settings["batch_size"], optimizer=optimizer,
-            validation_data=(x_test, y_test), seed=args.seed, verbose=args.verbose, callbacks=[counter],
+            validation_data=(x_test, y_test), seed=settings["seed"], verbose=verbose, callbacks=callbacks,
             checkpoint_dir=args.checkpoint_dir, resume_from=resume_from,
         )
     except KeyboardInterrupt:
@@ -207,6 +324,10 @@ def _train(args) -> int:
         print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
     fit_seconds = time.perf_counter() - fit_start
+    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+    if stopper is not None and stopper.stopped_epoch:
+        print(f"early stopping after epoch {stopper.stopped_epoch + 1}: kept the weights of epoch {stopper.best_epoch + 1} "
+              f"(held-out loss {stopper.best:.4f})")
     result = model.evaluate(x_test, y_test)
     correct = round(result["accuracy"] * len(x_test))
     print(f"held-out accuracy: {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}), loss {result['loss']:.4f}")
@@ -304,16 +425,27 @@ def cmd_info(args) -> int:
 
     import xpcnn
 
+    from .backend import current_backend
+    from .errors import BackendUnavailableError
+
     print(f"xpcnn {xpcnn.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
-    selected = os.environ.get("XPCNN_BACKEND") or "numpy"
-    print(f"selected backend: {selected} (XPCNN_BACKEND={os.environ.get('XPCNN_BACKEND', '')!r})")
+    env = f"XPCNN_BACKEND={os.environ.get('XPCNN_BACKEND', '')!r}"
+    code = 0
+    try:
+        print(f"selected backend: {current_backend()} ({env})")
+    except BackendUnavailableError as e:
+        print(f"selected backend: UNAVAILABLE ({env}): {e}")
+        code = 1
+    except ArgumentError as e:  # an unknown name: every use of xpcnn will raise the same
+        print(f"selected backend: INVALID: {e}")
+        code = 1
     print("backends:")
     for name, status in xpcnn.available_backends().items():
         if status == "available":
             print(f"  {name:<17} available; devices: {_devices(name)}")
         else:
             print(f"  {name:<17} unavailable: {status}")
-    return 0
+    return code
 
 
 # ---------------------------------------------------------------- parity / bench
@@ -322,12 +454,16 @@ def cmd_info(args) -> int:
 def delegate(command: str, argv: list[str]) -> int:
     """Run ``xpcnn parity`` / ``xpcnn bench`` through their modules' add_arguments / run."""
     module_name = DELEGATED[command]
+    if command == "bench" and os.path.isfile(os.path.join(CHECKOUT, "benchmarks", "harness.py")):
+        sys.path.insert(0, CHECKOUT)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         missing = e.name or str(e)
-        if missing == module_name:
-            print(f"error: 'xpcnn {command}' is not available: this installation has no {module_name} module", file=sys.stderr)
+        if missing in (module_name, module_name.split(".")[0]):
+            where = " (it runs from a source checkout of xpcnn: benchmarks/harness.py)" if command == "bench" else ""
+            print(f"error: 'xpcnn {command}' is not available: this installation has no {module_name} module{where}",
+                  file=sys.stderr)
         else:
             print(f"error: 'xpcnn {command}' needs the package {missing!r}, which is not installed ({e}); "
                   "pip install 'xpcnn[test]' or 'xpcnn[bench]'", file=sys.stderr)
@@ -341,8 +477,15 @@ def delegate(command: str, argv: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning: ...`` line: a command-line user has no use for the source line."""
+    print(f"warning: {message}", file=file or sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning  # this process is the command's (restored on return, for in-process callers)
     try:
         if argv and argv[0] in DELEGATED:
             return delegate(argv[0], argv[1:])
@@ -363,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     except XpcnnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a disk that filled up, a file that vanished: the message says which
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
