@@ -259,6 +259,39 @@ case("xpcnn.layers.layer_from_config", "spec", lambda: layers.layer_from_config(
 case("xpcnn.layers.layers_from_config", "specs", lambda: layers.layers_from_config("not a list", "model.json"),
      or_shows="model.json")
 
+# layers: forward on every built layer refuses what is not an array (each layer with a small input)
+LAYER_SETUPS = {
+    "Conv2D": (lambda: layers.Conv2D(2, 3), (1, 8, 8)),
+    "Conv2DTranspose": (lambda: layers.Conv2DTranspose(2, 3), (1, 8, 8)),
+    "AvgPool2D": (lambda: layers.AvgPool2D(2), (1, 8, 8)),
+    "MaxPool2D": (lambda: layers.MaxPool2D(2), (1, 8, 8)),
+    "GlobalAvgPool2D": (layers.GlobalAvgPool2D, (1, 8, 8)),
+    "Dense": (lambda: layers.Dense(3), (4,)),
+    "ReLU": (layers.ReLU, (4,)),
+    "LeakyReLU": (layers.LeakyReLU, (4,)),
+    "Tanh": (layers.Tanh, (4,)),
+    "Sigmoid": (layers.Sigmoid, (4,)),
+    "GELU": (layers.GELU, (4,)),
+    "Flatten": (layers.Flatten, (1, 8, 8)),
+    "BatchNorm2D": (layers.BatchNorm2D, (2, 8, 8)),
+    "BatchNorm1D": (layers.BatchNorm1D, (4,)),
+    "Dropout": (layers.Dropout, (4,)),
+    "Residual": (lambda: layers.Residual([layers.Dense(4)]), (4,)),
+}
+
+
+def built_layer(name: str):
+    make, input_shape = LAYER_SETUPS[name]
+    layer = make()
+    xpcnn.Sequential([layer]).build(input_shape, seed=0)
+    return layer
+
+
+def layer_classes() -> list[str]:
+    return sorted(name for name, obj in ENTRY_POINTS.items() if name.startswith("xpcnn.layers.")
+                  and inspect.isclass(obj) and issubclass(obj, layers.Layer) and obj is not layers.Layer)
+
+
 # optim
 case("xpcnn.optim.Optimizer", "lr", lambda: optim.Optimizer(-1.0))
 case("xpcnn.optim.SGD", "lr", lambda: optim.SGD(0))
@@ -472,6 +505,19 @@ def test_every_entry_point_has_bad_input_cases():
 def test_every_case_names_an_existing_entry_point():
     stale = sorted((set(CASES) | RETURNED_ONLY) - set(ENTRY_POINTS))
     assert not stale, f"cases for entry points that no longer exist (renamed?): {stale}"
+
+
+def test_every_layer_class_has_a_forward_case():
+    missing = sorted(set(name.removeprefix("xpcnn.layers.") for name in layer_classes()) - set(LAYER_SETUPS))
+    assert not missing, f"layer classes with no entry in LAYER_SETUPS: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_SETUPS))
+def test_layer_forward_refuses_what_is_not_an_array(name):
+    layer = built_layer(name)
+    for bad in ("not an array", [[1.0, 2.0, 3.0, 4.0]]):
+        with pytest.raises(XpcnnError, match=r"(?<![\w.])x\b"):
+            layer.forward(bad)
 
 
 def _case_params():
