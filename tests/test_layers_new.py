@@ -2,6 +2,9 @@
 statistics), Dropout (reproducible masks on every backend, across a checkpoint resume), Residual
 (shapes, names, files, devices), custom layers, and which calls run in training mode."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -318,3 +321,23 @@ def test_inference_calls_keep_running_statistics_and_training_calls_move_them():
     model.fit(x, y, epochs=1, batch_size=4, verbose=0)
     assert all(not np.array_equal(a, b) for a, b in zip(after_step, buffers()))
     assert model.layers[4].counter == 1 + 1 + 2  # forward(training=True), train_step, two fit steps
+
+
+# ---------------------------------------------------------------- docs
+
+
+def test_docs_layers_examples_run(tmp_path, monkeypatch, capsys):
+    """The Python blocks of docs/layers.md, in order, in one namespace (they build on each other)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "layers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    try:
+        for block in blocks:
+            exec(compile(block, "docs/layers.md", "exec"), namespace)
+    finally:
+        for name in ("Swish", "ChannelScale"):
+            layers.LAYERS.pop(name, None)
+    assert "['0.weight', '0.bias', '2.block.0.weight', '2.block.1.weight']" in capsys.readouterr().out
+    assert namespace["converted"].layers[3].shortcut == [] and (tmp_path / "swish.safetensors").exists()
