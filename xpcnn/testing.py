@@ -569,6 +569,92 @@ def _cross_entropy_case() -> OpCase:
     return OpCase("cross_entropy", "softmax cross-entropy (mean) + gradient, 5x10 logits, one row shifted by -700", inputs, run)
 
 
+def _conv_transpose_case() -> OpCase:
+    geom = dict(stride=2, padding=(1, 0), output_padding=1, groups=2)
+
+    def inputs(rng):
+        x = rng.standard_normal((2, 4, 5, 4))
+        w = rng.standard_normal((4, 3, 3, 2)) / math.sqrt(3 * 3 * 2)
+        return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 10, 9))
+
+    def run(x, w, b, g):
+        from . import functional as F
+
+        gx, gw, gb = F.conv_transpose2d_backward(g, x, w, **geom)
+        return {"y": F.conv_transpose2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
+
+    return OpCase("conv_transpose2d", "conv_transpose2d + backward, 2x4x5x4, groups 2, 3x2 kernel, stride 2, "
+                  "pad (1,0), output_padding 1", inputs, run)
+
+
+def _global_avg_pool_case() -> OpCase:
+    def inputs(rng):
+        return rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3))
+
+    def run(x, g):
+        from . import functional as F
+
+        return {"y": F.global_avg_pool2d(x), "grad_x": F.global_avg_pool2d_backward(g, x)}
+
+    return OpCase("global_avg_pool2d", "global_avg_pool2d + backward, 2x3x5x4 -> 2x3", inputs, run)
+
+
+def _elementwise_case(name: str, backward_takes_output: bool) -> OpCase:
+    def inputs(rng):
+        x = rng.standard_normal((2, 3, 4, 4)) * 3
+        x.flat[::5] = 0.0
+        return x, rng.standard_normal(x.shape)
+
+    def run(x, g):
+        from . import functional as F
+
+        y = getattr(F, name)(x)
+        return {"y": y, "grad_x": getattr(F, f"{name}_backward")(g, y if backward_takes_output else x)}
+
+    return OpCase(name, f"{name} + backward on 2x3x4x4 with exact zeros", inputs, run)
+
+
+def _batch_norm_case() -> OpCase:
+    def inputs(rng):
+        c = 3
+        return (rng.standard_normal((4, c, 3, 3)) * 2 + 1, rng.standard_normal(c), rng.standard_normal(c),
+                rng.standard_normal(c), rng.uniform(0.5, 2.0, c), rng.standard_normal((4, c, 3, 3)))
+
+    def run(x, w, b, mean, var, g):
+        from . import functional as F
+
+        out = {}
+        for mode, training in (("train", True), ("eval", False)):
+            y, saved, new_mean, new_var = F.batch_norm(x, w, b, mean, var, training=training)
+            gx, gw, gb = F.batch_norm_backward(g, x, w, saved, training=training)
+            out.update({f"{mode} y": y, f"{mode} running_mean": new_mean, f"{mode} running_var": new_var,
+                        f"{mode} grad_x": gx, f"{mode} grad_weight": gw, f"{mode} grad_bias": gb})
+        return out
+
+    return OpCase("batch_norm", "batch_norm + backward on 4x3x3x3, training (with running-stat update) and inference",
+                  inputs, run)
+
+
+def _dropout_cases() -> list[OpCase]:
+    def inputs(rng):
+        return rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 5, 5))
+
+    def run_mask(x, g):
+        from . import functional as F
+
+        return {"mask": F.dropout_mask(x, 0.3, seed=2024, counter=7)}
+
+    def run(x, g):
+        from . import functional as F
+
+        mask = F.dropout_mask(x, 0.3, seed=2024, counter=7)
+        return {"y": F.dropout(x, mask), "grad_x": F.dropout_backward(g, mask)}
+
+    return [OpCase("dropout_mask", "dropout_mask p=0.3, seed 2024, counter 7: the same bits on every backend", inputs,
+                   run_mask),
+            OpCase("dropout", "dropout + backward with that mask on 2x3x5x5", inputs, run)]
+
+
 def _small_model():
     from . import layers
     from .model import Sequential
@@ -641,6 +727,14 @@ def parity_cases() -> list[OpCase]:
         _softmax_case(log=True),
         _linear_case(),
         _cross_entropy_case(),
+        _conv_transpose_case(),
+        _global_avg_pool_case(),
+        _elementwise_case("tanh", backward_takes_output=True),
+        _elementwise_case("sigmoid", backward_takes_output=True),
+        _elementwise_case("leaky_relu", backward_takes_output=False),
+        _elementwise_case("gelu", backward_takes_output=False),
+        _batch_norm_case(),
+        *_dropout_cases(),
         _train_step_case(),
         _train_run_case(),
     ]
