@@ -348,3 +348,33 @@ def w(*shape):
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+SIDES = st.tuples(st.integers(-1, 2), st.integers(0, 2))
+OPTIONS = st.one_of(st.integers(-2, 4), st.sampled_from([None, 1.5, True, "same", "valid", "2"]),
+                    st.tuples(st.integers(-1, 3), st.integers(-1, 3)), st.tuples(SIDES, SIDES))
+SHAPES = st.lists(st.integers(0, 5), min_size=4, max_size=4)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=SHAPES, w_shape=SHAPES, stride=OPTIONS, padding=OPTIONS, extra=OPTIONS, groups=OPTIONS,
+       flag=st.sampled_from([True, False, 0, None]))
+def test_new_options_raise_only_xpcnn_errors(shape, w_shape, stride, padding, extra, groups, flag):
+    """Whatever comes in, the new options fail with an xpcnn error naming an argument, never
+    with an IndexError / ZeroDivisionError / library error from deep inside."""
+    x, w = np.ones(shape), np.ones(w_shape)
+    calls = [
+        lambda: F.conv2d(x, w, stride=stride, padding=padding, groups=groups),
+        lambda: F.conv_transpose2d(x, w, stride=stride, padding=padding, output_padding=extra, groups=groups),
+        lambda: F.conv_transpose2d_backward(x, x, w, stride=stride, padding=padding, output_padding=extra),
+        lambda: F.avg_pool2d(x, extra, stride, padding, ceil_mode=flag, count_include_pad=flag),
+        lambda: F.max_pool2d(x, extra, stride, padding, groups, ceil_mode=flag),
+        lambda: F.max_pool2d_backward(x, x, extra, stride, padding, ceil_mode=flag),
+        lambda: F.global_avg_pool2d_backward(x, x),
+    ]
+    for call in calls:
+        try:
+            call()
+        except xpcnn.errors.XpcnnError as e:
+            assert isinstance(e, (ValueError, TypeError)), repr(e)
+            assert ": " in str(e)
