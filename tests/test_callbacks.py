@@ -190,8 +190,8 @@ def test_early_stopping_baseline_and_start_from_epoch():
 
 
 def test_early_stopping_bad_arguments_and_missing_metric():
-    for kwargs, message in [(dict(patience=-1), "patience"), (dict(mode="up"), "mode"), (dict(min_delta=-0.1), "min_delta"),
-                            (dict(monitor=""), "monitor")]:
+    for kwargs, message in [(dict(patience=-1), "patience"), (dict(mode="up"), "mode"),
+                            (dict(min_delta=-0.1), "min_delta"), (dict(monitor=""), "monitor")]:
         with pytest.raises(ArgumentError, match=message):
             EarlyStopping(**kwargs)
     x, y = data()
@@ -215,7 +215,8 @@ def test_terminal_progress_ends_each_epoch_with_a_full_summary_line():
                        callbacks=[LearningRateScheduler(lambda epoch, lr: 0.1), ProgressBar(file=out)])
     text = out.getvalue()
     assert "\r" in text  # the bar was drawn
-    lines = [line for line in re.split(r"[\r\n]", text) if line.startswith("epoch 1/2 -") or line.startswith("epoch 2/2 -")]
+    lines = [line for line in re.split(r"[\r\n]", text) if line.startswith(("epoch 1/2 -", "epoch 2/2 -"))]
     assert len(lines) == 2
-    pattern = r"epoch 2/2 - [0-9.]+s - loss [0-9.]+ - accuracy [0-9.]+ - val_loss [0-9.]+ - val_accuracy [0-9.]+ - lr 0.1"
+    pattern = (r"epoch 2/2 - [0-9.]+s - loss [0-9.]+ - accuracy [0-9.]+ - val_loss [0-9.]+ - val_accuracy [0-9.]+"
+               r" - lr 0.1")
     assert re.fullmatch(pattern, lines[1]), lines

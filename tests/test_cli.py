@@ -48,14 +48,97 @@ def test_train_prints_accuracy_and_time_and_writes_files(trained):
     assert (directory / "ckpt" / "ckpt-epoch000001.safetensors").exists()
 
 
-def test_resume_continues_from_the_checkpoint(trained, capsys):
+def test_resume_continues_from_the_checkpoint_and_says_what_it_keeps(trained, capsys):
     _, _, _, directory = trained
     ckpt = directory / "ckpt"
     # all epochs asked for are already done: nothing to train, same accuracy reported
-    assert cli.main(["train", "--epochs", "1", "--checkpoint-dir", str(ckpt), "--resume", "--verbose", "0"]) == 0
-    assert "nothing left to train" in capsys.readouterr().out
+    assert cli.main(["train", "--epochs", "1", "--checkpoint-dir", str(ckpt), "--resume", "--verbose", "0",
+                     "--lr", "0.01", "--batch-size", "32", "--optimizer", "adam"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing left to train" in out
+    assert ("--resume: continuing after epoch 1 from " in out and "kept from the checkpoint: optimizer adam (lr 0.003) "
+            "and its state, the shuffle state, dtype float32, batch size 64; not applied: --lr 0.01, --batch-size 32\n") in out
     assert cli.main(["train", "--resume"]) == 2
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "notebook", "--checkpoint-dir", str(ckpt), "--resume"]) == 2
+    assert "of another network than --model notebook" in capsys.readouterr().err
+
+
+def test_bad_output_paths_are_usage_errors_before_any_training(tmp_path, monkeypatch, capsys):
+    """Each is caught before the data are even loaded: training would fail the test (and take long)."""
+    monkeypatch.setattr(cli, "_load_split", lambda *a: pytest.fail("training started despite a bad path"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "ckpt-epoch000002.safetensors").write_bytes(b"")
+    cases = [
+        (["--save", str(tmp_path / "missing" / "m.safetensors")], f"--save: the directory {tmp_path / 'missing'} does not exist"),
+        (["--save", str(tmp_path)], f"--save: {tmp_path} is a directory; give a file name"),
+        (["--plot", str(a_file / "plots")], f"--plot: {a_file} is a file, so {a_file / 'plots'} cannot be created"),
+        (["--checkpoint-dir", str(a_file)], f"--checkpoint-dir: {a_file} is a file; give a directory"),
+        (["--checkpoint-dir", str(tmp_path / "ckpt")], "already holds checkpoints (latest: epoch 2); add --resume to continue"),
+        (["--model", "nope"], "--model: unknown network 'nope'; valid names are default, notebook"),
+    ]
+    for flags, message in cases:
+        assert cli.main(["train", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, (flags, err)
+
+
+def test_an_unwritable_directory_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_split", lambda *a: pytest.fail("training started despite a bad path"))
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # as a non-root user with chmod 500 sees it
+    assert cli.main(["train", "--plot", str(tmp_path / "plots")]) == 2
+    assert f"--plot: cannot write in {tmp_path} (permission denied)" in capsys.readouterr().err
+    assert cli.main(["train", "--save", str(tmp_path / "m.safetensors")]) == 2
+    assert "--save: cannot write" in capsys.readouterr().err
+
+
+def test_notebook_model_prints_the_notebook_lines_and_a_summary_per_epoch(capsys):
+    pytest.importorskip("mlxtend")
+    assert cli.main(["train", "--model", "notebook", "--epochs", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "notebook network on numpy (float64)" in lines[0] and "sgd lr 0.05, seed 0, batch 1, 1 epoch(s)" in lines[0]
+    assert lines[1] == "Epoch 1 ->"
+    assert lines[2] == "Step 1. For the last 100 steps: average loss 0.0, accuracy 0"
+    steps = [line for line in lines if line.startswith("Step ")]
+    assert len(steps) == 40 and steps[-1].startswith("Step 3901. For the last 100 steps: average loss ")
+    summary = [line for line in lines if line.startswith("epoch 1/1 - ")]
+    assert len(summary) == 1 and "val_accuracy" in summary[0]
+    assert float(lines[-2].split("held-out accuracy: ")[1].split("%")[0]) > 70.0
+
+
+def test_schedule_and_early_stopping_flags(monkeypatch, capsys):
+    """Two epochs of the default network on 400 digits: the step schedule divides the rate by 10
+    after the first; early stopping is wired to the held-out loss (scripted here to worsen)."""
+    pytest.importorskip("mlxtend")
+    from xpcnn.callbacks import EarlyStopping
+
+    real = cli._load_split
+
+    def small(*args):
+        (x, y), (xt, yt) = real(*args)
+        return (x[:400], y[:400]), (xt[:200], yt[:200])
+
+    monkeypatch.setattr(cli, "_load_split", small)
+    losses = iter([0.5, 0.9, 0.9])
+    seen = {}
+    original = EarlyStopping.on_epoch_end
+
+    def scripted(self, epoch, logs):
+        logs["val_loss"] = next(losses)
+        seen["patience"] = self.patience
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(EarlyStopping, "on_epoch_end", scripted)
+    threads = ["--threads", "1"] if importlib.util.find_spec("threadpoolctl") else []
+    assert cli.main(["train", "--epochs", "3", "--lr-schedule", "step", "--early-stopping", "1", "--verbose", "2", *threads]) == 0
+    out = capsys.readouterr().out
+    assert "adam lr 0.003 (step schedule)" in out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[0].endswith(" - lr 0.003") and epochs[1].endswith(" - lr 0.0003"), epochs
+    assert "early stopping after epoch 2: kept the weights of epoch 1 (held-out loss 0.5000)" in out
+    assert seen["patience"] == 1
 
 
 def test_evaluate_command(trained, capsys):
@@ -102,6 +185,32 @@ def test_info_lists_backends(capsys):
     for name in ("numpy", "cupy", "torch", "array_api_strict"):
         assert f"  {name} " in out
     assert "numpy             available; devices: cpu" in out
+
+
+def fresh_selection(monkeypatch, value):
+    """XPCNN_BACKEND=value as a new process would read it; the backend table stubbed (loading
+    every library takes seconds and is tested above)."""
+    monkeypatch.setenv("XPCNN_BACKEND", value)
+    monkeypatch.setattr(xpcnn.backend, "_selected", None)
+    monkeypatch.setattr(xpcnn.backend, "_loaded", {})
+    monkeypatch.setattr(xpcnn, "available_backends", lambda: {"numpy": "available"})
+
+
+def test_info_flags_an_invalid_backend_variable(monkeypatch, capsys):
+    fresh_selection(monkeypatch, "bogus")
+    assert cli.main(["info"]) == 1
+    out = capsys.readouterr().out
+    assert "selected backend: INVALID: XPCNN_BACKEND='bogus' (environment variable): backend: unknown name 'bogus'" in out
+
+
+def test_auto_fallback_warning_is_one_plain_line(monkeypatch, capsys):
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here: auto does not fall back")
+    fresh_selection(monkeypatch, "auto")
+    assert cli.main(["info"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: XPCNN backend 'auto': CuPy is not usable") and captured.err.count("\n") == 1
+    assert "selected backend: numpy (XPCNN_BACKEND='auto')" in captured.out
 
 
 def test_usage_errors_exit_2(capsys):
