@@ -43,6 +43,7 @@ import numpy as np
 
 from .backend import current_backend, resolve_target, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, NotBuiltError, ShapeError
+from .functional._checks import positive_int
 from .layers import (
     GELU,
     AvgPool2D,
@@ -369,6 +370,7 @@ def torch_resnet8(num_classes: int = 10, in_channels: int = 1):
     """The zoo's ``resnet8`` written directly in torch (independently of :func:`to_torch`): the
     reference the tests convert with :func:`from_torch` and the benchmarks time. torch's default
     initialisation."""
+    num_classes, in_channels = positive_int(num_classes, "num_classes"), positive_int(in_channels, "in_channels")
     torch = _torch()
     nn, residual = torch.nn, _residual_class()
 

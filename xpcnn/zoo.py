@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from .errors import ArgumentError
+from .functional._checks import positive_int
 from .layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Residual
 from .model import Sequential
 
@@ -19,7 +20,7 @@ def default_cnn(num_classes: int = 10) -> Sequential:
     return Sequential([
         Conv2D(16, 3), ReLU(), MaxPool2D(2),
         Conv2D(32, 3), ReLU(), MaxPool2D(2),
-        Flatten(), Dense(num_classes),
+        Flatten(), Dense(positive_int(num_classes, "num_classes")),
     ])
 
 
@@ -31,7 +32,7 @@ def notebook_cnn(num_classes: int = 10) -> Sequential:
         Conv2D(16, 3, bias=False, weight_init="notebook"),
         AvgPool2D(2),
         Flatten(),
-        Dense(num_classes, weight_init="notebook"),
+        Dense(positive_int(num_classes, "num_classes"), weight_init="notebook"),
     ])
 
 
@@ -54,7 +55,7 @@ def resnet8(num_classes: int = 10) -> Sequential:
     return Sequential([
         Conv2D(16, 3, padding=1, bias=False), BatchNorm2D(), ReLU(),
         *_stage(16, 16, 1), *_stage(16, 32, 2), *_stage(32, 64, 2),
-        GlobalAvgPool2D(), Dense(num_classes),
+        GlobalAvgPool2D(), Dense(positive_int(num_classes, "num_classes")),
     ])
 
 
