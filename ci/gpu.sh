@@ -11,16 +11,22 @@
 # Steps, each logged to RESULTS_DIR/<step>.log and summarised in RESULTS_DIR/results.md:
 #   env       GPU, driver, library versions, xpcnn.available_backends()
 #   cupy      CuPy must load as an xpcnn backend (a GPU run that silently skips proves nothing)
-#   pytest    the parity suite (tests/test_parity.py, tests/test_ops.py) on $BACKENDS
+#   pytest    the parity suite (tests/test_parity.py, test_ops.py, test_winograd.py) with --backend
+#             for each of $BACKENDS (cupy first): a backend that cannot load fails the run
 #   parity    python -m xpcnn parity on numpy and $BACKENDS (the table)
 #   train     XPCNN_BACKEND=cupy python -m xpcnn train $TRAIN_ARGS
-#   bench     python benchmarks/bench_train.py --backend cupy --quick
-# Exit status: 0 when every step passed, 1 otherwise (every step runs regardless).
+#   bench     benchmarks/bench_train.py: xpcnn on CuPy against PyTorch on CUDA (--torch-device cuda;
+#             every timed step synchronised): the notebook and default networks at batch 64, the
+#             deep network and resnet8 at batch 256, inference at batch 1000
+#   bench-torch  the same deep network and resnet8 at batch 256 with xpcnn on torch:cuda
+#   winograd  benchmarks/bench_winograd.py --backend cupy --quick (Winograd vs im2col on the GPU)
+# Exit status: 0 when every step passed, 1 otherwise. Every step runs regardless; a failing step
+# is announced on stderr at once and listed again at the end.
 #
 # Environment: PYTHON (default python3), WHEELS (default .whl), BACKENDS (default "cupy torch:cuda";
 # torch:cuda rows are skipped with their reason when PyTorch has no CUDA), TRAIN_ARGS (default none).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
@@ -39,7 +45,7 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl || {
     echo "ci/gpu.sh: installing the wheels in $WHEELS failed" >&2; exit 2; }
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-  wheels_note="installed from $WHEELS: $(cd "$WHEELS" && ls -- *.whl | tr '\n' ' ')"
+  wheels_note="installed from $WHEELS: $(find "$WHEELS" -maxdepth 1 -name '*.whl' -printf '%f ')"
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   wheels_note="no wheels in $WHEELS: using what $PY already has"
@@ -47,7 +53,7 @@ fi
 
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | paste -sd ';') \
   || gpu="nvidia-smi not available"
-failed=0
+failed=()
 {
   echo "# xpcnn GPU run"
   echo
@@ -71,7 +77,11 @@ step() {
   "$@" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   local result=PASS
-  if [ "$rc" -ne 0 ]; then result="FAIL (exit $rc)"; failed=1; fi
+  if [ "$rc" -ne 0 ]; then
+    result="FAIL (exit $rc)"
+    failed+=("$name")
+    echo "ci/gpu.sh: step '$name' FAILED (exit $rc); log: $log" >&2
+  fi
   echo "| $name | $result | $(( $(date +%s) - start )) | $name.log |" >>"$SUMMARY"
 }
 
@@ -97,14 +107,23 @@ step cupy "$PY" -c "from xpcnn.backend import load_backend; b = load_backend('$T
 
 backend_flags=()
 for b in $BACKENDS; do backend_flags+=(--backend "$b"); done
-step pytest "$PY" -m pytest tests/test_parity.py tests/test_ops.py "${backend_flags[@]}" -p no:cacheprovider -q -rs
+step pytest "$PY" -m pytest tests/test_parity.py tests/test_ops.py tests/test_winograd.py "${backend_flags[@]}" \
+  -p no:cacheprovider -q -rs
 
 step parity "$PY" -m xpcnn parity --backend numpy "${backend_flags[@]}"
 
 # shellcheck disable=SC2086  # TRAIN_ARGS is a list of words on purpose
 step train env XPCNN_BACKEND="$TRAIN_BACKEND" "$PY" -m xpcnn train ${TRAIN_ARGS:-}
 
-step bench "$PY" benchmarks/bench_train.py --backend "$TRAIN_BACKEND" --quick --json "$RESULTS/bench.json"
+# Both sides on the GPU, both synchronised before the clock is read (benchmarks/harness.py).
+step bench "$PY" benchmarks/bench_train.py --backend cupy --torch-device cuda --no-memory \
+  --scenario train:notebook:64 --scenario train:default:64 --scenario train:deep:256 \
+  --scenario train:resnet8:256 --scenario infer:notebook:1000 --json "$RESULTS/bench.json"
+
+step bench-torch "$PY" benchmarks/bench_train.py --backend torch:cuda --torch-device cuda --no-memory \
+  --scenario train:deep:256 --scenario train:resnet8:256 --json "$RESULTS/bench_torch.json"
+
+step winograd "$PY" benchmarks/bench_winograd.py --backend cupy --quick
 
 {
   echo
@@ -126,13 +145,19 @@ step bench "$PY" benchmarks/bench_train.py --backend "$TRAIN_BACKEND" --quick --
   tail -n 8 "$RESULTS/train.log"
   echo '```'
   echo
-  echo "## benchmark"
-  echo
-  echo '```'
-  grep -v '^== ' "$RESULTS/bench.log" | tail -n 40
-  echo '```'
+  for name in bench bench-torch winograd; do
+    echo "## $name"
+    echo
+    echo '```'
+    grep -v '^== ' "$RESULTS/$name.log" | tail -n 60
+    echo '```'
+  done
 } >>"$SUMMARY"
 
 echo
-echo "ci/gpu.sh: $( [ $failed -eq 0 ] && echo 'all steps passed' || echo 'some steps FAILED' ); summary: $SUMMARY"
-exit $failed
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "ci/gpu.sh: all steps passed; summary: $SUMMARY"
+  exit 0
+fi
+echo "ci/gpu.sh: FAILED steps: ${failed[*]}; summary: $SUMMARY" >&2
+exit 1
