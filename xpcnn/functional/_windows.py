@@ -70,9 +70,23 @@ def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride
     return crop2d(grad, padding, size)
 
 
+def place2d(xp: Any, block: Any, padding, size: tuple[int, int]) -> Any:
+    """A gradient ``block`` (..., BH, BW) over the top-left corner of the padded input -> the
+    (..., H, W) input gradient: the padding cropped off, zeros where the block does not reach."""
+    (top, _), (left, _) = padding
+    h, w = size
+    # Exact stops: array-api-strict rejects a slice running past the end.
+    grad = block[..., top : min(top + h, block.shape[-2]), left : min(left + w, block.shape[-1])]
+    bh, bw = grad.shape[-2:]
+    if (bh, bw) == (h, w):
+        return grad
+    out = xp.zeros((*grad.shape[:-2], h, w), dtype=grad.dtype, device=device_of(grad))
+    return xpx.at(out, (..., slice(0, bh), slice(0, bw))).set(grad, xp=xp)
+
+
 def crop2d(x: Any, padding, size: tuple[int, int]) -> Any:
     """Inverse of :func:`pad2d` on a gradient: (..., Hp, Wp) -> (..., H, W)."""
     (top, _), (left, _) = padding
-    if tuple(x.shape[-2:]) == tuple(size):
+    if top == 0 and left == 0 and tuple(x.shape[-2:]) == tuple(size):
         return x
     return x[..., top : top + size[0], left : left + size[1]]

@@ -70,7 +70,9 @@ def cross_entropy_with_grad(logits, labels, *, label_smoothing=0.0, ignore_index
     count = int(xp.count_nonzero(labels != ignore_index))
     kept = xp.astype(labels != ignore_index, logits.dtype)[:, None]
     if count == 0:
-        raise LabelError(f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is undefined")
+        raise LabelError(
+            f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is undefined"
+        )
     log_p = log_softmax(logits, axis=1)
     target = _target(xp, labels, k, logits.dtype, label_smoothing) * kept
     return -xp.sum(log_p * target) / count, (xp.exp(log_p) - target) * kept / count

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from ..backend import device_of
 from ..errors import ArgumentError, ShapeError
 from ._checks import Padding, check_float, check_grad, check_ndim, namespace, pair
-from ._windows import add_taps, pad2d, taps_of
+from ._windows import add_taps, pad2d, place2d, taps_of
 
 
 class PoolGeometry(NamedTuple):
@@ -85,9 +85,14 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, name
     # The last window's far edge, so that every tap slice stays inside the padded input.
     ends = tuple((out_hw[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1 for a in range(2))
     padded = tuple((pad[a], max(pad[a], ends[a] - sizes[a] - pad[a])) for a in range(2))
-    counts = tuple(_counts(sizes[a], out_hw[a], kernel[a], stride[a], pad[a], count_include_pad) for a in range(2))
-    uniform = all(c == kernel[a] for a in range(2) for c in counts[a])
-    return PoolGeometry(kernel, stride, padded, dilation, None if uniform else counts, out_hw)
+    divisor = None
+    # Only a ceil_mode window past the padding, or padding left out of the count, averages
+    # over fewer than kh*kw cells.
+    if ceil_mode or (not count_include_pad and any(pad)):
+        counts = tuple(_counts(sizes[a], out_hw[a], kernel[a], stride[a], pad[a], count_include_pad) for a in range(2))
+        if any(c != kernel[a] for a in range(2) for c in counts[a]):
+            divisor = counts
+    return PoolGeometry(kernel, stride, padded, dilation, divisor, out_hw)
 
 
 def _check(x, grad_y=None):
@@ -127,8 +132,13 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count
 
 def avg_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry):
     g = grad_y * _scale(xp, geometry, x)
-    k = geometry.kernel[0] * geometry.kernel[1]
-    return add_taps(xp, [g] * k, tuple(x.shape[2:]), geometry.padding, geometry.kernel, geometry.stride,
+    kernel, size = geometry.kernel, tuple(x.shape[2:])
+    if geometry.stride == kernel:
+        # Windows tile the input: each output's gradient fills its kh x kw block. Two repeats
+        # beat kh*kw slice updates (fewer calls) and a broadcast product (inner loops of length kw).
+        block = xp.repeat(xp.repeat(g, kernel[1], axis=3), kernel[0], axis=2)
+        return place2d(xp, block, geometry.padding, size)
+    return add_taps(xp, [g] * (kernel[0] * kernel[1]), size, geometry.padding, kernel, geometry.stride,
                     geometry.dilation, geometry.out_hw)
 
 
