@@ -19,6 +19,7 @@ import xpcnn
 from xpcnn import functional as F
 from xpcnn import layers, optim
 from xpcnn.errors import (
+    ArgumentTypeError,
     BackendMismatchError,
     DataError,
     DTypeError,
@@ -562,7 +563,7 @@ def test_numpy_scalar_hyper_parameters_are_python_floats():
 def test_train_step_needs_an_optimizer_instance(bad):
     model = built()
     before = [w.copy() for w in model.get_weights()]
-    with raises(ArgumentError, ValueError, match=r"^optimizer: expected an optimizer instance"):
+    with raises(ArgumentTypeError, TypeError, match=r"^optimizer: expected an optimizer instance"):
         model.train_step(X, np.array([1, 2]), bad)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     with raises(ArgumentError, ValueError, match=r"^model: expected an xpcnn Sequential"):

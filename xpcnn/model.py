@@ -260,6 +260,11 @@ class Sequential:
             grad_y = self.layers[i].run_backward(xp, grad_y, input_grad or i > 0)
         return grad_y
 
+    def loss_and_grad(self, x, y, *, label_smoothing: float = 0.0):
+        """Forward (training mode), mean softmax cross-entropy and backward on one batch, filling
+        every ``layer.grads``; returns the loss as a 0-d array (no update)."""
+        return training.loss_and_grad(self, x, y, label_smoothing=label_smoothing)
+
     def train_step(self, x, y, optimizer, *, label_smoothing: float = 0.0) -> float:
         """One optimizer step on the batch-mean softmax cross-entropy of (x, y), in training mode;
         returns the loss. The same step code as :meth:`fit` (see :func:`xpcnn.training.train_step`)."""
