@@ -320,8 +320,9 @@ def available_backends() -> dict[str, str]:
 # ---------------------------------------------------------------- arrays
 
 
-def library_of(x: Any) -> str:
-    """The backend name of array ``x`` ("numpy", "cupy", "torch", "jax", "array_api_strict")."""
+def library_of(x: Any, name: str = "x") -> str:
+    """The backend name of array ``x`` ("numpy", "cupy", "torch", "jax", "array_api_strict");
+    ``name`` is the argument an error names."""
     info = _TYPE_INFO.get(type(x))
     if info is not None:
         return info[0]
@@ -337,7 +338,7 @@ def library_of(x: Any) -> str:
         return "array_api_strict"
     if hasattr(x, "__array_namespace__"):
         return x.__array_namespace__().__name__
-    raise DTypeError(f"expected an array (numpy, cupy, torch, jax or array_api_strict), got {type(x).__name__}")
+    raise DTypeError(f"{name}: expected an array (numpy, cupy, torch, jax or array_api_strict), got {type(x).__name__}")
 
 
 def device_of(x: Any) -> Any:
@@ -385,10 +386,14 @@ def namespace_of(*arrays: Any) -> ModuleType:
     moves data behind your back.
     """
     first = first_info = None
-    for a in arrays:
+    for i, a in enumerate(arrays):
         if a is None or isinstance(a, (bool, int, float, complex)):
             continue
-        info = _type_info(a)
+        try:
+            info = _type_info(a)
+        except DTypeError:
+            library_of(a, f"arrays[{i}]")  # the same error, naming the argument
+            raise
         if first is None:
             first, first_info = a, info
             continue

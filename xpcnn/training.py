@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, jit
 from . import functional as F
 from .backend import device_of, dtype_name, library_of, namespace_of, to_device, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
@@ -46,7 +46,7 @@ from .errors import (
     NotBuiltError,
     ShapeError,
 )
-from .functional._checks import positive_int
+from .functional._checks import check_array, namespace, positive_int
 from .functional.loss import check_labels
 from .optim import Adam, Optimizer
 
@@ -216,7 +216,23 @@ def _non_finite(model, xb, loss_value: float, epoch: int, step: int, updated: bo
 
 def _check_optimizer(optimizer: Any) -> None:
     if not isinstance(optimizer, Optimizer):
-        raise ArgumentTypeError(f"optimizer: expected an xpcnn.optim optimizer instance such as optim.SGD(lr=0.01), got {optimizer!r:.80}")
+        raise ArgumentTypeError(f"optimizer: expected an optimizer instance such as xpcnn.optim.SGD(lr=0.01), got {optimizer!r:.80}")
+
+
+def _checked_batch(model, x, y):
+    """The namespace of a (batch, labels) pair after checking both against the model."""
+    model.check_input(x)
+    check_array(y, "labels")
+    xp = namespace(x=x, labels=y)
+    check_labels(xp, y, int(x.shape[0]), model.output_shape[-1])
+    return xp
+
+
+def loss_and_grad(model, x, y, *, label_smoothing: float = 0.0):
+    """Forward in training mode, mean softmax cross-entropy and backward on one checked batch
+    (fills every ``layer.grads``); returns the loss as a 0-d array. No update."""
+    xp = _checked_batch(model, x, y)
+    return _step(model, xp, x, y, _label_smoothing(label_smoothing))[1]
 
 
 def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> float:
@@ -225,8 +241,7 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
     :class:`NonFiniteError` before a non-finite update, then updates. Returns the loss."""
     _check_optimizer(optimizer)
     label_smoothing = _label_smoothing(label_smoothing)
-    xp = model.check_input(x)
-    check_labels(xp, y, int(x.shape[0]), model.output_shape[-1])
+    xp = _checked_batch(model, x, y)
     guard, loss, _ = to_numpy(_step(model, xp, x, y, label_smoothing)).tolist()
     if not math.isfinite(guard):
         err = _non_finite(model, x, loss, 0, 0, updated=False)
@@ -301,7 +316,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         (one read for all of them). 1 (default) checks every step before its update; with k > 1
         the device never waits on the host in between, and a non-finite step is still named
         exactly, but the weights then hold the updates up to the read.
-    compile: run the whole step as one compiled function (the jax backend; default there).
+    compile: run the whole step (forward, loss, backward, update) as one compiled function
+        (:mod:`xpcnn.jit`). None (default): on the jax backend when every layer allows it (not
+        Dropout yet), eager elsewhere. True where it cannot compile is an error; False is eager.
     distributed: data-parallel training over MPI ranks (``mpiexec -n K``); see docs/distributed.md.
 
     Training stops with :class:`xpcnn.errors.NonFiniteError` (naming epoch, step and the first
@@ -324,8 +341,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
             raise ArgumentTypeError(f"callbacks[{i}]: expected an xpcnn.callbacks.Callback, got {type(cb).__name__}")
-    if compile:
-        raise ArgumentError("compile: a compiled step needs the jax backend")
+    if compile not in (None, True, False):
+        raise ArgumentTypeError(f"compile: expected True, False or None, got {compile!r:.80}")
     comm = mpi.communicator(distributed)
     if comm is not None and compile:
         raise ArgumentError("compile: not available with distributed=True yet (the allreduce sits inside the step)")
@@ -344,6 +361,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         optimizer = optimizer or model.optimizer or default_optimizer()
         rng, initial_epoch, past = np.random.default_rng(seed), 0, {}
     model.optimizer = optimizer
+    compiled = _compiled_step(model, optimizer, compile, label_smoothing, comm)
 
     data = _Data(model, x, y)
     val = _validation(model, validation_data)
@@ -373,7 +391,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         for epoch in range(initial_epoch, epochs):
             for cb in everything:
                 cb.on_epoch_begin(epoch, {})
-            totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, everything, comm)
+            totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, everything, comm,
+                                compiled)
             logs = {"loss": totals[0] / data.n, "accuracy": totals[1] / data.n}
             if val is not None:
                 result = _evaluate(model, val, 256, comm)
@@ -388,22 +407,39 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     return history
 
 
-def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks, comm=None):
+def _compiled_step(model, optimizer, compile, label_smoothing, comm) -> jit.CompiledStep | None:
+    """The compiled step ``fit`` runs, or None for the eager one (see fit's ``compile``)."""
+    if compile is False or comm is not None:
+        return None
+    reason = jit.unsupported(model)
+    if reason is None:
+        return jit.make_step(model, optimizer, label_smoothing=label_smoothing)
+    if compile:
+        raise ArgumentError(f"compile: {reason}; pass compile=False")
+    return None
+
+
+def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks, comm=None,
+               compiled=None):
     """One pass over the data; returns (summed loss * batch size, correct). The host reads the
-    step values every ``sync_every`` steps, all pending steps in one transfer."""
+    step values every ``sync_every`` steps, all pending steps in one transfer. A ``compiled``
+    step updates inside the compiled function (and discards a non-finite step's update there)."""
     xp = None
     total_loss, total_correct = 0.0, 0
-    pending: list[tuple[int, Any, int, Any]] = []  # (step, stacked values, batch size, x batch)
+    # (step, stacked values, batch size, what explains a non-finite step: the x batch, or the
+    # compiled step's finite flags)
+    pending: list[tuple[int, Any, int, Any]] = []
 
     def read_pending():
         nonlocal total_loss, total_correct
         values = to_numpy(xp.stack([v for _, v, _, _ in pending])).tolist()
         for (step, _, size, xb), (guard, loss, correct) in zip(pending, values):
             if not math.isfinite(guard):
-                err = _non_finite(model, xb, loss, epoch, step, updated=sync_every > 1)
+                err = compiled.error(epoch, step, loss, xb, updated=sync_every > 1) if compiled \
+                    else _non_finite(model, xb, loss, epoch, step, updated=sync_every > 1)
                 if err is not None:
                     raise err
-            if sync_every == 1:
+            if sync_every == 1 and compiled is None:
                 optimizer.step(model)
             total_loss += loss * size
             total_correct += int(correct)
@@ -415,11 +451,15 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
     for step, idx in enumerate(iterate_batches(data.n, batch_size, shuffle=shuffle, rng=rng)):
         xb, yb = data.batch(idx if comm is None else comm.shard(idx))
         xp = xp or namespace_of(xb)
-        values = _step(model, xp, xb, yb, label_smoothing) if comm is None \
-            else comm.step(_step, model, xp, xb, yb, len(idx), label_smoothing)
-        if sync_every > 1:
-            optimizer.step(model)
-        pending.append((step, values, len(idx), xb if sync_every == 1 else None))
+        if compiled is not None:
+            values = compiled(xb, yb)
+            pending.append((step, values, len(idx), compiled.last_flags))
+        else:
+            values = _step(model, xp, xb, yb, label_smoothing) if comm is None \
+                else comm.step(_step, model, xp, xb, yb, len(idx), label_smoothing)
+            if sync_every > 1:
+                optimizer.step(model)
+            pending.append((step, values, len(idx), xb if sync_every == 1 else None))
         if len(pending) >= sync_every:
             read_pending()
     if pending:
@@ -430,6 +470,12 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 # ---------------------------------------------------------------- evaluate and predict
 
 
+def _inference(model, xp, xb):
+    """Inference-mode logits of a checked batch: one compiled function on jax (op by op, JAX
+    dispatches and compiles every operation separately), the layers' forward elsewhere."""
+    return jit.forward(model, xb) if model.backend.name == "jax" else model.forward_checked(xp, xb, False)
+
+
 def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float]:
     total_loss, total_correct = 0.0, 0
     start, stop = (0, data.n) if comm is None else comm.share(data.n)  # each rank its slice
@@ -437,7 +483,7 @@ def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float
         idx = idx + start
         xb, yb = data.batch(idx)
         xp = namespace_of(xb)
-        logits = model.forward_checked(xp, xb, False)
+        logits = _inference(model, xp, xb)
         loss = F.cross_entropy(logits, yb)
         correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
         loss_value, correct_value = to_numpy(xp.stack([loss, correct])).tolist()
@@ -469,16 +515,15 @@ def predict(model, x, *, batch_size: int = 256):
     model's backend. Host (NumPy) data are moved one batch at a time (and cast to the model's
     float dtype); arrays of another backend are refused as in :meth:`Sequential.forward`."""
     batch_size = positive_int(batch_size, "batch_size")
-    if not model.built:
-        raise NotBuiltError("model: not built; build it or fit it before predict")
-    x = _as_array(x, "x")
+    model._require_built()
+    check_array(x, "x")
     if not isinstance(x, np.ndarray) or model.backend.name == "numpy":
         xp = model.check_input(x)
-        return F.softmax(model.forward_checked(xp, x, False), axis=1)
+        return F.softmax(_inference(model, xp, x), axis=1)
     data = _Data(model, x, None)
     parts = []
     for idx in iterate_batches(data.n, batch_size, shuffle=False):
         xb, _ = data.batch(idx)
         xp = namespace_of(xb)
-        parts.append(F.softmax(model.forward_checked(xp, xb, False), axis=1))
+        parts.append(F.softmax(_inference(model, xp, xb), axis=1))
     return parts[0] if len(parts) == 1 else namespace_of(parts[0]).concat(parts, axis=0)

@@ -1,0 +1,248 @@
+"""Compiled training step and inference for the jax backend.
+
+:class:`CompiledStep` runs forward, loss, backward and the optimizer update as one ``jax.jit``
+function of (parameters, buffers, optimizer state, step scalars, batch); :func:`forward` runs
+inference-mode logits as one. Nothing here re-implements a layer: inside the traced function
+the parameters and buffers are bound into the model's own layers as tracers, and the model's
+normal forward, the fused softmax cross-entropy, backward and the optimizer's pure rule
+(:meth:`xpcnn.optim.Optimizer.update`) run on them. Layers cache intermediates in Python
+attributes, which tracing allows since nothing needs a concrete value. Every layer gets its
+own arrays and attributes back when the trace ends, so the model never holds a tracer;
+outside, the new arrays are written back to the model and the optimizer.
+
+Checks that need a concrete value stay outside: the NaN guard is a set of all-finite flags
+computed inside and read by the caller. A non-finite step discards its own update inside the
+function (parameters, buffers and state keep their values), and :meth:`CompiledStep.error`
+names the first non-finite value. Data are validated once per fit, as for the eager step.
+
+A function compiles once per batch shape (the last, smaller batch of an epoch compiles a
+second time) and again when an optimizer hyper-parameter other than the learning rate
+changes; learning-rate schedules do not recompile. Compiled functions are kept per model, so
+a second ``fit`` or ``evaluate`` reuses them. Layers with host-side state that advances every
+training step (Dropout's mask counter) cannot be compiled yet: :func:`unsupported` says why.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from .backend import namespace_of
+from .errors import ArgumentError, NonFiniteError
+from .functional.loss import cross_entropy_kernel
+from .optim import Optimizer
+
+
+def unsupported(model) -> str | None:
+    """Why ``model`` cannot run a compiled training step, or None when it can."""
+    if model.backend is None or model.backend.name != "jax":
+        return f"a compiled step needs the jax backend; the model is on {model.backend}"
+    for path, layer in _walk(model.layers):
+        if layer.get_state():
+            return (f"layer {path} ({type(layer).__name__}) keeps host-side state that advances every step "
+                    f"({', '.join(layer.get_state())}), which a compiled step cannot advance")
+    return None
+
+
+class CompiledStep:
+    """One training step of ``model`` with ``optimizer`` as a single ``jax.jit`` function.
+
+    ``step(xb, yb)`` with xb (N, C, H, W) and yb (N,) on the model's jax device returns the
+    device array ``[guard, loss, correct]`` (nothing is read back to the host): ``guard``
+    equals ``loss`` when the parameters, the loss and every gradient are finite, and is NaN
+    otherwise. The model and optimizer hold the step's update exactly when ``guard`` is
+    finite. :meth:`train` reads the values and raises on a non-finite step, as ``fit`` does.
+    """
+
+    def __init__(self, model, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> None:
+        import jax
+
+        if not isinstance(optimizer, Optimizer):
+            raise ArgumentError(f"optimizer: expected an xpcnn.optim optimizer instance, got {optimizer!r:.80}")
+        model._require_built()
+        reason = unsupported(model)
+        if reason is not None:
+            raise ArgumentError(f"compile: {reason}; pass compile=False")
+        # A weak reference: the per-model cache below must not keep its model alive.
+        self._model = weakref.ref(model)
+        self.optimizer, self.label_smoothing = optimizer, float(label_smoothing)
+        self._compiled = jax.jit(self._pure, static_argnames=("hyper",))
+        self.last_flags = None
+
+    @property
+    def model(self):
+        return self._model()
+
+    def _pure(self, params, buffers, state, scalars, xb, yb, *, hyper):
+        """(new params, new buffers, new state, [guard, loss, correct], finite flags): a pure
+        function of its arguments. ``hyper`` (static) is the optimizer's fixed hyper-parameters,
+        read from the optimizer itself while tracing; it only keys the compilation cache.
+        Flags, in :meth:`_flag_names` order: each parameter, the loss, each gradient."""
+        model, optimizer = self.model, self.optimizer
+        xp = namespace_of(xb)
+        with _bound(model, params, buffers):
+            logits = model.forward_checked(xp, xb, True)
+            loss, grad = cross_entropy_kernel(xp, logits, yb, self.label_smoothing)
+            model.backward_checked(xp, grad)
+            grads = {key: layer.grads[name] for key, layer, name in model.named_parameters()}
+            stepped = {key: layer.buffers[name] for key, layer, name in model.named_buffers()}
+        finite = [*params.values(), loss, *grads.values()]
+        flags = xp.stack([xp.all(xp.isfinite(a)) for a in finite])
+        ok = xp.all(flags)
+        new_params, new_state = {}, {}
+        for key in params:
+            param, held = optimizer.update(params[key], grads[key], state[key], scalars)
+            new_params[key] = xp.where(ok, param, params[key])
+            new_state[key] = {name: xp.where(ok, a, state[key][name]) for name, a in held.items()}
+        new_buffers = {key: xp.where(ok, stepped[key], buffers[key]) for key in buffers}
+        correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
+        guard = xp.where(ok, loss, xp.asarray(float("nan"), dtype=loss.dtype))
+        return new_params, new_buffers, new_state, xp.stack([guard, loss, correct]), flags
+
+    def __call__(self, xb, yb):
+        model, optimizer = self.model, self.optimizer
+        params_slots = model.named_parameters()
+        optimizer.check_state_location(params_slots)
+        params, buffers = _arrays(model)
+        state = {key: optimizer.state[key] if key in optimizer.state else optimizer.initial_state(params[key]) for key in params}
+        scalars = optimizer.scalars(optimizer.steps + 1)
+        hyper = repr({k: v for k, v in optimizer.hyper().items() if k != "lr"})
+        with model.backend.activate():
+            new_params, new_buffers, new_state, values, flags = self._compiled(params, buffers, state, scalars, xb, yb, hyper=hyper)
+        # A non-finite step returns every array unchanged (selected inside), so writing back is
+        # harmless; its count is taken back by error() once the caller has read the guard.
+        # Counting here keeps the host from waiting on the device every step.
+        for key, layer, name in params_slots:
+            layer.params[name] = new_params[key]
+        for key, layer, name in model.named_buffers():
+            layer.buffers[name] = new_buffers[key]
+        for key, _, _ in params_slots:
+            if new_state[key]:
+                optimizer.state[key] = new_state[key]
+        optimizer.steps += 1
+        self.last_flags = flags
+        return values
+
+    def _flag_names(self) -> list[str]:
+        slots = self.model.named_parameters()
+        return ([f"parameter {key} holds NaN/Inf" for key, _, _ in slots] + ["the loss is the first non-finite value"]
+                + [f"the gradient of {key} is the first non-finite gradient" for key, _, _ in slots])
+
+    def error(self, epoch: int, step: int, loss: float, flags=None, *, updated: bool = False) -> NonFiniteError:
+        """The :class:`NonFiniteError` for a step whose guard came back non-finite. ``flags``: that
+        step's finite flags (:attr:`last_flags` right after the call; default the last step's);
+        ``updated``: later steps ran before the read (``fit(sync_every > 1)``). The step's own
+        update was discarded, so its count is taken back from the optimizer."""
+        import numpy as np
+
+        self.optimizer.steps -= 1
+        finite = np.asarray(self.last_flags if flags is None else flags)
+        where = self._flag_names()[int(np.argmin(finite))]
+        state = ("The weights were not updated by this step but hold the later steps' updates up to the read "
+                 "(values are read every sync_every steps); restore the last checkpoint" if updated
+                 else "The weights were not updated by this step")
+        err = NonFiniteError(
+            f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss}; {where}. "
+            f"{state}; lower the learning rate, check the data, or use float64"
+        )
+        err.epoch, err.step, err.where = epoch + 1, step + 1, where
+        return err
+
+    def train(self, xb, yb, *, epoch: int = 0, step: int = 0) -> tuple[float, int]:
+        """Run one step and read it back: (loss, correct predictions). Raises NonFiniteError
+        naming ``epoch`` and ``step`` (0-based here, 1-based in the message) when a parameter,
+        the loss or a gradient is non-finite; the model and optimizer are then as before."""
+        import numpy as np
+
+        guard, loss, correct = np.asarray(self(xb, yb)).tolist()
+        if not np.isfinite(guard):
+            raise self.error(epoch, step, loss)
+        return loss, int(correct)
+
+
+# Compiled functions per model: jax caches a compilation per function object, so reusing them
+# across fit / evaluate calls saves a trace and an XLA compile each time.
+_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def make_step(model, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> CompiledStep:
+    """The compiled training step of ``model`` (built, on the jax backend) with ``optimizer``;
+    the one made before is reused when the optimizer and label smoothing are the same."""
+    step = _steps.get(model)
+    if step is None or step.optimizer is not optimizer or step.label_smoothing != float(label_smoothing):
+        step = _steps[model] = CompiledStep(model, optimizer, label_smoothing=label_smoothing)
+    return step
+
+
+def forward(model, x):
+    """Inference-mode logits (N, K) of ``model`` (on the jax backend) for a checked batch x
+    (N, C, H, W), as one compiled function of (parameters, buffers, x)."""
+    import jax
+
+    compiled = _forwards.get(model)
+    if compiled is None:
+        ref = weakref.ref(model)  # the cache must not keep its model alive
+
+        def logits(params, buffers, x):
+            with _bound(ref(), params, buffers):
+                return ref().forward_checked(namespace_of(x), x, False)
+
+        compiled = _forwards[model] = jax.jit(logits)
+    with model.backend.activate():
+        return compiled(*_arrays(model), x)
+
+
+# ---------------------------------------------------------------- binding tracers into layers
+
+
+def _walk(layers):
+    """(path, layer) for every layer and nested sublayer (Residual branches), depth first."""
+    for i, layer in enumerate(layers):
+        yield from _walk_one(layer, str(i))
+
+
+def _walk_one(layer, path: str):
+    yield path, layer
+    for sub_path, sub in layer.sublayers() if hasattr(layer, "sublayers") else ():
+        yield from _walk_one(sub, f"{path}.{sub_path}")
+
+
+def _arrays(model) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(parameters, buffers) of ``model`` keyed as ``named_parameters`` / ``named_buffers``."""
+    return ({key: layer.params[name] for key, layer, name in model.named_parameters()},
+            {key: layer.buffers[name] for key, layer, name in model.named_buffers()})
+
+
+# What a forward / backward leaves on a layer (besides params and buffers).
+_TRANSIENT = ("grads", "_cache", "_last_out_shape")
+
+
+class _bound:
+    """``with _bound(model, params, buffers):`` the layers hold ``params`` / ``buffers`` (tracers)
+    inside the block; after it, every layer has its own arrays and attributes back."""
+
+    def __init__(self, model, params, buffers) -> None:
+        self.model, self.params, self.buffers = model, params, buffers
+
+    def __enter__(self):
+        model = self.model
+        self.layers = [(layer, {name: layer.__dict__[name] for name in _TRANSIENT if name in layer.__dict__})
+                       for _, layer in _walk(model.layers)]
+        self.originals = [(layer.params, name, layer.params[name]) for _, layer, name in model.named_parameters()]
+        self.originals += [(layer.buffers, name, layer.buffers[name]) for _, layer, name in model.named_buffers()]
+        for key, layer, name in model.named_parameters():
+            layer.params[name] = self.params[key]
+        for key, layer, name in model.named_buffers():
+            layer.buffers[name] = self.buffers[key]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mapping, name, value in self.originals:
+            mapping[name] = value
+        for layer, attributes in self.layers:
+            for name in _TRANSIENT:
+                if name in attributes:
+                    layer.__dict__[name] = attributes[name]
+                else:
+                    layer.__dict__.pop(name, None)
