@@ -1,0 +1,83 @@
+"""Optimizer state moves with the model: fit, model.to(other backend), fit again continues the
+same run as if nothing had moved (float64, every backend pair available here)."""
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import layers, optim
+from xpcnn.backend import library_of
+from xpcnn.errors import BackendMismatchError
+
+from .tolerances import FLOAT64_RTOL
+
+
+def net():
+    return xpcnn.Sequential([layers.Conv2D(3, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+                             layers.Flatten(), layers.Dense(4)])
+
+
+def data(n=48):
+    rng = np.random.default_rng(0)
+    return rng.random((n, 1, 8, 8)), rng.integers(0, 4, n)
+
+
+@pytest.fixture
+def jax_x64():
+    jax = pytest.importorskip("jax")
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def _two_fits(route, make_opt):
+    """fit one epoch, move along ``route`` (backend names), fit another epoch; returns the model."""
+    x, y = data()
+    model = net().build((1, 8, 8), seed=1, dtype="float64", backend="numpy")
+    model.fit(x, y, epochs=1, batch_size=16, optimizer=make_opt(), verbose=0, seed=3)
+    for target in route:
+        model.to(target)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, seed=4)
+    return model
+
+
+OPTIMIZERS = {"adam": lambda: optim.Adam(1e-2), "sgd_momentum": lambda: optim.SGD(0.1, momentum=0.9),
+              "adamw": lambda: optim.AdamW(1e-2)}
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS), ids=list(OPTIMIZERS))
+@pytest.mark.parametrize("route", [("torch",), ("torch", "numpy"), ("array_api_strict",), ("array_api_strict:device1",),
+                                   ("jax",)], ids=["torch", "torch-numpy", "strict", "strict-device1", "jax"])
+def test_fit_move_fit_matches_an_uninterrupted_run(route, opt, request):
+    for name in {r.split(":")[0] for r in route}:
+        pytest.importorskip(name)
+    if "jax" in route:
+        request.getfixturevalue("jax_x64")
+    moved = _two_fits(route, OPTIMIZERS[opt])
+    still = _two_fits((), OPTIMIZERS[opt])
+    final = route[-1].split(":")[0]
+    assert moved.optimizer.steps == still.optimizer.steps == 6
+    for key, state in still.optimizer.state.items():
+        for name, want in state.items():
+            got = moved.optimizer.state[key][name]
+            assert library_of(got) == final
+            np.testing.assert_allclose(xpcnn.to_numpy(got), want, rtol=0, atol=FLOAT64_RTOL * np.abs(want).max())
+    for got, want in zip(moved.get_weights(), still.get_weights()):
+        assert library_of(got) == final
+        np.testing.assert_allclose(xpcnn.to_numpy(got), want, rtol=0, atol=FLOAT64_RTOL * np.abs(want).max())
+
+
+def test_optimizer_to_moves_its_state_and_a_stale_one_is_named():
+    pytest.importorskip("torch")
+    x, y = data(16)
+    model = net().build((1, 8, 8), dtype="float64", backend="numpy")
+    opt = optim.Adam(1e-2)
+    model.train_step(x, y, opt)
+    model.to("torch")  # opt is not model.optimizer (train_step does not keep it): its state stays behind
+    with pytest.raises(BackendMismatchError, match=r"optimizer: its state is on numpy .* parameters are on torch.*optimizer.to"):
+        model.train_step(xpcnn.to_device(x, "torch"), xpcnn.to_device(y, "torch"), opt)
+    assert opt.to("torch") is opt
+    assert all(library_of(a) == "torch" for s in opt.state.values() for a in s.values())
+    model.train_step(xpcnn.to_device(x, "torch"), xpcnn.to_device(y, "torch"), opt)
+    assert opt.steps == 2
