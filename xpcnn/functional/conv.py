@@ -32,6 +32,12 @@ from ._checks import (
     pair,
 )
 from ._windows import add_taps, pad2d, taps_of
+from .winograd import (
+    winograd_applicable,
+    winograd_conv2d,
+    winograd_conv2d_input_grad,
+    winograd_input_grad_applicable,
+)
 
 
 class ConvGeometry(NamedTuple):
@@ -142,7 +148,11 @@ def _fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):
 def conv2d_kernel(xp, x, weight, bias, geometry: ConvGeometry) -> tuple[Any, Any]:
     """The forward math on checked inputs: (y (N, O, OH, OW), cols for the backward).
 
-    The one place that picks the algorithm for a geometry: today im2col for every shape."""
+    The one place that picks the algorithm for a geometry: Winograd F(2x2, 3x3) where
+    :func:`winograd_applicable` measured it faster (cols is then None: the backward builds them),
+    else im2col."""
+    if winograd_applicable(x.shape, weight.shape, geometry):
+        return winograd_conv2d(xp, x, weight, bias, geometry)[0], None
     return _conv2d_im2col(xp, x, weight, bias, geometry)
 
 
@@ -157,7 +167,8 @@ def _conv2d_im2col(xp, x, weight, bias, geometry: ConvGeometry) -> tuple[Any, An
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1) -> tuple[Any, Any]:
     """y, cols. x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) -> y (N, O, OH, OW) and the
-    im2col columns (groups, kh*kw*C/groups, N*OH*OW) that :func:`conv2d_backward` can reuse.
+    im2col columns (groups, kh*kw*C/groups, N*OH*OW) that :func:`conv2d_backward` can reuse
+    (None when the forward took the Winograd path).
 
     ``padding``: an int, an (h, w) pair, ((top, bottom), (left, right)), ``"valid"`` or
     ``"same"`` (stride 1; the odd pixel of an even total goes bottom/right, as PyTorch)."""
@@ -183,7 +194,9 @@ def conv2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvGeometry, *, bia
     grad_weight = _weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(cols)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
-    if input_grad:
+    if input_grad and winograd_input_grad_applicable(x.shape, weight.shape, geometry):
+        grad_x = winograd_conv2d_input_grad(xp, grad_y, weight, geometry, tuple(x.shape[2:]))
+    elif input_grad:
         grad_cols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
         grad_x = _fold(xp, grad_cols, kernel, geometry, x.shape)
     return grad_x, grad_weight, grad_bias

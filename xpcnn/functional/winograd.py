@@ -23,8 +23,10 @@ transform coefficients put float32 results outside the project's per-op float32 
 (``benchmarks/bench_winograd.py`` measures it), so the dispatch uses F(2x2, 3x3); ``m=4``
 stays available to callers who accept that error.
 
-Which convolutions take this path is :func:`winograd_applicable`, a rule measured on the
-project's machine by ``benchmarks/bench_winograd.py`` (``benchmarks/results/winograd_*.txt``).
+Which convolutions take this path (:func:`winograd_applicable` for the forward,
+:func:`winograd_input_grad_applicable` for the input gradient) is a rule measured on the
+project's machine by ``benchmarks/bench_winograd.py`` (``benchmarks/results/winograd_*.txt``);
+conv2d's weight gradient stays im2col (see the rule's comment).
 """
 
 from __future__ import annotations
@@ -61,18 +63,36 @@ class WinogradCache(NamedTuple):
     m: int
 
 
+# The rule, measured with benchmarks/bench_winograd.py on the project's 2-core machine (NumPy,
+# OpenBLAS; benchmarks/results/winograd_*.txt). Winograd trades 2.25x fewer multiplications for
+# transforms that are memory-bound copies, whose cost grows with the channels on each side while
+# the saving grows with their product. It wins the input gradient (against im2col's matmul and
+# 9-slice fold) when the layer has at least as many input channels C as output channels O, and
+# the forward (charged with rebuilding the im2col columns that the weight gradient uses) only
+# with many channels on both sides. The weight gradient stays im2col: Winograd's is faster for
+# most shapes but its float32 error exceeds the per-op tolerance at 64 channels (same script).
+FORWARD_MIN_CHANNELS = (128, 64)  # (C, O)
+INPUT_GRAD_MIN_CHANNELS = 16  # C, with O <= C
+
+
+def _eligible(w_shape, geometry) -> bool:
+    """3x3 kernel, stride 1, dilation 1, one group: what F(m x m, 3 x 3) computes."""
+    return (tuple(w_shape[2:]) == (3, 3) and tuple(geometry.stride) == (1, 1)
+            and tuple(geometry.dilation) == (1, 1) and geometry.groups == 1)
+
+
 def winograd_applicable(x_shape, w_shape, geometry) -> bool:
-    """True when conv2d of x (N, C, H, W) with weight (O, C, kh, kw) under ``geometry``
-    (stride, padding, dilation, groups, out_hw) takes the Winograd path: a 3x3 kernel, stride 1,
-    dilation 1, one group, and channel counts where it measured faster than im2col."""
-    if tuple(w_shape[2:]) != (3, 3) or geometry.stride != (1, 1) or geometry.dilation != (1, 1):
-        return False
-    return geometry.groups == 1 and _faster(x_shape[1], w_shape[0])
+    """True when the forward of conv2d of x (N, C, H, W) with weight (O, C, kh, kw) under
+    ``geometry`` (stride, padding, dilation, groups, out_hw) takes the Winograd path."""
+    c, o = x_shape[1], w_shape[0]
+    return _eligible(w_shape, geometry) and c >= FORWARD_MIN_CHANNELS[0] and o >= FORWARD_MIN_CHANNELS[1]
 
 
-def _faster(c: int, o: int) -> bool:
-    """The measured rule (see the module docstring)."""
-    return min(c, o) >= 64
+def winograd_input_grad_applicable(x_shape, w_shape, geometry) -> bool:
+    """True when conv2d's input gradient (same arguments as :func:`winograd_applicable`) takes
+    the Winograd path."""
+    c, o = x_shape[1], w_shape[0]
+    return _eligible(w_shape, geometry) and c >= INPUT_GRAD_MIN_CHANNELS and o <= c
 
 
 # ---------------------------------------------------------------- transforms
