@@ -1,0 +1,94 @@
+"""Operations and host reads per training step, and where each one comes from.
+
+    python benchmarks/bench_ops.py            # ~1 minute; the committed output is results/ops_per_step.txt
+
+Counted with torch.profiler (benchmarks/harness.py, count_ops) on the torch backend (CPU): an
+operation is a top-level ATen call that does more than make a view (on a GPU, at least one
+kernel launch); a host read brings a tensor's value into Python or NumPy (on a GPU, a
+synchronisation). The xpcnn step is ``model.train_step(x, y, SGD(0.05))`` on a batch already on
+the backend, as the throughput benchmark times it, and one step of ``model.fit`` (ten batches of
+64 in one call, the per-call work shared out); the PyTorch step is its standard loop
+(zero_grad, forward, cross_entropy, backward, SGD step, ``loss.item()``).
+
+1. Per network: operations and host reads per step, xpcnn and PyTorch side by side.
+2. The default network (``xpcnn.zoo.default_cnn``, batch 64; target: <= 60 operations and <= 1
+   host read per step): every operation of an xpcnn ``train_step`` with its innermost xpcnn call
+   and the layer (or training function) that made it, then the same for PyTorch's loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+
+SCENARIOS = [("train", "notebook", 1), ("train", "notebook", 64), ("train", "deep", 64), ("train", "default", 64),
+             ("train", "resnet8", 64), ("infer", "notebook", 1000)]
+TARGET_OPS, TARGET_READS = 60, 1
+
+
+def fit_step(net: str, batch: int, steps: int = 10):
+    """A callable running ``model.fit`` for one epoch of ``steps`` batches on the torch backend."""
+    import xpcnn
+    from xpcnn import optim
+
+    images, labels = harness.load_images(n=batch * steps)
+    model = harness.build_xpcnn(net, backend="torch")
+    x = xpcnn.to_device(harness.to_float(images), "torch")
+    y = xpcnn.to_device(labels, "torch")
+    opt = optim.SGD(lr=harness.LR)
+    return lambda: model.fit(x, y, epochs=1, batch_size=batch, optimizer=opt, verbose=0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5, help="profiled steps per count (default 5)")
+    args = parser.parse_args(argv)
+    harness.set_threads(1)
+    env = harness.environment(1, "torch", "cpu")
+    print(f"{env['date']}  torch {env['torch']}, numpy {env['numpy']}, xpcnn {env['xpcnn']}, commit {env['commit']}; "
+          f"counted with torch.profiler over {args.steps} steps after 2 warm-up steps\n")
+    images, labels = harness.load_images()
+    print("1. operations / host reads per step")
+    print(f"{'scenario':<28} {'xpcnn ops':>9} {'reads':>5}   {'PyTorch ops':>11} {'reads':>5}")
+    default = None
+    for kind, net, batch in SCENARIOS:
+        name = f"{kind} {net}-net b{batch}"
+        try:
+            mine = harness.count_ops(harness.torch_twin(kind, net, batch, images, labels).step, steps=args.steps)
+            model = harness.build_xpcnn(net, backend="numpy")
+            theirs = harness.count_ops(harness.torch_workload(harness.torch_from_xpcnn(model), images, labels, batch,
+                                                              train=kind == "train").step, steps=args.steps)
+        except harness.Unavailable as e:
+            print(f"{name:<28} not counted: {e}")
+            continue
+        print(f"{name:<28} {mine.ops_per_step:>9.3g} {mine.host_reads_per_step:>5.3g}   "
+              f"{theirs.ops_per_step:>11.3g} {theirs.host_reads_per_step:>5.3g}")
+        if (kind, net, batch) == ("train", "default", 64):
+            default = (mine, theirs)
+    fit = harness.count_ops(fit_step("default", 64), steps=1, warmup=1)
+    per_step = harness.OpCount(10, fit.ops, fit.host_reads, fit.by_site, fit.reads_by_site)
+    print(f"{'fit default-net b64':<28} {per_step.ops_per_step:>9.3g} {per_step.host_reads_per_step:>5.3g}   "
+          "(one epoch of 10 batches per call, per batch)")
+    if default is not None:
+        mine, theirs = default
+        met = mine.ops_per_step <= TARGET_OPS and mine.host_reads_per_step <= TARGET_READS
+        print(f"\ndefault network, batch 64, train_step: {mine.ops_per_step:.3g} operations and "
+              f"{mine.host_reads_per_step:.3g} host reads per step; target <= {TARGET_OPS} and <= {TARGET_READS}: "
+              + ("met" if met else f"NOT met (by {max(0.0, mine.ops_per_step - TARGET_OPS):.3g} operations and "
+                                   f"{max(0.0, mine.host_reads_per_step - TARGET_READS):.3g} host reads)"))
+        print("\n2. xpcnn train_step, default network, batch 64: every operation per step")
+        print(harness.format_breakdown(mine))
+        print("\n   the same for model.fit (per batch, one epoch of 10 batches per call)")
+        print(harness.format_breakdown(per_step))
+        print("\n   PyTorch's loop, same network and batch")
+        print(harness.format_breakdown(theirs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
