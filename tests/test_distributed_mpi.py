@@ -126,6 +126,26 @@ def test_two_ranks_equal_one_process(tmp_path, single_process):
     assert max_relative_difference(want, [np.asarray(w) for w in network().get_weights()]) > 1e-2
 
 
+def test_torch_backend_two_ranks(tmp_path, single_process):
+    pytest.importorskip("torch")
+    rc, output, _ = run_ranks("exactness_torch", str(tmp_path))
+    assert_ok(rc, output)
+    rank0, _ = load_weights(tmp_path / "rank0.npz")
+    rank1, _ = load_weights(tmp_path / "rank1.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
+    assert max_relative_difference(rank0, single_process[0]) <= EXACTNESS_TOL
+
+
+def test_batchnorm_ranks_stay_identical(tmp_path):
+    rc, output, _ = run_ranks("batchnorm", str(tmp_path))
+    assert_ok(rc, output)
+    rank0, rank1 = (np.load(tmp_path / f"bn{r}.npz") for r in (0, 1))
+    assert sorted(rank0.files) == sorted(rank1.files)
+    for name in rank0.files:  # weights and running statistics
+        np.testing.assert_array_equal(rank0[name], rank1[name])
+    assert not np.allclose(rank0["running_mean"], 0.0)  # the running statistics moved
+
+
 def test_evaluate_reduces_over_ranks(tmp_path):
     rc, output, _ = run_ranks("evaluate", str(tmp_path))
     assert_ok(rc, output)
@@ -168,6 +188,19 @@ def test_resume_and_rank0_output(tmp_path, single_process):
     assert sorted(os.listdir(tmp_path / "ckpt"))[-1] == "ckpt-epoch000006.safetensors"
 
 
+def test_cli_train_distributed(tmp_path):
+    pytest.importorskip("mlxtend")
+    saved = tmp_path / "model.safetensors"
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "xpcnn", "train", "--distributed", "--epochs", "1",
+               "--batch-size", "256", "--threads", "1", "--verbose", "2", "--save", str(saved)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=TIMEOUT_S, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Rank 0 alone prints and saves; the held-out accuracy is reduced over both ranks.
+    assert proc.stdout.count("held-out accuracy") == 1 and proc.stdout.count("epoch 1/1") == 1, proc.stdout
+    assert saved.exists()
+
+
 def test_one_process_without_mpiexec_is_single_process_training(tmp_path, single_process):
     rc, output, _ = run_ranks("single", str(tmp_path), n=None)
     assert_ok(rc, output)
@@ -204,6 +237,31 @@ def scenario_exactness(out: str) -> None:
     save_weights(os.path.join(out, f"rank{mpi.rank()}.npz"), model, history)
     with open(os.path.join(out, f"allreduces{mpi.rank()}.txt"), "w") as f:
         f.write(str(len(calls)))
+
+
+def scenario_exactness_torch(out: str) -> None:
+    from xpcnn.distributed import mpi
+
+    x, y = dataset()
+    with xpcnn.use_backend("torch"):
+        model = network(seed=100 + mpi.rank())
+    assert model.backend.name == "torch"
+    history = train(model, x, y, distributed=True)
+    save_weights(os.path.join(out, f"rank{mpi.rank()}.npz"), model, history)
+
+
+def scenario_batchnorm(out: str) -> None:
+    from xpcnn.distributed import mpi
+
+    x, y = dataset()
+    model = xpcnn.Sequential([
+        layers.Conv2D(3, 3, padding=1), layers.BatchNorm2D(), layers.ReLU(), layers.Flatten(), layers.Dense(5),
+    ]).build((1, 8, 8), seed=1, dtype="float64")
+    train(model, x, y, epochs=2, distributed=True)
+    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    arrays.update(running_mean=np.asarray(model.layers[1].buffers["running_mean"]),
+                  running_var=np.asarray(model.layers[1].buffers["running_var"]))
+    np.savez(os.path.join(out, f"bn{mpi.rank()}.npz"), **arrays)
 
 
 def scenario_evaluate(out: str) -> None:

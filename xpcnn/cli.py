@@ -15,8 +15,10 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import re
 import sys
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 quiet; 1 a line per epoch, with a progress bar within the epoch on a terminal (default); "
                             "2 a line per epoch only")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI ranks: mpiexec -n K python -m xpcnn train --distributed; rank 0 "
+                            "alone prints, checkpoints, saves and plots (docs/distributed.md; pip install -e '.[mpi]')")
 
     evaluate = sub.add_parser("evaluate", help="accuracy and loss of a saved model on the MNIST test split")
     evaluate.add_argument("model", help="model file (or checkpoint directory)")
@@ -227,8 +232,20 @@ def cmd_train(args) -> int:
     model = _network(args.model)
     if _backend(args.backend) is not None:
         xpcnn.set_backend(args.backend)
-    with _thread_limit(args.threads):
+    quiet = _other_rank(args)
+    if quiet:
+        args.save = args.plot = None
+    with _thread_limit(args.threads), contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         return _train(args, model)
+
+
+def _other_rank(args) -> bool:
+    """With --distributed under mpiexec: True on every rank but rank 0."""
+    if not args.distributed:
+        return False
+    from .distributed import mpi
+
+    return mpi.rank() != 0
 
 
 def _settings(args) -> dict:
@@ -317,7 +334,7 @@ def _train(args, model) -> int:
         history = model.fit(
             x_train, y_train, epochs=settings["epochs"], batch_size=settings["batch_size"], optimizer=optimizer,
             validation_data=(x_test, y_test), seed=settings["seed"], verbose=verbose, callbacks=callbacks,
-            checkpoint_dir=args.checkpoint_dir, resume_from=resume_from,
+            checkpoint_dir=args.checkpoint_dir, resume_from=resume_from, distributed=args.distributed,
         )
     except KeyboardInterrupt:
         hint = f"; continue with --checkpoint-dir {args.checkpoint_dir} --resume" if args.checkpoint_dir else ""
@@ -328,7 +345,7 @@ def _train(args, model) -> int:
     if stopper is not None and stopper.stopped_epoch:
         print(f"early stopping after epoch {stopper.stopped_epoch + 1}: kept the weights of epoch {stopper.best_epoch + 1} "
               f"(held-out loss {stopper.best:.4f})")
-    result = model.evaluate(x_test, y_test)
+    result = model.evaluate(x_test, y_test, distributed=args.distributed)
     correct = round(result["accuracy"] * len(x_test))
     print(f"held-out accuracy: {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}), loss {result['loss']:.4f}")
     per_epoch = f" ({fit_seconds / len(ran):.2f} s/epoch over {len(ran)} epoch(s))" if ran else " (nothing left to train)"

@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 
 from ..backend import dtype_name, to_numpy
-from ..errors import ArgumentError, BackendUnavailableError, DTypeError, LabelError, NotBuiltError, ShapeError
+from ..errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BackendUnavailableError,
+    DTypeError,
+    LabelError,
+    NotBuiltError,
+    ShapeError,
+)
 
 INSTALL = "pip install -e '.[dask]' (dask[array] and dask[distributed])"
 DEFAULT_BATCH_SIZE = 256
@@ -94,7 +102,9 @@ def model_cache_info() -> dict[str, int]:
 
 def _shipped(dask, model) -> tuple[Any, str]:
     """(a Delayed holding the model's bytes -- one key of the graph --, their SHA-256)."""
-    if not getattr(model, "built", False):
+    if not callable(getattr(model, "to_bytes", None)) or not hasattr(model, "built"):
+        raise ArgumentTypeError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
+    if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before predicting with Dask")
     digest = _model_key(model)
     return dask.delayed(_model_bytes(model), name=f"xpcnn-model-{digest}", traverse=False), digest
@@ -116,10 +126,10 @@ def _model_key(model) -> str:
 # ---------------------------------------------------------------- inputs
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ArgumentError(f"batch_size: expected a positive int, got {batch_size!r}")
-    return int(batch_size)
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ArgumentError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
 
 
 def _check_backend(backend: Any) -> str | None:
@@ -207,7 +217,7 @@ def predict(model, x, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str | No
         worker's selected backend. The chunks of the result are NumPy arrays either way.
     """
     dask, da = _dask_array()
-    batch_size, backend = _check_batch_size(batch_size), _check_backend(backend)
+    batch_size, backend = _positive_int(batch_size, "batch_size"), _check_backend(backend)
     shipped, digest = _shipped(dask, model)
     x = _images(da, model, x)
     classes = model.output_shape[-1]
@@ -229,7 +239,7 @@ def evaluate(model, x, y, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str 
     the result. ``batch_size`` and ``backend`` as in :func:`predict`.
     """
     dask, da = _dask_array()
-    batch_size, backend = _check_batch_size(batch_size), _check_backend(backend)
+    batch_size, backend = _positive_int(batch_size, "batch_size"), _check_backend(backend)
     shipped, digest = _shipped(dask, model)
     x = _images(da, model, x)
     y = _labels(da, y, x)
@@ -252,7 +262,11 @@ class _NpyFile:
     file read-only and copies out the slice asked for (so no task holds the whole file)."""
 
     def __init__(self, path: str) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ArgumentTypeError(f"path: expected a path to a .npy file, got {type(path).__name__}")
         self.path = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(self.path):
+            raise ArgumentError(f"path: expected an existing .npy file, got {self.path} (no such file)")
         try:
             mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except ValueError as e:  # object arrays (which would need pickle), not a .npy file
@@ -277,7 +291,7 @@ def from_npy(path, *, chunk: int = 4096):
     larger than memory and only its path is sent to the workers (a ``numpy.memmap`` given to
     ``dask.array.from_array`` would be pickled with its data)."""
     _, da = _dask_array()
-    chunk = _check_batch_size(chunk)
+    chunk = _positive_int(chunk, "chunk")
     source = _NpyFile(path)
     chunks = (chunk,) + tuple(-1 for _ in source.shape[1:])
     name = "xpcnn-npy-" + hashlib.sha256(repr(source._token).encode()).hexdigest()[:16]

@@ -3,9 +3,10 @@
 Started as ``mpiexec -n K python train.py``, every rank holds the same data and the same model;
 each global batch (``batch_size`` samples, the same shuffled indices on every rank because the
 shuffle generator has the same seed) is cut into K contiguous shares, one per rank. After the
-backward pass one allreduce sums ``[grad * n_rank ..., loss * n_rank, correct]`` over the ranks,
-and dividing by the global batch size gives exactly the gradient and loss one process computes
-on the whole batch (an uneven last batch included), so every rank applies the same update.
+backward pass one allreduce sums ``[grad * n_rank ..., buffer * n_rank ..., loss * n_rank,
+correct]`` over the ranks, and dividing by the global batch size gives exactly the gradient and
+loss one process computes on the whole batch (an uneven last batch included), so every rank
+applies the same update. See docs/distributed.md.
 
 Faults: a rank that raises while the others wait in a collective would hang the job, so inside
 ``fit`` / ``evaluate`` with ``distributed=True`` an exception raised on one rank prints that
@@ -37,7 +38,7 @@ from ..errors import ArgumentTypeError, BackendUnavailableError, DataError, NonF
 
 INSTALL = "pip install -e '.[mpi]' (mpi4py and the mpich wheel, whose mpiexec lands in the environment's bin/)"
 # World-size variables of the common launchers: set when a process was started as one rank of many.
-_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # MPICH, Intel MPI and srun; Open MPI
 TRANSPORTS = ("auto", "host", "nccl", "cuda-mpi")
 _NCCL_ID_BYTES = 128  # sizeof(ncclUniqueId)
 
@@ -98,6 +99,17 @@ def size() -> int:
     """The number of MPI ranks (1 without MPI)."""
     world = _world()
     return 1 if world is None else world.size
+
+
+@functools.cache
+def local_rank() -> int:
+    """This rank's index among the ranks on the same machine (0 without MPI): the GPU to use,
+    e.g. ``xpcnn.set_backend(f"cupy:{local_rank()}")``. Collective the first time: call it on
+    every rank."""
+    world = _world()
+    if world is None:
+        return 0
+    return world.comm.Split_type(world.MPI.COMM_TYPE_SHARED).Get_rank()
 
 
 def _fingerprint(value: Any) -> int:
