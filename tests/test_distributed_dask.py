@@ -115,6 +115,14 @@ def test_from_npy_reads_lazily_and_ships_only_the_path(model, data, tmp_path):
     assert_same_metrics(xpcnn.dask.evaluate(model, dx, y), model.evaluate(x, y))
 
 
+def test_numpy_memmap_through_dask_from_array(model, data, tmp_path):
+    x, _ = data
+    path = tmp_path / "images.npy"
+    np.save(path, x)
+    dx = da.from_array(np.load(path, mmap_mode="r"), chunks=(20, 1, SIZE, SIZE))  # fine on the threaded scheduler
+    np.testing.assert_allclose(xpcnn.dask.predict(model, dx).compute(), model.predict(x), rtol=0, atol=FLOAT32_DASK_TOL)
+
+
 def test_from_npy_refuses_object_arrays(tmp_path):
     path = tmp_path / "objects.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)

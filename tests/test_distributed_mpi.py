@@ -201,8 +201,9 @@ def test_cli_train_distributed(tmp_path):
     assert saved.exists()
 
 
-def test_one_process_without_mpiexec_is_single_process_training(tmp_path, single_process):
-    rc, output, _ = run_ranks("single", str(tmp_path), n=None)
+@pytest.mark.parametrize("ranks", [None, 1], ids=["no mpiexec", "mpiexec -n 1"])
+def test_one_process_is_single_process_training(tmp_path, single_process, ranks):
+    rc, output, _ = run_ranks("single", str(tmp_path), n=ranks)
     assert_ok(rc, output)
     weights, history = load_weights(tmp_path / "rank0.npz")
     want, want_history = single_process
