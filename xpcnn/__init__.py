@@ -16,15 +16,16 @@ from .backend import (
     use_backend,
 )
 from .errors import BackendMismatchError, BackendUnavailableError, XpcnnError
-from .saving import load
 from .model import Sequential
+from .saving import load
+from . import callbacks, dask, interop, zoo  # noqa: E402  (torch and dask themselves load on first use)
 
 __version__ = "0.1.0"
 
 _allocator.apply_requested()  # XPCNN_MALLOC=keep only: the library alone never touches malloc
 
 __all__ = [
-    "Sequential", "load", "layers", "optim", "init", "functional", "datasets",
+    "Sequential", "load", "layers", "optim", "init", "functional", "datasets", "callbacks", "zoo", "interop", "dask",
     "set_backend", "get_backend", "use_backend", "available_backends", "namespace_of", "to_device", "to_numpy",
     "keep_freed_memory",
     "BackendUnavailableError", "BackendMismatchError", "XpcnnError", "__version__",
