@@ -14,7 +14,8 @@ from xpcnn.errors import ArgumentError, BackendMismatchError, BackendUnavailable
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
+                          timeout=120)
 
 
 def test_default_backend_is_numpy():
@@ -274,7 +275,8 @@ def test_cupy_activate_makes_device_1_current_for_compute(fake_cupy):
 def test_model_parameters_are_created_on_cupy_device_1(fake_cupy):
     from xpcnn import layers
 
-    model = xpcnn.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(3)]).build((1, 5, 5), backend="cupy:1")
+    model = xpcnn.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(3)])
+    model.build((1, 5, 5), backend="cupy:1")
     assert [w.device.id for w in model.get_weights()] == [1, 1, 1, 1]
     assert fake_cupy.cuda.current == 0
 

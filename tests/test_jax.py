@@ -38,7 +38,8 @@ def small_net():
 def deep_net():
     """BatchNorm buffers and a Residual block: everything the compiled step threads as state."""
     return xpcnn.Sequential([layers.Conv2D(4, 3, padding=1, bias=False), layers.BatchNorm2D(), layers.ReLU(),
-                             layers.Residual([layers.Conv2D(4, 3, padding=1, bias=False), layers.BatchNorm2D(), layers.ReLU()]),
+                             layers.Residual([layers.Conv2D(4, 3, padding=1, bias=False), layers.BatchNorm2D(),
+                                              layers.ReLU()]),
                              layers.GlobalAvgPool2D(), layers.Dense(4)])
 
 
@@ -114,7 +115,8 @@ def test_fit_float64_with_x64_matches_numpy(x64):
     assert jax_model.get_weights()[0].dtype == jax.numpy.float64
     assert_same_weights(jax_model, ref, FLOAT64_RTOL)
     ours, theirs = jax_model.evaluate(x, y), ref.evaluate(x, y)
-    assert abs(ours["loss"] - theirs["loss"]) <= FLOAT64_RTOL * theirs["loss"] and ours["accuracy"] == theirs["accuracy"]
+    assert abs(ours["loss"] - theirs["loss"]) <= FLOAT64_RTOL * theirs["loss"]
+    assert ours["accuracy"] == theirs["accuracy"]
 
 
 def test_checkpoint_resume_on_jax_continues_exactly(tmp_path, x64):
@@ -201,8 +203,8 @@ def test_nan_guard_under_compile_names_the_step_and_keeps_the_weights():
     clean = xpcnn.to_device(np.nan_to_num(x), "jax")
     step.train(clean, yb)
     before, state_before = weights_of(model), {k: {n: np.array(a) for n, a in s.items()} for k, s in opt.state.items()}
-    with pytest.raises(NonFiniteError, match=r"epoch 2, step 7: the loss is nan; the loss is the first non-finite value. "
-                                             r"The weights were not updated by this step") as info:
+    expected = r"epoch 2, step 7: the loss is nan; the loss is the first non-finite value\. The weights were not"
+    with pytest.raises(NonFiniteError, match=expected) as info:
         step.train(xb, yb, epoch=1, step=6)
     assert (info.value.epoch, info.value.step) == (2, 7)
     for a, b in zip(before, weights_of(model)):
@@ -224,7 +226,8 @@ def test_nan_guard_names_a_non_finite_gradient():
     opt = optim.SGD(0.1, momentum=0.9)
     step = jit.make_step(model, opt)
     before = weights_of(model)
-    with pytest.raises(NonFiniteError, match=r"step 1: the loss is 1\.386\d*; the gradient of 1.weight is the first non-finite"):
+    expected = r"step 1: the loss is 1\.386\d*; the gradient of 1\.weight is the first non-finite"
+    with pytest.raises(NonFiniteError, match=expected):
         step.train(xpcnn.to_device(np.full((16, 1, 8, 8), 1e21, np.float32), "jax"), xpcnn.to_device(y, "jax"))
     for a, b in zip(before, weights_of(model)):
         np.testing.assert_array_equal(a, b)

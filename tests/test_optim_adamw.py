@@ -13,7 +13,8 @@ from .tolerances import FLOAT64_RTOL
 def _pair(torch):
     """The same small network in xpcnn (float64, NumPy) and torch, with equal weights."""
     model = xpcnn.Sequential([layers.Conv2D(4, 3, padding=1, stride=2), layers.ReLU(), layers.MaxPool2D(2),
-                              layers.Flatten(), layers.Dense(10)]).build((1, 12, 12), seed=1, dtype="float64", backend="numpy")
+                              layers.Flatten(), layers.Dense(10)])
+    model.build((1, 12, 12), seed=1, dtype="float64", backend="numpy")
     conv_w, conv_b, dense_w, dense_b = model.get_weights()
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, stride=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(36, 10)).double()
@@ -58,7 +59,8 @@ def test_adamw_decay_is_decoupled_from_adam_l2():
     x, y = rng.random((8, 1, 12, 12)), rng.integers(0, 10, 8)
     runs = {}
     for cls in (optim.Adam, optim.AdamW):
-        model = xpcnn.Sequential([layers.Flatten(), layers.Dense(10)]).build((1, 12, 12), seed=0, dtype="float64", backend="numpy")
+        model = xpcnn.Sequential([layers.Flatten(), layers.Dense(10)])
+        model.build((1, 12, 12), seed=0, dtype="float64", backend="numpy")
         opt = cls(lr=1e-2, weight_decay=0.5)
         for _ in range(3):
             model.train_step(x, y, opt)
@@ -78,8 +80,9 @@ def test_adamw_float32_stays_float32_and_state_is_saved_by_name():
     assert optim.AdamW(**opt.hyper()).hyper() == opt.hyper()
 
 
-@pytest.mark.parametrize("kwargs, match", [({"lr": 0}, "lr: expected a value > 0"), ({"weight_decay": -1}, "weight_decay"),
-                                           ({"betas": (0.9,)}, "betas: expected a pair"), ({"eps": float("nan")}, "eps")])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lr": 0}, "lr: expected a value > 0"), ({"weight_decay": -1}, "weight_decay"),
+    ({"betas": (0.9,)}, "betas: expected a pair"), ({"eps": float("nan")}, "eps")])
 def test_adamw_bad_hyper_parameters(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
         optim.AdamW(**kwargs)

@@ -75,7 +75,8 @@ def test_optimizer_to_moves_its_state_and_a_stale_one_is_named():
     opt = optim.Adam(1e-2)
     model.train_step(x, y, opt)
     model.to("torch")  # opt is not model.optimizer (train_step does not keep it): its state stays behind
-    with pytest.raises(BackendMismatchError, match=r"optimizer: its state is on numpy .* parameters are on torch.*optimizer.to"):
+    stale = r"optimizer: its state is on numpy .* parameters are on torch.*optimizer\.to"
+    with pytest.raises(BackendMismatchError, match=stale):
         model.train_step(xpcnn.to_device(x, "torch"), xpcnn.to_device(y, "torch"), opt)
     assert opt.to("torch") is opt
     assert all(library_of(a) == "torch" for s in opt.state.values() for a in s.values())

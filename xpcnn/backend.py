@@ -21,8 +21,9 @@ import importlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -160,7 +161,9 @@ def _load_cupy(device: str | None) -> Backend:
             "fix: install an NVIDIA driver matching your CuPy build, or use XPCNN_BACKEND=numpy"
         ) from e
     if count == 0:
-        raise BackendUnavailableError("CuPy is installed but no CUDA device is visible; fix: run on a GPU machine or use XPCNN_BACKEND=numpy")
+        raise BackendUnavailableError(
+            "CuPy is installed but no CUDA device is visible; fix: run on a GPU machine or use XPCNN_BACKEND=numpy"
+        )
     index = int(device) if device else 0
     if not 0 <= index < count:
         raise BackendUnavailableError(f"cupy: device {index} requested but only {count} CUDA device(s) exist")
@@ -201,11 +204,14 @@ def _load_jax(device: str | None) -> Backend:
     try:
         devices = jax.devices(platform)
     except RuntimeError as e:  # "Unknown backend: 'gpu' requested, but no platforms ... are present"
-        fix = "install JAX with CUDA support (pip install 'jax[cuda12]') on a machine with an NVIDIA GPU" if platform == "gpu" else "use 'jax:cpu'"
+        fix = ("install JAX with CUDA support (pip install 'jax[cuda12]') on a machine with an NVIDIA GPU"
+               if platform == "gpu" else "use 'jax:cpu'")
         raise BackendUnavailableError(f"jax cannot use device {device!r} ({e}); fix: {fix}") from e
     number = int(index or 0)
     if number >= len(devices):
-        raise BackendUnavailableError(f"jax: device {platform}:{number} requested but only {len(devices)} {platform} device(s) exist")
+        raise BackendUnavailableError(
+            f"jax: device {platform}:{number} requested but only {len(devices)} {platform} device(s) exist"
+        )
     import jax.numpy as xp  # JAX's own namespace implements the Array API standard
 
     return Backend("jax", xp, devices[number])
@@ -217,11 +223,14 @@ def _load_strict(device: str | None) -> Backend:
     if device is None:
         return Backend("array_api_strict", xp, xp.__array_namespace_info__().default_device())
     if device not in names:
-        raise ArgumentError(f"backend 'array_api_strict': unknown device {device!r}; valid devices are {', '.join(names)}")
+        raise ArgumentError(
+            f"backend 'array_api_strict': unknown device {device!r}; valid devices are {', '.join(names)}"
+        )
     return Backend("array_api_strict", xp, names[device])
 
 
-_LOADERS = {"numpy": _load_numpy, "cupy": _load_cupy, "torch": _load_torch, "jax": _load_jax, "array_api_strict": _load_strict}
+_LOADERS = {"numpy": _load_numpy, "cupy": _load_cupy, "torch": _load_torch, "jax": _load_jax,
+            "array_api_strict": _load_strict}
 
 # (name, device) -> Backend. Loading probes the device (CuPy launches a kernel and syncs) and
 # to_device / model.to load their target on every call, so each backend is loaded once.
@@ -253,7 +262,8 @@ def load_backend(spec: str) -> Backend:
             try:
                 backend = _load_cupy(device)
             except BackendUnavailableError as e:
-                warnings.warn(f"XPCNN backend 'auto': CuPy is not usable ({e}); using NumPy on the CPU", stacklevel=_user_stacklevel())
+                warnings.warn(f"XPCNN backend 'auto': CuPy is not usable ({e}); using NumPy on the CPU",
+                              stacklevel=_user_stacklevel())
                 backend = load_backend("numpy")
         else:
             backend = _LOADERS[name](device)
@@ -437,7 +447,9 @@ def _backend_of_device(device: Any) -> str:
             return name
     if device == "cpu":
         return "numpy"
-    raise ArgumentError(f"target: expected a backend name or a device object of numpy/cupy/torch/jax/array_api_strict, got {device!r}")
+    raise ArgumentError(
+        f"target: expected a backend name or a device object of numpy/cupy/torch/jax/array_api_strict, got {device!r}"
+    )
 
 
 def resolve_target(target: Any) -> Backend:

@@ -55,34 +55,27 @@ class CompiledStep:
     """
 
     def __init__(self, model, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> None:
-        import jax
-
         if not isinstance(optimizer, Optimizer):
             raise ArgumentError(f"optimizer: expected an xpcnn.optim optimizer instance, got {optimizer!r:.80}")
         model._require_built()
         reason = unsupported(model)
         if reason is not None:
             raise ArgumentError(f"compile: {reason}; pass compile=False")
-        # A weak reference: the per-model cache below must not keep its model alive.
-        self._model = weakref.ref(model)
-        self.optimizer, self.label_smoothing = optimizer, float(label_smoothing)
-        self._compiled = jax.jit(self._pure, static_argnames=("hyper",))
+        self.model, self.optimizer, self.label_smoothing = model, optimizer, float(label_smoothing)
+        self._compiled = _compiled(model, "step")
         self.last_flags = None
 
-    @property
-    def model(self):
-        return self._model()
-
-    def _pure(self, params, buffers, state, scalars, xb, yb, *, hyper):
+    @staticmethod
+    def _pure(model, params, buffers, state, scalars, xb, yb, *, optimizer, label_smoothing, hyper):
         """(new params, new buffers, new state, [guard, loss, correct], finite flags): a pure
-        function of its arguments. ``hyper`` (static) is the optimizer's fixed hyper-parameters,
-        read from the optimizer itself while tracing; it only keys the compilation cache.
-        Flags, in :meth:`_flag_names` order: each parameter, the loss, each gradient."""
-        model, optimizer = self.model, self.optimizer
+        function of its array arguments. Static: the optimizer (its rule), the label smoothing and
+        ``hyper``, the optimizer's fixed hyper-parameters (read from it while tracing; they only
+        key the compilation cache). Flags, in :meth:`_flag_names` order: each parameter, the
+        loss, each gradient."""
         xp = namespace_of(xb)
         with _bound(model, params, buffers):
             logits = model.forward_checked(xp, xb, True)
-            loss, grad = cross_entropy_kernel(xp, logits, yb, self.label_smoothing)
+            loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
             model.backward_checked(xp, grad)
             grads = {key: layer.grads[name] for key, layer, name in model.named_parameters()}
             stepped = {key: layer.buffers[name] for key, layer, name in model.named_buffers()}
@@ -104,11 +97,14 @@ class CompiledStep:
         params_slots = model.named_parameters()
         optimizer.check_state_location(params_slots)
         params, buffers = _arrays(model)
-        state = {key: optimizer.state[key] if key in optimizer.state else optimizer.initial_state(params[key]) for key in params}
+        state = {key: optimizer.state[key] if key in optimizer.state else optimizer.initial_state(params[key])
+                 for key in params}
         scalars = optimizer.scalars(optimizer.steps + 1)
         hyper = repr({k: v for k, v in optimizer.hyper().items() if k != "lr"})
         with model.backend.activate():
-            new_params, new_buffers, new_state, values, flags = self._compiled(params, buffers, state, scalars, xb, yb, hyper=hyper)
+            new_params, new_buffers, new_state, values, flags = self._compiled(
+                params, buffers, state, scalars, xb, yb,
+                optimizer=optimizer, label_smoothing=self.label_smoothing, hyper=hyper)
         # A non-finite step returns every array unchanged (selected inside), so writing back is
         # harmless; its count is taken back by error() once the caller has read the guard.
         # Counting here keeps the host from waiting on the device every step.
@@ -160,37 +156,41 @@ class CompiledStep:
         return loss, int(correct)
 
 
-# Compiled functions per model: jax caches a compilation per function object, so reusing them
-# across fit / evaluate calls saves a trace and an XLA compile each time.
-_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def make_step(model, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> CompiledStep:
-    """The compiled training step of ``model`` (built, on the jax backend) with ``optimizer``;
-    the one made before is reused when the optimizer and label smoothing are the same."""
-    step = _steps.get(model)
-    if step is None or step.optimizer is not optimizer or step.label_smoothing != float(label_smoothing):
-        step = _steps[model] = CompiledStep(model, optimizer, label_smoothing=label_smoothing)
-    return step
+    """The compiled training step of ``model`` (built, on the jax backend) with ``optimizer``."""
+    return CompiledStep(model, optimizer, label_smoothing=label_smoothing)
 
 
 def forward(model, x):
     """Inference-mode logits (N, K) of ``model`` (on the jax backend) for a checked batch x
     (N, C, H, W), as one compiled function of (parameters, buffers, x)."""
+    with model.backend.activate():
+        return _compiled(model, "forward")(*_arrays(model), x)
+
+
+def _logits(model, params, buffers, x):
+    with _bound(model, params, buffers):
+        return model.forward_checked(namespace_of(x), x, False)
+
+
+# The jax.jit functions of each model, kept while the model lives: jax caches compilations per
+# function object, so a second fit / evaluate / predict reuses them. They reach their model
+# through a weak reference, so this cache never keeps a model alive.
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model, kind: str):
     import jax
 
-    compiled = _forwards.get(model)
-    if compiled is None:
-        ref = weakref.ref(model)  # the cache must not keep its model alive
-
-        def logits(params, buffers, x):
-            with _bound(ref(), params, buffers):
-                return ref().forward_checked(namespace_of(x), x, False)
-
-        compiled = _forwards[model] = jax.jit(logits)
-    with model.backend.activate():
-        return compiled(*_arrays(model), x)
+    functions = _cache.setdefault(model, {})
+    if kind not in functions:
+        ref = weakref.ref(model)
+        if kind == "step":
+            functions[kind] = jax.jit(lambda *a, **k: CompiledStep._pure(ref(), *a, **k),
+                                      static_argnames=("optimizer", "label_smoothing", "hyper"))
+        else:
+            functions[kind] = jax.jit(lambda *a: _logits(ref(), *a))
+    return functions[kind]
 
 
 # ---------------------------------------------------------------- binding tracers into layers

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .backend import device_of, library_of, namespace_of, resolve_target, to_device
 from .errors import ArgumentError, BackendMismatchError, NotBuiltError
 
 
-def _check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None, strict_low: bool = False) -> float:
+def _check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None,
+                 strict_low: bool = False) -> float:
     """A real, finite Python float within bounds (NumPy scalars accepted, bools and strings not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ArgumentError(f"{name}: expected a finite real number, got {value!r} ({type(value).__name__})")
@@ -56,7 +58,9 @@ class Optimizer:
         slots = model.named_parameters()
         missing = [key for key, layer, name in slots if name not in layer.grads]
         if missing:
-            raise NotBuiltError(f"optimizer: parameters {', '.join(missing)} have no gradient; run backward (or train_step) first")
+            raise NotBuiltError(
+                f"optimizer: parameters {', '.join(missing)} have no gradient; run backward (or train_step) first"
+            )
         self.check_state_location(slots)
         self.steps += 1
         scalars = self.scalars(self.steps)
@@ -98,7 +102,7 @@ class Optimizer:
         or (in a compiled step) 0-d arrays."""
         raise NotImplementedError
 
-    def to(self, target) -> "Optimizer":
+    def to(self, target) -> Optimizer:
         """Move every state array to ``target`` (a backend name or device, as ``model.to``)."""
         backend = resolve_target(target)
         self.map_state(lambda a: to_device(a, backend))
@@ -113,7 +117,8 @@ class Optimizer:
         steps = state.get("steps") if isinstance(state, dict) else None
         buffers = state.get("state") if isinstance(state, dict) else None
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or not isinstance(buffers, dict):
-            raise ArgumentError(f"state: expected a dict with an int 'steps' >= 0 and a 'state' dict (from state_dict()), got {state!r:.200}")
+            raise ArgumentError("state: expected a dict with an int 'steps' >= 0 and a 'state' dict (from "
+                                f"state_dict()), got {state!r:.200}")
         if not all(isinstance(v, dict) for v in buffers.values()):
             raise ArgumentError("state['state']: expected a dict of per-parameter dicts of arrays")
         self.steps = steps
@@ -167,7 +172,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba), exactly ``torch.optim.Adam`` (bias-corrected, eps outside the sqrt;
     ``weight_decay`` is L2: added to the gradient)."""
 
-    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(lr)
         self.betas = _check_betas(betas)
         self.eps = _check_hyper("eps", eps)
@@ -183,7 +189,8 @@ class Adam(Optimizer):
     def scalars(self, t):
         beta1, beta2 = self.betas
         # As torch (non-capturable): bias corrections in Python floats, on the host.
-        return {"lr": self.lr, "step_size": self.lr / (1.0 - beta1**t), "bias_correction2_sqrt": math.sqrt(1.0 - beta2**t)}
+        return {"lr": self.lr, "step_size": self.lr / (1.0 - beta1**t),
+                "bias_correction2_sqrt": math.sqrt(1.0 - beta2**t)}
 
     def update(self, param, grad, state, scalars):
         if self.weight_decay:
@@ -204,7 +211,8 @@ class AdamW(Adam):
     """AdamW (Loshchilov & Hutter), exactly ``torch.optim.AdamW``: decoupled weight decay
     ``p = p * (1 - lr * weight_decay)`` before the Adam step, the gradient left untouched."""
 
-    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
         super().__init__(lr, betas, eps, weight_decay)
 
     def update(self, param, grad, state, scalars):
