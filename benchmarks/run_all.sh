@@ -25,6 +25,7 @@ run() {  # run OUTPUT COMMAND...: the command's stdout to the terminal and to OU
 run "$R/train_threads$THREADS.txt" "$PY" benchmarks/bench_train.py --threads "$THREADS" \
   --json "$R/train_threads$THREADS.json"
 run "$R/ops_per_step.txt" "$PY" benchmarks/bench_ops.py
+run "$R/profile_threads$THREADS.txt" "$PY" benchmarks/bench_profile.py --threads "$THREADS"
 run "$R/winograd_threads$THREADS.txt" "$PY" benchmarks/bench_winograd.py --threads "$THREADS"
 run "$R/winograd_threads1_cpu.txt" "$PY" benchmarks/bench_winograd.py --threads 1 --clock cpu
 run "$R/growth_threads$THREADS.txt" "$PY" benchmarks/bench_growth.py --threads "$THREADS" --plot "$R" \
