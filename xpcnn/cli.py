@@ -430,11 +430,16 @@ def _devices(name: str) -> str:
         xp = load_backend(name).xp
         with warnings.catch_warnings():  # torch warns about device types it is retiring
             warnings.simplefilter("ignore")
-            names = [str(d) for d in xp.__array_namespace_info__().devices()]
+            names = [str(d) for d in xp.__array_namespace_info__().devices() if d is not None]  # jax lists None
     except Exception as e:  # a backend's inspection API is optional; info must still print
         return f"(could not list: {type(e).__name__})"
     # array_api_strict.Device('device1') -> device1
-    return ", ".join(re.sub(r"^[\w.]+\('(.*)'\)$", r"\1", name) for name in names)
+    listed = ", ".join(re.sub(r"^[\w.]+\('(.*)'\)$", r"\1", name) for name in names)
+    if name == "jax":
+        import jax
+
+        listed += "; 64-bit mode " + ("on" if jax.config.jax_enable_x64 else "off (float64 needs JAX_ENABLE_X64=1)")
+    return listed
 
 
 def cmd_info(args) -> int:
