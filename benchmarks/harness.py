@@ -226,10 +226,14 @@ def warn_if_oversubscribed(threads: int, seconds: float = 0.5) -> float | None:
 
 
 def start_run(args) -> tuple[bool, dict, float | None, LoadMonitor]:
-    """The common start of a benchmark script: same threads for every contender, a load check
+    """The common start of a benchmark script: freed memory kept for reuse
+    (:func:`xpcnn.keep_freed_memory`), same threads for every contender, a load check
     (printed), the environment record, and a monitor of other processes' load during the run.
     ``args`` needs ``threads``, ``backend``, ``torch_device`` and ``no_torch``.
     Returns (with_torch, environment, other processes' load before the run, monitor)."""
+    import xpcnn
+
+    xpcnn.keep_freed_memory()  # a benchmark owns its process (XPCNN_MALLOC=default opts out)
     with_torch = not args.no_torch and _torch() is not None
     set_threads(args.threads, torch_too=with_torch)
     busy_before = warn_if_oversubscribed(args.threads)
