@@ -109,7 +109,7 @@ def test_float32_within_the_op_tolerance(torch, backend, cfg):
         assert_float32(name, a, ref)
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 3), c=st.integers(1, 4), o=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
        pads=st.tuples(*[st.integers(0, 3)] * 4), seed=st.integers(0, 2**32 - 1))
 def test_any_size_and_padding(torch, n, c, o, h, w, pads, seed):
@@ -128,34 +128,44 @@ def test_any_size_and_padding(torch, n, c, o, h, w, pads, seed):
 # ---------------------------------------------------------------- the dispatch
 
 
-def geometry_of(c, o, *, kernel=3, stride=1, padding=1, dilation=1, groups=1, size=8):
-    return (1, c, size, size), (o, c // groups, kernel, kernel), conv2d_geometry(
-        (1, c, size, size), (o, c // groups, kernel, kernel), stride, padding, dilation, groups)
+def geometry_of(c, o, *, kernel=3, stride=1, padding=1, dilation=1, groups=1, size=16, n=8):
+    return (n, c, size, size), (o, c // groups, kernel, kernel), conv2d_geometry(
+        (n, c, size, size), (o, c // groups, kernel, kernel), stride, padding, dilation, groups)
 
 
 def test_applicable_only_to_3x3_stride_1_dilation_1_one_group():
-    c, o = winograd.FORWARD_MIN_CHANNELS
+    wide = winograd.FORWARD_MIN_CHANNELS
     forward, input_grad = winograd.winograd_applicable, winograd.winograd_input_grad_applicable
     for padding in (1, 0, ((0, 2), (1, 0))):
-        assert forward(*geometry_of(c, o, padding=padding)) and input_grad(*geometry_of(c, o, padding=padding))
+        assert forward(*geometry_of(wide, wide, padding=padding))
+        assert input_grad(*geometry_of(wide, wide, padding=padding))
     for other in (dict(kernel=5), dict(kernel=1, padding=0), dict(stride=2), dict(dilation=2), dict(groups=2)):
-        assert not forward(*geometry_of(c, o, **other)) and not input_grad(*geometry_of(c, o, **other)), other
-    # The measured rule: the forward only with many channels on both sides; the input gradient
-    # when the layer has at least as many input channels as output channels.
-    assert not forward(*geometry_of(c - 1, o)) and not forward(*geometry_of(c, o - 1))
+        assert not forward(*geometry_of(wide, wide, **other)) and not input_grad(*geometry_of(wide, wide, **other))
+
+
+def test_the_measured_rule():
+    """The forward only with many channels on both sides and enough output pixels; the input
+    gradient when the layer has at least as many input channels as output channels."""
+    forward, input_grad = winograd.winograd_applicable, winograd.winograd_input_grad_applicable
+    wide = winograd.FORWARD_MIN_CHANNELS
+    assert not forward(*geometry_of(wide - 1, wide)) and not forward(*geometry_of(wide, wide - 1))
+    assert not forward(*geometry_of(wide, wide, size=12))  # a 12 x 12 output: too few pixels
+    assert not forward(*geometry_of(wide, wide, n=1))  # one image: too little work
     smallest = winograd.INPUT_GRAD_MIN_CHANNELS
     assert input_grad(*geometry_of(smallest, smallest)) and input_grad(*geometry_of(smallest, 1))
     assert not input_grad(*geometry_of(smallest - 1, 1)) and not input_grad(*geometry_of(smallest, smallest + 1))
+    assert not forward(*geometry_of(smallest, smallest))
 
 
-@pytest.mark.parametrize("channels", [winograd.FORWARD_MIN_CHANNELS, (winograd.INPUT_GRAD_MIN_CHANNELS, 3)],
+@pytest.mark.parametrize("shape", [(8, winograd.FORWARD_MIN_CHANNELS, winograd.FORWARD_MIN_CHANNELS, 14, 15),
+                                   (2, winograd.INPUT_GRAD_MIN_CHANNELS, 3, 6, 5)],
                          ids=["forward-and-input-grad", "input-grad-only"])
-def test_conv2d_dispatches_to_winograd(torch, backend, channels):
+def test_conv2d_dispatches_to_winograd(torch, backend, shape):
     """Convolutions the rule sends to Winograd: conv2d, conv2d_forward (which then returns no
     im2col columns) and conv2d_backward (with and without input gradient) match PyTorch in float64."""
-    c, o = channels
-    x, wt, b, g, geometry = case((2, c, o, 6, 5, 1))
+    x, wt, b, g, geometry = case((*shape, 1))
     forward = winograd.winograd_applicable(x.shape, wt.shape, geometry)
+    assert forward == (shape[1] == winograd.FORWARD_MIN_CHANNELS)  # the first case takes both paths
     assert winograd.winograd_input_grad_applicable(x.shape, wt.shape, geometry)
     y_ref, gx_ref, gw_ref = torch_reference(torch, x, wt, b, g, geometry.padding)
     X, W, B, G = (xpcnn.to_device(a, backend) for a in (x, wt, b, g))

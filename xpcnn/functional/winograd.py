@@ -66,13 +66,16 @@ class WinogradCache(NamedTuple):
 # The rule, measured with benchmarks/bench_winograd.py on the project's 2-core machine (NumPy,
 # OpenBLAS; benchmarks/results/winograd_*.txt). Winograd trades 2.25x fewer multiplications for
 # transforms that are memory-bound copies, whose cost grows with the channels on each side while
-# the saving grows with their product. It wins the input gradient (against im2col's matmul and
-# 9-slice fold) when the layer has at least as many input channels C as output channels O, and
-# the forward (charged with rebuilding the im2col columns that the weight gradient uses) only
-# with many channels on both sides. The weight gradient stays im2col: Winograd's is faster for
-# most shapes but its float32 error exceeds the per-op tolerance at 64 channels (same script).
-FORWARD_MIN_CHANNELS = (128, 64)  # (C, O)
+# the saving grows with their product. Against im2col's matmul and 9-slice fold it wins the
+# input gradient (1.1-2.9x) when the layer has at least as many input channels C as output
+# channels O (C >= 16). The forward, charged with rebuilding the im2col columns that the
+# weight gradient uses, only broke even (1.02-1.05x) with 128 channels on both sides and a
+# 14 x 14 output or larger, batch 8 or more; elsewhere it lost (0.4-0.9x). The weight gradient
+# stays im2col: Winograd's is faster for many shapes but its float32 error is 2.3x the per-op
+# tolerance at 64 channels, where im2col's is within it (same script, part 1).
 INPUT_GRAD_MIN_CHANNELS = 16  # C, with O <= C
+FORWARD_MIN_CHANNELS = 128  # C and O
+FORWARD_MIN_PIXELS = (14 * 14, 8 * 14 * 14)  # OH*OW and N*OH*OW
 
 
 def _eligible(w_shape, geometry) -> bool:
@@ -85,7 +88,9 @@ def winograd_applicable(x_shape, w_shape, geometry) -> bool:
     """True when the forward of conv2d of x (N, C, H, W) with weight (O, C, kh, kw) under
     ``geometry`` (stride, padding, dilation, groups, out_hw) takes the Winograd path."""
     c, o = x_shape[1], w_shape[0]
-    return _eligible(w_shape, geometry) and c >= FORWARD_MIN_CHANNELS[0] and o >= FORWARD_MIN_CHANNELS[1]
+    pixels = geometry.out_hw[0] * geometry.out_hw[1]
+    return (_eligible(w_shape, geometry) and min(c, o) >= FORWARD_MIN_CHANNELS
+            and pixels >= FORWARD_MIN_PIXELS[0] and x_shape[0] * pixels >= FORWARD_MIN_PIXELS[1])
 
 
 def winograd_input_grad_applicable(x_shape, w_shape, geometry) -> bool:
