@@ -16,8 +16,10 @@ images/s. Every training round ends with a check that the loss is finite: a dive
 
 Operations and host reads per step (:func:`count_ops`): one more copy of each xpcnn workload,
 on the torch backend (CPU), runs a few steps under ``torch.profiler``. An operation is a
-top-level ATen call (one not made inside another ATen call) whose work is more than a view:
-``slice``, ``permute``, ``reshape`` without a copy and the like are not counted. A host read
+top-level ATen call (one not made inside another ATen call; for PyTorch's own backward, one
+autograd engine step) whose work is more than a view: ``slice``, ``permute``, ``reshape``
+without a copy, an autograd step that only makes views or hands a gradient over
+(``AccumulateGrad`` of a fresh gradient) and the like are not counted. A host read
 is a value brought from a tensor into Python or NumPy: ``.item()`` / ``float()`` / ``bool()``
 (``aten::_local_scalar_dense``), ``.numpy()``, ``.tolist()``, ``__array__``, and ``.cpu()`` /
 ``.to("cpu")`` of a tensor on another device. On a GPU each operation is (at least) one kernel
@@ -684,7 +686,9 @@ def _python_site() -> str:
 
 
 def _does_work(e, children) -> bool:
-    return e.name not in VIEW_OPS or any(_does_work(c, children) for c in children[id(e)])
+    """An ATen call other than a view, or a node (e.g. an autograd engine step) that makes one."""
+    return (e.name.startswith("aten::") and e.name not in VIEW_OPS) or any(_does_work(c, children)
+                                                                          for c in children[id(e)])
 
 
 def _site(e) -> tuple[str, str]:
