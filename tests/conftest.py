@@ -1,17 +1,21 @@
 """Backend selection for the test suite, and the parity count in the terminal summary.
 
-Which backends the backend-parametrised tests (the ``backend_name`` / ``backend`` fixtures)
-run on:
+Which backends the backend-parametrised tests run on:
 
     pytest --backend numpy --backend torch          # repeatable
     XPCNN_TEST_BACKENDS=cupy,torch:cuda pytest      # comma-separated
-    pytest                                          # all of xpcnn.testing.ALL_BACKENDS
+    pytest                                          # the defaults below
 
-Names are ``numpy``, ``array_api_strict[:device]``, ``torch[:device]`` and ``cupy[:index]``;
-anything else is a usage error. A backend that is not installed or has no device is
-*skipped* with the reason xpcnn gives (``BackendUnavailableError``), never failed, so a
-machine without a GPU shows the CuPy and torch-cuda rows as skipped. Rows that need CUDA
-carry the ``gpu`` marker: ``pytest -m gpu`` runs only them, ``-m "not gpu"`` none of them.
+By default the ``backend_name`` / ``backend`` fixtures take every backend of
+xpcnn.testing.ALL_BACKENDS, and the parity matrix (``matrix_backend_name`` /
+``matrix_backend``, tests/test_parity.py) every one of xpcnn.parity.MATRIX_BACKENDS (JAX
+too). Names are ``numpy``, ``array_api_strict[:device]``, ``torch[:device]``, ``jax`` and
+``cupy[:index]``; anything else is a usage error. A default backend that is not installed or
+has no device is *skipped* with the reason xpcnn gives (``BackendUnavailableError``), so a
+machine without a GPU shows the CuPy and torch-cuda rows as skipped. A backend asked for by
+name (``--backend`` / ``XPCNN_TEST_BACKENDS``) that cannot run *fails* its rows with that
+reason: a requested run that tested nothing must not pass. Rows that need CUDA carry the
+``gpu`` marker: ``pytest -m gpu`` runs only them, ``-m "not gpu"`` none of them.
 """
 
 from __future__ import annotations
@@ -24,15 +28,19 @@ from hypothesis import settings
 
 from xpcnn.backend import BACKENDS, load_backend
 from xpcnn.errors import BackendUnavailableError
+from xpcnn.parity import MATRIX_BACKENDS
 from xpcnn.testing import ALL_BACKENDS, is_gpu_backend
 
 # The suite is deterministic by default (the same Hypothesis examples on every run, no
-# wall-clock deadlines on a busy CI machine); XPCNN_HYPOTHESIS=explore draws new ones.
+# wall-clock deadlines on a busy CI machine); XPCNN_HYPOTHESIS=explore draws new ones. Test
+# modules therefore never pass derandomize= themselves (tests/test_suite_settings.py checks).
 settings.register_profile("xpcnn-ci", derandomize=True, deadline=None, print_blob=True)
-settings.register_profile("xpcnn-explore", deadline=None, print_blob=True)
+settings.register_profile("xpcnn-explore", derandomize=False, deadline=None, print_blob=True)
 settings.load_profile("xpcnn-explore" if os.environ.get("XPCNN_HYPOTHESIS") == "explore" else "xpcnn-ci")
 
 _SELECTED = pytest.StashKey[list]()
+_MATRIX = pytest.StashKey[list]()
+_REQUESTED = pytest.StashKey[bool]()
 _loaded: dict[str, object] = {}  # name -> Backend, or the BackendUnavailableError saying why not
 
 
@@ -41,7 +49,8 @@ def pytest_addoption(parser):
     group.addoption(
         "--backend", action="append", default=[], metavar="NAME",
         help=f"run backend-parametrised tests on NAME (repeatable; default: $XPCNN_TEST_BACKENDS or all of "
-             f"{', '.join(ALL_BACKENDS)}). Missing backends are skipped with their reason.",
+             f"{', '.join(ALL_BACKENDS)}, and the parity matrix on {', '.join(MATRIX_BACKENDS)}). A default backend "
+             "that cannot run is skipped with its reason; one named here fails its tests with that reason.",
     )
 
 
@@ -88,27 +97,49 @@ def pytest_configure(config):
     raw = list(config.getoption("backend") or [])
     if not raw:
         raw = [s for s in os.environ.get("XPCNN_TEST_BACKENDS", "").split(",") if s.strip()]
-    names = [_canonical(s) for s in (raw or ALL_BACKENDS)]
-    config.stash[_SELECTED] = list(dict.fromkeys(names))
+    config.stash[_REQUESTED] = bool(raw)
+    config.stash[_SELECTED] = list(dict.fromkeys(_canonical(s) for s in (raw or ALL_BACKENDS)))
+    config.stash[_MATRIX] = list(dict.fromkeys(_canonical(s) for s in (raw or MATRIX_BACKENDS)))
     config.pluginmanager.register(_ParityCounter(config), "xpcnn-parity-counter")
 
 
 def pytest_generate_tests(metafunc):
-    if "backend_name" in metafunc.fixturenames:
-        params = [
-            pytest.param(name, id=name, marks=[pytest.mark.gpu] if is_gpu_backend(name) else [])
-            for name in selected_backends(metafunc.config)
-        ]
-        metafunc.parametrize("backend_name", params)
+    for fixture, key in (("backend_name", _SELECTED), ("matrix_backend_name", _MATRIX)):
+        if fixture in metafunc.fixturenames:
+            params = [
+                pytest.param(name, id=name, marks=[pytest.mark.gpu] if is_gpu_backend(name) else [])
+                for name in metafunc.config.stash[key]
+            ]
+            metafunc.parametrize(fixture, params)
+
+
+def _usable(name: str, config):
+    """The loaded Backend; when it cannot run here, a skip (default selection) or a failure
+    (asked for by name), with xpcnn's reason either way."""
+    found = _loaded[name]
+    if isinstance(found, BackendUnavailableError):
+        if config.stash[_REQUESTED]:
+            pytest.fail(f"backend {name} was requested (--backend / XPCNN_TEST_BACKENDS) but cannot run here: {found}",
+                        pytrace=False)
+        pytest.skip(f"backend {name} unavailable: {found}")
+    return found
+
+
+def requested_backends(config) -> bool:
+    """True when the backends were named (--backend / XPCNN_TEST_BACKENDS), not the defaults."""
+    return config.stash[_REQUESTED]
 
 
 @pytest.fixture
-def backend(backend_name):
-    """The loaded :class:`xpcnn.backend.Backend` for this row; skips with the reason when unusable."""
-    found = _loaded[backend_name]
-    if isinstance(found, BackendUnavailableError):
-        pytest.skip(f"backend {backend_name} unavailable: {found}")
-    return found
+def backend(backend_name, request):
+    """The loaded :class:`xpcnn.backend.Backend` for this row (see :func:`_usable`)."""
+    return _usable(backend_name, request.config)
+
+
+@pytest.fixture
+def matrix_backend(matrix_backend_name, request):
+    """The loaded :class:`xpcnn.backend.Backend` for this row of the parity matrix (see :func:`_usable`)."""
+    return _usable(matrix_backend_name, request.config)
 
 
 class _ParityCounter:

@@ -32,7 +32,7 @@ from xpcnn import functional as F
 from xpcnn import layers, optim
 from xpcnn.errors import XpcnnError
 
-MODULES_BY_NAME = ("callbacks", "interop", "dask", "testing", "notebook")
+MODULES_BY_NAME = ("callbacks", "interop", "dask", "testing", "parity", "notebook")
 
 
 # --- discovery -------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def takes_arguments(obj: object) -> bool:
 
 CASES: dict[str, list[tuple[str, Callable[[], object], str | None]]] = {}
 # Records xpcnn returns and never takes back: there is no input of the user's to check.
-RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult"}
+RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult", "xpcnn.parity.Row"}
 
 
 def case(entry: str, argument: str, call: Callable[[], object], *, or_shows: str | None = None) -> None:
@@ -185,6 +185,9 @@ case("xpcnn.Sequential.train_step", "labels", lambda: model().train_step(X, np.a
 case("xpcnn.Sequential.train_step", "optimizer", lambda: model().train_step(X, Y, "sgd"))
 case("xpcnn.Sequential.train_step", "label_smoothing",
      lambda: model().train_step(X, Y, optim.SGD(0.1), label_smoothing=1.5))
+case("xpcnn.Sequential.loss_and_grad", "x", lambda: model().loss_and_grad(X.tolist(), Y))
+case("xpcnn.Sequential.loss_and_grad", "labels", lambda: model().loss_and_grad(X, np.array([0, 3])))
+case("xpcnn.Sequential.loss_and_grad", "label_smoothing", lambda: model().loss_and_grad(X, Y, label_smoothing=-1.0))
 case("xpcnn.Sequential.predict", "x", lambda: model().predict(X[:, :, :, :7]))
 case("xpcnn.Sequential.predict", "batch_size", lambda: model().predict(X, batch_size=0))
 case("xpcnn.Sequential.fit", "x", lambda: model().fit("images", Y, verbose=0))
@@ -431,6 +434,12 @@ case("xpcnn.callbacks.EarlyStopping", "verbose", lambda: cb.EarlyStopping(verbos
 case("xpcnn.callbacks.LambdaCallback", "on_epoch_end", lambda: cb.LambdaCallback(on_epoch_end="print"))
 case("xpcnn.callbacks.LambdaCallback", "on_epoch_ended", lambda: cb.LambdaCallback(on_epoch_ended=print))
 
+# xpcnn.zoo
+for _name in ("default_cnn", "notebook_cnn", "resnet8"):
+    case(f"xpcnn.zoo.{_name}", "num_classes", lambda _n=_name: getattr(xpcnn.zoo, _n)(0))
+    case(f"xpcnn.zoo.{_name}", "num_classes", lambda _n=_name: getattr(xpcnn.zoo, _n)("10"))
+case("xpcnn.zoo.get", "model", lambda: xpcnn.zoo.get("no-such-network"))
+
 # xpcnn.dask
 xdask = importlib.import_module("xpcnn.dask")
 case("xpcnn.dask.predict", "x", lambda: xdask.predict(model(), X))
@@ -476,9 +485,13 @@ case("xpcnn.testing.gradcheck", "eps",
      lambda: testing.gradcheck(F.relu, X.astype(np.float64), backward=F.relu_backward, eps=0.0))
 case("xpcnn.testing.gradcheck", "backward", lambda: testing.gradcheck(F.relu, X.astype(np.float64)))
 case("xpcnn.testing.gradcheck", "layer_or_fn", lambda: testing.gradcheck("relu", X.astype(np.float64)))
-case("xpcnn.testing.OpCase", "run", lambda: testing.OpCase("relu", "relu", inputs=lambda r: (X,), run="relu"))
-case("xpcnn.testing.run_case", "case", lambda: testing.run_case("relu", ["numpy"], "float64"))
-case("xpcnn.testing.run_case", "dtype", lambda: testing.run_case(testing.parity_cases()[0], ["numpy"], "int8"))
+parity = importlib.import_module("xpcnn.parity")
+case("xpcnn.parity.OpCase", "run",
+     lambda: parity.OpCase("relu", "relu", inputs=lambda r: (X,), run="relu", torch=print))
+case("xpcnn.parity.run_case", "case", lambda: parity.run_case("relu", ["numpy"], "float64"))
+case("xpcnn.parity.run_case", "dtype", lambda: parity.run_case(parity.parity_cases()[0], ["numpy"], "int8"))
+case("xpcnn.parity.run_case", "backends", lambda: parity.run_case(parity.parity_cases()[0], "numpy", "float64"))
+case("xpcnn.parity.reference_dropout_mask", "p", lambda: parity.reference_dropout_mask((2, 3), 1.5, 0, 0))
 case("xpcnn.testing.is_gpu_backend", "spec", lambda: testing.is_gpu_backend(3))
 
 # xpcnn.notebook: the weight converters

@@ -20,9 +20,9 @@ from .test_ops import Unchanged, autograd, check, on, pool_input
 from .tolerances import FINITE_DIFF_RTOL, FINITE_DIFF_STEP, FLOAT32_ATOL, FLOAT32_RTOL
 
 EXAMPLES = 30  # per test and backend
-examples = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+examples = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-fd_examples = settings(max_examples=10, deadline=None, derandomize=True,
+fd_examples = settings(max_examples=10, deadline=None,
                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 pairs = st.tuples
 
@@ -356,7 +356,7 @@ OPTIONS = st.one_of(st.integers(-2, 4), st.sampled_from([None, 1.5, True, "same"
 SHAPES = st.lists(st.integers(0, 5), min_size=4, max_size=4)
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=SHAPES, w_shape=SHAPES, stride=OPTIONS, padding=OPTIONS, extra=OPTIONS, groups=OPTIONS,
        flag=st.sampled_from([True, False, 0, None]))
 def test_new_options_raise_only_xpcnn_errors(shape, w_shape, stride, padding, extra, groups, flag):

@@ -22,9 +22,9 @@ from xpcnn.testing import gradcheck
 from .test_ops import Unchanged, autograd, check, on
 from .tolerances import FINITE_DIFF_RTOL, FINITE_DIFF_STEP, FLOAT32_ATOL, FLOAT32_RTOL, FLOAT64_RTOL
 
-examples = settings(max_examples=30, deadline=None, derandomize=True,
+examples = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-fd_examples = settings(max_examples=10, deadline=None, derandomize=True,
+fd_examples = settings(max_examples=10, deadline=None,
                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 DTYPES = ["float64", "float32"]
 

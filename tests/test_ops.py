@@ -26,9 +26,9 @@ TORCH_EXAMPLES = 100  # per op and backend
 FD_EXAMPLES = 25
 FD_MAX_ELEMENTS = 48  # larger inputs are checked along random directions
 
-torch_settings = settings(max_examples=TORCH_EXAMPLES, deadline=None, derandomize=True,
+torch_settings = settings(max_examples=TORCH_EXAMPLES, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-fd_settings = settings(max_examples=FD_EXAMPLES, deadline=None, derandomize=True,
+fd_settings = settings(max_examples=FD_EXAMPLES, deadline=None,
                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

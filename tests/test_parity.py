@@ -1,13 +1,16 @@
-"""The parity matrix: every op (forward and backward), a whole train_step and a short training
-run on each selected backend x {float32, float64}, against the NumPy float64 reference; and
-whole-training parity over one epoch of 1000 mnist5k digits.
+"""The parity matrix: every case of xpcnn.parity's catalogue (each op forward and backward, a
+whole train_step, a short training run, fit + evaluate) on each backend of the matrix x
+{float32, float64}, against PyTorch float64 autograd (the independent reference) and against
+xpcnn on NumPy float64 (cross-backend parity); and whole-training parity over one epoch of 1000
+mnist5k digits against both.
 
-Each case checks every output's namespace, device (the input's), dtype and shape, its values
+Each row checks every output's namespace, device (the input's), dtype and shape, its values
 within tests/tolerances.py, and that no input was mutated (xpcnn.testing.check_parity).
-Backends come from ``--backend`` / ``XPCNN_TEST_BACKENDS`` (tests/conftest.py); unusable ones
-are skipped with their reason.
+Backends come from ``--backend`` / ``XPCNN_TEST_BACKENDS`` (tests/conftest.py): a default one
+that cannot run is skipped with its reason, a requested one fails.
 """
 
+import argparse
 import importlib.util
 
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 
 import xpcnn
 from xpcnn import functional as F
-from xpcnn import layers, optim, testing
+from xpcnn import layers, optim, parity, testing
 from xpcnn.backend import dtype_name, library_of
 from xpcnn.datasets import load_data, preprocess
 
@@ -29,7 +32,8 @@ from .tolerances import (
 )
 
 DTYPES = ("float32", "float64")
-CASES = testing.parity_cases()
+CASES = parity.parity_cases()
+TORCH = importlib.util.find_spec("torch") is not None
 
 
 def tolerance(dtype, training=False):
@@ -44,9 +48,12 @@ def tolerance(dtype, training=False):
 @pytest.mark.parity
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_op_parity(case, backend, dtype):
-    (result,) = testing.run_case(case, [backend], dtype, tolerance=tolerance(dtype, case.training))
-    assert result.status == "PASS", f"{case.name} ({case.description}): {result}"
+def test_op_parity(case, matrix_backend, dtype):
+    references = parity.REFERENCES if TORCH else ("numpy",)
+    (row,) = parity.run_case(case, [str(matrix_backend)], dtype, tolerance=tolerance(dtype, case.training),
+                             references=references)
+    assert row.status == "PASS", f"{case.name} ({case.description}) on {row.backend} {dtype}: {row.reason}"
+    assert row.vs_numpy.status == "PASS" and (row.vs_torch.status == "PASS" if TORCH else row.vs_torch is None)
 
 
 def test_package_tolerances_are_the_tests_tolerances():
@@ -58,10 +65,31 @@ def test_package_tolerances_are_the_tests_tolerances():
 
 def test_every_functional_op_is_in_the_matrix():
     names = {c.name for c in CASES}
-    ops = {name.removesuffix("_backward").removesuffix("_forward").removesuffix("_with_grad") for name in F.__all__}
+    ops = {name.removesuffix("_backward").removesuffix("_forward").removesuffix("_with_grad")
+           for name in F.__all__}
     ops -= {"one_hot"}  # a helper, exercised through cross_entropy
     assert ops <= {n.removesuffix("_tiled") for n in names}, ops - names
-    assert {"train_step", "train_run"} <= names
+    assert {"train_step", "train_run", "fit_evaluate"} <= names
+    assert "jax" in parity.MATRIX_BACKENDS and set(testing.ALL_BACKENDS) <= set(parity.MATRIX_BACKENDS)
+
+
+def test_the_torch_reference_catches_what_cross_backend_parity_cannot(monkeypatch):
+    """An op wrong on every backend alike agrees with itself on NumPy; PyTorch disagrees."""
+    pytest.importorskip("torch")
+    case = next(c for c in CASES if c.name == "relu")
+    monkeypatch.setattr(F, "relu", lambda x: F.leaky_relu(x, 1e-3))
+    (row,) = parity.run_case(case, ["numpy"], "float64")
+    assert row.vs_numpy.status == "PASS" and row.vs_torch.status == "FAIL" and row.status == "FAIL"
+    assert "vs torch: y: max abs error" in row.reason
+
+
+def test_the_dropout_mask_reference_is_the_generator_specification():
+    mask = parity.reference_dropout_mask((3, 70), 0.25, seed=11, counter=3)
+    got = xpcnn.to_numpy(F.dropout_mask(np.zeros((3, 70)), 0.25, seed=11, counter=3))
+    np.testing.assert_array_equal(got, mask)
+    assert set(np.unique(mask)) == {0.0, 1 / 0.75} and 0.1 < np.mean(mask == 0) < 0.4
+    other = parity.reference_dropout_mask((3, 70), 0.25, seed=11, counter=4)
+    assert not np.array_equal(mask, other)
 
 
 # ---------------------------------------------------------------- the checker itself
@@ -125,9 +153,16 @@ def test_gradcheck_catches_a_wrong_gradient():
         testing.gradcheck(F.relu, big, backward=lambda g, x: g * 1.001, max_elements=100)
 
 
+def test_check_parity_takes_an_independent_reference():
+    x = np.linspace(-1, 1, 12).reshape(3, 4)
+    (same,) = testing.check_parity(F.relu, x, backends=["numpy"], reference=lambda a: np.maximum(a, 0))
+    (off,) = testing.check_parity(F.relu, x, backends=["numpy"], reference=lambda a: np.maximum(a, 0) * (1 + 1e-6))
+    assert same.status == "PASS" and off.status == "FAIL" and "exceed rtol" in off.reason
+
+
 # ---------------------------------------------------------------- whole-training parity
 
-N_DIGITS, BATCH, SEED = 1000, 32, 0
+N_DIGITS, BATCH, SEED, LR = 1000, 32, 0, 0.02
 
 
 @pytest.fixture(scope="module")
@@ -138,21 +173,27 @@ def digits():
     return x_train[:N_DIGITS], y_train[:N_DIGITS]
 
 
-def train_one_epoch(digits, backend, dtype):
-    """One epoch, batch 32, SGD momentum 0.9, shuffled by a host Generator: (weights, losses)."""
-    images, labels = digits
-    x = preprocess(images, dtype)
-    model = xpcnn.Sequential([
+def network():
+    return xpcnn.Sequential([
         layers.Conv2D(8, 3), layers.ReLU(), layers.MaxPool2D(2),
         layers.Conv2D(8, 3, padding=1), layers.ReLU(), layers.AvgPool2D(2),
         layers.Flatten(), layers.Dense(10),
     ])
-    model.build((1, 28, 28), seed=SEED, dtype=dtype, backend=backend)
-    opt = optim.SGD(lr=0.02, momentum=0.9)
-    order = np.random.default_rng(SEED).permutation(len(labels))
+
+
+def batches(n):
+    order = np.random.default_rng(SEED).permutation(n)
+    return [order[start:start + BATCH] for start in range(0, n, BATCH)]
+
+
+def train_one_epoch(digits, backend, dtype):
+    """One epoch, batch 32, SGD momentum 0.9, shuffled by a host Generator: (weights, losses)."""
+    images, labels = digits
+    x = preprocess(images, dtype)
+    model = network().build((1, 28, 28), seed=SEED, dtype=dtype, backend=backend)
+    opt = optim.SGD(lr=LR, momentum=0.9)
     losses = []
-    for start in range(0, len(labels), BATCH):
-        idx = order[start:start + BATCH]
+    for idx in batches(len(labels)):
         xb, yb = xpcnn.to_device(x[idx], backend), xpcnn.to_device(labels[idx], backend)
         losses.append(model.train_step(xb, yb, opt))
     for w in model.get_weights():
@@ -160,63 +201,99 @@ def train_one_epoch(digits, backend, dtype):
     return [xpcnn.to_numpy(w) for w in model.get_weights()], losses
 
 
-_numpy_runs: dict = {}
+def torch_one_epoch(digits):
+    """The same epoch in PyTorch float64 from the same initial weights (a Dense weight is (in,
+    out), a Linear weight (out, in))."""
+    torch = pytest.importorskip("torch")
+    images, labels = digits
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(288, 10)).double()
+    initial = network().build((1, 28, 28), seed=SEED, dtype="float64", backend="numpy")
+    params = [net[0].weight, net[0].bias, net[3].weight, net[3].bias, net[7].weight, net[7].bias]
+    with torch.no_grad():
+        for p, w in zip(params, initial.get_weights()):
+            p.copy_(torch.tensor(w.T if p is net[7].weight else w))
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+    x, y = torch.tensor(preprocess(images, "float64")), torch.tensor(labels)
+    for idx in batches(len(labels)):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+    return [p.detach().numpy().T if p is net[7].weight else p.detach().numpy() for p in params]
 
 
-def numpy_run(digits, dtype):
-    if dtype not in _numpy_runs:
-        _numpy_runs[dtype] = train_one_epoch(digits, xpcnn.backend.load_backend("numpy"), dtype)
-    return _numpy_runs[dtype]
+_references: dict = {}
+
+
+def reference(digits, kind, dtype="float64"):
+    if (kind, dtype) not in _references:
+        _references[kind, dtype] = (torch_one_epoch(digits) if kind == "torch"
+                                    else train_one_epoch(digits, xpcnn.backend.load_backend("numpy"), dtype)[0])
+    return _references[kind, dtype]
+
+
+def relative_errors(weights, ref):
+    """Per weight array: max |w - r| / max |r|; and over the model: max |w - r| / the largest |r|."""
+    largest = max(np.abs(r).max() for r in ref)
+    per_array = [np.abs(w - r).max() / np.abs(r).max() for w, r in zip(weights, ref)]
+    return per_array, max(np.abs(w - r).max() for w, r in zip(weights, ref)) / largest
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_whole_training_parity(digits, backend, dtype):
+def test_whole_training_parity(digits, matrix_backend, dtype):
     """Same seed, one epoch over the first 1000 mnist5k digits: the final weights agree with
-    NumPy's within 1e-9 (float64, per weight array, relative to its largest entry) or 1e-4
-    relative to the largest weight of the model (float32)."""
-    ref_weights, ref_losses = numpy_run(digits, dtype)
-    weights, losses = train_one_epoch(digits, backend, dtype)
+    PyTorch float64's and with xpcnn-on-NumPy's within 1e-9 (float64, per weight array,
+    relative to its largest entry) or 1e-4 relative to the largest weight of the model (float32)."""
+    weights, losses = train_one_epoch(digits, matrix_backend, dtype)
     assert np.mean(losses[-8:]) < 0.6 * losses[0], f"the epoch should learn something: losses {losses}"
-    if dtype == "float64":
-        for i, (w, r) in enumerate(zip(weights, ref_weights)):
-            err = np.abs(w - r).max() / np.abs(r).max()
-            assert err <= FLOAT64_RTOL, f"weight {i}: relative error {err:.3g} vs numpy"
-    else:
-        largest = max(np.abs(r).max() for r in ref_weights)
-        err = max(np.abs(w - r).max() for w, r in zip(weights, ref_weights)) / largest
-        assert err <= FLOAT32_TRAINING_RTOL, f"float32 weights differ from numpy's by {err:.3g} of the largest weight"
+    refs = {"numpy": reference(digits, "numpy", dtype)}
+    if TORCH:
+        refs["torch"] = reference(digits, "torch")
+    for name, ref in refs.items():
+        per_array, overall = relative_errors(weights, ref)
+        if dtype == "float64":
+            assert max(per_array) <= FLOAT64_RTOL, f"relative errors {per_array} vs {name}"
+        else:
+            assert overall <= FLOAT32_TRAINING_RTOL, f"float32 weights differ from {name}'s by {overall:.3g} of the largest"
 
 
 # ---------------------------------------------------------------- `xpcnn parity`
 
 
 def _parity_cli(argv):
-    import argparse
-
-    from xpcnn import parity
-
     return parity.run(parity.add_arguments(argparse.ArgumentParser()).parse_args(argv))
 
 
-def test_parity_command_prints_the_table_and_skips_with_reason(capsys):
-    code = _parity_cli(["--backend", "numpy", "--backend", "array_api_strict:device1", "--backend", "cupy",
-                        "--op", "relu", "--op", "conv2d"])
+def test_parity_command_prints_the_table_against_both_references(capsys):
+    pytest.importorskip("torch")
+    code = _parity_cli(["--backend", "numpy", "--backend", "array_api_strict:device1", "--op", "relu", "--op", "conv2d"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "max abs err" in out and "max rel err" in out
+    assert "against PyTorch float64 autograd and xpcnn on NumPy float64" in out
+    assert "rel err vs torch" in out and "rel err vs numpy" in out
     assert out.count("PASS") == 2 * 2 * 2  # 2 ops x 2 backends x 2 dtypes
-    if importlib.util.find_spec("cupy") is None:
-        assert "SKIP (cupy is not installed" in out
+
+
+def test_a_requested_backend_that_cannot_run_fails_and_a_default_one_skips(monkeypatch, capsys):
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here: nothing to show")
+    assert _parity_cli(["--backend", "numpy", "--backend", "cupy", "--op", "relu"]) == 1
+    out = capsys.readouterr().out
+    assert "  FAIL cupy: requested but cannot run here: cupy is not installed" in out
+    monkeypatch.setattr(parity, "MATRIX_BACKENDS", ("numpy", "cupy"))
+    assert _parity_cli(["--op", "relu"]) == 0
+    out = capsys.readouterr().out
+    assert "SKIP (cupy is not installed" in out and "FAIL" not in out
 
 
 def test_parity_command_exits_non_zero_on_a_failure(monkeypatch, capsys):
-    from xpcnn import parity
-
     def off_on_strict(x):
         return x * (1 + 1e-3) if library_of(x) == "array_api_strict" else x
 
-    broken = testing.OpCase("broken", "differs on array_api_strict", lambda rng: (rng.standard_normal(4),), off_on_strict)
+    broken = parity.OpCase("broken", "differs on array_api_strict", lambda rng: (rng.standard_normal(4),), off_on_strict,
+                           lambda x: {"out": x})
     monkeypatch.setattr(parity, "parity_cases", lambda: [broken])
     assert _parity_cli(["--backend", "numpy", "--backend", "array_api_strict"]) == 1
     out = capsys.readouterr().out

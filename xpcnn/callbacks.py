@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import sys
 import time
 from typing import Any, Callable, TextIO
 
 from . import checkpoint
 from .errors import ArgumentError, ArgumentTypeError
+from .functional._checks import positive_int
 
 
 class Callback:
@@ -55,8 +57,10 @@ class History(Callback):
     ``fit`` returns it; after a resume it also holds the epochs before the checkpoint."""
 
     def __init__(self, history: dict[str, list[float]] | None = None, initial_epoch: int = 0) -> None:
+        if history is not None and not isinstance(history, dict):
+            raise ArgumentTypeError(f"history: expected a dict of metric lists, got {type(history).__name__}")
         self.history: dict[str, list[float]] = {k: list(v) for k, v in (history or {}).items()}
-        self.epoch: list[int] = list(range(initial_epoch))
+        self.epoch: list[int] = list(range(positive_int(initial_epoch, "initial_epoch", minimum=0)))
 
     def on_epoch_end(self, epoch, logs):
         self.epoch.append(epoch)
@@ -74,6 +78,8 @@ class History(Callback):
 def format_metrics(logs: dict[str, Any]) -> str:
     """``loss 0.1234 - accuracy 0.9650 - lr 0.003``: metrics to 4 decimals, the learning rate to
     4 significant digits (a decayed rate like 3e-05 would print as 0.0000)."""
+    if not isinstance(logs, dict):
+        raise ArgumentTypeError(f"logs: expected a dict of metric values, got {type(logs).__name__}")
     return " - ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
 
 
@@ -84,7 +90,11 @@ class ProgressBar(Callback):
     ends; ``verbose=2`` never draws it. ``file`` defaults to ``sys.stdout``."""
 
     def __init__(self, verbose: int = 1, file: TextIO | None = None, live: bool | None = None) -> None:
-        self.verbose = verbose
+        if file is not None and not callable(getattr(file, "write", None)):
+            raise ArgumentTypeError(f"file: expected a text stream with write(), got {type(file).__name__}")
+        if live not in (None, True, False):
+            raise ArgumentTypeError(f"live: expected True, False or None, got {live!r}")
+        self.verbose = _verbose(verbose, (1, 2))
         self.file = file
         self.live = live
         self._bar = None
@@ -137,7 +147,9 @@ class NotebookLogger(Callback):
     figures of the steps before it)."""
 
     def __init__(self, every: int = 100, print_fn: Callable[[str], Any] = print) -> None:
-        self.every = every
+        if not callable(print_fn):
+            raise ArgumentTypeError(f"print_fn: expected a function taking a line, got {type(print_fn).__name__}")
+        self.every = positive_int(every, "every")
         self.print = print_fn
 
     def on_epoch_begin(self, epoch, logs):
@@ -161,8 +173,10 @@ class ModelCheckpoint(Callback):
     ``fit(..., checkpoint_dir=DIR)`` adds one."""
 
     def __init__(self, directory, keep: int = checkpoint.KEEP) -> None:
+        if not isinstance(directory, (str, os.PathLike)):
+            raise ArgumentTypeError(f"directory: expected a path (str or os.PathLike), got {type(directory).__name__}")
         self.directory = directory
-        self.keep = keep
+        self.keep = positive_int(keep, "keep")
         self.last_path = None
 
     def on_epoch_end(self, epoch, logs):
@@ -170,6 +184,12 @@ class ModelCheckpoint(Callback):
         fit_args = {k: t.params[k] for k in ("batch_size", "shuffle", "seed")}
         self.last_path = checkpoint.save(self.directory, model=t.model, optimizer=t.optimizer, rng=t.rng,
                                          epoch=epoch + 1, history=t.history.history, fit_args=fit_args, keep=self.keep)
+
+
+def _verbose(value: Any, allowed: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or value not in allowed:
+        raise ArgumentError(f"verbose: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+    return int(value)
 
 
 def _positive_finite(value: Any) -> bool:
@@ -188,7 +208,7 @@ class LearningRateScheduler(Callback):
         if not callable(schedule):
             raise ArgumentTypeError(f"schedule: expected a function (epoch, lr) -> lr, got {type(schedule).__name__}")
         self.schedule = schedule
-        self.verbose = verbose
+        self.verbose = _verbose(verbose, (0, 1))
 
     def on_epoch_begin(self, epoch, logs):
         optimizer = self.trainer.optimizer
@@ -267,11 +287,16 @@ class EarlyStopping(Callback):
             raise ArgumentError(f"min_delta: expected a finite number >= 0, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ArgumentError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+        if baseline is not None and not (isinstance(baseline, numbers.Real) and not isinstance(baseline, bool)
+                                         and math.isfinite(baseline)):
+            raise ArgumentError(f"baseline: expected a finite number or None, got {baseline!r}")
+        if not isinstance(restore_best_weights, bool):
+            raise ArgumentTypeError(f"restore_best_weights: expected True or False, got {restore_best_weights!r}")
         if mode == "auto":
             mode = "max" if monitor.endswith(("accuracy", "acc")) else "min"
         self.monitor, self.patience, self.min_delta, self.mode = monitor, int(patience), float(min_delta), mode
         self.baseline, self.restore_best_weights = baseline, bool(restore_best_weights)
-        self.start_from_epoch, self.verbose = int(start_from_epoch), verbose
+        self.start_from_epoch, self.verbose = int(start_from_epoch), _verbose(verbose, (0, 1))
 
     def _improves(self, value: float, reference: float | None) -> bool:
         if reference is None:
@@ -326,5 +351,7 @@ class LambdaCallback(Callback):
         names = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
         for name, fn in hooks.items():
             if name not in names:
-                raise ArgumentTypeError(f"LambdaCallback: unknown hook {name!r}; valid hooks are {', '.join(names)}")
+                raise ArgumentTypeError(f"{name}: not a LambdaCallback hook; valid hooks are {', '.join(names)}")
+            if not callable(fn):
+                raise ArgumentTypeError(f"{name}: expected a function, got {type(fn).__name__}")
             setattr(self, name, fn)

@@ -61,7 +61,9 @@ def from_xpcnn_weights(weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xpcnn layout ``[conv (C, 1, k, k), W (C*P*P, classes), b (classes,)]`` (e.g.
     ``model.get_weights()``, arrays of any backend) -> notebook ``(kernels, weight, bias)``,
     float64 NumPy copies. The exact inverse of :func:`to_xpcnn_weights`."""
-    weights = list(weights)
+    if not isinstance(weights, (list, tuple)):
+        raise DTypeError(f"weights: expected a list [conv, W, b] such as model.get_weights(), "
+                         f"got {type(weights).__name__}")
     if len(weights) != 3:
         raise ShapeError(f"weights: expected [conv, W, b] (3 arrays), got {len(weights)}")
     conv, W, b = (_host(a, name) for a, name in zip(weights, ("weights[0]", "weights[1]", "weights[2]")))

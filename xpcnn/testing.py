@@ -41,13 +41,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .backend import Backend, device_of, dtype_name, library_of, load_backend, resolve_target, to_device, to_numpy
-from .errors import BackendUnavailableError
+from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
 
 __all__ = [
     "CPU_BACKENDS", "GPU_BACKENDS", "ALL_BACKENDS", "DTYPES", "TOLERANCES", "Tolerance",
     "ParityResult", "ParityError", "check_parity", "assert_parity",
-    "GradcheckResult", "gradcheck",
-    "OpCase", "parity_cases", "run_case", "is_gpu_backend",
+    "GradcheckResult", "gradcheck", "is_gpu_backend",
 ]
 
 CPU_BACKENDS = ("numpy", "array_api_strict", "array_api_strict:device1", "torch")
@@ -208,6 +207,7 @@ def check_parity(
     rtol: float | None = None,
     atol: float | None = None,
     relative_to: str | None = None,
+    reference: Callable[..., Any] | None = None,
 ) -> list[ParityResult]:
     """Run ``fn(*args)`` on each backend in ``dtype`` and compare it with NumPy float64.
 
@@ -215,12 +215,20 @@ def check_parity(
     tuples, None), passed through. Floating arrays are cast to ``dtype``; the reference sees
     those same (rounded) values in float64, so only the computation is compared. Integer
     arrays (labels) keep their dtype. Tolerances default to :data:`TOLERANCES` for ``dtype``.
+    ``reference``: computes the expected outputs (same names as ``fn``'s) from those host
+    float64 arguments, e.g. with PyTorch autograd; None: ``fn`` itself on NumPy float64.
 
     Returns one :class:`ParityResult` per backend; a backend that cannot run here is a SKIP
     with the reason from :class:`~xpcnn.BackendUnavailableError`. Never raises for a mismatch.
     """
+    for name, f in (("fn", fn), ("reference", reference)):
+        if f is not None and not callable(f):
+            raise ArgumentTypeError(f"{name}: expected a function, got {type(f).__name__}")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+        raise ArgumentError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            raise ArgumentError(f"{name}: expected a number >= 0, got {value!r}")
     default = TOLERANCES[dtype]
     tol = Tolerance(
         default.rtol if rtol is None else rtol,
@@ -228,7 +236,7 @@ def check_parity(
         default.relative_to if relative_to is None else relative_to,
     )
     host = [_cast(_host(a), dtype) for a in args]
-    reference = _flatten_outputs(fn(*[np.array(a, dtype=np.float64) if _is_float(a) else _host(a) for a in host]))
+    reference = _flatten_outputs((reference or fn)(*[np.array(a, dtype=np.float64) if _is_float(a) else _host(a) for a in host]))
     reference = {k: (None if v is None else to_numpy(v) if _is_array(v) else v) for k, v in reference.items()}
 
     results = []
@@ -445,305 +453,3 @@ def gradcheck(
 
 def _loss(y: Any, g: np.ndarray) -> float:
     return float(np.sum(np.asarray(to_numpy(y), dtype=np.float64) * g))
-
-
-# ---------------------------------------------------------------- the op catalogue
-
-
-@dataclasses.dataclass(frozen=True)
-class OpCase:
-    """One row of the parity table: ``inputs(rng)`` draws host float64 (and integer) arrays,
-    ``run(*arrays)`` computes the op's forward and backward on them and returns named outputs.
-    ``training`` cases compare float32 relative to the largest value (weights drift in float32)."""
-
-    name: str
-    description: str
-    inputs: Callable[[np.random.Generator], tuple]
-    run: Callable[..., dict]
-    training: bool = False
-
-    def tolerance(self, dtype: str) -> Tolerance:
-        return TOLERANCES["float32_training" if self.training and dtype == "float32" else dtype]
-
-
-def _distinct(rng: np.random.Generator, shape: tuple[int, ...], gap: float = 0.01) -> np.ndarray:
-    """Values with no ties (at least ``gap`` apart), in random order: max-pool gradients are then
-    unambiguous and finite differences never cross a window's maximum."""
-    n = math.prod(shape)
-    return (rng.permutation(n) - n / 2).reshape(shape) * gap + rng.uniform(0, gap / 4, shape)
-
-
-def _conv_case() -> OpCase:
-    geom = dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1))
-
-    def inputs(rng):
-        x = rng.standard_normal((2, 3, 9, 8))
-        w = rng.standard_normal((4, 3, 3, 2)) / math.sqrt(3 * 3 * 2)
-        b = rng.standard_normal(4)
-        y_shape = (2, 4, 4, 11)
-        return x, w, b, rng.standard_normal(y_shape)
-
-    def run(x, w, b, g):
-        from . import functional as F
-
-        gx, gw, gb = F.conv2d_backward(g, x, w, **geom)
-        return {"y": F.conv2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
-
-    return OpCase("conv2d", "conv2d + backward, 2x3x9x8, 4 filters 3x2, stride (2,1), pad (1,2), dilation (2,1)", inputs, run)
-
-
-def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, out_hw, description: str) -> OpCase:
-    def inputs(rng):
-        return _distinct(rng, shape), rng.standard_normal((*shape[:2], *out_hw))
-
-    def run(x, g):
-        from . import functional as F
-
-        if name.startswith("max"):
-            return {"y": F.max_pool2d(x, kernel, stride, padding), "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding)}
-        return {"y": F.avg_pool2d(x, kernel, stride, padding), "grad_x": F.avg_pool2d_backward(g, x, kernel, stride, padding)}
-
-    return OpCase(name, description, inputs, run)
-
-
-def _relu_case() -> OpCase:
-    def inputs(rng):
-        x = rng.standard_normal((2, 3, 5, 5))
-        x.flat[::7] = 0.0  # exact zeros: ReLU's gradient there is 0 (PyTorch's choice)
-        return x, rng.standard_normal(x.shape)
-
-    def run(x, g):
-        from . import functional as F
-
-        return {"y": F.relu(x), "grad_x": F.relu_backward(g, x)}
-
-    return OpCase("relu", "relu + backward on 2x3x5x5 with exact zeros", inputs, run)
-
-
-def _softmax_case(log: bool) -> OpCase:
-    def inputs(rng):
-        z = rng.standard_normal((4, 10)) * 3
-        z[0] += 800.0  # would overflow exp without the max subtraction, in any dtype
-        z[1, 3] = -800.0
-        return z, rng.standard_normal(z.shape)
-
-    def run(z, g):
-        from . import functional as F
-
-        if log:
-            y = F.log_softmax(z, axis=1)
-            return {"y": y, "grad_z": F.log_softmax_backward(g, y, axis=1)}
-        y = F.softmax(z, axis=1)
-        return {"y": y, "grad_z": F.softmax_backward(g, y, axis=1)}
-
-    name = "log_softmax" if log else "softmax"
-    return OpCase(name, f"{name} + backward on 4x10 logits, one row shifted by +800", inputs, run)
-
-
-def _linear_case() -> OpCase:
-    def inputs(rng):
-        return rng.standard_normal((4, 6)), rng.standard_normal((6, 5)) / math.sqrt(6), rng.standard_normal(5), rng.standard_normal((4, 5))
-
-    def run(x, w, b, g):
-        from . import functional as F
-
-        gx, gw, gb = F.linear_backward(g, x, w)
-        return {"y": F.linear(x, w, b), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
-
-    return OpCase("linear", "linear + backward, 4x6 @ 6x5 + 5", inputs, run)
-
-
-def _cross_entropy_case() -> OpCase:
-    def inputs(rng):
-        z = rng.standard_normal((5, 10)) * 3
-        z[2] -= 700.0
-        return z, rng.integers(0, 10, 5)
-
-    def run(z, labels):
-        from . import functional as F
-
-        loss, grad = F.cross_entropy_with_grad(z, labels)
-        return {"loss": loss, "grad_logits": grad, "loss (unfused)": F.cross_entropy(z, labels),
-                "grad (unfused)": F.cross_entropy_backward(z, labels)}
-
-    return OpCase("cross_entropy", "softmax cross-entropy (mean) + gradient, 5x10 logits, one row shifted by -700", inputs, run)
-
-
-def _conv_transpose_case() -> OpCase:
-    geom = dict(stride=2, padding=(1, 0), output_padding=1, groups=2)
-
-    def inputs(rng):
-        x = rng.standard_normal((2, 4, 5, 4))
-        w = rng.standard_normal((4, 3, 3, 2)) / math.sqrt(3 * 3 * 2)
-        return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 10, 9))
-
-    def run(x, w, b, g):
-        from . import functional as F
-
-        gx, gw, gb = F.conv_transpose2d_backward(g, x, w, **geom)
-        return {"y": F.conv_transpose2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
-
-    return OpCase("conv_transpose2d", "conv_transpose2d + backward, 2x4x5x4, groups 2, 3x2 kernel, stride 2, "
-                  "pad (1,0), output_padding 1", inputs, run)
-
-
-def _global_avg_pool_case() -> OpCase:
-    def inputs(rng):
-        return rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3))
-
-    def run(x, g):
-        from . import functional as F
-
-        return {"y": F.global_avg_pool2d(x), "grad_x": F.global_avg_pool2d_backward(g, x)}
-
-    return OpCase("global_avg_pool2d", "global_avg_pool2d + backward, 2x3x5x4 -> 2x3", inputs, run)
-
-
-def _elementwise_case(name: str, backward_takes_output: bool) -> OpCase:
-    def inputs(rng):
-        x = rng.standard_normal((2, 3, 4, 4)) * 3
-        x.flat[::5] = 0.0
-        return x, rng.standard_normal(x.shape)
-
-    def run(x, g):
-        from . import functional as F
-
-        y = getattr(F, name)(x)
-        return {"y": y, "grad_x": getattr(F, f"{name}_backward")(g, y if backward_takes_output else x)}
-
-    return OpCase(name, f"{name} + backward on 2x3x4x4 with exact zeros", inputs, run)
-
-
-def _batch_norm_case() -> OpCase:
-    def inputs(rng):
-        c = 3
-        return (rng.standard_normal((4, c, 3, 3)) * 2 + 1, rng.standard_normal(c), rng.standard_normal(c),
-                rng.standard_normal(c), rng.uniform(0.5, 2.0, c), rng.standard_normal((4, c, 3, 3)))
-
-    def run(x, w, b, mean, var, g):
-        from . import functional as F
-
-        out = {}
-        for mode, training in (("train", True), ("eval", False)):
-            y, saved, new_mean, new_var = F.batch_norm(x, w, b, mean, var, training=training)
-            gx, gw, gb = F.batch_norm_backward(g, x, w, saved, training=training)
-            out.update({f"{mode} y": y, f"{mode} running_mean": new_mean, f"{mode} running_var": new_var,
-                        f"{mode} grad_x": gx, f"{mode} grad_weight": gw, f"{mode} grad_bias": gb})
-        return out
-
-    return OpCase("batch_norm", "batch_norm + backward on 4x3x3x3, training (with running-stat update) and inference",
-                  inputs, run)
-
-
-def _dropout_cases() -> list[OpCase]:
-    def inputs(rng):
-        return rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 5, 5))
-
-    def run_mask(x, g):
-        from . import functional as F
-
-        return {"mask": F.dropout_mask(x, 0.3, seed=2024, counter=7)}
-
-    def run(x, g):
-        from . import functional as F
-
-        mask = F.dropout_mask(x, 0.3, seed=2024, counter=7)
-        return {"y": F.dropout(x, mask), "grad_x": F.dropout_backward(g, mask)}
-
-    return [OpCase("dropout_mask", "dropout_mask p=0.3, seed 2024, counter 7: the same bits on every backend", inputs,
-                   run_mask),
-            OpCase("dropout", "dropout + backward with that mask on 2x3x5x5", inputs, run)]
-
-
-def _small_model():
-    from . import layers
-    from .model import Sequential
-
-    return Sequential([
-        layers.Conv2D(4, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
-        layers.Conv2D(6, 3), layers.ReLU(), layers.AvgPool2D(2),
-        layers.Flatten(), layers.Dense(10),
-    ])
-
-
-_MODEL_INPUT = (1, 12, 12)
-
-
-def _model_on(x, weights):
-    """The small test model built on x's backend, device and dtype, with ``weights``."""
-    model = _small_model().build(_MODEL_INPUT, seed=0, dtype=dtype_name(x.dtype), backend=_backend_of(x))
-    model.set_weights(weights)
-    return model
-
-
-def _initial_weights() -> list[np.ndarray]:
-    return [to_numpy(w) for w in _small_model().build(_MODEL_INPUT, seed=0, dtype="float64", backend="numpy").get_weights()]
-
-
-def _train_step_case() -> OpCase:
-    def inputs(rng):
-        return (rng.uniform(0, 1, (8, *_MODEL_INPUT)), rng.integers(0, 10, 8), *_initial_weights())
-
-    def run(x, labels, *weights):
-        from . import optim
-
-        model = _model_on(x, weights)
-        loss = model.train_step(x, labels, optim.SGD(lr=0.1, momentum=0.9))
-        out = {"loss": loss}
-        for key, layer, name in model.named_parameters():
-            out[f"{key} grad"] = layer.grads[name]
-            out[f"{key} updated"] = layer.params[name]
-        return out
-
-    return OpCase("train_step", "Sequential.train_step on 8 images 1x12x12: conv, relu, max pool, conv, relu, avg pool, dense; SGD momentum", inputs, run)
-
-
-def _train_run_case(steps: int = 5) -> OpCase:
-    def inputs(rng):
-        return (rng.uniform(0, 1, (steps, 8, *_MODEL_INPUT)), rng.integers(0, 10, (steps, 8)), *_initial_weights())
-
-    def run(xs, labels, *weights):
-        from . import optim
-
-        model = _model_on(xs, weights)
-        opt = optim.SGD(lr=0.05, momentum=0.9)
-        out = {f"loss {i}": model.train_step(xs[i, ...], labels[i, ...], opt) for i in range(steps)}
-        out.update({key: layer.params[name] for key, layer, name in model.named_parameters()})
-        return out
-
-    return OpCase("train_run", f"{steps} SGD-momentum train_steps on the train_step model: losses and final weights",
-                  inputs, run, training=True)
-
-
-def parity_cases() -> list[OpCase]:
-    """Every op (forward and backward), one training step and a short training run."""
-    return [
-        _conv_case(),
-        _pool_case("avg_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "avg_pool2d + backward, kernel 3, stride 2, pad 1 (zeros counted)"),
-        _pool_case("avg_pool2d_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4), "avg_pool2d + backward, kernel 2 = stride (non-overlapping windows), last row dropped"),
-        _pool_case("max_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "max_pool2d + backward, kernel 3, stride 2, pad 1 (-inf)"),
-        _relu_case(),
-        _softmax_case(log=False),
-        _softmax_case(log=True),
-        _linear_case(),
-        _cross_entropy_case(),
-        _conv_transpose_case(),
-        _global_avg_pool_case(),
-        _elementwise_case("tanh", backward_takes_output=True),
-        _elementwise_case("sigmoid", backward_takes_output=True),
-        _elementwise_case("leaky_relu", backward_takes_output=False),
-        _elementwise_case("gelu", backward_takes_output=False),
-        _batch_norm_case(),
-        *_dropout_cases(),
-        _train_step_case(),
-        _train_run_case(),
-    ]
-
-
-def run_case(case: OpCase, backends: Iterable[str | Backend], dtype: str, *, seed: int = 0,
-             tolerance: Tolerance | None = None) -> list[ParityResult]:
-    """:func:`check_parity` of one :class:`OpCase` with inputs drawn from ``default_rng(seed)``."""
-    tol = tolerance or case.tolerance(dtype)
-    args = case.inputs(np.random.default_rng(seed))
-    return check_parity(case.run, *args, backends=backends, dtype=dtype,
-                        rtol=tol.rtol, atol=tol.atol, relative_to=tol.relative_to)
