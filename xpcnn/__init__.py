@@ -4,7 +4,8 @@ The same layer code runs on NumPy (CPU), CuPy (GPU), PyTorch and array-api-stric
 backend is picked with ``XPCNN_BACKEND`` or :func:`set_backend`.
 """
 
-from . import _allocator, datasets, functional, init, layers, optim
+# callbacks, dask, interop and zoo import torch and dask only on first use.
+from . import _allocator, callbacks, dask, datasets, functional, init, interop, layers, optim, zoo
 from ._allocator import keep_freed_memory
 from .backend import (
     available_backends,
@@ -18,7 +19,6 @@ from .backend import (
 from .errors import BackendMismatchError, BackendUnavailableError, XpcnnError
 from .model import Sequential
 from .saving import load
-from . import callbacks, dask, interop, zoo  # noqa: E402  (torch and dask themselves load on first use)
 
 __version__ = "0.1.0"
 
