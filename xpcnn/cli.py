@@ -68,11 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="default", metavar="NAME",
                        help="a network of xpcnn.zoo: 'default' (Conv16-Conv32, Adam; the default), 'notebook' "
                             "(the notebook's, per-image SGD, printing its log lines), 'resnet8' (residual, BatchNorm)")
-    train.add_argument("--backend", help="numpy (default), cupy, torch, array_api_strict, auto; 'name:device' too")
-    train.add_argument("--epochs", type=_positive_int, help="epochs (default: 10; notebook 4)")
+    train.add_argument("--backend", help="numpy (default), cupy, torch, jax, array_api_strict, auto; 'name:device' too")
+    train.add_argument("--epochs", type=_positive_int, help="epochs (default: 10; notebook 4, resnet8 8)")
     train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: 64; notebook 1)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: Adam 3e-3; notebook SGD 0.05)")
-    train.add_argument("--optimizer", choices=("adam", "sgd"), help="default: adam; notebook sgd")
+    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="default: adam; notebook sgd")
     train.add_argument("--seed", type=_seed, help="seed of the initial weights and the shuffles (default 0)")
     train.add_argument("--dataset", choices=("mnist5k", "mnist"), default="mnist5k",
                        help="mnist5k: 4000/1000 offline subset (default); mnist: the full 60000/10000")
@@ -150,7 +150,7 @@ def _load_split(dataset: str, path: str | None, dtype: str):
 def _optimizer(name: str, lr: float):
     from . import optim
 
-    return optim.Adam(lr) if name == "adam" else optim.SGD(lr)
+    return optim.OPTIMIZERS[name](lr)
 
 
 def _thread_limit(threads: int | None):
