@@ -16,9 +16,10 @@ initial weights, each step returning its loss as a Python float (one host read p
 
 Contenders alternate round-robin, the median of --repeats rounds is reported (images/s) with
 the spread over rounds. Threads: NumPy's BLAS and PyTorch are limited to --threads; XLA's CPU
-runtime sizes its own pool to the machine's CPUs (it has no thread setting), which is the same
-number on the 2-core machine these results come from. The compile time of the jit step (first
-call, per batch shape) is printed separately.
+runtime has no thread setting and sizes its pool to the CPUs it may run on, so with --threads
+below the machine's CPU count the whole process is pinned to that many CPUs
+(os.sched_setaffinity) before JAX starts. The compile time of the jit step (first call, per
+batch shape) is printed separately.
 """
 
 from __future__ import annotations
@@ -80,11 +81,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.round_seconds = 5, 0.05
+    pinned = ""
+    if args.threads < (os.cpu_count() or 1) and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))[:args.threads]
+        os.sched_setaffinity(0, cpus)
+        pinned = (f"; process pinned to CPU(s) {', '.join(map(str, cpus))} "
+                  "(XLA has no thread setting: this is what limits it)")
     import jax
 
     with_torch, env, _, load = harness.start_run(args)
     lines = [f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads} (NumPy BLAS, PyTorch; "
-             f"XLA: its own pool), numpy {env['numpy']}, torch {env['torch'] or '-'}, jax {jax.__version__}, "
+             f"XLA: its own pool{pinned}), numpy {env['numpy']}, torch {env['torch'] or '-'}, jax {jax.__version__}, "
              f"commit {env['commit']}",
              f"{args.repeats} rounds of ~{args.round_seconds:g} s per contender, round-robin; images/s = median", ""]
     images, labels = harness.load_images()
