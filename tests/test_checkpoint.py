@@ -84,8 +84,19 @@ def test_checkpoint_dir_must_not_hold_another_run(tmp_path):
 
 
 def test_resume_needs_a_checkpoint(tmp_path):
+    x, y = tiny_data()
     with pytest.raises(ModelFileError, match="no valid checkpoint"):
-        train(2, tmp_path, resume=True)
+        tiny_model().fit(x, y, epochs=2, verbose=0, resume_from=tmp_path)
+
+
+def test_resume_from_the_checkpoint_dir_itself_starts_then_continues(tmp_path):
+    # the same call starts a run in an empty directory and continues it when run again
+    first, _ = train(1, tmp_path, resume=True)
+    assert [e for e, _ in checkpoint.list_checkpoints(tmp_path)] == [1]
+    again, history = train(2, tmp_path, resume=True)
+    assert [e for e, _ in checkpoint.list_checkpoints(tmp_path)] == [1, 2] and len(history.history["loss"]) == 2
+    straight, _ = train(2, tmp_path / "straight", resume=True)  # 2 epochs in one call, same start
+    assert_same_weights(again, straight)
 
 
 def test_resume_refuses_another_architecture(tmp_path):

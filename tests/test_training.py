@@ -297,7 +297,7 @@ def test_callback_hooks_run_in_order():
     built().fit(x, y, epochs=2, batch_size=10, verbose=0, callbacks=[cb])
     assert events == ["begin", "epoch0", "step0", "step1", "end0:['accuracy', 'loss']",
                       "epoch1", "step0", "step1", "end1:['accuracy', 'loss']", "done"]
-    with pytest.raises(TypeError, match="unknown hook"):
+    with pytest.raises(TypeError, match="not a LambdaCallback hook"):
         LambdaCallback(on_step=print)
 
 

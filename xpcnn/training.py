@@ -47,7 +47,7 @@ from .errors import (
     ShapeError,
 )
 from .functional._checks import check_array, namespace, positive_int
-from .functional.loss import check_labels
+from .functional.loss import check_labels, cross_entropy_kernel
 from .optim import Adam, Optimizer
 
 DEFAULT_LR = 1e-3
@@ -159,13 +159,12 @@ def _step(model, xp, xb, yb, label_smoothing: float):
     ``(guard, loss, correct)``: ``guard`` is non-finite when the loss or any gradient is.
     Nothing is read back to the host here."""
     logits = model.forward_checked(xp, xb, True)
-    loss, grad = F.cross_entropy_with_grad(logits, yb, label_smoothing=label_smoothing) if label_smoothing \
-        else F.cross_entropy_with_grad(logits, yb)
+    loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)  # labels were checked by the caller
     model.backward_checked(xp, grad)
-    guard = loss
-    for layer in model.layers:
-        for g in layer.grads.values():
-            guard = guard + xp.sum(g)
+    # One reduction over every gradient (reshapes are views, one concatenation): NaN/Inf in
+    # the loss or any gradient makes the guard non-finite.
+    grads = [xp.reshape(g, (-1,)) for layer in model.layers for g in layer.grads.values()]
+    guard = loss + xp.sum(xp.concat(grads)) if grads else loss
     correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
     return xp.stack([guard, loss, correct])
 
