@@ -12,6 +12,9 @@ initial weights, each step returning its loss as a Python float (one host read p
     xpcnn[jax] jit     xpcnn.jit.make_step(model, SGD).train(x, y): forward, loss, backward and
                        update as one jax.jit function (compiled in the warm-up, not timed)
     xpcnn[jax] eager   model.train_step on the jax backend: JAX dispatches every operation alone
+    jax lax+grad       the same network written directly in JAX (lax.conv_general_dilated,
+                       lax.reduce_window, jax.value_and_grad, SGD) under one jax.jit: what XLA
+                       itself makes of this step, the ceiling for a compiled step on this CPU
     torch[cpu]         zero_grad, forward, cross_entropy, backward, SGD step, loss.item()
 
 Contenders alternate round-robin, the median of --repeats rounds is reported (images/s) with
@@ -58,6 +61,50 @@ def jit_workload(net, images_u8, labels, batch):
     return harness.Workload("xpcnn[jax] jit", run, batch), compile_s
 
 
+def jax_reference_workload(net, images_u8, labels, batch):
+    """The network written directly in JAX (XLA's own conv, pool and autodiff), from the same
+    initial weights, one jax.jit SGD step returning the loss."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    import xpcnn
+
+    weights = [jnp.asarray(xpcnn.to_numpy(w)) for w in harness.build_xpcnn(net).get_weights()]
+    nchw = ("NCHW", "OIHW", "NCHW")
+
+    def conv(h, w, padding):
+        return lax.conv_general_dilated(h, w, (1, 1), ((padding, padding), (padding, padding)), dimension_numbers=nchw)
+
+    def pool(h, op, init):
+        return lax.reduce_window(h, init, op, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def logits(p, h):
+        if net == "notebook":  # conv (no bias) -> avg pool -> flatten -> dense
+            h = pool(conv(h, p[0], 0), lax.add, 0.0) / 4.0
+            return h.reshape(h.shape[0], -1) @ p[1] + p[2]
+        for w, b in ((p[0], p[1]), (p[2], p[3])):  # deep: 2 x (conv pad 1 -> relu -> max pool) -> dense
+            h = pool(jax.nn.relu(conv(h, w, 1) + b[None, :, None, None]), lax.max, -jnp.inf)
+        return h.reshape(h.shape[0], -1) @ p[4] + p[5]
+
+    def loss(p, x, y):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits(p, x)), y[:, None], axis=1))
+
+    @jax.jit
+    def sgd_step(p, x, y):
+        value, grads = jax.value_and_grad(loss)(p, x, y)
+        return [w - harness.LR * g for w, g in zip(p, grads)], value
+
+    batches = harness._batches(jnp.asarray(harness.to_float(images_u8)), jnp.asarray(labels), batch)
+    params = [weights]
+
+    def run():
+        params[0], value = sgd_step(params[0], *next(batches))
+        return float(value)
+
+    return harness.Workload("jax lax+grad", run, batch)
+
+
 def contenders(net, images, labels, args, with_torch):
     workloads = [harness.xpcnn_workload(harness.build_xpcnn(net), images, labels, BATCH, name="xpcnn[numpy]")]
     jitted, compile_s = jit_workload(net, images, labels, BATCH)
@@ -65,6 +112,7 @@ def contenders(net, images, labels, args, with_torch):
     if not args.no_eager:
         workloads.append(harness.xpcnn_workload(harness.build_xpcnn(net, backend="jax"), images, labels, BATCH,
                                                 backend="jax", name="xpcnn[jax] eager"))
+    workloads.append(jax_reference_workload(net, images, labels, BATCH))
     if with_torch:
         workloads.append(harness.torch_workload(harness.torch_from_xpcnn(harness.build_xpcnn(net)), images, labels,
                                                 BATCH, name="torch[cpu]"))
