@@ -34,6 +34,16 @@ def torch():
     return torch
 
 
+@pytest.fixture
+def sweep_backend(backend):
+    """``backend`` for the Hypothesis sweeps over shapes, except JAX: eager JAX compiles every new
+    shape on first use, so a sweep took minutes per test there. JAX runs the fixed-shape tests
+    and test_functional_nn.test_backward_passes_run_on_jax_arrays_and_match_numpy."""
+    if backend.name == "jax":
+        pytest.skip("Hypothesis shape sweeps are not run on eager JAX (one compilation per new shape)")
+    return backend
+
+
 def check_float32(name, got, expected):
     """float32 output of the same op within FLOAT32_RTOL / FLOAT32_ATOL of the float64 reference."""
     assert dtype_name(got.dtype) == "float32", f"{name}: dtype {dtype_name(got.dtype)}"
@@ -94,7 +104,7 @@ def torch_conv2d(torch, cfg):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @examples
 @given(cfg=conv_configs())
-def test_conv2d_groups_and_padding_match_torch(torch, backend, dtype, cfg):
+def test_conv2d_groups_and_padding_match_torch(torch, sweep_backend, dtype, cfg):
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["size"]))
     w = rng.standard_normal((cfg["o"], cfg["c"] // cfg["groups"], *cfg["kernel"]))
@@ -104,7 +114,7 @@ def test_conv2d_groups_and_padding_match_torch(torch, backend, dtype, cfg):
     y_ref, grads_ref = autograd(torch, ref, g, x, w, b)
     opts = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
 
-    X, W, B, G = on(backend, *(None if a is None else a.astype(dtype) for a in (x, w, b, g)))
+    X, W, B, G = on(sweep_backend, *(None if a is None else a.astype(dtype) for a in (x, w, b, g)))
     with Unchanged(X, W, B, G):
         y, cols = F.conv2d_forward(X, W, B, **opts)
         grads = F.conv2d_backward(G, X, W, bias=cfg["bias"], cols=cols, **opts)
@@ -167,7 +177,7 @@ def transpose_opts(cfg):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @examples
 @given(cfg=transpose_configs())
-def test_conv_transpose2d_matches_torch(torch, backend, dtype, cfg):
+def test_conv_transpose2d_matches_torch(torch, sweep_backend, dtype, cfg):
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["size"]))
     w = rng.standard_normal((cfg["c"], cfg["o"] // cfg["groups"], *cfg["kernel"]))
@@ -179,7 +189,7 @@ def test_conv_transpose2d_matches_torch(torch, backend, dtype, cfg):
 
     g = rng.standard_normal(tuple(ref(torch.as_tensor(x), torch.as_tensor(w), None).shape))
     y_ref, grads_ref = autograd(torch, ref, g, x, w, b)
-    X, W, B, G = on(backend, *(None if a is None else a.astype(dtype) for a in (x, w, b, g)))
+    X, W, B, G = on(sweep_backend, *(None if a is None else a.astype(dtype) for a in (x, w, b, g)))
     with Unchanged(X, W, B, G):
         y = F.conv_transpose2d(X, W, B, **opts)
         grads = F.conv_transpose2d_backward(G, X, W, bias=cfg["bias"], **opts)
@@ -191,13 +201,13 @@ def test_conv_transpose2d_matches_torch(torch, backend, dtype, cfg):
 
 @fd_examples
 @given(cfg=transpose_configs(max_size=4))
-def test_conv_transpose2d_finite_differences(backend, cfg):
+def test_conv_transpose2d_finite_differences(sweep_backend, cfg):
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["size"]))
     w = rng.standard_normal((cfg["c"], cfg["o"] // cfg["groups"], *cfg["kernel"]))
     b = rng.standard_normal(cfg["o"])
     opts = transpose_opts(cfg)
-    gradcheck(lambda x, w, b: F.conv_transpose2d(x, w, b, **opts), tuple(on(backend, x, w, b)),
+    gradcheck(lambda x, w, b: F.conv_transpose2d(x, w, b, **opts), tuple(on(sweep_backend, x, w, b)),
               backward=lambda g, x, w, b: F.conv_transpose2d_backward(g, x, w, **opts),
               eps=FINITE_DIFF_STEP, rtol=FINITE_DIFF_RTOL, max_elements=48)
 
@@ -235,7 +245,7 @@ def pool_configs(draw, max_size=10):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @examples
 @given(cfg=pool_configs())
-def test_avg_pool2d_options_match_torch(torch, backend, dtype, cfg):
+def test_avg_pool2d_options_match_torch(torch, sweep_backend, dtype, cfg):
     rng = np.random.default_rng(cfg["seed"])
     x = pool_input(rng, (cfg["n"], cfg["c"], *cfg["size"]), cfg["ties"])
     args = (cfg["kernel"], cfg["stride"], cfg["padding"])
@@ -246,7 +256,7 @@ def test_avg_pool2d_options_match_torch(torch, backend, dtype, cfg):
 
     g = rng.standard_normal(tuple(ref(torch.as_tensor(x)).shape))
     y_ref, (gx_ref,) = autograd(torch, ref, g, x)
-    X, G = on(backend, x.astype(dtype), g.astype(dtype))
+    X, G = on(sweep_backend, x.astype(dtype), g.astype(dtype))
     with Unchanged(X, G):
         y = F.avg_pool2d(X, *args, **opts)
         gx = F.avg_pool2d_backward(G, X, *args, **opts)
@@ -256,7 +266,7 @@ def test_avg_pool2d_options_match_torch(torch, backend, dtype, cfg):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @examples
 @given(cfg=pool_configs())
-def test_max_pool2d_ceil_mode_matches_torch(torch, backend, dtype, cfg):
+def test_max_pool2d_ceil_mode_matches_torch(torch, sweep_backend, dtype, cfg):
     """Including ties (first maximum wins). Windows of padding only are left to
     test_ops.test_max_pool2d_window_of_padding_only (PyTorch's gradient there is no reference)."""
     rng = np.random.default_rng(cfg["seed"])
@@ -271,7 +281,7 @@ def test_max_pool2d_ceil_mode_matches_torch(torch, backend, dtype, cfg):
         return
     g = rng.standard_normal(tuple(y_ref.shape))
     y_ref, (gx_ref,) = autograd(torch, ref, g, x)
-    X, G = on(backend, x.astype(dtype), g.astype(dtype))
+    X, G = on(sweep_backend, x.astype(dtype), g.astype(dtype))
     with Unchanged(X, G):
         y, taps = F.max_pool2d_forward(X, *args, ceil_mode=cfg["ceil_mode"])
         gx = F.max_pool2d_backward(G, X, *args, y=y, taps=taps, ceil_mode=cfg["ceil_mode"])

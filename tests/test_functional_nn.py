@@ -36,6 +36,16 @@ def torch():
     return torch
 
 
+@pytest.fixture
+def sweep_backend(backend):
+    """``backend`` for the Hypothesis sweeps over shapes, except JAX: eager JAX compiles every new
+    shape on first use, so a sweep took minutes per test there. JAX runs the fixed-shape tests
+    and test_functional_nn.test_backward_passes_run_on_jax_arrays_and_match_numpy."""
+    if backend.name == "jax":
+        pytest.skip("Hypothesis shape sweeps are not run on eager JAX (one compilation per new shape)")
+    return backend
+
+
 def compare(names, got, expected, like, dtype):
     """float64: within FLOAT64_RTOL of the largest reference value (test_ops.check); float32:
     element-wise within FLOAT32_RTOL / FLOAT32_ATOL of the float64 reference."""
@@ -73,14 +83,14 @@ def activations(torch):
 @examples
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), scale=st.sampled_from([1.0, 4.0, 40.0]),
        seed=st.integers(0, 2**32 - 1))
-def test_activations_match_torch(torch, backend, dtype, name, shape, scale, seed):
+def test_activations_match_torch(torch, sweep_backend, dtype, name, shape, scale, seed):
     reference, forward, backward, takes_output = activations(torch)[name]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape) * scale
     x.flat[::3] = 0.0  # exact zeros: the kink of leaky_relu (PyTorch's gradient there is the slope)
     g = rng.standard_normal(shape)
     y_ref, (gx_ref,) = autograd(torch, reference, g, x)
-    X, G = on(backend, *cast(dtype, x, g))
+    X, G = on(sweep_backend, *cast(dtype, x, g))
     with Unchanged(X, G), warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow warnings at large |x|
         y = forward(X)
@@ -130,7 +140,7 @@ def bn_inputs(cfg):
 @pytest.mark.parametrize("dtype", DTYPES)
 @examples
 @given(cfg=bn_configs())
-def test_batch_norm_matches_torch(torch, backend, dtype, cfg):
+def test_batch_norm_matches_torch(torch, sweep_backend, dtype, cfg):
     """Output, input/weight/bias gradients and the new running statistics (PyTorch updates its
     buffers in place; xpcnn returns new ones and leaves its inputs alone)."""
     rng, x, w, b, mean, var = bn_inputs(cfg)
@@ -142,7 +152,7 @@ def test_batch_norm_matches_torch(torch, backend, dtype, cfg):
 
     g = rng.standard_normal(x.shape)
     y_ref, grads_ref = autograd(torch, ref, g, x, w, b)
-    X, W, B, M, V, G = on(backend, *cast(dtype, x, w, b, mean, var, g))
+    X, W, B, M, V, G = on(sweep_backend, *cast(dtype, x, w, b, mean, var, g))
     with Unchanged(X, W, B, M, V, G):
         y, saved, new_mean, new_var = F.batch_norm(X, W, B, M, V, **opts)
         grads = F.batch_norm_backward(G, X, W, saved, training=cfg["training"], bias=cfg["affine"])
@@ -187,9 +197,9 @@ def test_batch_norm_without_running_statistics(torch, backend):
 
 @fd_examples
 @given(cfg=bn_configs())
-def test_batch_norm_finite_differences(backend, cfg):
+def test_batch_norm_finite_differences(sweep_backend, cfg):
     _, x, w, b, mean, var = bn_inputs({**cfg, "affine": True})
-    X, W, B, M, V = on(backend, x, w, b, mean, var)
+    X, W, B, M, V = on(sweep_backend, x, w, b, mean, var)
     opts = dict(training=cfg["training"], momentum=cfg["momentum"], eps=cfg["eps"])
 
     def forward(x, w, b):
@@ -260,7 +270,7 @@ def test_dropout_with_the_mask_fed_to_both_sides_matches_torch(torch, backend, d
 @examples
 @given(n=st.integers(1, 6), k=st.integers(1, 7), label_smoothing=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
        ignore=st.sampled_from([None, -100, 0, 3]), shift=st.sampled_from([0.0, 600.0]), seed=st.integers(0, 2**32 - 1))
-def test_cross_entropy_options_match_torch(torch, backend, dtype, n, k, label_smoothing, ignore, shift, seed):
+def test_cross_entropy_options_match_torch(torch, sweep_backend, dtype, n, k, label_smoothing, ignore, shift, seed):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, k)) * 3
     z[0] += shift  # log-sum-exp must stay finite
@@ -275,7 +285,7 @@ def test_cross_entropy_options_match_torch(torch, backend, dtype, n, k, label_sm
     loss_ref, (gz_ref,) = autograd(
         torch, lambda z: torch.nn.functional.cross_entropy(z, torch.as_tensor(labels), label_smoothing=label_smoothing,
                                                            ignore_index=torch_ignore), 1.0, z)
-    Z, Y = on(backend, z.astype(dtype), labels)
+    Z, Y = on(sweep_backend, z.astype(dtype), labels)
     with Unchanged(Z, Y):
         loss, gz = F.cross_entropy_with_grad(Z, Y, **kw)
         loss2, gz2 = F.cross_entropy(Z, Y, **kw), F.cross_entropy_backward(Z, Y, **kw)
