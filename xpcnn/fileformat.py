@@ -43,7 +43,7 @@ import numpy as np
 
 import safetensors.numpy
 
-from .errors import ArgumentError, ModelFileError
+from .errors import ArgumentError, ArgumentTypeError, ModelFileError
 
 FORMAT = "xpcnn"
 FORMAT_VERSION = 2
@@ -65,8 +65,12 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     directory so the rename itself survives a power cut. A crash leaves at most a stray
     ``.<name>.*.tmp`` file, never a truncated ``path``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ArgumentError(f"path: the directory {os.fspath(directory)} does not exist (for {os.fspath(path)}); create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -74,9 +74,9 @@ class CompiledStep:
         loss, each gradient."""
         xp = namespace_of(xb)
         with _bound(model, params, buffers):
-            logits = model.forward_checked(xp, xb, True)
+            logits = model._forward_checked(xp, xb, True)
             loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
-            model.backward_checked(xp, grad)
+            model._backward_checked(xp, grad)
             grads = {key: layer.grads[name] for key, layer, name in model.named_parameters()}
             stepped = {key: layer.buffers[name] for key, layer, name in model.named_buffers()}
         finite = [*params.values(), loss, *grads.values()]
@@ -170,7 +170,7 @@ def forward(model, x):
 
 def _logits(model, params, buffers, x):
     with _bound(model, params, buffers):
-        return model.forward_checked(namespace_of(x), x, False)
+        return model._forward_checked(namespace_of(x), x, False)
 
 
 # The jax.jit functions of each model, kept while the model lives: jax caches compilations per

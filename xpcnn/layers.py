@@ -34,7 +34,7 @@ from typing import Any
 
 from . import init as initializers
 from .backend import Backend
-from .errors import ArgumentError, DTypeError, LayerNotImplementedError, NotBuiltError, ShapeError
+from .errors import ArgumentError, ArgumentTypeError, DTypeError, LayerNotImplementedError, NotBuiltError, ShapeError
 from .functional._checks import check_array, check_float, check_shape, namespace, pair, positive_int, sample_shape
 from .functional.activation import (
     gelu_backward_kernel,
@@ -130,6 +130,8 @@ class Layer:
     def forward(self, x, *, training: bool = False):
         """Output for a batch ``x`` of the built input shape; ``training`` selects training-mode
         behaviour (dropout active, batch statistics)."""
+        if not isinstance(training, bool):
+            raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
         xp = self._check_batch(x)
         return self._forward(xp, x, training)
 
@@ -333,6 +335,10 @@ class Conv2DTranspose(Layer):
         self.groups = positive_int(groups, "groups")
         if self.out_channels % self.groups:
             raise ArgumentError(f"groups: must divide out_channels {self.out_channels}, got groups={self.groups}")
+        for a in range(2):
+            if self.output_padding[a] >= max(self.stride[a], self.dilation[a]):
+                raise ArgumentError(f"output_padding: must be smaller than stride or dilation (as PyTorch), got "
+                                    f"output_padding {self.output_padding}, stride {self.stride}, dilation {self.dilation}")
         _set_parameter_options(self, bias, weight_init, bias_init)
 
     def _weight_shape(self, c):

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import fileformat, training
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
-from .errors import ArgumentError, DataError, DTypeError, NotBuiltError, ShapeError
+from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .functional._checks import check_array, namespace, sample_shape
 from .layers import Dropout, Layer, layers_from_config
 
@@ -200,6 +200,12 @@ class Sequential:
         """The model file bytes (safetensors) of this model, plus extra checkpoint content."""
         if not self.built:
             raise NotBuiltError("model: not built, nothing to save; call model.build((C, H, W)) or fit first")
+        if tensors is not None and (not isinstance(tensors, dict) or not all(
+                isinstance(k, str) and isinstance(v, np.ndarray) for k, v in tensors.items())):
+            raise ArgumentTypeError(f"tensors: expected a dict of names to NumPy arrays, got {type(tensors).__name__}")
+        if metadata is not None and (not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+            raise ArgumentTypeError(f"metadata: expected a dict of strings to strings, got {metadata!r:.80}")
         all_tensors = self.state_tensors()
         all_tensors.update(tensors or {})
         return fileformat.encode(all_tensors, kind=kind, config=self.get_config(), dtype=self.dtype,
@@ -235,10 +241,12 @@ class Sequential:
     def forward(self, x, *, training: bool = False):
         """Logits (N, K) for x (N, C, H, W); each layer caches what its backward needs.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
+        if not isinstance(training, bool):
+            raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
         xp = self.check_input(x)
-        return self.forward_checked(xp, x, training)
+        return self._forward_checked(xp, x, training)
 
-    def forward_checked(self, xp, x, training: bool):
+    def _forward_checked(self, xp, x, training: bool):
         """:meth:`forward` on a batch already checked (or validated once for a whole fit)."""
         for layer in self.layers:
             x = layer.run_forward(xp, x, training)
@@ -253,9 +261,9 @@ class Sequential:
         ``layer.grads``); returns the gradient of the input when ``input_grad`` (skipped by
         default: nobody trains the data)."""
         self.layers[-1]._check_grad(grad_y)
-        return self.backward_checked(namespace(grad_y=grad_y), grad_y, input_grad=input_grad)
+        return self._backward_checked(namespace(grad_y=grad_y), grad_y, input_grad=input_grad)
 
-    def backward_checked(self, xp, grad_y, *, input_grad: bool = False):
+    def _backward_checked(self, xp, grad_y, *, input_grad: bool = False):
         for i in range(len(self.layers) - 1, -1, -1):
             grad_y = self.layers[i].run_backward(xp, grad_y, input_grad or i > 0)
         return grad_y

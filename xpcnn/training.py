@@ -15,7 +15,7 @@ labels ``(N,)``. uint8 images are refused, not silently scaled: pass them throug
 saved model then expects at evaluation time. Float data of the other float dtype are cast to
 the model's dtype batch by batch.
 
-This module is written against the model's interface (``forward_checked``, ``backward_checked``,
+This module is written against the model's interface (``_forward_checked``, ``_backward_checked``,
 ``layers``, ``build``...), not its class, so the model can delegate to it without a circle.
 """
 
@@ -158,9 +158,9 @@ def _step(model, xp, xb, yb, label_smoothing: float):
     """Forward (training mode), loss and gradient, backward. Returns device arrays
     ``(guard, loss, correct)``: ``guard`` is non-finite when the loss or any gradient is.
     Nothing is read back to the host here."""
-    logits = model.forward_checked(xp, xb, True)
+    logits = model._forward_checked(xp, xb, True)
     loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)  # labels were checked by the caller
-    model.backward_checked(xp, grad)
+    model._backward_checked(xp, grad)
     # One reduction over every gradient (reshapes are views, one concatenation): NaN/Inf in
     # the loss or any gradient makes the guard non-finite.
     grads = [xp.reshape(g, (-1,)) for layer in model.layers for g in layer.grads.values()]
@@ -254,6 +254,9 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
 
 
 def _check_checkpoint_dir(checkpoint_dir, resume_from) -> None:
+    for name, value in (("checkpoint_dir", checkpoint_dir), ("resume_from", resume_from)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ArgumentTypeError(f"{name}: expected a directory path (str or os.PathLike), got {type(value).__name__}")
     if checkpoint_dir is None:
         return
     if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
@@ -334,6 +337,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         raise ArgumentTypeError(f"seed: expected a non-negative int, got {seed!r}")
     if seed < 0:
         raise ArgumentError(f"seed: expected a non-negative int, got {seed!r}")
+    if not isinstance(shuffle, bool):
+        raise ArgumentTypeError(f"shuffle: expected True or False, got {shuffle!r:.80}")
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ArgumentError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     callbacks = list(callbacks or [])
@@ -472,7 +477,7 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 def _inference(model, xp, xb):
     """Inference-mode logits of a checked batch: one compiled function on jax (op by op, JAX
     dispatches and compiles every operation separately), the layers' forward elsewhere."""
-    return jit.forward(model, xb) if model.backend.name == "jax" else model.forward_checked(xp, xb, False)
+    return jit.forward(model, xb) if model.backend.name == "jax" else model._forward_checked(xp, xb, False)
 
 
 def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float]:
