@@ -28,8 +28,8 @@ import time
 from typing import Any, Callable, TextIO
 
 from . import checkpoint
+from ._validate import positive_int
 from .errors import ArgumentError, ArgumentTypeError
-from .functional._checks import positive_int
 
 
 class Callback:
@@ -228,8 +228,7 @@ def cosine_schedule(initial_lr: float, epochs: int, min_lr: float = 0.0) -> Call
     PyTorch's ``CosineAnnealingLR(T_max=epochs, eta_min=min_lr)`` stepped once per epoch."""
     if not _positive_finite(initial_lr):
         raise ArgumentError(f"initial_lr: expected a finite number > 0, got {initial_lr!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ArgumentError(f"epochs: expected an int >= 1, got {epochs!r}")
+    positive_int(epochs, "epochs", error=ArgumentError)
     if not (min_lr == 0 or _positive_finite(min_lr)) or min_lr >= initial_lr:
         raise ArgumentError(f"min_lr: expected a number >= 0 and < initial_lr ({initial_lr}), got {min_lr!r}")
 
@@ -281,8 +280,7 @@ class EarlyStopping(Callback):
         if not isinstance(monitor, str) or not monitor:
             raise ArgumentError(f"monitor: expected a metric name such as 'val_loss', got {monitor!r}")
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ArgumentError(f"{name}: expected an int >= 0, got {value!r}")
+            positive_int(value, name, minimum=0, error=ArgumentError)
         if not (min_delta == 0 or _positive_finite(min_delta)):
             raise ArgumentError(f"min_delta: expected a finite number >= 0, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):

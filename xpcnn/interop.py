@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import positive_int
 from .backend import current_backend, resolve_target, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, NotBuiltError, ShapeError
-from .functional._checks import positive_int
 from .layers import (
     GELU,
     AvgPool2D,

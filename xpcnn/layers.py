@@ -33,9 +33,9 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from . import init as initializers
+from ._validate import check_array, check_float, check_shape, namespace, pair, positive_int, sample_shape
 from .backend import Backend
 from .errors import ArgumentError, ArgumentTypeError, DTypeError, LayerNotImplementedError, NotBuiltError, ShapeError
-from .functional._checks import check_array, check_float, check_shape, namespace, pair, positive_int, sample_shape
 from .functional.activation import (
     gelu_backward_kernel,
     gelu_kernel,

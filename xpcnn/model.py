@@ -14,9 +14,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import fileformat, training
+from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
-from .functional._checks import check_array, namespace, sample_shape
 from .layers import Dropout, Layer, layers_from_config
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import checkpoint, jit
 from . import functional as F
+from ._validate import check_array, namespace, positive_int
 from .backend import device_of, dtype_name, library_of, namespace_of, to_device, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
 from .datasets.batches import iterate_batches
@@ -46,7 +47,6 @@ from .errors import (
     NotBuiltError,
     ShapeError,
 )
-from .functional._checks import check_array, namespace, positive_int
 from .functional.loss import check_labels, cross_entropy_kernel
 from .optim import Adam, Optimizer
 

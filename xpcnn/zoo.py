@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
+from ._validate import positive_int
 from .errors import ArgumentError
-from .functional._checks import positive_int
 from .layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Residual
 from .model import Sequential
 

@@ -10,16 +10,13 @@ import numbers
 
 import numpy as np
 
+from .._validate import positive_int
 from ..errors import ArgumentError, ArgumentTypeError
 
 
 def check_batch_size(batch_size):
     """Return batch_size as an int, or raise ArgumentError (a ValueError) unless it is a positive integer."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise ArgumentError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if batch_size < 1:
-        raise ArgumentError(f"batch_size: expected a positive int, got {batch_size}")
-    return int(batch_size)
+    return positive_int(batch_size, "batch_size", error=ArgumentError)
 
 
 def iterate_batches(n, batch_size, *, shuffle=True, rng=None, drop_last=False):

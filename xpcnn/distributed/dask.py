@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import positive_int
 from ..backend import dtype_name, to_numpy
 from ..errors import (
     ArgumentError,
@@ -126,12 +127,6 @@ def _model_key(model) -> str:
 # ---------------------------------------------------------------- inputs
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ArgumentError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
-
-
 def _check_backend(backend: Any) -> str | None:
     if backend is not None and not isinstance(backend, str):
         raise ArgumentError("backend: expected a backend name such as 'numpy' or 'cupy:0' (loaded on each worker), "
@@ -217,7 +212,7 @@ def predict(model, x, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str | No
         worker's selected backend. The chunks of the result are NumPy arrays either way.
     """
     dask, da = _dask_array()
-    batch_size, backend = _positive_int(batch_size, "batch_size"), _check_backend(backend)
+    batch_size, backend = positive_int(batch_size, "batch_size", error=ArgumentError), _check_backend(backend)
     shipped, digest = _shipped(dask, model)
     x = _images(da, model, x)
     classes = model.output_shape[-1]
@@ -239,7 +234,7 @@ def evaluate(model, x, y, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str 
     the result. ``batch_size`` and ``backend`` as in :func:`predict`.
     """
     dask, da = _dask_array()
-    batch_size, backend = _positive_int(batch_size, "batch_size"), _check_backend(backend)
+    batch_size, backend = positive_int(batch_size, "batch_size", error=ArgumentError), _check_backend(backend)
     shipped, digest = _shipped(dask, model)
     x = _images(da, model, x)
     y = _labels(da, y, x)
@@ -291,7 +286,7 @@ def from_npy(path, *, chunk: int = 4096):
     larger than memory and only its path is sent to the workers (a ``numpy.memmap`` given to
     ``dask.array.from_array`` would be pickled with its data)."""
     _, da = _dask_array()
-    chunk = _positive_int(chunk, "chunk")
+    chunk = positive_int(chunk, "chunk", error=ArgumentError)
     source = _NpyFile(path)
     chunks = (chunk,) + tuple(-1 for _ in source.shape[1:])
     name = "xpcnn-npy-" + hashlib.sha256(repr(source._token).encode()).hexdigest()[:16]

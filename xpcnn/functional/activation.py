@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
+from .._validate import check_float, check_grad, namespace
 from ..backend import device_of
 from ..errors import ArgumentError, ShapeError
-from ._checks import check_float, check_grad, namespace
 
 
 def _check_axis(z, axis, name):

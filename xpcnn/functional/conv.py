@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..errors import ArgumentError, ShapeError
-from ._checks import (
+from .._validate import (
     Padding,
     check_float,
     check_grad,
@@ -31,6 +30,7 @@ from ._checks import (
     output_size,
     pair,
 )
+from ..errors import ArgumentError, ShapeError
 from ._windows import add_taps, pad2d, taps_of
 from .winograd import (
     winograd_applicable,

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import operator
 
+from .._validate import check_float, check_same_dtype, check_shape, namespace
 from ..backend import device_of
 from ..errors import ArgumentError, ShapeError
-from ._checks import check_float, check_same_dtype, check_shape, namespace
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF

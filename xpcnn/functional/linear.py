@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .._validate import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, check_shape, namespace
 from ..errors import ShapeError
-from ._checks import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, check_shape, namespace
 
 
 def linear(x, weight, bias=None):

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
+from .._validate import check_float, check_ndim, check_nonempty, namespace, positive_int
 from ..backend import device_of
 from ..errors import ArgumentError, DataError, LabelError
-from ._checks import check_float, check_ndim, check_nonempty, namespace, positive_int
 from .activation import log_softmax
 
 

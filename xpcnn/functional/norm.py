@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from .._validate import check_float, check_grad, check_same_dtype, check_shape, namespace
 from ..errors import ArgumentError, ShapeError
-from ._checks import check_float, check_grad, check_same_dtype, check_shape, namespace
 
 
 class BatchNormSaved(NamedTuple):

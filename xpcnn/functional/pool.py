@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._validate import Padding, check_float, check_grad, check_ndim, namespace, pair
 from ..backend import device_of
 from ..errors import ArgumentError, ShapeError
-from ._checks import Padding, check_float, check_grad, check_ndim, namespace, pair
 from ._windows import add_taps, pad2d, place2d, taps_of
 
 

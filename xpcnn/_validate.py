@@ -7,22 +7,23 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from ..backend import device_of, library_of, namespace_of
-from ..errors import ArgumentError, BackendMismatchError, DTypeError, ShapeError  # noqa: F401  (ArgumentError re-exported)
+from .backend import device_of, library_of, namespace_of
+from .errors import ArgumentError, BackendMismatchError, DTypeError, ShapeError  # noqa: F401  (ArgumentError re-exported)
 
 _ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
 
 
-def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; refuses bools, floats, strings and None."""
+def positive_int(value: Any, name: str, *, minimum: int = 1, error: type = ShapeError) -> int:
+    """``value`` as an int >= ``minimum``; refuses bools, floats, strings and None. Sizes raise
+    ShapeError (the default); counts and options pass ``error=ArgumentError``."""
     if isinstance(value, bool):
-        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+        raise error(f"{name}: expected an int >= {minimum}, got {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})") from None
+        raise error(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})") from None
     if number < minimum:
-        raise ShapeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+        raise error(f"{name}: expected an int >= {minimum}, got {value!r}")
     return number
 
 
