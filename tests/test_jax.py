@@ -268,3 +268,17 @@ def test_fit_nan_guard_under_compile_matches_eager(x64):
     assert "The weights were not updated by this step" in str(errors["jax"])
     assert models["jax"].optimizer.steps == models["numpy"].optimizer.steps == 1
     assert_same_weights(models["jax"], models["numpy"], FLOAT64_RTOL)
+
+
+def test_fit_compiled_with_label_smoothing_and_sync_every_matches_numpy(x64):
+    x, y = quadrants(64, dtype=np.float64)
+    models = {}
+    for backend in ("jax", "numpy"):
+        model = small_net().build((1, 8, 8), seed=6, dtype="float64", backend=backend)
+        history = model.fit(x, y, epochs=2, batch_size=16, optimizer=optim.AdamW(1e-2), verbose=0,
+                            label_smoothing=0.1, sync_every=3)
+        models[backend] = (model, history.history)
+    (ours, hist), (ref, ref_hist) = models["jax"], models["numpy"]
+    assert_same_weights(ours, ref, FLOAT64_RTOL)
+    np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=FLOAT64_RTOL)
+    assert hist["accuracy"] == ref_hist["accuracy"]
