@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .backend import Backend, device_of, dtype_name, library_of, load_backend, resolve_target, to_device, to_numpy
-from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
+from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, DTypeError, ShapeError
 
 __all__ = [
     "CPU_BACKENDS", "GPU_BACKENDS", "ALL_BACKENDS", "DTYPES", "TOLERANCES", "Tolerance",
@@ -63,6 +63,14 @@ class Tolerance:
     atol: float = 0.0
     relative_to: str = "element"
 
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ArgumentError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.relative_to not in ("element", "max"):
+            raise ArgumentError(f"relative_to: expected 'element' or 'max', got {self.relative_to!r}")
+
 
 # The project's tolerances (DESIGN.md, Testing). tests/tolerances.py is the single place the
 # test suite reads them from; a test asserts these defaults equal it, so they cannot drift.
@@ -75,7 +83,9 @@ TOLERANCES = {
 
 def is_gpu_backend(spec: str) -> bool:
     """True for names that need a CUDA device: ``cupy[:i]`` and ``torch:cuda[:i]``."""
-    name, _, device = str(spec).partition(":")
+    if not isinstance(spec, str):
+        raise ArgumentTypeError(f"spec: expected a backend name such as 'cupy' or 'torch:cuda', got {type(spec).__name__}")
+    name, _, device = spec.partition(":")
     return name == "cupy" or (name == "torch" and device.startswith("cuda"))
 
 
@@ -366,12 +376,21 @@ def gradcheck(
     Returns a :class:`GradcheckResult`; raises AssertionError when an error exceeds ``rtol``.
     """
     rng = np.random.default_rng(seed)
+    if not callable(layer_or_fn) and not hasattr(layer_or_fn, "backward"):
+        raise ArgumentTypeError(f"layer_or_fn: expected a built xpcnn layer or a function, got {type(layer_or_fn).__name__}")
     layer = None if callable(layer_or_fn) and not hasattr(layer_or_fn, "backward") else layer_or_fn
+    for name, value in (("eps", eps), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ArgumentError(f"{name}: expected a finite number > 0, got {value!r}")
     inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     for i, a in enumerate(inputs):
+        if a is not None and not hasattr(a, "dtype"):
+            raise ArgumentTypeError(f"x: expected an array or a tuple of arrays, got {type(a).__name__} at position {i}")
         if a is not None and dtype_name(a.dtype) != "float64":
-            raise TypeError(f"gradcheck: input {i} is {dtype_name(a.dtype)}; finite differences need float64 "
-                            "(build the layer / cast the inputs with dtype='float64')")
+            raise DTypeError(f"x: input {i} is {dtype_name(a.dtype)}; finite differences need float64 "
+                             "(build the layer / cast the inputs with dtype='float64')")
+    if layer is None and backward is None:
+        raise ArgumentError("backward: a function needs backward=(grad_y, *inputs) -> grad(s)")
 
     def forward(*args):
         return layer.forward(*args) if layer is not None else layer_or_fn(*args)
@@ -399,12 +418,10 @@ def gradcheck(
 
         current = {"x": inputs[0], **{f"param {k}": v for k, v in originals.items()}}
     else:
-        if backward is None:
-            raise TypeError("gradcheck: a function needs backward=(grad_y, *inputs) -> grad(s)")
         grads = backward(to_device(g, _backend_of(y)), *inputs)
         grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
         if len(grads) != len(inputs):
-            raise ValueError(f"gradcheck: backward returned {len(grads)} gradients for {len(inputs)} inputs")
+            raise ShapeError(f"backward: returned {len(grads)} gradients for {len(inputs)} inputs")
         analytic = {f"input {i}": gr for i, gr in enumerate(grads) if gr is not None}
         current = {f"input {i}": a for i, a in enumerate(inputs)}
 

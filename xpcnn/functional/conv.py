@@ -214,6 +214,12 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     namespace(x=x, grad_y=grad_y)
     geometry = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[0], *geometry.out_hw), "x")
+    if cols is not None:
+        n, c = x.shape[:2]
+        kh, kw = weight.shape[2:]
+        expected = (groups, kh * kw * (c // groups), n * geometry.out_hw[0] * geometry.out_hw[1])
+        check_grad(cols, "cols", x, expected, "x")
+        namespace(x=x, cols=cols)
     return conv2d_backward_kernel(xp, grad_y, x, weight, geometry, bias=bias, cols=cols, input_grad=input_grad)
 
 

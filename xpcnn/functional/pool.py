@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from .._validate import Padding, check_float, check_grad, check_ndim, namespace, pair
 from ..backend import device_of
-from ..errors import ArgumentError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
 
 
@@ -201,8 +201,17 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
     xp = _check(x, grad_y)
     geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d", ceil_mode=ceil_mode)
     check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry.out_hw), "x")
-    if y is None or taps is None:
+    if y is None and taps is None:
         y, taps = max_pool2d_kernel(xp, x, geometry)
+    else:
+        out = (*x.shape[:2], *geometry.out_hw)
+        check_grad(y, "y", x, out, "x")
+        count = geometry.kernel[0] * geometry.kernel[1]
+        if not isinstance(taps, (list, tuple)) or len(taps) != count:
+            raise ArgumentTypeError(f"taps: expected the list of {count} window taps that max_pool2d_forward returned, "
+                                    f"got {type(taps).__name__}")
+        for i, t in enumerate(taps):
+            check_grad(t, f"taps[{i}]", x, out, "x")
     return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
 
 
