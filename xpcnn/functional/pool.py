@@ -205,13 +205,13 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
         y, taps = max_pool2d_kernel(xp, x, geometry)
     else:
         out = (*x.shape[:2], *geometry.out_hw)
-        check_grad(y, "y", x, out, "x")
         count = geometry.kernel[0] * geometry.kernel[1]
         if not isinstance(taps, (list, tuple)) or len(taps) != count:
-            raise ArgumentTypeError(f"taps: expected the list of {count} window taps that max_pool2d_forward returned, "
-                                    f"got {type(taps).__name__}")
+            raise ArgumentTypeError(f"taps: expected the list of {count} window taps that max_pool2d_forward returned "
+                                    f"(pass y and taps together, or neither), got {type(taps).__name__}")
         for i, t in enumerate(taps):
             check_grad(t, f"taps[{i}]", x, out, "x")
+        check_grad(y, "y", x, out, "x")
     return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
 
 
