@@ -8,6 +8,7 @@ above the model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Iterable
 
@@ -79,6 +80,10 @@ class Sequential:
         self.output_shape = out
         self.backend, self.dtype = target, dtype
         return self
+
+    def _device(self):
+        """Compute runs under the model's device (CuPy launches on the *current* device)."""
+        return self.backend.activate() if self.backend is not None else contextlib.nullcontext()
 
     @property
     def built(self) -> bool:
@@ -244,7 +249,8 @@ class Sequential:
         if not isinstance(training, bool):
             raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
         xp = self.check_input(x)
-        return self._forward_checked(xp, x, training)
+        with self.backend.activate():
+            return self._forward_checked(xp, x, training)
 
     def _forward_checked(self, xp, x, training: bool):
         """:meth:`forward` on a batch already checked (or validated once for a whole fit)."""
@@ -271,18 +277,21 @@ class Sequential:
     def loss_and_grad(self, x, y, *, label_smoothing: float = 0.0):
         """Forward (training mode), mean softmax cross-entropy and backward on one batch, filling
         every ``layer.grads``; returns the loss as a 0-d array (no update)."""
-        return training.loss_and_grad(self, x, y, label_smoothing=label_smoothing)
+        with self._device():
+            return training.loss_and_grad(self, x, y, label_smoothing=label_smoothing)
 
     def train_step(self, x, y, optimizer, *, label_smoothing: float = 0.0) -> float:
         """One optimizer step on the batch-mean softmax cross-entropy of (x, y), in training mode;
         returns the loss. The same step code as :meth:`fit` (see :func:`xpcnn.training.train_step`)."""
-        return training.train_step(self, x, y, optimizer, label_smoothing=label_smoothing)
+        with self._device():
+            return training.train_step(self, x, y, optimizer, label_smoothing=label_smoothing)
 
     def predict(self, x, *, batch_size: int = 256):
         """Softmax probabilities (N, K) for x (N, C, H, W) in inference mode. Arrays of the model's
         backend stay there; host (NumPy) input is moved batch by batch and the result returned
         on the model's backend."""
-        return training.predict(self, x, batch_size=batch_size)
+        with self._device():
+            return training.predict(self, x, batch_size=batch_size)
 
     def fit(self, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer=None, validation_data=None,
             shuffle: bool = True, seed: int = 0, callbacks=None, verbose: int = 1, checkpoint_dir=None,
@@ -298,7 +307,8 @@ class Sequential:
 
     def evaluate(self, x, y, *, batch_size: int = 256, distributed: bool = False) -> dict:
         """``{"loss": ..., "accuracy": ...}`` on (x, y) in inference mode; see :func:`xpcnn.training.evaluate`."""
-        return training.evaluate(self, x, y, batch_size=batch_size, distributed=distributed)
+        with self._device():
+            return training.evaluate(self, x, y, batch_size=batch_size, distributed=distributed)
 
     # ---------------------------------------------------------------- description
 

@@ -395,11 +395,13 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         for epoch in range(initial_epoch, epochs):
             for cb in everything:
                 cb.on_epoch_begin(epoch, {})
-            totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, everything, comm,
-                                compiled)
+            with model.backend.activate():  # CuPy launches on the current device: the model's
+                totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every,
+                                    everything, comm, compiled)
             logs = {"loss": totals[0] / data.n, "accuracy": totals[1] / data.n}
             if val is not None:
-                result = _evaluate(model, val, 256, comm)
+                with model.backend.activate():
+                    result = _evaluate(model, val, 256, comm)
                 logs.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
             for cb in everything:
                 cb.on_epoch_end(epoch, logs)
