@@ -67,9 +67,9 @@ def test_epoch_loss_is_the_mean_of_the_batch_losses_and_order_follows_the_seed()
     model = built()
     original = training._Data.batch
 
-    def spy_batch(self, idx):
+    def spy_batch(self, idx, **kwargs):
         seen.append(idx.copy())
-        return original(self, idx)
+        return original(self, idx, **kwargs)
 
     training._Data.batch = spy_batch
     try:
@@ -327,3 +327,16 @@ def test_plots(tmp_path):
     assert [p.name for p in paths] == ["curves.png", "kernels.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("spec", ["numpy", "torch", "array_api_strict"])
+def test_prefetch_off_cuda_is_a_plain_copy(spec):
+    pytest.importorskip(spec)
+    backend = xpcnn.backend.load_backend(spec)
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    started = backend.prefetch(host)
+    got = backend.ready(started)
+    assert xpcnn.backend.library_of(got) == backend.name
+    np.testing.assert_array_equal(xpcnn.to_numpy(got), host)
+    host[0, 0] = 99.0  # a copy, not a view of the caller's buffer
+    assert float(xpcnn.to_numpy(got)[0, 0]) == 0.0

@@ -72,6 +72,54 @@ class Backend:
             return jax.device_put(host, self.device)
         return self.xp.asarray(host, device=self.device)
 
+    def prefetch(self, host: Any) -> Any:
+        """Start copying a host array to this backend's device without waiting for it, so the copy
+        of the next batch overlaps the current step's compute; hand the result to :meth:`ready`
+        before computing with it. On a CUDA device the copy runs from page-locked (pinned) host
+        memory on a side stream (torch ``non_blocking``, CuPy ``ndarray.set`` on a stream); on
+        every other device this is :meth:`asarray`."""
+        if self.name == "torch" and getattr(self.device, "type", None) == "cuda":
+            import torch
+
+            stream, _ = _copy_streams.setdefault(str(self), (torch.cuda.Stream(self.device), None))
+            stream.synchronize()  # the previous copy is done: its pinned buffer may be reused
+            pinned = torch.from_numpy(np.ascontiguousarray(host)).pin_memory()
+            with torch.cuda.stream(stream):
+                array = pinned.to(self.device, non_blocking=True)
+            _copy_streams[str(self)] = (stream, pinned)
+            return _InFlight(array, stream)
+        if self.name == "cupy":
+            import cupy
+            import cupyx
+
+            with cupy.cuda.Device(self.device.id):
+                stream, _ = _copy_streams.setdefault(str(self), (cupy.cuda.Stream(non_blocking=True), None))
+                stream.synchronize()
+                host = np.ascontiguousarray(host)
+                pinned = cupyx.empty_pinned(host.shape, host.dtype)
+                pinned[...] = host
+                array = cupy.empty(host.shape, host.dtype)
+                array.set(pinned, stream=stream)
+            _copy_streams[str(self)] = (stream, pinned)
+            return _InFlight(array, stream)
+        return self.asarray(host)
+
+    def ready(self, x: Any) -> Any:
+        """The array of a :meth:`prefetch`, once the compute stream waits for its copy (no host wait)."""
+        if not isinstance(x, _InFlight):
+            return x
+        if self.name == "torch":
+            import torch
+
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(x.stream)
+            x.array.record_stream(current)  # the side stream's memory is in use until this stream's kernels finish
+            return x.array
+        import cupy
+
+        cupy.cuda.get_current_stream().wait_event(x.stream.record())
+        return x.array
+
     def check_dtype(self, dtype: Any) -> None:
         """Refuse a dtype this backend cannot hold as asked (float64 on JAX with 64-bit mode off)
         before anything is created: a DTypeError that says how to enable it."""
@@ -236,6 +284,16 @@ _LOADERS = {"numpy": _load_numpy, "cupy": _load_cupy, "torch": _load_torch, "jax
 # to_device / model.to load their target on every call, so each backend is loaded once.
 # Failures are not cached: installing a library or a driver later in the session works.
 _loaded: dict[tuple[str, str | None], Backend] = {}
+# Per CUDA device: the prefetch side stream and the pinned buffer in flight.
+_copy_streams: dict[str, tuple[Any, Any]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _InFlight:
+    """A host-to-device copy started by :meth:`Backend.prefetch` on ``stream``."""
+
+    array: Any
+    stream: Any
 
 
 def _user_stacklevel() -> int:

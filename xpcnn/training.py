@@ -93,12 +93,16 @@ class _Data:
         self.x, self.y, self.n = x, y, n
         self.backend, self.dtype = model.backend, model.dtype
 
-    def batch(self, idx: np.ndarray) -> tuple[Any, Any]:
-        """x[idx], y[idx] on the model's backend, x in the model's dtype (idx: host int64)."""
+    def batch(self, idx: np.ndarray, *, prefetch: bool = False) -> tuple[Any, Any]:
+        """x[idx], y[idx] on the model's backend, x in the model's dtype (idx: host int64).
+        ``prefetch``: host data start their copy without waiting (see :meth:`Backend.prefetch`);
+        pass the pair through :meth:`ready` before computing with it."""
         if self.host:
             xb = self.x[idx]
             if xb.dtype != self.dtype:
                 xb = xb.astype(self.dtype)
+            if prefetch:
+                return self.backend.prefetch(xb), None if self.y is None else self.backend.prefetch(self.y[idx])
             yb = None if self.y is None else to_device(self.y[idx], self.backend)
             return to_device(xb, self.backend), yb
         xb = to_device(_take(self.x, idx), self.backend)
@@ -107,6 +111,10 @@ class _Data:
             xp = namespace_of(xb)
             xb = xp.astype(xb, getattr(xp, self.dtype))
         return xb, yb
+
+
+    def ready(self, pair: tuple[Any, Any]) -> tuple[Any, Any]:
+        return self.backend.ready(pair[0]), self.backend.ready(pair[1])
 
 
 def _float_kind(x: Any, name: str) -> str:
@@ -454,8 +462,15 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
                 cb.on_batch_end(step, logs)
         pending.clear()
 
-    for step, idx in enumerate(iterate_batches(data.n, batch_size, shuffle=shuffle, rng=rng)):
-        xb, yb = data.batch(idx if comm is None else comm.shard(idx))
+    def fetch(idx):
+        return data.batch(idx if comm is None else comm.shard(idx), prefetch=True)
+
+    batches = enumerate(iterate_batches(data.n, batch_size, shuffle=shuffle, rng=rng))
+    upcoming = next(batches, None)
+    fetched = fetch(upcoming[1]) if upcoming is not None else None
+    while upcoming is not None:
+        step, idx = upcoming
+        xb, yb = data.ready(fetched)
         xp = xp or namespace_of(xb)
         if compiled is not None:
             values = compiled(xb, yb)
@@ -466,6 +481,10 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
             if sync_every > 1:
                 optimizer.step(model)
             pending.append((step, values, len(idx), xb if sync_every == 1 else None))
+        # The next batch's copy starts while this step's compute runs; the order is unchanged.
+        upcoming = next(batches, None)
+        if upcoming is not None:
+            fetched = fetch(upcoming[1])
         if len(pending) >= sync_every:
             read_pending()
     if pending:
