@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import saving
 from .._validate import positive_int
-from ..backend import dtype_name, to_numpy
+from ..backend import dtype_name, to_device, to_numpy
 from ..errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -69,8 +70,6 @@ def _model_bytes(model) -> bytes:
 
 
 def _model_from_bytes(blob: bytes, backend: str | None):
-    from .. import saving
-
     model, fields, weights, buffers = saving.decode(blob, "<model sent to the Dask workers>")
     return saving.build_from(model, fields, weights, buffers, backend)
 
@@ -179,8 +178,6 @@ def _labels(da, y, x):
 
 
 def _predict_chunk(images: np.ndarray, blob: bytes, digest: str, backend: str | None, batch_size: int) -> np.ndarray:
-    from ..backend import to_device
-
     model = _cached_model(blob, digest, backend)
     images = np.asarray(images, dtype=model.dtype)
     out = [to_numpy(model.predict(to_device(images[i:i + batch_size], model.backend)))
