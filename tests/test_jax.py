@@ -247,11 +247,28 @@ def test_fit_compiles_by_default_on_jax_and_refuses_elsewhere(monkeypatch):
     assert len(calls) == 2
     with pytest.raises(ArgumentError, match="compile: a compiled step needs the jax backend; the model is on numpy"):
         small_net().build((1, 8, 8), backend="numpy").fit(x, y, verbose=0, compile=True)
-    dropout = xpcnn.Sequential([layers.Flatten(), layers.Dropout(0.5), layers.Dense(4)]).build((1, 8, 8), backend="jax")
-    with pytest.raises(ArgumentError, match=r"compile: layer 1 \(Dropout\) keeps host-side state"):
-        dropout.fit(x, y, verbose=0, compile=True)
-    dropout.fit(x[:4], y[:4], verbose=0)  # the default runs it eagerly
-    assert len(calls) == 2
+
+
+def test_compiled_dropout_draws_the_eager_masks(x64):
+    """Dropout's keys go into the compiled step as arrays: the same masks as the eager NumPy run,
+    the counters advanced once per step, one compilation for every step."""
+    def net():
+        return xpcnn.Sequential([layers.Conv2D(4, 3), layers.ReLU(), layers.Dropout(0.3), layers.Flatten(),
+                                 layers.Dense(16), layers.Dropout(0.5), layers.Dense(4)])
+
+    x, y = quadrants(40)
+    x = x.astype(np.float64)
+    reference = net().build((1, 8, 8), seed=2, dtype="float64", backend="numpy")
+    reference.fit(x, y, epochs=2, batch_size=8, verbose=0, optimizer=optim.SGD(0.1, momentum=0.9))
+    compiled = net().build((1, 8, 8), seed=2, dtype="float64", backend="jax")
+    compiled.fit(x, y, epochs=2, batch_size=8, verbose=0, optimizer=optim.SGD(0.1, momentum=0.9), compile=True)
+    for a, b in zip(compiled.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(xpcnn.to_numpy(a), b, rtol=0, atol=FLOAT64_RTOL * np.abs(b).max())
+    assert [layer.counter for layer in compiled.layers if isinstance(layer, layers.Dropout)] == [10, 10]
+    without = net().build((1, 8, 8), seed=2, dtype="float64", backend="jax")
+    without.layers[2].p = without.layers[5].p = 0.0  # no dropout: the weights must then differ
+    without.fit(x, y, epochs=2, batch_size=8, verbose=0, optimizer=optim.SGD(0.1, momentum=0.9), compile=True)
+    assert not np.allclose(xpcnn.to_numpy(without.get_weights()[0]), reference.get_weights()[0])
 
 
 def test_fit_nan_guard_under_compile_matches_eager(x64):

@@ -19,7 +19,8 @@ A function compiles once per batch shape (the last, smaller batch of an epoch co
 second time) and again when an optimizer hyper-parameter other than the learning rate
 changes; learning-rate schedules do not recompile. Compiled functions are kept per model, so
 a second ``fit`` or ``evaluate`` reuses them. Layers with host-side state that advances every
-training step (Dropout's mask counter) cannot be compiled yet: :func:`unsupported` says why.
+training step are refused (:func:`unsupported` says why), except Dropout: its mask keys go in
+as arrays and the host advances its counter, so compiled masks equal the eager ones.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Any
 
 from .backend import namespace_of
 from .errors import ArgumentError, NonFiniteError
+from .functional.dropout import dropout_keys
 from .functional.loss import cross_entropy_kernel
+from .layers import Dropout
 from .optim import Optimizer
 
 
@@ -38,7 +41,7 @@ def unsupported(model) -> str | None:
     if model.backend is None or model.backend.name != "jax":
         return f"a compiled step needs the jax backend; the model is on {model.backend}"
     for path, layer in _walk(model.layers):
-        if layer.get_state():
+        if layer.get_state() and not isinstance(layer, Dropout):
             return (f"layer {path} ({type(layer).__name__}) keeps host-side state that advances every step "
                     f"({', '.join(layer.get_state())}), which a compiled step cannot advance")
     return None
@@ -66,14 +69,14 @@ class CompiledStep:
         self.last_flags = None
 
     @staticmethod
-    def _pure(model, params, buffers, state, scalars, xb, yb, *, optimizer, label_smoothing, hyper):
+    def _pure(model, params, buffers, state, scalars, keys, xb, yb, *, optimizer, label_smoothing, hyper):
         """(new params, new buffers, new state, [guard, loss, correct], finite flags): a pure
         function of its array arguments. Static: the optimizer (its rule), the label smoothing and
         ``hyper``, the optimizer's fixed hyper-parameters (read from it while tracing; they only
         key the compilation cache). Flags, in :meth:`_flag_names` order: each parameter, the
         loss, each gradient."""
         xp = namespace_of(xb)
-        with _bound(model, params, buffers):
+        with _bound(model, params, buffers), _dropout_keys(model, keys):
             logits = model._forward_checked(xp, xb, True)
             loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
             model._backward_checked(xp, grad)
@@ -101,9 +104,14 @@ class CompiledStep:
                  for key in params}
         scalars = optimizer.scalars(optimizer.steps + 1)
         hyper = repr({k: v for k, v in optimizer.hyper().items() if k != "lr"})
+        # Dropout masks: each layer's (seed, counter) keys go in as arrays, so the masks match
+        # the eager step's and one compilation serves every step; the host advances the counters.
+        dropouts = [(path, layer) for path, layer in _walk(model.layers) if isinstance(layer, Dropout)]
+        keys = {path: model.backend.asarray(dropout_keys(layer.key, layer.counter), dtype="int32")
+                for path, layer in dropouts}
         with model.backend.activate():
             new_params, new_buffers, new_state, values, flags = self._compiled(
-                params, buffers, state, scalars, xb, yb,
+                params, buffers, state, scalars, keys, xb, yb,
                 optimizer=optimizer, label_smoothing=self.label_smoothing, hyper=hyper)
         # A non-finite step returns every array unchanged (selected inside), so writing back is
         # harmless; its count is taken back by error() once the caller has read the guard.
@@ -116,6 +124,8 @@ class CompiledStep:
             if new_state[key]:
                 optimizer.state[key] = new_state[key]
         optimizer.steps += 1
+        for _, layer in dropouts:
+            layer.counter += 1
         self.last_flags = flags
         return values
 
@@ -212,6 +222,23 @@ def _arrays(model) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parameters, buffers) of ``model`` keyed as ``named_parameters`` / ``named_buffers``."""
     return ({key: layer.params[name] for key, layer, name in model.named_parameters()},
             {key: layer.buffers[name] for key, layer, name in model.named_buffers()})
+
+
+class _dropout_keys:
+    """``with _dropout_keys(model, keys):`` Dropout layers draw their masks from the traced
+    ``keys`` ({path: int32 array of 2}) inside the block."""
+
+    def __init__(self, model, keys) -> None:
+        self.layers = [(layer, keys[path]) for path, layer in _walk(model.layers) if path in keys]
+
+    def __enter__(self):
+        for layer, k in self.layers:
+            layer._traced_keys = (k[0], k[1])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer, _ in self.layers:
+            layer._traced_keys = None
 
 
 # What a forward / backward leaves on a layer (besides params and buffers).

@@ -675,6 +675,7 @@ class Dropout(Layer):
             raise ArgumentError(f"seed: expected a non-negative int or None, got {seed!r}")
         self.p, self.seed, self.counter = float(p), seed, 0
         self._derived_seed = 0
+        self._traced_keys = None
 
     def get_config(self):
         return {"p": self.p, "seed": self.seed}
@@ -699,8 +700,9 @@ class Dropout(Layer):
         if not training or self.p == 0.0:
             self._cache = (None,)
             return x
-        mask = dropout_mask_kernel(xp, x, self.p, self.key, self.counter)
-        self.counter += 1
+        mask = dropout_mask_kernel(xp, x, self.p, self.key, self.counter, keys=self._traced_keys)
+        if self._traced_keys is None:  # a compiled step passes the keys in and advances the counter itself
+            self.counter += 1
         self._cache = (mask,)
         return x * mask
 

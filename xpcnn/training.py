@@ -327,8 +327,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         the device never waits on the host in between, and a non-finite step is still named
         exactly, but the weights then hold the updates up to the read.
     compile: run the whole step (forward, loss, backward, update) as one compiled function
-        (:mod:`xpcnn.jit`). None (default): on the jax backend when every layer allows it (not
-        Dropout yet), eager elsewhere. True where it cannot compile is an error; False is eager.
+        (:mod:`xpcnn.jit`). None (default): on the jax backend (every built-in layer
+        compiles, Dropout included), eager elsewhere. True where it cannot compile is an error; False is eager.
     distributed: data-parallel training over MPI ranks (``mpiexec -n K``); see docs/distributed.md.
 
     Training stops with :class:`xpcnn.errors.NonFiniteError` (naming epoch, step and the first

@@ -95,11 +95,19 @@ def dropout_mask(like, p, *, seed, counter):
     return dropout_mask_kernel(xp, like, p, seed, counter)
 
 
-def dropout_mask_kernel(xp, like, p, seed, counter):
+def dropout_keys(seed: int, counter: int) -> tuple[int, int]:
+    """The two int32 hash keys of (seed, counter): what :func:`dropout_mask_kernel` mixes in.
+    A compiled step passes them in as arrays so one compilation serves every counter."""
+    return _keys(seed, counter)
+
+
+def dropout_mask_kernel(xp, like, p, seed, counter, keys=None):
+    """The mask of (seed, counter), or of precomputed ``keys`` (two int32 scalars or 0-d arrays
+    from :func:`dropout_keys`) when given."""
     size = 1
     for s in like.shape:
         size *= s
-    k0, k1 = _keys(seed, counter)
+    k0, k1 = _keys(seed, counter) if keys is None else keys
     h = xp.arange(size, dtype=xp.int32, device=device_of(like))
     h = _mix(_mix(h ^ k0) ^ k1)
     threshold = round(p * (1 << _BITS))
