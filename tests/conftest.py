@@ -86,11 +86,6 @@ def single_threaded_torch():
     torch.set_num_threads(1)
 
 
-def selected_backends(config) -> list[str]:
-    """The backend names chosen for this run, in order, without repeats."""
-    return config.stash[_SELECTED]
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "parity: one backend x dtype case of the parity matrix (counted in the summary)")
     config.addinivalue_line("markers", "gpu: tests that need a CUDA device (CuPy or torch cuda)")
@@ -123,11 +118,6 @@ def _usable(name: str, config):
                         pytrace=False)
         pytest.skip(f"backend {name} unavailable: {found}")
     return found
-
-
-def requested_backends(config) -> bool:
-    """True when the backends were named (--backend / XPCNN_TEST_BACKENDS), not the defaults."""
-    return config.stash[_REQUESTED]
 
 
 @pytest.fixture
@@ -169,7 +159,7 @@ class _ParityCounter:
         terminalreporter.section("xpcnn parity")
         terminalreporter.write_line(
             f"parity cases run: {ran} ({self.passed} passed, {self.failed} failed); skipped: {skipped}; "
-            f"backends selected: {', '.join(selected_backends(self.config))}"
+            f"matrix backends: {', '.join(self.config.stash[_MATRIX])}"
         )
         for reason, n in sorted(self.skipped.items()):
             terminalreporter.write_line(f"  skipped {n}: {reason}")
