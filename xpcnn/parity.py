@@ -33,8 +33,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import functional as F
+from . import layers, optim
 from .backend import device_of, dtype_name, load_backend, resolve_target, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
+from .model import Sequential
 from .testing import ALL_BACKENDS, DTYPES, TOLERANCES, ParityResult, Tolerance, check_parity
 
 __all__ = ["MATRIX_BACKENDS", "REFERENCES", "OpCase", "Row", "parity_cases", "run_case", "reference_dropout_mask"]
@@ -110,7 +113,6 @@ def _conv_case() -> OpCase:
         return x, w, b, rng.standard_normal((2, 4, 4, 11))
 
     def run(x, w, b, g):
-        from . import functional as F
 
         gx, gw, gb = F.conv2d_backward(g, x, w, **geom)
         return {"y": F.conv2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
@@ -132,7 +134,6 @@ def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, 
         return _distinct(rng, shape), rng.standard_normal((*shape[:2], *out_hw))
 
     def run(x, g):
-        from . import functional as F
 
         if is_max:
             return {"y": F.max_pool2d(x, kernel, stride, padding), "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding)}
@@ -163,7 +164,6 @@ def _unary_case(name: str, description: str, shape, scale: float, zeros_every: i
         return x, rng.standard_normal(shape)
 
     def run(x, g):
-        from . import functional as F
 
         kwargs = {} if axis is None else {"axis": axis}
         y = getattr(F, name)(x, **kwargs)
@@ -206,7 +206,6 @@ def _linear_case() -> OpCase:
         return rng.standard_normal((4, 6)), rng.standard_normal((6, 5)) / math.sqrt(6), rng.standard_normal(5), rng.standard_normal((4, 5))
 
     def run(x, w, b, g):
-        from . import functional as F
 
         gx, gw, gb = F.linear_backward(g, x, w)
         return {"y": F.linear(x, w, b), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
@@ -227,7 +226,6 @@ def _cross_entropy_case() -> OpCase:
         return z, rng.integers(0, 10, 5)
 
     def run(z, labels):
-        from . import functional as F
 
         loss, grad = F.cross_entropy_with_grad(z, labels)
         return {"loss": loss, "grad_logits": grad, "loss (unfused)": F.cross_entropy(z, labels),
@@ -252,7 +250,6 @@ def _conv_transpose_case() -> OpCase:
         return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 10, 9))
 
     def run(x, w, b, g):
-        from . import functional as F
 
         gx, gw, gb = F.conv_transpose2d_backward(g, x, w, **geom)
         return {"y": F.conv_transpose2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
@@ -272,7 +269,6 @@ def _global_avg_pool_case() -> OpCase:
         return rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3))
 
     def run(x, g):
-        from . import functional as F
 
         return {"y": F.global_avg_pool2d(x), "grad_x": F.global_avg_pool2d_backward(g, x)}
 
@@ -292,7 +288,6 @@ def _batch_norm_case() -> OpCase:
                 rng.standard_normal(c), rng.uniform(0.5, 2.0, c), rng.standard_normal((4, c, 3, 3)))
 
     def run(x, w, b, mean, var, g):
-        from . import functional as F
 
         out = {}
         for mode, training in (("train", True), ("eval", False)):
@@ -359,7 +354,6 @@ def _dropout_cases() -> list[OpCase]:
         return rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 5, 5))
 
     def run_mask(x, g):
-        from . import functional as F
 
         return {"mask": F.dropout_mask(x, _DROP_P, seed=_DROP_SEED, counter=_DROP_COUNTER)}
 
@@ -367,7 +361,6 @@ def _dropout_cases() -> list[OpCase]:
         return {"mask": reference_dropout_mask(x.shape, _DROP_P, _DROP_SEED, _DROP_COUNTER)}
 
     def run(x, g):
-        from . import functional as F
 
         mask = F.dropout_mask(x, _DROP_P, seed=_DROP_SEED, counter=_DROP_COUNTER)
         return {"y": F.dropout(x, mask), "grad_x": F.dropout_backward(g, mask)}
@@ -391,8 +384,6 @@ _MODEL_INPUT = (1, 12, 12)
 
 
 def _small_model():
-    from . import layers
-    from .model import Sequential
 
     return Sequential([
         layers.Conv2D(4, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
@@ -442,7 +433,6 @@ def _train_step_case() -> OpCase:
         return (rng.uniform(0, 1, (8, *_MODEL_INPUT)), rng.integers(0, 10, 8), *_initial_weights())
 
     def run(x, labels, *weights):
-        from . import optim
 
         model = _model_on(x, weights)
         loss = model.train_step(x, labels, optim.SGD(lr=0.1, momentum=0.9))
@@ -473,7 +463,6 @@ def _train_run_case(steps: int = 5) -> OpCase:
         return (rng.uniform(0, 1, (steps, 8, *_MODEL_INPUT)), rng.integers(0, 10, (steps, 8)), *_initial_weights())
 
     def run(xs, labels, *weights):
-        from . import optim
 
         model = _model_on(xs, weights)
         opt = optim.SGD(lr=0.05, momentum=0.9)
@@ -509,7 +498,6 @@ def _fit_evaluate_case() -> OpCase:
         return (rng.uniform(0, 1, (n, *_MODEL_INPUT)), rng.integers(0, 10, n), *_initial_weights())
 
     def run(x, labels, *weights):
-        from . import optim
 
         model = _model_on(x, weights)
         history = model.fit(x, labels, epochs=epochs, batch_size=batch, seed=_FIT["seed"], verbose=0,
