@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -324,3 +325,34 @@ def test_fuzz_metadata_values(tmp_path, meta):
         xpcnn.load(path, backend="numpy")
     except ModelFileError:
         pass
+
+
+def drop_buffers_as_version_1(data):
+    """The bytes a version-1 writer (before layers had buffers) would have produced for this
+    model: the same parameters, no buffer tensors, format_version "1", digest recomputed."""
+    tensors, metadata = fileformat.parse(data)
+    kept = {k: v for k, v in tensors.items() if not k.endswith(("running_mean", "running_var"))}
+    metadata = dict(metadata, format_version="1", content_sha256=fileformat.content_digest(kept))
+    return safetensors.numpy.save(kept, metadata=metadata)
+
+
+def test_version_1_files_still_load(tmp_path):
+    model = small_model()
+    path = write(tmp_path, drop_buffers_as_version_1(model.to_bytes()))
+    np.testing.assert_array_equal(xpcnn.load(path).predict(images()), model.predict(images()))
+
+
+def test_a_file_without_batchnorm_buffers_loads_them_at_their_initial_values(tmp_path):
+    model = xpcnn.Sequential([layers.Conv2D(3, 3), layers.BatchNorm2D(), layers.ReLU(), layers.Flatten(),
+                              layers.Dense(4)]).build((1, 8, 8), seed=0, backend="numpy")
+    path = write(tmp_path, drop_buffers_as_version_1(model.to_bytes()))
+    loaded = xpcnn.load(path)
+    mean, var = (xpcnn.to_numpy(b) for b in loaded.get_buffers())
+    assert np.array_equal(mean, np.zeros(3)) and np.array_equal(var, np.ones(3))
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # a current (version 2) file must carry its buffers: missing ones are a defect
+    tensors, metadata = fileformat.parse(model.to_bytes())
+    kept = {k: v for k, v in tensors.items() if not k.endswith("running_var")}
+    refuses(tmp_path, safetensors.numpy.save(kept, metadata=dict(metadata, content_sha256=fileformat.content_digest(kept))),
+            "missing")
