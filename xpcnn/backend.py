@@ -388,6 +388,16 @@ def available_backends() -> dict[str, str]:
 # ---------------------------------------------------------------- arrays
 
 
+def is_traced(x: Any) -> bool:
+    """True for an abstract value of a transformation being traced (a ``jax.jit`` tracer):
+    arrays made from it must not be kept past the call."""
+    if "jax" not in sys.modules:
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
+
+
 def library_of(x: Any, name: str = "x") -> str:
     """The backend name of array ``x`` ("numpy", "cupy", "torch", "jax", "array_api_strict");
     ``name`` is the argument an error names."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._validate import Padding, check_float, check_grad, check_ndim, namespace, pair
-from ..backend import device_of
+from ..backend import device_of, is_traced
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
 
@@ -113,13 +113,48 @@ def _scale(xp, geometry: PoolGeometry, like):
 # ---------------------------------------------------------------- average
 
 
+# Average pooling is separable and linear: y = A_h x A_w with A_w (W, OW) holding 1/count where
+# input column j falls in window o, and A_h likewise for rows. Two matmuls replace the kh*kw
+# strided window sums in the forward (2.1x faster on NumPy at (1000, 16, 26, 26): BLAS instead
+# of strided adds; and 2 operations instead of kh*kw + 2 on a GPU).
+# Padding needs no padded copy: padded cells are zeros and simply have no row in A. The
+# matrices are built from Python numbers (exact) once per geometry, dtype and device.
+_AVERAGING: dict = {}
+
+
+def _averaging_matrix(size: int, out: int, kernel: int, stride: int, before: int, divisors) -> list[list[float]]:
+    """(size, out): 1 / divisor[o] where input index i lies in window o (padded coordinates)."""
+    return [[1.0 / divisors[o] if o * stride <= i + before < o * stride + kernel else 0.0 for o in range(out)]
+            for i in range(size)]
+
+
+def _averaging(xp, geometry: PoolGeometry, like):
+    """(A_h^T (OH, H), A_w (W, OW)) for ``like``'s size, dtype and device, memoised (the arrays
+    per array type, dtype and device; never those made under a ``jax.jit`` trace)."""
+    key = (geometry, tuple(like.shape[2:]))
+    lists = _AVERAGING.get(key)
+    if lists is None:
+        divisors = geometry.divisor or tuple((k,) * o for k, o in zip(geometry.kernel, geometry.out_hw))
+        rows, cols = (_averaging_matrix(like.shape[2 + a], geometry.out_hw[a], geometry.kernel[a], geometry.stride[a],
+                                        geometry.padding[a][0], divisors[a]) for a in range(2))
+        lists = ([list(r) for r in zip(*rows)], cols)
+        if len(_AVERAGING) > 256:  # a bounded memo: geometries repeat in training
+            _AVERAGING.clear()
+        _AVERAGING[key] = lists
+    if is_traced(like):  # under jax.jit: made for this trace only
+        return tuple(xp.asarray(m, dtype=like.dtype, device=device_of(like)) for m in lists)
+    device = device_of(like)
+    array_key = (key, type(like), str(like.dtype), str(device))
+    arrays = _AVERAGING.get(array_key)
+    if arrays is None:
+        arrays = _AVERAGING[array_key] = tuple(xp.asarray(m, dtype=like.dtype, device=device) for m in lists)
+    return arrays
+
+
 def avg_pool2d_kernel(xp, x, geometry: PoolGeometry):
     """Average pooling math on a checked input; ``geometry`` from :func:`pool_geometry`."""
-    taps = taps_of(pad2d(xp, x, geometry.padding), geometry.kernel, geometry.stride, geometry.dilation, geometry.out_hw)
-    total = taps[0]
-    for t in taps[1:]:
-        total = total + t
-    return total * _scale(xp, geometry, x)
+    a_h_t, a_w = _averaging(xp, geometry, x)
+    return xp.matmul(a_h_t, xp.matmul(x, a_w))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True):
@@ -131,6 +166,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count
 
 
 def avg_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry):
+    # The transposed matmuls (A_h grad_y A_w^T) measured 2x slower on NumPy than these: the
+    # second one broadcasts a small matrix over every (N, C) slice.
     g = grad_y * _scale(xp, geometry, x)
     kernel, size = geometry.kernel, tuple(x.shape[2:])
     if geometry.stride == kernel:
