@@ -26,7 +26,26 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import ArgumentError, XpcnnError
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import xpcnn
+
+from . import __version__, optim, plot, zoo
+from .backend import current_backend, load_backend
+from .callbacks import (
+    EarlyStopping,
+    LambdaCallback,
+    LearningRateScheduler,
+    NotebookLogger,
+    cosine_schedule,
+    step_schedule,
+)
+from .checkpoint import latest
+from .datasets import load_data, preprocess
+from .distributed import mpi
+from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeError, XpcnnError
+from .fileformat import list_checkpoints
 
 # Defaults per network: what ``train`` uses unless a flag says otherwise (a network of xpcnn.zoo
 # not listed here gets the "default" row).
@@ -129,7 +148,6 @@ def _backend(spec: str | None):
     unknown name is a usage error and an unavailable one an xpcnn error, before any work."""
     if spec is None:
         return None
-    from .backend import load_backend
 
     try:
         return load_backend(spec)
@@ -141,14 +159,12 @@ def _backend(spec: str | None):
 
 
 def _load_split(dataset: str, path: str | None, dtype: str):
-    from .datasets import load_data, preprocess
 
     (x_train, y_train), (x_test, y_test) = load_data(dataset, path)
     return (preprocess(x_train, dtype), y_train), (preprocess(x_test, dtype), y_test)
 
 
 def _optimizer(name: str, lr: float):
-    from . import optim
 
     return optim.OPTIMIZERS[name](lr)
 
@@ -156,8 +172,6 @@ def _optimizer(name: str, lr: float):
 def _thread_limit(threads: int | None):
     """A context limiting NumPy's BLAS / OpenMP pools (threadpoolctl) and, when the torch backend
     is loaded, torch's intra-op pool to ``threads``. None: no limit."""
-    import contextlib
-
     stack = contextlib.ExitStack()
     if threads is None:
         return stack
@@ -165,12 +179,6 @@ def _thread_limit(threads: int | None):
     if torch is not None:
         stack.callback(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        if torch is None:
-            raise UsageError("--threads needs threadpoolctl: pip install threadpoolctl") from None
-        return stack
     stack.enter_context(threadpool_limits(threads))
     return stack
 
@@ -204,7 +212,6 @@ def _check_paths(args) -> None:
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     if args.checkpoint_dir:
-        from .fileformat import list_checkpoints
 
         path = Path(args.checkpoint_dir)
         _writable_dir(path, "--checkpoint-dir")
@@ -218,7 +225,6 @@ def _check_paths(args) -> None:
 
 def _network(name: str):
     """The unbuilt network ``name`` from xpcnn.zoo; an unknown name is a usage error."""
-    from . import zoo
 
     if name not in zoo.NETWORKS:
         raise UsageError(f"--model: unknown network {name!r}; valid names are {', '.join(zoo.NETWORKS)}")
@@ -226,7 +232,6 @@ def _network(name: str):
 
 
 def cmd_train(args) -> int:
-    import xpcnn
 
     _check_paths(args)
     model = _network(args.model)
@@ -243,7 +248,6 @@ def _other_rank(args) -> bool:
     """With --distributed under mpiexec: True on every rank but rank 0."""
     if not args.distributed:
         return False
-    from .distributed import mpi
 
     return mpi.rank() != 0
 
@@ -264,7 +268,6 @@ def _resume_point(args, model, settings: dict):
     and the batch size of its run; those win over the options, which are named when they differ.
     ``--epochs`` is the total to reach, and ``--lr-schedule`` sets each epoch's rate from the
     epoch number, so repeating the first command continues it exactly."""
-    from .checkpoint import latest
 
     ckpt = latest(args.checkpoint_dir)
     if ckpt is None:
@@ -290,7 +293,6 @@ def _resume_point(args, model, settings: dict):
 
 
 def _schedule_callbacks(args, settings: dict) -> list:
-    from .callbacks import EarlyStopping, LearningRateScheduler, cosine_schedule, step_schedule
 
     callbacks = []
     epochs, lr = settings["epochs"], settings["lr"]
@@ -305,9 +307,7 @@ def _schedule_callbacks(args, settings: dict) -> list:
 
 
 def _train(args, model) -> int:
-    import xpcnn
 
-    from .callbacks import EarlyStopping, LambdaCallback, NotebookLogger
 
     xpcnn.keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
     settings = _settings(args)
@@ -354,7 +354,6 @@ def _train(args, model) -> int:
         model.save(args.save)
         print(f"saved the model to {args.save}")
     if args.plot:
-        from . import plot
 
         paths = plot.save_all(history, model, args.plot)
         print("wrote " + ", ".join(str(p) for p in paths))
@@ -365,7 +364,6 @@ def _train(args, model) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import xpcnn
 
     model = xpcnn.load(args.model, backend=_backend(args.backend))
     _, (x_test, y_test) = _load_split(args.dataset, args.data_path, model.dtype)
@@ -379,9 +377,7 @@ def cmd_evaluate(args) -> int:
 def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
     """An image file as uint8 (1, H, W) for a model of input ``shape`` (1, H, W): grayscale,
     resized, inverted to white-on-black when asked (``auto``: when its border is light)."""
-    import numpy as np
 
-    from .errors import DataError, ShapeError
 
     if len(shape) != 3 or shape[0] != 1:
         raise ShapeError(f"model: predict reads grayscale images, so the model input must be (1, H, W), got {shape}")
@@ -404,11 +400,8 @@ def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
 
-    import xpcnn
 
-    from .datasets import preprocess
 
     model = xpcnn.load(args.model, backend=_backend(args.backend))
     pixels = read_image(args.image, model.input_shape, args.invert)
@@ -424,7 +417,6 @@ def cmd_predict(args) -> int:
 
 
 def _devices(name: str) -> str:
-    from .backend import load_backend
 
     try:
         xp = load_backend(name).xp
@@ -443,12 +435,8 @@ def _devices(name: str) -> str:
 
 
 def cmd_info(args) -> int:
-    import numpy as np
 
-    import xpcnn
 
-    from .backend import current_backend
-    from .errors import BackendUnavailableError
 
     print(f"xpcnn {xpcnn.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
     env = f"XPCNN_BACKEND={os.environ.get('XPCNN_BACKEND', '')!r}"
@@ -514,7 +502,6 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.version:
-            from . import __version__
 
             print(f"xpcnn {__version__}")
             return 0
