@@ -126,6 +126,24 @@ def backend(backend_name, request):
     return _usable(backend_name, request.config)
 
 
+@pytest.fixture(scope="module")
+def torch():
+    """PyTorch, the test oracle, on one thread; the test skips where it is not installed."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)  # see single_threaded_torch
+    return torch
+
+
+@pytest.fixture
+def sweep_backend(backend):
+    """``backend`` for the Hypothesis sweeps over shapes, except JAX: eager JAX compiles every new
+    shape on first use, so a sweep took minutes per test there. JAX runs the fixed-shape tests
+    and test_functional_nn.test_backward_passes_run_on_jax_arrays_and_match_numpy."""
+    if backend.name == "jax":
+        pytest.skip("Hypothesis shape sweeps are not run on eager JAX (one compilation per new shape)")
+    return backend
+
+
 @pytest.fixture
 def matrix_backend(matrix_backend_name, request):
     """The loaded :class:`xpcnn.backend.Backend` for this row of the parity matrix (see :func:`_usable`)."""

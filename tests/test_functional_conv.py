@@ -27,23 +27,6 @@ fd_examples = settings(max_examples=10, deadline=None,
 pairs = st.tuples
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)  # see tests/conftest.py single_threaded_torch
-    return torch
-
-
-@pytest.fixture
-def sweep_backend(backend):
-    """``backend`` for the Hypothesis sweeps over shapes, except JAX: eager JAX compiles every new
-    shape on first use, so a sweep took minutes per test there. JAX runs the fixed-shape tests
-    and test_functional_nn.test_backward_passes_run_on_jax_arrays_and_match_numpy."""
-    if backend.name == "jax":
-        pytest.skip("Hypothesis shape sweeps are not run on eager JAX (one compilation per new shape)")
-    return backend
-
-
 def check_float32(name, got, expected):
     """float32 output of the same op within FLOAT32_RTOL / FLOAT32_ATOL of the float64 reference."""
     assert dtype_name(got.dtype) == "float32", f"{name}: dtype {dtype_name(got.dtype)}"

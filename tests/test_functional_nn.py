@@ -29,23 +29,6 @@ fd_examples = settings(max_examples=10, deadline=None,
 DTYPES = ["float64", "float32"]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)  # see tests/conftest.py single_threaded_torch
-    return torch
-
-
-@pytest.fixture
-def sweep_backend(backend):
-    """``backend`` for the Hypothesis sweeps over shapes, except JAX: eager JAX compiles every new
-    shape on first use, so a sweep took minutes per test there. JAX runs the fixed-shape tests
-    and test_functional_nn.test_backward_passes_run_on_jax_arrays_and_match_numpy."""
-    if backend.name == "jax":
-        pytest.skip("Hypothesis shape sweeps are not run on eager JAX (one compilation per new shape)")
-    return backend
-
-
 def compare(names, got, expected, like, dtype):
     """float64: within FLOAT64_RTOL of the largest reference value (test_ops.check); float32:
     element-wise within FLOAT32_RTOL / FLOAT32_ATOL of the float64 reference."""

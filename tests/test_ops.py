@@ -32,13 +32,6 @@ fd_settings = settings(max_examples=FD_EXAMPLES, deadline=None,
                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)  # see tests/conftest.py single_threaded_torch
-    return torch
-
-
 # ---------------------------------------------------------------- configurations
 
 

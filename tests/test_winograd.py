@@ -32,13 +32,6 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)  # see tests/conftest.py single_threaded_torch
-    return torch
-
-
 def torch_reference(torch, x, w, b, g, padding):
     """PyTorch float64 (y, grad_x, grad_w) of conv2d(x, w, b) with ((t, b), (l, r)) zero padding."""
     (top, bottom), (left, right) = padding
