@@ -46,6 +46,7 @@ from .functional.activation import (
     sigmoid_backward_kernel,
     sigmoid_kernel,
     tanh_backward_kernel,
+    tanh_kernel,
 )
 from .functional.conv import (
     conv2d_backward_kernel,
@@ -504,27 +505,36 @@ class Dense(Layer):
 
 
 class _Elementwise(Layer):
-    """Activations: any shape, output shape = input shape."""
+    """Activations: any shape, output shape = input shape. A subclass names its kernel pair and
+    whether the backward takes the input x or the output y (cheaper for tanh and sigmoid)."""
+
+    _kernel = _gradient = None  # staticmethods: kernel(xp, x, *options), gradient(xp, grad_y, saved, *options)
+    _from_output = False
+
+    def _options(self) -> tuple:
+        return ()
 
     def _forward(self, xp, x, training):
         self._last_out_shape = tuple(x.shape)
-        return self._apply(xp, x)
+        y = self._kernel(xp, x, *self._options())
+        self._cache = (y if self._from_output else x,)
+        return y
+
+    def _backward(self, xp, grad_y, input_grad):
+        (saved,) = self._cached()
+        return self._gradient(xp, grad_y, saved, *self._options())
 
 
 class ReLU(_Elementwise):
     """max(x, 0)."""
 
-    def _apply(self, xp, x):
-        self._cache = (x,)
-        return relu_kernel(xp, x)
-
-    def _backward(self, xp, grad_y, input_grad):
-        (x,) = self._cached()
-        return relu_backward_kernel(xp, grad_y, x)
+    _kernel, _gradient = staticmethod(relu_kernel), staticmethod(relu_backward_kernel)
 
 
 class LeakyReLU(_Elementwise):
     """x for x > 0, negative_slope * x otherwise (``torch.nn.LeakyReLU``)."""
+
+    _kernel, _gradient = staticmethod(leaky_relu_kernel), staticmethod(leaky_relu_backward_kernel)
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -535,51 +545,26 @@ class LeakyReLU(_Elementwise):
     def get_config(self):
         return {"negative_slope": self.negative_slope}
 
-    def _apply(self, xp, x):
-        self._cache = (x,)
-        return leaky_relu_kernel(xp, x, self.negative_slope)
-
-    def _backward(self, xp, grad_y, input_grad):
-        (x,) = self._cached()
-        return leaky_relu_backward_kernel(xp, grad_y, x, self.negative_slope)
+    def _options(self):
+        return (self.negative_slope,)
 
 
 class Tanh(_Elementwise):
     """tanh(x); backward from the output: 1 - y²."""
 
-    def _apply(self, xp, x):
-        y = xp.tanh(x)
-        self._cache = (y,)
-        return y
-
-    def _backward(self, xp, grad_y, input_grad):
-        (y,) = self._cached()
-        return tanh_backward_kernel(xp, grad_y, y)
+    _kernel, _gradient, _from_output = staticmethod(tanh_kernel), staticmethod(tanh_backward_kernel), True
 
 
 class Sigmoid(_Elementwise):
     """1 / (1 + exp(-x)); backward from the output: y (1 - y)."""
 
-    def _apply(self, xp, x):
-        y = sigmoid_kernel(xp, x)
-        self._cache = (y,)
-        return y
-
-    def _backward(self, xp, grad_y, input_grad):
-        (y,) = self._cached()
-        return sigmoid_backward_kernel(xp, grad_y, y)
+    _kernel, _gradient, _from_output = staticmethod(sigmoid_kernel), staticmethod(sigmoid_backward_kernel), True
 
 
 class GELU(_Elementwise):
     """GELU with PyTorch's ``approximate="tanh"``: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
 
-    def _apply(self, xp, x):
-        self._cache = (x,)
-        return gelu_kernel(xp, x)
-
-    def _backward(self, xp, grad_y, input_grad):
-        (x,) = self._cached()
-        return gelu_backward_kernel(xp, grad_y, x)
+    _kernel, _gradient = staticmethod(gelu_kernel), staticmethod(gelu_backward_kernel)
 
 
 class Flatten(Layer):
