@@ -23,6 +23,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import harness  # noqa: E402
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 CHILD = """
@@ -62,17 +65,6 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="children per setting (default 5)")
@@ -94,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     glibc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
     print(f"bench_allocator: notebook network, training at batch {args.batch}, float32, NumPy backend, "
           f"{args.threads} thread(s), {args.repeats} fresh processes per setting, {args.seconds:g} s each")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, load average {load_before:.2f} before and "
+    print(f"machine: {harness.cpu_model()}, {os.cpu_count()} CPUs, load average {load_before:.2f} before and "
           f"{os.getloadavg()[0]:.2f} after (other processes share the CPUs: compare the two rows, not runs); "
           f"Python {platform.python_version()}, NumPy {np.__version__}, {glibc or 'libc unknown'}")
     print()

@@ -19,16 +19,8 @@ import subprocess
 import sys
 import time
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness  # noqa: E402
 
 
 def load() -> str:
@@ -47,7 +39,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     shown = shlex.join(["python" if a == sys.executable else a for a in args.command])
     lines = [f"# {time.strftime('%Y-%m-%d %H:%M')}: {shown}, {args.runs} run(s), each in a fresh process",
-             f"# {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+             f"# {harness.cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
              f"load average (1, 5, 15 min) before: {load()}"]
     print("\n".join(lines), flush=True)
     seconds = []
