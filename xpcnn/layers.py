@@ -255,25 +255,29 @@ def _conv_padding(padding) -> Any:
     return pair(padding, "padding", minimum=0)
 
 
+def _weight_and_bias(grad_w, grad_b) -> dict:
+    """The grads dict of a layer whose bias is optional (None when it has none)."""
+    return {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+
+
 def _json_padding(padding) -> Any:
     return padding if isinstance(padding, str) else list(padding)
 
 
-class Conv2D(Layer):
-    """2-D convolution (N, C, H, W) -> (N, out_channels, OH, OW); weight (out, C // groups, kh, kw)
-    as ``torch.nn.Conv2d``; ``padding`` an int, a pair, "valid" or "same" (stride 1)."""
+class _Conv(Layer):
+    """What Conv2D and Conv2DTranspose share: the options, the weight's shape and fans, the
+    output shape from the planned geometry and the gradients' bookkeeping. A subclass gives
+    ``_weight_layout(c)`` (the weight shape for c input channels) and ``_plan``."""
 
-    def __init__(self, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups=1, bias: bool = True,
-                 weight_init="he_normal", bias_init="zeros") -> None:
+    _name = ""
+
+    def __init__(self, out_channels, kernel_size, stride, dilation, groups, bias, weight_init, bias_init) -> None:
         super().__init__()
         self.out_channels = positive_int(out_channels, "out_channels")
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
-        self.padding = _conv_padding(padding)
         self.dilation = pair(dilation, "dilation")
         self.groups = positive_int(groups, "groups")
-        if self.padding == "same" and self.stride != (1, 1):
-            raise ArgumentError(f"padding: 'same' needs stride 1 (as PyTorch), got stride {self.stride}")
         if self.out_channels % self.groups:
             raise ArgumentError(f"groups: must divide out_channels {self.out_channels}, got groups={self.groups}")
         _set_parameter_options(self, bias, weight_init, bias_init)
@@ -281,30 +285,56 @@ class Conv2D(Layer):
     def _weight_shape(self, c):
         if c % self.groups:
             raise ArgumentError(f"groups: must divide the input channels {c}, got groups={self.groups}")
-        return (self.out_channels, c // self.groups, *self.kernel_size)
-
-    def _plan(self, input_shape):
-        return conv2d_geometry((1, *input_shape), self._weight_shape(input_shape[0]), self.stride, self.padding,
-                               self.dilation, self.groups)
+        return self._weight_layout(c)
 
     def output_shape(self, input_shape):
-        input_shape = sample_shape(input_shape, "Conv2D input_shape", "(C, H, W)", ndim=3)
+        input_shape = sample_shape(input_shape, f"{self._name} input_shape", "(C, H, W)", ndim=3)
         oh, ow = self._plan(input_shape).out_hw
         return (self.out_channels, oh, ow)
 
     def _param_specs(self, input_shape):
         w_shape = self._weight_shape(input_shape[0])
         kh, kw = self.kernel_size
-        fan_in, fan_out = w_shape[1] * kh * kw, self.out_channels // self.groups * kh * kw
+        # PyTorch's fans: weight.shape[1] * kh * kw in, weight.shape[0] * kh * kw out (for a
+        # transposed conv its dim 1 is "in"); a grouped conv's fan out is per group.
+        fan_in, fan_out = w_shape[1] * kh * kw, self._fan_out_channels(w_shape) * kh * kw
         specs = {"weight": (w_shape, self.weight_init, fan_in, fan_out)}
         if self.bias:
             specs["bias"] = ((self.out_channels,), self.bias_init, fan_in, fan_out)
         return specs
 
-    def get_config(self):
+    def _config(self, **options):
         return dict(out_channels=self.out_channels, kernel_size=list(self.kernel_size), stride=list(self.stride),
-                    padding=_json_padding(self.padding), dilation=list(self.dilation), groups=self.groups, bias=self.bias,
+                    **options, dilation=list(self.dilation), groups=self.groups, bias=self.bias,
                     weight_init=self._init_names[0], bias_init=self._init_names[1])
+
+
+
+class Conv2D(_Conv):
+    """2-D convolution (N, C, H, W) -> (N, out_channels, OH, OW); weight (out, C // groups, kh, kw)
+    as ``torch.nn.Conv2d``; ``padding`` an int, a pair, "valid" or "same" (stride 1)."""
+
+    _name = "Conv2D"
+
+    def __init__(self, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups=1, bias: bool = True,
+                 weight_init="he_normal", bias_init="zeros") -> None:
+        super().__init__(out_channels, kernel_size, stride, dilation, groups, bias, weight_init, bias_init)
+        self.padding = _conv_padding(padding)
+        if self.padding == "same" and self.stride != (1, 1):
+            raise ArgumentError(f"padding: 'same' needs stride 1 (as PyTorch), got stride {self.stride}")
+
+    def _weight_layout(self, c):
+        return (self.out_channels, c // self.groups, *self.kernel_size)
+
+    def _fan_out_channels(self, w_shape):
+        return self.out_channels // self.groups
+
+    def _plan(self, input_shape):
+        return conv2d_geometry((1, *input_shape), self._weight_shape(input_shape[0]), self.stride, self.padding,
+                               self.dilation, self.groups)
+
+    def get_config(self):
+        return self._config(padding=_json_padding(self.padding))
 
     def _forward(self, xp, x, training):
         y, cols = conv2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry)
@@ -316,60 +346,38 @@ class Conv2D(Layer):
         grad_x, grad_w, grad_b = conv2d_backward_kernel(
             xp, grad_y, x, self.params["weight"], self._geometry, bias=self.bias, cols=cols, input_grad=input_grad
         )
-        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        self.grads = _weight_and_bias(grad_w, grad_b)
         return grad_x
 
 
-class Conv2DTranspose(Layer):
+class Conv2DTranspose(_Conv):
     """Transposed 2-D convolution (N, C, H, W) -> (N, out_channels, OH, OW), weight
     (C, out_channels // groups, kh, kw) as ``torch.nn.ConvTranspose2d``."""
 
+    _name = "Conv2DTranspose"
+
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                  bias: bool = True, weight_init="torch", bias_init="zeros") -> None:
-        super().__init__()
-        self.out_channels = positive_int(out_channels, "out_channels")
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
+        super().__init__(out_channels, kernel_size, stride, dilation, groups, bias, weight_init, bias_init)
         self.padding = pair(padding, "padding", minimum=0)
         self.output_padding = pair(output_padding, "output_padding", minimum=0)
-        self.dilation = pair(dilation, "dilation")
-        self.groups = positive_int(groups, "groups")
-        if self.out_channels % self.groups:
-            raise ArgumentError(f"groups: must divide out_channels {self.out_channels}, got groups={self.groups}")
         for a in range(2):
             if self.output_padding[a] >= max(self.stride[a], self.dilation[a]):
                 raise ArgumentError(f"output_padding: must be smaller than stride or dilation (as PyTorch), got "
                                     f"output_padding {self.output_padding}, stride {self.stride}, dilation {self.dilation}")
-        _set_parameter_options(self, bias, weight_init, bias_init)
 
-    def _weight_shape(self, c):
-        if c % self.groups:
-            raise ArgumentError(f"groups: must divide the input channels {c}, got groups={self.groups}")
+    def _weight_layout(self, c):
         return (c, self.out_channels // self.groups, *self.kernel_size)
+
+    def _fan_out_channels(self, w_shape):
+        return w_shape[0]
 
     def _plan(self, input_shape):
         return conv_transpose2d_geometry((1, *input_shape), self._weight_shape(input_shape[0]), self.stride, self.padding,
-                                           self.output_padding, self.dilation, self.groups)
-
-    def output_shape(self, input_shape):
-        input_shape = sample_shape(input_shape, "Conv2DTranspose input_shape", "(C, H, W)", ndim=3)
-        oh, ow = self._plan(input_shape).out_hw
-        return (self.out_channels, oh, ow)
-
-    def _param_specs(self, input_shape):
-        w_shape = self._weight_shape(input_shape[0])
-        kh, kw = self.kernel_size
-        # PyTorch computes ConvTranspose fans from weight.shape[1] * kh * kw (its dim 1 is "in").
-        fan_in, fan_out = w_shape[1] * kh * kw, w_shape[0] * kh * kw
-        specs = {"weight": (w_shape, self.weight_init, fan_in, fan_out)}
-        if self.bias:
-            specs["bias"] = ((self.out_channels,), self.bias_init, fan_in, fan_out)
-        return specs
+                                         self.output_padding, self.dilation, self.groups)
 
     def get_config(self):
-        return dict(out_channels=self.out_channels, kernel_size=list(self.kernel_size), stride=list(self.stride),
-                    padding=list(self.padding), output_padding=list(self.output_padding), dilation=list(self.dilation),
-                    groups=self.groups, bias=self.bias, weight_init=self._init_names[0], bias_init=self._init_names[1])
+        return self._config(padding=list(self.padding), output_padding=list(self.output_padding))
 
     def _forward(self, xp, x, training):
         y = conv_transpose2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry)
@@ -381,7 +389,7 @@ class Conv2DTranspose(Layer):
         grad_x, grad_w, grad_b = conv_transpose2d_backward_kernel(
             xp, grad_y, x, self.params["weight"], self._geometry, bias=self.bias, input_grad=input_grad
         )
-        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        self.grads = _weight_and_bias(grad_w, grad_b)
         return grad_x
 
 
@@ -500,7 +508,7 @@ class Dense(Layer):
     def _backward(self, xp, grad_y, input_grad):
         (x,) = self._cached()
         grad_x, grad_w, grad_b = linear_backward_kernel(xp, grad_y, x, self.params["weight"], bias=self.bias, input_grad=input_grad)
-        self.grads = {"weight": grad_w} if grad_b is None else {"weight": grad_w, "bias": grad_b}
+        self.grads = _weight_and_bias(grad_w, grad_b)
         return grad_x
 
 
