@@ -113,7 +113,6 @@ def _conv_case() -> OpCase:
         return x, w, b, rng.standard_normal((2, 4, 4, 11))
 
     def run(x, w, b, g):
-
         gx, gw, gb = F.conv2d_backward(g, x, w, **geom)
         return {"y": F.conv2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
 
@@ -134,7 +133,6 @@ def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, 
         return _distinct(rng, shape), rng.standard_normal((*shape[:2], *out_hw))
 
     def run(x, g):
-
         if is_max:
             return {"y": F.max_pool2d(x, kernel, stride, padding), "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding)}
         return {"y": F.avg_pool2d(x, kernel, stride, padding), "grad_x": F.avg_pool2d_backward(g, x, kernel, stride, padding)}
@@ -164,7 +162,6 @@ def _unary_case(name: str, description: str, shape, scale: float, zeros_every: i
         return x, rng.standard_normal(shape)
 
     def run(x, g):
-
         kwargs = {} if axis is None else {"axis": axis}
         y = getattr(F, name)(x, **kwargs)
         grad = getattr(F, f"{name}_backward")(g, y if backward_takes_output else x, **kwargs)
@@ -206,7 +203,6 @@ def _linear_case() -> OpCase:
         return rng.standard_normal((4, 6)), rng.standard_normal((6, 5)) / math.sqrt(6), rng.standard_normal(5), rng.standard_normal((4, 5))
 
     def run(x, w, b, g):
-
         gx, gw, gb = F.linear_backward(g, x, w)
         return {"y": F.linear(x, w, b), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
 
@@ -226,7 +222,6 @@ def _cross_entropy_case() -> OpCase:
         return z, rng.integers(0, 10, 5)
 
     def run(z, labels):
-
         loss, grad = F.cross_entropy_with_grad(z, labels)
         return {"loss": loss, "grad_logits": grad, "loss (unfused)": F.cross_entropy(z, labels),
                 "grad (unfused)": F.cross_entropy_backward(z, labels)}
@@ -250,7 +245,6 @@ def _conv_transpose_case() -> OpCase:
         return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 10, 9))
 
     def run(x, w, b, g):
-
         gx, gw, gb = F.conv_transpose2d_backward(g, x, w, **geom)
         return {"y": F.conv_transpose2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
 
@@ -269,7 +263,6 @@ def _global_avg_pool_case() -> OpCase:
         return rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3))
 
     def run(x, g):
-
         return {"y": F.global_avg_pool2d(x), "grad_x": F.global_avg_pool2d_backward(g, x)}
 
     def torch(x, g):
@@ -288,7 +281,6 @@ def _batch_norm_case() -> OpCase:
                 rng.standard_normal(c), rng.uniform(0.5, 2.0, c), rng.standard_normal((4, c, 3, 3)))
 
     def run(x, w, b, mean, var, g):
-
         out = {}
         for mode, training in (("train", True), ("eval", False)):
             y, saved, new_mean, new_var = F.batch_norm(x, w, b, mean, var, training=training)
@@ -354,14 +346,12 @@ def _dropout_cases() -> list[OpCase]:
         return rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 5, 5))
 
     def run_mask(x, g):
-
         return {"mask": F.dropout_mask(x, _DROP_P, seed=_DROP_SEED, counter=_DROP_COUNTER)}
 
     def torch_mask(x, g):
         return {"mask": reference_dropout_mask(x.shape, _DROP_P, _DROP_SEED, _DROP_COUNTER)}
 
     def run(x, g):
-
         mask = F.dropout_mask(x, _DROP_P, seed=_DROP_SEED, counter=_DROP_COUNTER)
         return {"y": F.dropout(x, mask), "grad_x": F.dropout_backward(g, mask)}
 
@@ -384,7 +374,6 @@ _MODEL_INPUT = (1, 12, 12)
 
 
 def _small_model():
-
     return Sequential([
         layers.Conv2D(4, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
         layers.Conv2D(6, 3), layers.ReLU(), layers.AvgPool2D(2),
@@ -433,7 +422,6 @@ def _train_step_case() -> OpCase:
         return (rng.uniform(0, 1, (8, *_MODEL_INPUT)), rng.integers(0, 10, 8), *_initial_weights())
 
     def run(x, labels, *weights):
-
         model = _model_on(x, weights)
         loss = model.train_step(x, labels, optim.SGD(lr=0.1, momentum=0.9))
         out = {"loss": loss}
@@ -463,7 +451,6 @@ def _train_run_case(steps: int = 5) -> OpCase:
         return (rng.uniform(0, 1, (steps, 8, *_MODEL_INPUT)), rng.integers(0, 10, (steps, 8)), *_initial_weights())
 
     def run(xs, labels, *weights):
-
         model = _model_on(xs, weights)
         opt = optim.SGD(lr=0.05, momentum=0.9)
         out = {f"loss {i}": model.train_step(xs[i, ...], labels[i, ...], opt) for i in range(steps)}
@@ -498,7 +485,6 @@ def _fit_evaluate_case() -> OpCase:
         return (rng.uniform(0, 1, (n, *_MODEL_INPUT)), rng.integers(0, 10, n), *_initial_weights())
 
     def run(x, labels, *weights):
-
         model = _model_on(x, weights)
         history = model.fit(x, labels, epochs=epochs, batch_size=batch, seed=_FIT["seed"], verbose=0,
                             optimizer=optim.SGD(_FIT["lr"], momentum=_FIT["momentum"]))
