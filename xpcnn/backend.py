@@ -72,6 +72,12 @@ class Backend:
             return jax.device_put(host, self.device)
         return self.xp.asarray(host, device=self.device)
 
+    @property
+    def prefetches(self) -> bool:
+        """Whether :meth:`prefetch` overlaps a copy with compute here (a CUDA device); elsewhere
+        a batch already on the host needs no copy at all."""
+        return self.name == "cupy" or (self.name == "torch" and getattr(self.device, "type", None) == "cuda")
+
     def prefetch(self, host: Any) -> Any:
         """Start copying a host array to this backend's device without waiting for it, so the copy
         of the next batch overlaps the current step's compute; hand the result to :meth:`ready`

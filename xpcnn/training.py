@@ -101,7 +101,7 @@ class _Data:
             xb = self.x[idx]
             if xb.dtype != self.dtype:
                 xb = xb.astype(self.dtype)
-            if prefetch:
+            if prefetch and self.backend.prefetches:
                 return self.backend.prefetch(xb), None if self.y is None else self.backend.prefetch(self.y[idx])
             yb = None if self.y is None else to_device(self.y[idx], self.backend)
             return to_device(xb, self.backend), yb
