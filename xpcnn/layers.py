@@ -80,7 +80,6 @@ class Layer:
         self.grads: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         self.input_shape: tuple[int, ...] | None = None
-        self.output_shape_: tuple[int, ...] | None = None
         self._cache: tuple = ()
 
     # -- building
@@ -93,7 +92,6 @@ class Layer:
         from the host ``numpy.random.Generator`` ``rng``; returns the output shape."""
         self.input_shape = tuple(input_shape)
         out = tuple(self.output_shape(self.input_shape))
-        self.output_shape_ = out
         self._geometry = self._plan(self.input_shape)
         for name, (shape, init, fan_in, fan_out) in self._param_specs(self.input_shape).items():
             self.params[name] = backend.asarray(init(rng, shape, fan_in, fan_out), dtype=dtype)
@@ -798,7 +796,6 @@ class Residual(Layer):
             shape = self.input_shape
             for layer in branch:
                 shape = layer.build(shape, rng=rng, backend=backend, dtype=dtype)
-        self.output_shape_ = out
         self._cache = ()
         return out
 
