@@ -32,7 +32,7 @@ from .backend import namespace_of
 from .errors import ArgumentError, NonFiniteError
 from .functional.dropout import dropout_keys
 from .functional.loss import cross_entropy_kernel
-from .layers import Dropout
+from .layers import Dropout, _walk
 from .optim import Optimizer
 
 
@@ -204,18 +204,6 @@ def _compiled(model, kind: str):
 
 
 # ---------------------------------------------------------------- binding tracers into layers
-
-
-def _walk(layers):
-    """(path, layer) for every layer and nested sublayer (Residual branches), depth first."""
-    for i, layer in enumerate(layers):
-        yield from _walk_one(layer, str(i))
-
-
-def _walk_one(layer, path: str):
-    yield path, layer
-    for sub_path, sub in layer.sublayers() if hasattr(layer, "sublayers") else ():
-        yield from _walk_one(sub, f"{path}.{sub_path}")
 
 
 def _arrays(model) -> tuple[dict[str, Any], dict[str, Any]]:

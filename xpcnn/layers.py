@@ -861,6 +861,19 @@ class Residual(Layer):
         return f"Residual(block={self.block!r}, shortcut={self.shortcut or None!r})"
 
 
+def _walk(layers):
+    """(path, layer) for every layer and nested sublayer (Residual branches), depth first:
+    ``"3"``, ``"3.block.0"``."""
+    for i, layer in enumerate(layers):
+        yield from _walk_one(layer, str(i))
+
+
+def _walk_one(layer: Layer, path: str):
+    yield path, layer
+    for sub_path, sub in layer.sublayers() if hasattr(layer, "sublayers") else ():
+        yield from _walk_one(sub, f"{path}.{sub_path}")
+
+
 LAYERS: dict[str, type] = {}
 
 

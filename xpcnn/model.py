@@ -18,20 +18,7 @@ from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
-from .layers import Dropout, Layer, layers_from_config
-
-
-def walk(layers: Iterable[Layer]):
-    """(path, layer) for every layer and nested sublayer, depth first: ``"3"``, ``"3.block.0"``."""
-    for i, layer in enumerate(layers):
-        yield from _walk_one(layer, str(i))
-
-
-def _walk_one(layer: Layer, path: str):
-    yield path, layer
-    if hasattr(layer, "sublayers"):
-        for sub_path, sub in layer.sublayers():
-            yield from _walk_one(sub, f"{path}.{sub_path}")
+from .layers import Dropout, Layer, _walk, layers_from_config
 
 
 class Sequential:
@@ -72,7 +59,7 @@ class Sequential:
             out = layer.build(out, rng=rng, backend=target, dtype=dtype)
         # Dropout masks are keyed by (build seed, layer path) unless the layer has its own seed:
         # drawn without touching ``rng``, so adding a Dropout never changes the other weights.
-        for path, layer in walk(self.layers):
+        for path, layer in _walk(self.layers):
             if isinstance(layer, Dropout):
                 layer._derived_seed = int(np.random.SeedSequence([int(seed), *map(_path_number, path.split("."))]).generate_state(1)[0])
                 layer.counter = 0
@@ -168,7 +155,7 @@ class Sequential:
             layer.params[name] = to_device(layer.params[name], backend)
         for _, layer, name in self.named_buffers():
             layer.buffers[name] = to_device(layer.buffers[name], backend)
-        for _, layer in walk(self.layers):
+        for _, layer in _walk(self.layers):
             if not hasattr(layer, "sublayers"):
                 layer.grads = {}
             layer._cache = ()
