@@ -24,7 +24,7 @@ os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
 
 from benchmarks import harness  # noqa: E402
 
-NETS = ("deep", "default", "resnet8")
+NETS = ("deep", "default", "resnet8")  # --nets may add "notebook"
 
 
 def timed(layer, method: str, name: str, times: dict):
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=harness.NETS)
     args = parser.parse_args(argv)
     harness.set_threads(args.threads)
     env = harness.environment(args.threads, "numpy", "cpu")
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
           f"torch {env['torch']}, commit {env['commit']}; median of {args.steps} steps, batch {args.batch}")
     images, labels = harness.load_images()
     load = harness.LoadMonitor()
-    for net in NETS:
+    for net in args.nets:
         try:
             rows, rest, step, torch_ms = profile(net, args.batch, args.steps, images, labels)
         except harness.Unavailable as e:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import init as initializers
 from ._validate import check_array, check_float, check_shape, namespace, pair, positive_int, sample_shape
@@ -56,6 +56,7 @@ from .functional.conv import (
     conv_transpose2d_geometry,
     conv_transpose2d_kernel,
 )
+from .functional.conv_pool import conv2d_avg_pool2d_backward_kernel, conv2d_avg_pool2d_kernel, fuses
 from .functional.dropout import dropout_mask_kernel
 from .functional.linear import linear_backward_kernel, linear_kernel
 from .functional.norm import batch_norm_backward_kernel, batch_norm_kernel
@@ -340,12 +341,52 @@ class Conv2D(_Conv):
         return _remember_output(self, y)
 
     def _backward(self, xp, grad_y, input_grad):
-        x, cols = self._cached()
+        cache = self._cached()
+        # After a forward fused with the pool (a container's), this layer's own backward still
+        # works: it rebuilds the full columns.
+        x, cols = (cache.x, None) if isinstance(cache, _Pooled) else cache
         grad_x, grad_w, grad_b = conv2d_backward_kernel(
             xp, grad_y, x, self.params["weight"], self._geometry, bias=self.bias, cols=cols, input_grad=input_grad
         )
         self.grads = _weight_and_bias(grad_w, grad_b)
         return grad_x
+
+    def _fuses_with(self, pool: Layer) -> bool:
+        """Whether this conv and ``pool`` after it run as one op (:mod:`xpcnn.functional.conv_pool`):
+        the built-in classes only (a subclass may change either), when it is exact and faster."""
+        return (type(self) is Conv2D and type(pool) is AvgPool2D and "weight" in self.params
+                and fuses(tuple(self.params["weight"].shape), self._geometry, pool._geometry))
+
+    def _forward_pooled(self, xp, x, pool: AvgPool2D):
+        """avg_pool2d(conv2d(x)) for this layer and ``pool``: the output of ``pool``. The conv's own
+        output is never made; :meth:`_backward_pooled` runs both backwards (each layer's own
+        backward still works too)."""
+        y, pooled = conv2d_avg_pool2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry,
+                                             pool._geometry)
+        self._cache = _Pooled(x, pooled, pool._geometry)
+        self._last_out_shape = (x.shape[0], self.out_channels, *self._geometry.out_hw)
+        pool._cache = (self._geometry.out_hw,)
+        return _remember_output(pool, y)
+
+    def _backward_pooled(self, xp, grad_y, input_grad):
+        """The gradient of this conv's input for grad_y of the pool's output; fills ``grads``."""
+        cache = self._cached()
+        if not isinstance(cache, _Pooled):
+            raise NotBuiltError(f"{type(self).__name__}: the last forward did not run fused with a pool")
+        grad_x, grad_w, grad_b = conv2d_avg_pool2d_backward_kernel(
+            xp, grad_y, cache.x, self.params["weight"], self._geometry, cache.pool, bias=self.bias,
+            pooled=cache.pooled, input_grad=input_grad
+        )
+        self.grads = _weight_and_bias(grad_w, grad_b)
+        return grad_x
+
+
+class _Pooled(NamedTuple):
+    """What a Conv2D run fused with the AvgPool2D after it keeps for the backward."""
+
+    x: Any
+    pooled: Any  # the pooled im2col columns
+    pool: Any  # the pool's geometry
 
 
 class Conv2DTranspose(_Conv):
@@ -435,12 +476,12 @@ class AvgPool2D(_Pool2D):
         return {**super().get_config(), "count_include_pad": self.count_include_pad}
 
     def _forward(self, xp, x, training):
-        self._cache = (x,)
+        self._cache = (tuple(x.shape[2:]),)  # the backward needs only the input's (H, W)
         return _remember_output(self, avg_pool2d_kernel(xp, x, self._geometry))
 
     def _backward(self, xp, grad_y, input_grad):
-        (x,) = self._cached()
-        return avg_pool2d_backward_kernel(xp, grad_y, x, self._geometry)
+        (size,) = self._cached()
+        return avg_pool2d_backward_kernel(xp, grad_y, size, self._geometry)
 
 
 class MaxPool2D(_Pool2D):
@@ -838,27 +879,49 @@ class Residual(Layer):
             layer.set_state(sub)
 
     def _forward(self, xp, x, training):
-        y = x
-        for layer in self.block:
-            y = layer.run_forward(xp, y, training)
-        s = x
-        for layer in self.shortcut:
-            s = layer.run_forward(xp, s, training)
-        self._cache = (True,)
+        y, fused_block = _forward_chain(xp, self.block, x, training)
+        s, fused_shortcut = _forward_chain(xp, self.shortcut, x, training)
+        self._cache = (fused_block, fused_shortcut)
         return _remember_output(self, y + s)
 
     def _backward(self, xp, grad_y, input_grad):
-        self._cached()
-        g = grad_y
-        for layer in reversed(self.block):
-            g = layer.run_backward(xp, g, True)
-        s = grad_y
-        for layer in reversed(self.shortcut):
-            s = layer.run_backward(xp, s, True)
-        return g + s
+        fused_block, fused_shortcut = self._cached()
+        return (_backward_chain(xp, self.block, grad_y, True, fused_block)
+                + _backward_chain(xp, self.shortcut, grad_y, True, fused_shortcut))
 
     def __repr__(self) -> str:
         return f"Residual(block={self.block!r}, shortcut={self.shortcut or None!r})"
+
+
+def _forward_chain(xp, layers, x, training: bool) -> tuple[Any, tuple[int, ...]]:
+    """Run ``layers`` in order on a checked batch -> (output, the indices of the Conv2D layers run
+    fused with the AvgPool2D after them). What every container (Sequential, Residual) calls."""
+    fused = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if i + 1 < len(layers) and isinstance(layer, Conv2D) and layer._fuses_with(layers[i + 1]):
+            x = layer._forward_pooled(xp, x, layers[i + 1])
+            fused.append(i)
+            i += 2
+        else:
+            x = layer.run_forward(xp, x, training)
+            i += 1
+    return x, tuple(fused)
+
+
+def _backward_chain(xp, layers, grad_y, input_grad: bool, fused: tuple[int, ...]):
+    """Back-propagate through ``layers`` after :func:`_forward_chain` (``fused`` is what it returned);
+    the first layer's input gradient only when ``input_grad``."""
+    i = len(layers) - 1
+    while i >= 0:
+        if i - 1 in fused:
+            grad_y = layers[i - 1]._backward_pooled(xp, grad_y, input_grad or i > 1)
+            i -= 2
+        else:
+            grad_y = layers[i].run_backward(xp, grad_y, input_grad or i > 0)
+            i -= 1
+    return grad_y
 
 
 def _walk(layers):

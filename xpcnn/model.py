@@ -18,7 +18,7 @@ from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
-from .layers import Dropout, Layer, _walk, layers_from_config
+from .layers import Dropout, Layer, _walk, _backward_chain, _forward_chain, layers_from_config
 
 
 class Sequential:
@@ -39,6 +39,7 @@ class Sequential:
         self.backend: Backend | None = None
         self.dtype: str | None = None
         self.optimizer = None
+        self._fused: tuple[int, ...] = ()  # layers the last forward ran fused (layers._forward_chain)
 
     # ---------------------------------------------------------------- building
 
@@ -241,8 +242,7 @@ class Sequential:
 
     def _forward_checked(self, xp, x, training: bool):
         """:meth:`forward` on a batch already checked (or validated once for a whole fit)."""
-        for layer in self.layers:
-            x = layer.run_forward(xp, x, training)
+        x, self._fused = _forward_chain(xp, self.layers, x, training)
         return x
 
     def __call__(self, x):
@@ -257,9 +257,7 @@ class Sequential:
         return self._backward_checked(namespace(grad_y=grad_y), grad_y, input_grad=input_grad)
 
     def _backward_checked(self, xp, grad_y, *, input_grad: bool = False):
-        for i in range(len(self.layers) - 1, -1, -1):
-            grad_y = self.layers[i].run_backward(xp, grad_y, input_grad or i > 0)
-        return grad_y
+        return _backward_chain(xp, self.layers, grad_y, input_grad, self._fused)
 
     def loss_and_grad(self, x, y, *, label_smoothing: float = 0.0):
         """Forward (training mode), mean softmax cross-entropy and backward on one batch, filling

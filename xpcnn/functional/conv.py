@@ -193,13 +193,21 @@ def conv2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvGeometry, *, bia
     g_mat = _channel_matrix(xp, grad_y, g)
     grad_weight = _weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(cols)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
-    grad_x = None
-    if input_grad and winograd_input_grad_applicable(x.shape, weight.shape, geometry):
-        grad_x = winograd_conv2d_input_grad(xp, grad_y, weight, geometry, tuple(x.shape[2:]))
-    elif input_grad:
-        grad_cols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
-        grad_x = _fold(xp, grad_cols, kernel, geometry, x.shape)
+    grad_x = conv2d_input_grad_kernel(xp, grad_y, x.shape, weight, geometry, g_mat) if input_grad else None
     return grad_x, grad_weight, grad_bias
+
+
+def conv2d_input_grad_kernel(xp, grad_y, x_shape, weight, geometry: ConvGeometry, g_mat=None):
+    """grad_x (N, C, H, W) of conv2d for an input of ``x_shape`` given grad_y (N, O, OH, OW): Winograd
+    where :func:`winograd_input_grad_applicable` measured it faster, else the weight's transpose
+    times grad_y folded back onto the input (``g_mat``: grad_y as :func:`_channel_matrix`, if made)."""
+    if winograd_input_grad_applicable(x_shape, weight.shape, geometry):
+        return winograd_conv2d_input_grad(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
+    g = geometry.groups
+    if g_mat is None:
+        g_mat = _channel_matrix(xp, grad_y, g)
+    grad_cols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
+    return _fold(xp, grad_cols, tuple(weight.shape[2:]), geometry, x_shape)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True, cols=None,

@@ -128,14 +128,15 @@ def _averaging_matrix(size: int, out: int, kernel: int, stride: int, before: int
             for i in range(size)]
 
 
-def _averaging(xp, geometry: PoolGeometry, like):
-    """(A_h^T (OH, H), A_w (W, OW)) for ``like``'s size, dtype and device, memoised (the arrays
-    per array type, dtype and device; never those made under a ``jax.jit`` trace)."""
-    key = (geometry, tuple(like.shape[2:]))
+def _averaging(xp, geometry: PoolGeometry, like, size: tuple[int, int]):
+    """(A_h^T (OH, H), A_w (W, OW)) for an input of ``size`` (H, W) and ``like``'s dtype and
+    device, memoised (the arrays per array type, dtype and device; never those made under a
+    ``jax.jit`` trace)."""
+    key = (geometry, tuple(size))
     lists = _AVERAGING.get(key)
     if lists is None:
         divisors = geometry.divisor or tuple((k,) * o for k, o in zip(geometry.kernel, geometry.out_hw))
-        rows, cols = (_averaging_matrix(like.shape[2 + a], geometry.out_hw[a], geometry.kernel[a], geometry.stride[a],
+        rows, cols = (_averaging_matrix(size[a], geometry.out_hw[a], geometry.kernel[a], geometry.stride[a],
                                         geometry.padding[a][0], divisors[a]) for a in range(2))
         lists = ([list(r) for r in zip(*rows)], cols)
         if len(_AVERAGING) > 256:  # a bounded memo: geometries repeat in training
@@ -153,7 +154,7 @@ def _averaging(xp, geometry: PoolGeometry, like):
 
 def avg_pool2d_kernel(xp, x, geometry: PoolGeometry):
     """Average pooling math on a checked input; ``geometry`` from :func:`pool_geometry`."""
-    a_h_t, a_w = _averaging(xp, geometry, x)
+    a_h_t, a_w = _averaging(xp, geometry, x, tuple(x.shape[2:]))
     return xp.matmul(a_h_t, xp.matmul(x, a_w))
 
 
@@ -165,11 +166,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count
     return avg_pool2d_kernel(xp, x, geometry)
 
 
-def avg_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry):
+def avg_pool2d_backward_kernel(xp, grad_y, size: tuple[int, int], geometry: PoolGeometry):
+    """grad_x (N, C, H, W) for an input of ``size`` (H, W), given grad_y (N, C, OH, OW)."""
     # The transposed matmuls (A_h grad_y A_w^T) measured 2x slower on NumPy than these: the
     # second one broadcasts a small matrix over every (N, C) slice.
-    g = grad_y * _scale(xp, geometry, x)
-    kernel, size = geometry.kernel, tuple(x.shape[2:])
+    g = grad_y * _scale(xp, geometry, grad_y)
+    kernel = geometry.kernel
     if geometry.stride == kernel:
         # Windows tile the input: each output's gradient fills its kh x kw block. Two repeats
         # beat kh*kw slice updates (fewer calls) and a broadcast product (inner loops of length kw).
@@ -185,7 +187,7 @@ def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, *, ceil_
     geometry = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d", ceil_mode=ceil_mode,
                              count_include_pad=count_include_pad)
     check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry.out_hw), "x")
-    return avg_pool2d_backward_kernel(xp, grad_y, x, geometry)
+    return avg_pool2d_backward_kernel(xp, grad_y, tuple(x.shape[2:]), geometry)
 
 
 # ---------------------------------------------------------------- max

@@ -1,0 +1,143 @@
+"""A Conv2D followed by an AvgPool2D runs as one op (xpcnn.functional.conv_pool): the pool applied
+to the im2col columns, then the weight. Checked against PyTorch autograd (float64: output,
+input gradient, every parameter gradient) for networks where the pair fuses, in a Sequential
+and inside a Residual block, and where it must not (a padded or ceil_mode pool, where the bias
+would not pass through the average). Each case also asserts whether the fused path ran, so a
+silently disabled fusion fails here."""
+
+import numpy as np
+import pytest
+
+from xpcnn import interop, layers
+from xpcnn.functional import conv_pool, pool
+from xpcnn.functional.conv import conv2d_geometry
+
+from .tolerances import FLOAT32_ATOL, FLOAT32_RTOL, FLOAT64_RTOL
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # see tests/conftest.py single_threaded_torch
+nn = torch.nn
+
+
+def relative_error(got, expected):
+    expected = np.asarray(expected)
+    return float(np.abs(np.asarray(got) - expected).max() / np.abs(expected).max())
+
+
+def networks():
+    """(id, torch network, input shape (C, H, W), the indices of the Conv2D layers that fuse)."""
+    yield "notebook", nn.Sequential(nn.Conv2d(1, 16, 3, bias=False), nn.AvgPool2d(2), nn.Flatten(),
+                                    nn.Linear(16 * 13 * 13, 10)), (1, 28, 28), (0,)
+    # A second conv needs its input gradient: the pool's backward, then the conv's.
+    yield "two stages", nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, stride=1),
+                                      nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12 * 4 * 4, 10)), (2, 10, 10), (2,)
+    yield "groups, stride, dilation, overlapping pool", nn.Sequential(
+        nn.Conv2d(4, 8, 3, stride=2, dilation=2, padding=2, groups=2), nn.AvgPool2d(3, stride=2), nn.Flatten(),
+        nn.Linear(8 * 3 * 3, 10)), (4, 15, 15), (0,)
+    yield "padded pool (not fused)", nn.Sequential(nn.Conv2d(1, 6, 3), nn.AvgPool2d(2, padding=1), nn.Flatten(),
+                                                   nn.Linear(6 * 5 * 5, 10)), (1, 10, 10), ()
+    yield "ceil_mode pool (not fused)", nn.Sequential(nn.Conv2d(1, 6, 3), nn.AvgPool2d(2, ceil_mode=True),
+                                                      nn.Flatten(), nn.Linear(6 * 5 * 5, 10)), (1, 11, 11), ()
+
+
+CASES = list(networks())
+
+
+@pytest.mark.parametrize("net, shape, fused", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_sequential_matches_torch_and_fuses_where_expected(net, shape, fused):
+    torch.manual_seed(0)
+    net = net.double()
+    model = interop.from_torch(net, shape, dtype="float64", backend="numpy")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, *shape))
+    grad_y = rng.standard_normal((5, 10))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = net(xt)
+    yt.backward(torch.from_numpy(grad_y))
+
+    y = model.forward(x, training=True)
+    assert model._fused == fused
+    grad_x = model.backward(grad_y, input_grad=True)
+    assert relative_error(y, yt.detach().numpy()) <= FLOAT64_RTOL
+    assert relative_error(grad_x, xt.grad.numpy()) <= FLOAT64_RTOL
+    torch_params = dict(net.named_parameters())
+    for key, layer, name in model.named_parameters():
+        got = layer.grads[name]
+        got = got.T if isinstance(layer, layers.Dense) and name == "weight" else got
+        assert relative_error(got, torch_params[key].grad.numpy()) <= FLOAT64_RTOL, f"gradient of {key}"
+
+
+def test_inside_a_residual_block():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(2))
+    shortcut = nn.Sequential(nn.Conv2d(3, 6, 1), nn.AvgPool2d(2))
+    net = nn.Sequential(interop.TorchResidual(block, shortcut), nn.Flatten(), nn.Linear(6 * 4 * 4, 10)).double()
+    model = interop.from_torch(net, (3, 8, 8), dtype="float64", backend="numpy")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 8, 8))
+    grad_y = rng.standard_normal((4, 10))
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt).backward(torch.from_numpy(grad_y))
+
+    y = model.forward(x, training=True)
+    residual = model.layers[0]
+    assert residual._cache == ((0,), (0,))  # both branches ran fused
+    grad_x = model.backward(grad_y, input_grad=True)
+    assert relative_error(y, net(xt).detach().numpy()) <= FLOAT64_RTOL
+    assert relative_error(grad_x, xt.grad.numpy()) <= FLOAT64_RTOL
+    torch_params = dict(net.named_parameters())
+    for key, layer, name in model.named_parameters():
+        got = layer.grads[name]
+        got = got.T if isinstance(layer, layers.Dense) and name == "weight" else got
+        assert relative_error(got, torch_params[key].grad.numpy()) <= FLOAT64_RTOL, f"gradient of {key}"
+
+
+def test_float32_within_the_per_op_tolerance_of_float64():
+    net = CASES[1][1]
+    torch.manual_seed(0)
+    model64 = interop.from_torch(net.double(), (2, 10, 10), dtype="float64", backend="numpy")
+    model32 = interop.from_torch(net.float(), (2, 10, 10), dtype="float32", backend="numpy")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2, 10, 10))
+    grad_y = rng.standard_normal((6, 10))
+    y64, y32 = model64.forward(x, training=True), model32.forward(x.astype(np.float32), training=True)
+    assert model32._fused == (2,)
+    g64 = model64.backward(grad_y, input_grad=True)
+    g32 = model32.backward(grad_y.astype(np.float32), input_grad=True)
+    for got, ref in [(y32, y64), (g32, g64), (model32.layers[2].grads["weight"], model64.layers[2].grads["weight"])]:
+        assert np.all(np.abs(got - ref) <= FLOAT32_ATOL + FLOAT32_RTOL * np.abs(ref))
+
+
+def test_each_layer_backward_still_works_after_a_fused_forward():
+    """Sequential fuses the pair; the layers' own backward (the notebook's interface) gives the
+    unfused gradients."""
+    net = CASES[0][1].double()
+    model = interop.from_torch(net, (1, 28, 28), dtype="float64", backend="numpy")
+    x = np.random.default_rng(4).standard_normal((3, 1, 28, 28))
+    model.forward(x)
+    assert model._fused == (0,)
+    conv, avg = model.layers[:2]
+    grad_pool = np.random.default_rng(5).standard_normal((3, 16, 13, 13))
+    grad_conv = avg.backward(grad_pool)
+    conv.backward(grad_conv)
+    fused_weight_grad = conv.grads["weight"]
+    conv.forward(x)  # alone: unfused
+    conv.backward(grad_conv)
+    assert relative_error(fused_weight_grad, conv.grads["weight"]) <= FLOAT64_RTOL
+    xt = torch.tensor(x)
+    wt = net[0].weight.detach().clone().requires_grad_(True)
+    nn.functional.avg_pool2d(nn.functional.conv2d(xt, wt), 2).backward(torch.from_numpy(grad_pool))
+    assert relative_error(fused_weight_grad, wt.grad.numpy()) <= FLOAT64_RTOL
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode, w_shape, expected", [
+    (2, None, 0, False, (16, 1, 3, 3), True),        # the notebook's pair
+    (2, None, 1, False, (16, 1, 3, 3), False),       # padded zeros would scale the bias
+    (2, None, 0, True, (16, 1, 3, 3), False),        # the last window runs over: a smaller divisor
+    (3, 2, 0, False, (8, 2, 3, 3), True),            # overlapping windows inside the input
+    (2, None, 0, False, (8, 64, 3, 3), False),       # columns 72x taller than the output: slower
+])
+def test_fuses_only_when_exact_and_faster(kernel, stride, padding, ceil_mode, w_shape, expected):
+    conv = conv2d_geometry((1, w_shape[1], 11, 11), w_shape)
+    pooled = pool.pool_geometry((1, w_shape[0], *conv.out_hw), kernel, stride, padding, ceil_mode=ceil_mode)
+    assert conv_pool.fuses(w_shape, conv, pooled) is expected
