@@ -18,7 +18,7 @@ from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
-from .layers import Dropout, Layer, _walk, _backward_chain, _forward_chain, layers_from_config
+from .layers import Dropout, Layer, _backward_chain, _forward_chain, _walk, layers_from_config
 
 
 class Sequential:

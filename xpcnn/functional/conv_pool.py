@@ -28,7 +28,6 @@ from .conv import (
 )
 from .pool import PoolGeometry, _averaging, avg_pool2d_backward_kernel
 
-
 # Fused is faster while the columns have at most this many rows per output channel
 # (kh*kw*C/G <= 8 * O/G). Measured with benchmarks/bench_conv_pool.py (NumPy, 2 threads): fused
 # won from K/O = 0.6 (notebook network: 2.3-3.5x) to K/O = 11; break-even near K/O = 18-22
