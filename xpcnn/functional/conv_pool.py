@@ -29,9 +29,10 @@ from .conv import (
 from .pool import PoolGeometry, _averaging, avg_pool2d_backward_kernel
 
 # Fused is faster while the columns have at most this many rows per output channel
-# (kh*kw*C/G <= 8 * O/G). Measured with benchmarks/bench_conv_pool.py (NumPy, 2 threads): fused
-# won from K/O = 0.6 (notebook network: 2.3-3.5x) to K/O = 11; break-even near K/O = 18-22
-# and 0.65x at K/O = 72, where pooling the columns costs more than the smaller matmul saves.
+# (kh*kw*C/G <= 8 * O/G). Measured by benchmarks/bench_conv_pool.py (NumPy, 2 threads; output in
+# benchmarks/results/conv_pool_threads2.txt), forward + backward of the pair: fused 1.3-4.0x
+# faster at up to 2.2 rows per channel (the notebook network has 0.6), 1.07-1.28x at 5.4, even
+# at 9-11 and 0.74-0.98x beyond, where pooling the tall columns costs what the smaller matmul saves.
 _MAX_ROWS_PER_CHANNEL = 8
 
 

@@ -1,0 +1,113 @@
+"""Conv2D then AvgPool2D: the two ops against the fused op (the pool applied to the im2col
+columns, then the weight; xpcnn/functional/conv_pool.py). The measurements behind the rule in
+``conv_pool.fuses``: fuse while the columns have at most 8 rows per output channel
+(kh*kw*C/G <= 8*O/G).
+
+    python benchmarks/bench_conv_pool.py [--threads 2] [--repeats 15]     # ~1 minute
+
+Per shape (N, C -> O, H x W, 3x3 valid conv, 2x2 average pool), float32 on NumPy: milliseconds
+for one forward and backward of the pair (weight gradient always; the input gradient as the
+first layer of a network skips it, and with it), the median of --repeats calls, the two
+contenders alternating. Also the float64 relative difference between the two (they are the
+same math in a different order, so it is rounding only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
+
+from benchmarks import harness  # noqa: E402
+
+SHAPES = [(64, 1, 16, 28), (1000, 1, 16, 28), (1, 1, 16, 28), (64, 1, 4, 28), (64, 3, 32, 28), (64, 3, 5, 28),
+          (64, 6, 5, 28), (64, 12, 5, 28), (64, 8, 64, 14), (64, 16, 64, 14), (64, 32, 32, 14), (64, 16, 8, 14),
+          (64, 32, 8, 14), (64, 64, 8, 14), (8, 3, 5, 28)]
+
+
+def pair_step(n, c, o, h, input_grad, fused, dtype=np.float32, seed=0):
+    """A closure running one forward + backward of conv 3x3 then avg pool 2, and its outputs."""
+    import xpcnn
+    from xpcnn.functional import conv as C
+    from xpcnn.functional import conv_pool as F
+    from xpcnn.functional import pool as P
+
+    xpcnn.keep_freed_memory()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, h)).astype(dtype)
+    w = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    conv = C.conv2d_geometry(x.shape, w.shape)
+    pool = P.pool_geometry((n, o, *conv.out_hw), 2)
+    grad_y = rng.standard_normal((n, o, *pool.out_hw)).astype(dtype)
+
+    def two_ops():
+        y, cols = C.conv2d_kernel(np, x, w, b, conv)
+        out = P.avg_pool2d_kernel(np, y, pool)
+        grad_conv = P.avg_pool2d_backward_kernel(np, grad_y, conv.out_hw, pool)
+        return (out, *C.conv2d_backward_kernel(np, grad_conv, x, w, conv, bias=True, cols=cols, input_grad=input_grad))
+
+    def one_op():
+        out, pooled = F.conv2d_avg_pool2d_kernel(np, x, w, b, conv, pool)
+        return (out, *F.conv2d_avg_pool2d_backward_kernel(np, grad_y, x, w, conv, pool, bias=True, pooled=pooled,
+                                                          input_grad=input_grad))
+    return one_op if fused else two_ops
+
+
+def timed(fns, repeats):
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    harness.set_threads(args.threads, torch_too=False)
+    env = harness.environment(args.threads, "numpy", None)
+    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
+          f"commit {env['commit']}; BLAS: {'; '.join(env['blas'])}")
+    from xpcnn.functional import conv_pool
+    from xpcnn.functional.conv import conv2d_geometry
+    from xpcnn.functional.pool import pool_geometry
+
+    load = harness.LoadMonitor()
+    print("\nms per forward + backward, float32, median of rounds; ratio > 1: fused faster; rows/ch = kh*kw*C / O")
+    print(f"{'N, C -> O, H':<22} {'rows/ch':>7} {'no input grad':>22} {'with input grad':>24} {'rule':>6} {'f64 diff':>9}")
+    for n, c, o, h in SHAPES:
+        cells = []
+        for input_grad in (False, True):
+            two, one = timed([pair_step(n, c, o, h, input_grad, False), pair_step(n, c, o, h, input_grad, True)],
+                             args.repeats)
+            cells.append(f"{two:7.3f}/{one:7.3f} {two / one:5.2f}x")
+        w_shape = (o, c, 3, 3)
+        conv = conv2d_geometry((n, c, h, h), w_shape)
+        rule = conv_pool.fuses(w_shape, conv, pool_geometry((n, o, *conv.out_hw), 2))
+        ref = pair_step(min(n, 8), c, o, h, True, False, np.float64)()
+        got = pair_step(min(n, 8), c, o, h, True, True, np.float64)()
+        diff = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a))) for a, b in zip(ref, got))
+        print(f"{f'{n}, {c} -> {o}, {h}':<22} {9 * c / o:>7.1f} {cells[0]:>22} {cells[1]:>24} "
+              f"{'fuse' if rule else 'two':>6} {diff:>9.1e}")
+    other = load.other_cpus()
+    if other is not None:
+        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
