@@ -162,10 +162,10 @@ def _label_smoothing(value: Any) -> float:
 # ---------------------------------------------------------------- the step
 
 
-def _step(model, xp, xb, yb, label_smoothing: float):
+def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True):
     """Forward (training mode), loss and gradient, backward. Returns device arrays
-    ``(guard, loss, correct)``: ``guard`` is non-finite when the loss or any gradient is.
-    Nothing is read back to the host here."""
+    ``(guard, loss, correct)`` (``(guard, loss)`` without ``accuracy``): ``guard`` is non-finite
+    when the loss or any gradient is. Nothing is read back to the host here."""
     logits = model._forward_checked(xp, xb, True)
     loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)  # labels were checked by the caller
     model._backward_checked(xp, grad)
@@ -173,6 +173,8 @@ def _step(model, xp, xb, yb, label_smoothing: float):
     # the loss or any gradient makes the guard non-finite.
     grads = [xp.reshape(g, (-1,)) for layer in model.layers for g in layer.grads.values()]
     guard = loss + xp.sum(xp.concat(grads)) if grads else loss
+    if not accuracy:
+        return xp.stack([guard, loss])
     correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
     return xp.stack([guard, loss, correct])
 
@@ -239,7 +241,7 @@ def loss_and_grad(model, x, y, *, label_smoothing: float = 0.0):
     """Forward in training mode, mean softmax cross-entropy and backward on one checked batch
     (fills every ``layer.grads``); returns the loss as a 0-d array. No update."""
     xp = _checked_batch(model, x, y)
-    return _step(model, xp, x, y, _label_smoothing(label_smoothing))[1]
+    return _step(model, xp, x, y, _label_smoothing(label_smoothing), accuracy=False)[1]
 
 
 def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> float:
@@ -249,7 +251,7 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
     _check_optimizer(optimizer)
     label_smoothing = _label_smoothing(label_smoothing)
     xp = _checked_batch(model, x, y)
-    guard, loss, _ = to_numpy(_step(model, xp, x, y, label_smoothing)).tolist()
+    guard, loss = to_numpy(_step(model, xp, x, y, label_smoothing, accuracy=False)).tolist()
     if not math.isfinite(guard):
         err = _non_finite(model, x, loss, 0, 0, updated=False)
         if err is not None:

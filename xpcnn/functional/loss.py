@@ -83,9 +83,13 @@ def cross_entropy_kernel(xp, logits, labels, label_smoothing=0.0):
     already checked. Reads nothing back to the host, so a compiled step (:mod:`xpcnn.jit`)
     can trace it."""
     n, k = logits.shape
-    log_p = log_softmax(logits, axis=1)
+    # log_softmax written out so the softmax reuses its exponentials (e / sum e, not exp(log p)).
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    exp = xp.exp(shifted)
+    total = xp.sum(exp, axis=1, keepdims=True)
+    log_p = shifted - xp.log(total)
     target = _target(xp, labels, k, logits.dtype, label_smoothing)
-    return -xp.sum(log_p * target) / n, (xp.exp(log_p) - target) / n
+    return xp.sum(log_p * target) * (-1.0 / n), (exp / total - target) * (1.0 / n)
 
 
 def _target(xp, labels, k: int, dtype, label_smoothing: float):
