@@ -66,6 +66,8 @@ from .functional.pool import (
     max_pool2d_backward_kernel,
     max_pool2d_kernel,
     pool_geometry,
+    relu_max_pool2d_backward_kernel,
+    relu_max_pool2d_kernel,
 )
 
 
@@ -147,6 +149,13 @@ class Layer:
     def _backward(self, xp, grad_y, input_grad: bool):
         """The backward body of the last :meth:`_forward`, grad_y of the built output shape."""
         raise LayerNotImplementedError(f"{type(self).__name__}: a layer must override backward(grad_y, *, input_grad=True) (or _backward)")
+
+    def _fuses_with(self, following: Layer) -> bool:
+        """Whether this layer and ``following`` run as one op in a container (:func:`_forward_chain`);
+        a layer that says so has ``_forward_fused(xp, x, following, training)`` (the output of
+        ``following``) and ``_backward_fused(xp, grad_y, input_grad)`` (the gradient of this
+        layer's input). Each layer's own forward and backward keep working on their own."""
+        return False
 
     def run_forward(self, xp, x, training: bool):
         """What a container calls on a checked batch: the body, or a user's public override."""
@@ -357,9 +366,9 @@ class Conv2D(_Conv):
         return (type(self) is Conv2D and type(pool) is AvgPool2D and "weight" in self.params
                 and fuses(tuple(self.params["weight"].shape), self._geometry, pool._geometry))
 
-    def _forward_pooled(self, xp, x, pool: AvgPool2D):
+    def _forward_fused(self, xp, x, pool: AvgPool2D, training):
         """avg_pool2d(conv2d(x)) for this layer and ``pool``: the output of ``pool``. The conv's own
-        output is never made; :meth:`_backward_pooled` runs both backwards (each layer's own
+        output is never made; :meth:`_backward_fused` runs both backwards (each layer's own
         backward still works too)."""
         y, pooled = conv2d_avg_pool2d_kernel(xp, x, self.params["weight"], self.params.get("bias"), self._geometry,
                                              pool._geometry)
@@ -368,7 +377,7 @@ class Conv2D(_Conv):
         pool._cache = (self._geometry.out_hw,)
         return _remember_output(pool, y)
 
-    def _backward_pooled(self, xp, grad_y, input_grad):
+    def _backward_fused(self, xp, grad_y, input_grad):
         """The gradient of this conv's input for grad_y of the pool's output; fills ``grads``."""
         cache = self._cached()
         if not isinstance(cache, _Pooled):
@@ -493,8 +502,21 @@ class MaxPool2D(_Pool2D):
         return _remember_output(self, y)
 
     def _backward(self, xp, grad_y, input_grad):
-        x, y, saved = self._cached()
+        cache = self._cached()
+        if isinstance(cache, _AfterReLU):
+            # The last forward ran fused with the ReLU before it, which never made this layer's
+            # input: made here, for a caller of this layer's own backward.
+            x = relu_kernel(xp, cache.x)
+            y, saved = max_pool2d_kernel(xp, x, self._geometry)
+        else:
+            x, y, saved = cache
         return max_pool2d_backward_kernel(xp, grad_y, x, self._geometry, y, saved)
+
+
+class _AfterReLU(NamedTuple):
+    """A MaxPool2D's cache after a forward fused with the ReLU before it: the ReLU's input."""
+
+    x: Any
 
 
 class GlobalAvgPool2D(Layer):
@@ -576,6 +598,38 @@ class ReLU(_Elementwise):
     """max(x, 0)."""
 
     _kernel, _gradient = staticmethod(relu_kernel), staticmethod(relu_backward_kernel)
+
+    def _fuses_with(self, pool: Layer) -> bool:
+        """ReLU then MaxPool2D run as max pooling then ReLU on the pooled values (they commute:
+        both are monotone), the built-in classes only."""
+        return type(self) is ReLU and type(pool) is MaxPool2D
+
+    def _forward_fused(self, xp, x, pool: MaxPool2D, training):
+        """relu(max_pool2d(x)): the output of ``pool``; the ReLU runs on the pooled values only."""
+        y, pooled, saved = relu_max_pool2d_kernel(xp, x, pool._geometry)
+        self._last_out_shape = tuple(x.shape)
+        self._cache = _ReLUPooled(x, pool._geometry, pooled, saved)
+        pool._cache = _AfterReLU(x)
+        return _remember_output(pool, y)
+
+    def _backward_fused(self, xp, grad_y, input_grad):
+        """The gradient of this layer's input for grad_y of the pool's output."""
+        cache = self._cached()
+        return relu_max_pool2d_backward_kernel(xp, grad_y, cache.x, cache.pool, cache.pooled, cache.saved)
+
+    def _backward(self, xp, grad_y, input_grad):
+        cache = self._cached()
+        x = cache.x if isinstance(cache, _ReLUPooled) else cache[0]
+        return relu_backward_kernel(xp, grad_y, x)
+
+
+class _ReLUPooled(NamedTuple):
+    """What a ReLU run fused with the MaxPool2D after it keeps for the backward."""
+
+    x: Any
+    pool: Any  # the pool's geometry
+    pooled: Any  # max_pool2d(x), before the ReLU
+    saved: Any  # the window taps of x
 
 
 class LeakyReLU(_Elementwise):
@@ -894,14 +948,15 @@ class Residual(Layer):
 
 
 def _forward_chain(xp, layers, x, training: bool) -> tuple[Any, tuple[int, ...]]:
-    """Run ``layers`` in order on a checked batch -> (output, the indices of the Conv2D layers run
-    fused with the AvgPool2D after them). What every container (Sequential, Residual) calls."""
+    """Run ``layers`` in order on a checked batch -> (output, the indices of the layers run fused
+    with the layer after them: Conv2D then AvgPool2D, ReLU then MaxPool2D; see
+    :meth:`Layer._fuses_with`). What every container (Sequential, Residual) calls."""
     fused = []
     i = 0
     while i < len(layers):
         layer = layers[i]
-        if i + 1 < len(layers) and isinstance(layer, Conv2D) and layer._fuses_with(layers[i + 1]):
-            x = layer._forward_pooled(xp, x, layers[i + 1])
+        if i + 1 < len(layers) and layer._fuses_with(layers[i + 1]):
+            x = layer._forward_fused(xp, x, layers[i + 1], training)
             fused.append(i)
             i += 2
         else:
@@ -916,7 +971,7 @@ def _backward_chain(xp, layers, grad_y, input_grad: bool, fused: tuple[int, ...]
     i = len(layers) - 1
     while i >= 0:
         if i - 1 in fused:
-            grad_y = layers[i - 1]._backward_pooled(xp, grad_y, input_grad or i > 1)
+            grad_y = layers[i - 1]._backward_fused(xp, grad_y, input_grad or i > 1)
             i -= 2
         else:
             grad_y = layers[i].run_backward(xp, grad_y, input_grad or i > 0)

@@ -18,6 +18,7 @@ from .._validate import Padding, check_float, check_grad, check_ndim, namespace,
 from ..backend import device_of, is_traced
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
+from .activation import relu_backward_kernel, relu_kernel
 
 
 class PoolGeometry(NamedTuple):
@@ -252,6 +253,26 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
             check_grad(t, f"taps[{i}]", x, out, "x")
         check_grad(y, "y", x, out, "x")
     return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
+
+
+# ---------------------------------------------------------------- ReLU then max
+
+
+def relu_max_pool2d_kernel(xp, x, geometry: PoolGeometry):
+    """max_pool2d(relu(x)) on a checked input as relu(max_pool2d(x)): both are monotone, so they
+    commute, and the ReLU then runs on the pooled (kh*kw times smaller) values. Every window
+    holds at least one input cell (padding <= kernel // 2), so the -inf padding changes nothing.
+    Returns (y, the pooled values before the ReLU, the window taps) for the backward."""
+    pooled, taps = max_pool2d_kernel(xp, x, geometry)
+    return relu_kernel(xp, pooled), pooled, taps
+
+
+def relu_max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, pooled, taps):
+    """grad_x of :func:`relu_max_pool2d_kernel`, as PyTorch's ReLU then MaxPool2d: a window whose
+    maximum m is positive sends its gradient to the first cell equal to m (the first maximum
+    of relu(x) too, and there x > 0); a window with m <= 0 sends it to a cell with x <= 0,
+    which the ReLU zeroes. So: the ReLU's mask on the pooled values, then max pooling's backward."""
+    return max_pool2d_backward_kernel(xp, relu_backward_kernel(xp, grad_y, pooled), x, geometry, pooled, taps)
 
 
 # ---------------------------------------------------------------- global average

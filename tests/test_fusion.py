@@ -1,9 +1,10 @@
-"""A Conv2D followed by an AvgPool2D runs as one op (xpcnn.functional.conv_pool): the pool applied
-to the im2col columns, then the weight. Checked against PyTorch autograd (float64: output,
-input gradient, every parameter gradient) for networks where the pair fuses, in a Sequential
-and inside a Residual block, and where it must not (a padded or ceil_mode pool, where the bias
-would not pass through the average). Each case also asserts whether the fused path ran, so a
-silently disabled fusion fails here."""
+"""Layer pairs a container runs as one op (xpcnn.layers._forward_chain): Conv2D then AvgPool2D
+(xpcnn.functional.conv_pool: the pool applied to the im2col columns, then the weight) and ReLU
+then MaxPool2D (max pooling, then the ReLU on the pooled values). Checked against PyTorch
+autograd (float64: output, input gradient, every parameter gradient) for networks where the
+pairs fuse, in a Sequential and inside a Residual block, and where they must not (a padded or
+ceil_mode average pool, where the bias would not pass through the average). Each case also
+asserts which pairs ran fused, so a silently disabled fusion fails here."""
 
 import numpy as np
 import pytest
@@ -38,6 +39,15 @@ def networks():
                                                    nn.Linear(6 * 5 * 5, 10)), (1, 10, 10), ()
     yield "ceil_mode pool (not fused)", nn.Sequential(nn.Conv2d(1, 6, 3), nn.AvgPool2d(2, ceil_mode=True),
                                                       nn.Flatten(), nn.Linear(6 * 5 * 5, 10)), (1, 11, 11), ()
+    # ReLU then MaxPool2D: the default network's pattern, twice.
+    yield "relu max pool", nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3),
+                                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 5 * 5, 10)), \
+        (1, 28, 28), (1, 4)
+    yield "relu max pool: overlapping, padded, ceil_mode", nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 10)), (2, 12, 12), (1,)
+    yield "max pool then relu (not fused)", nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.ReLU(),
+                                                          nn.Flatten(), nn.Linear(4 * 4 * 4, 10)), (1, 10, 10), ()
 
 
 CASES = list(networks())
@@ -90,6 +100,28 @@ def test_inside_a_residual_block():
         got = layer.grads[name]
         got = got.T if isinstance(layer, layers.Dense) and name == "weight" else got
         assert relative_error(got, torch_params[key].grad.numpy()) <= FLOAT64_RTOL, f"gradient of {key}"
+
+
+def test_relu_max_pool_ties_go_where_torch_sends_them():
+    """Windows of equal values (the ReLU makes many: negative inputs become 0) and windows whose
+    maximum is repeated: PyTorch sends each window's gradient to its first maximum of relu(x),
+    and the ReLU then zeroes it where x <= 0."""
+    net = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()).double()
+    model = interop.from_torch(net, (2, 6, 6), dtype="float64", backend="numpy")
+    rng = np.random.default_rng(6)
+    x = rng.integers(-2, 3, (4, 2, 6, 6)).astype(np.float64)  # many ties, zeros and negatives
+    grad_y = rng.standard_normal((4, 2 * 3 * 3))
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt).backward(torch.from_numpy(grad_y))
+    y = model.forward(x, training=True)
+    assert model._fused == (0,)
+    grad_x = model.backward(grad_y, input_grad=True)
+    assert np.array_equal(y, net(xt).detach().numpy())
+    assert np.array_equal(grad_x, xt.grad.numpy())
+    # Each layer's own backward after the fused forward: the unfused chain's gradients.
+    relu, pool = model.layers[:2]
+    grad_pool_in = pool.backward(np.reshape(grad_y, (4, 2, 3, 3)))
+    assert np.array_equal(relu.backward(grad_pool_in), grad_x)
 
 
 def test_float32_within_the_per_op_tolerance_of_float64():
