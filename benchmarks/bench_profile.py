@@ -5,7 +5,8 @@
 For the deep, default and resnet8 networks at batch 64 (benchmarks/harness.py: mnist5k,
 float32, SGD lr 0.05): after a warm-up, ``--steps`` calls of ``model.train_step`` with a clock
 around each top-level layer's forward and backward (``run_forward`` / ``run_backward``; a
-residual block counts as one layer), then the same number of PyTorch steps. Each figure is the
+residual block counts as one layer; a pair of layers the model runs as one op, Conv2D+AvgPool2D
+or ReLU+MaxPool2D, is one row), then the same number of PyTorch steps. Each figure is the
 median over the steps, in milliseconds; "rest" is the step minus its layers (loss, optimizer
 update, checks), per step. The clocks themselves cost a few microseconds per layer.
 """
@@ -47,13 +48,21 @@ def profile(net: str, batch: int, steps: int, images, labels) -> tuple[list, flo
     labels_of = []
     per_step = collections.defaultdict(list)
     times = collections.defaultdict(float)
-    for i, layer in enumerate(model.layers):
+    layers = model.layers
+    for i, layer in enumerate(layers):
         label = f"{i:>2} {type(layer).__name__}"
+        # A pair the model runs as one op (Conv2D+AvgPool2D, ReLU+MaxPool2D) is one row.
+        if i + 1 < len(layers) and layer._fuses_with(layers[i + 1]):
+            label += f"+{type(layers[i + 1]).__name__}"
+        elif i > 0 and layers[i - 1]._fuses_with(layer):
+            continue
         labels_of.append(label)
-        for method, kind in (("run_forward", "fwd"), ("run_backward", "bwd")):
-            if not hasattr(layer, method):
+        for method, kind in (("run_forward", "fwd"), ("run_backward", "bwd"), ("_forward_fused", "fwd"),
+                             ("_backward_fused", "bwd")):
+            if hasattr(layer, method):
+                timed(layer, method, (label, kind), times)
+            elif method.startswith("run_"):
                 raise harness.Unavailable(f"{type(layer).__name__} has no {method}: the layer API changed")
-            timed(layer, method, (label, kind), times)
     for _ in range(3):
         work.step()
     step_ms, rest_ms = [], []
