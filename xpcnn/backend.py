@@ -404,6 +404,26 @@ def is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+_CONSTANTS: dict = {}
+
+
+def constant(xp: ModuleType, like: Any, name: str, make) -> Any:
+    """The array ``make(xp, dtype, device)`` for ``like``'s library, dtype and device, made once
+    and kept under ``name`` (a small constant a kernel needs every step: one operation fewer per
+    use, one kernel launch fewer on a GPU). Never kept when ``like`` is a ``jax.jit`` tracer:
+    what is made under a trace belongs to that trace."""
+    dtype, device = like.dtype, device_of(like)
+    if is_traced(like):
+        return make(xp, dtype, device)
+    key = (name, type(like), str(dtype), str(device))
+    value = _CONSTANTS.get(key)
+    if value is None:
+        if len(_CONSTANTS) > 1024:  # bounded: the keys are a few per network and backend
+            _CONSTANTS.clear()
+        value = _CONSTANTS[key] = make(xp, dtype, device)
+    return value
+
+
 def library_of(x: Any, name: str = "x") -> str:
     """The backend name of array ``x`` ("numpy", "cupy", "torch", "jax", "array_api_strict");
     ``name`` is the argument an error names."""

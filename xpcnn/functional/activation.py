@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from .._validate import check_float, check_grad, namespace
-from ..backend import device_of
+from ..backend import constant
 from ..errors import ArgumentError, ShapeError
 
 
@@ -27,9 +27,13 @@ def relu(x):
     return relu_kernel(xp, x)
 
 
+def _zero(xp, dtype, device):
+    return xp.zeros((), dtype=dtype, device=device)
+
+
 def relu_kernel(xp, x):
     # maximum, not where: one SIMD ufunc on NumPy, ~10x faster.
-    return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x)))
+    return xp.maximum(x, constant(xp, x, "zero", _zero))
 
 
 def relu_backward(grad_y, x):

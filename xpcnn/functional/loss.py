@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from .._validate import check_float, check_ndim, check_nonempty, namespace, positive_int
-from ..backend import device_of
+from ..backend import constant, device_of
 from ..errors import ArgumentError, DataError, LabelError
 from .activation import log_softmax
 
@@ -94,7 +94,7 @@ def cross_entropy_kernel(xp, logits, labels, label_smoothing=0.0):
 
 def _target(xp, labels, k: int, dtype, label_smoothing: float):
     """(N, K) targets: one-hot, smoothed towards label_smoothing / K."""
-    classes = xp.arange(k, dtype=labels.dtype, device=device_of(labels))
+    classes = constant(xp, labels, f"arange {k}", lambda xp, dtype, device: xp.arange(k, dtype=dtype, device=device))
     target = xp.astype(labels[:, None] == classes, dtype)
     return target * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else target
 
