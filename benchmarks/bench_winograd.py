@@ -5,6 +5,7 @@ xpcnn/functional/winograd.py.
     python benchmarks/bench_winograd.py                  # ~5 minutes; --quick: ~1 minute
     python benchmarks/bench_winograd.py --backend cupy   # the same table for another backend
     python benchmarks/bench_winograd.py --threads 1 --clock cpu   # CPU time: robust on a busy machine
+    python benchmarks/bench_winograd.py --network resnet8 --threads 2  # whole steps: rule vs im2col
 
 1. Accuracy (float32 against float64, numpy): for F(2x2, 3x3), F(4x4, 3x3) and im2col, the
    worst ratio of |error| to the parity suite's float32 per-op bound (1e-5 + 1e-4 |ref|, <= 1
@@ -57,7 +58,44 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="3 rounds, a smaller grid")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall-clock time (default) or this process's CPU time (use with --threads 1)")
+    parser.add_argument("--network", choices=harness.NETS,
+                        help="instead of the tables: whole training steps of this network (batch 64, NumPy) with "
+                             "the rule's dispatch against im2col everywhere, alternating rounds")
     return parser.parse_args(argv)
+
+
+def network_check(net: str, threads: int, repeats: int) -> None:
+    """Whole ``train_step``s of ``net`` with the rule's dispatch and with im2col everywhere,
+    alternating rounds of ~1.5 s; images/s medians. Per-op timings (the tables) can mislead
+    when a layer's cost depends on what ran before it (caches, BLAS threads)."""
+    from xpcnn.functional import conv
+
+    images, labels = harness.load_images()
+    work = harness.xpcnn_workload(harness.build_xpcnn(net), images, labels, 64)
+    rule = (conv.winograd_applicable, conv.winograd_input_grad_applicable)
+    never = (lambda *a: False, lambda *a: False)
+
+    def run(dispatch, seconds=1.5):
+        conv.winograd_applicable, conv.winograd_input_grad_applicable = dispatch
+        work.step()
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            work.step()
+            steps += 1
+        return steps * 64 / (time.perf_counter() - t0)
+
+    try:
+        speeds = {"rule": [], "im2col": []}
+        for _ in range(repeats):
+            speeds["rule"].append(run(rule))
+            speeds["im2col"].append(run(never))
+    finally:
+        conv.winograd_applicable, conv.winograd_input_grad_applicable = rule
+    median = {k: float(np.median(v)) for k, v in speeds.items()}
+    print(f"{net} network, batch 64, train_step, {threads} thread(s), {repeats} alternating rounds of ~1.5 s:")
+    for k, v in speeds.items():
+        print(f"  {k:<8} {median[k]:8.1f} img/s (median; {min(v):.1f}..{max(v):.1f})")
+    print(f"  rule / im2col everywhere: {median['rule'] / median['im2col']:.3f}x")
 
 
 def shapes(quick: bool):
@@ -218,6 +256,11 @@ def main(argv=None) -> int:
     env = harness.environment(args.threads, args.backend, None)
     print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
           f"xpcnn backend {args.backend}, commit {env['commit']}; BLAS: {'; '.join(env['blas']) or '?'}\n")
+    if args.network:
+        os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
+        xpcnn.keep_freed_memory()
+        network_check(args.network, args.threads, args.repeats)
+        return 0
     print_accuracy(accuracy_rows())
     load = harness.LoadMonitor()
     xp = xpcnn.namespace_of(xpcnn.to_device(np.zeros(1, np.float32), args.backend))
