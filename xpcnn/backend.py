@@ -415,8 +415,12 @@ def constant(xp: ModuleType, like: Any, name: str, make) -> Any:
     dtype, device = like.dtype, device_of(like)
     if is_traced(like):
         return make(xp, dtype, device)
-    key = (name, type(like), str(dtype), str(device))
-    value = _CONSTANTS.get(key)
+    key = (name, type(like), dtype, device)
+    try:
+        value = _CONSTANTS.get(key)
+    except TypeError:  # a library whose dtype or device does not hash: by their names
+        key = (name, type(like), str(dtype), str(device))
+        value = _CONSTANTS.get(key)
     if value is None:
         if len(_CONSTANTS) > 1024:  # bounded: the keys are a few per network and backend
             _CONSTANTS.clear()
