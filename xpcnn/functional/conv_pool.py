@@ -30,9 +30,9 @@ from .pool import PoolGeometry, _averaging, avg_pool2d_backward_kernel
 
 # Fused is faster while the columns have at most this many rows per output channel
 # (kh*kw*C/G <= 8 * O/G). Measured by benchmarks/bench_conv_pool.py (NumPy, 2 threads; output in
-# benchmarks/results/conv_pool_threads2.txt), forward + backward of the pair: fused 1.3-4.0x
-# faster at up to 2.2 rows per channel (the notebook network has 0.6), 1.07-1.28x at 5.4, even
-# at 9-11 and 0.74-0.98x beyond, where pooling the tall columns costs what the smaller matmul saves.
+# benchmarks/results/conv_pool_threads2.txt), forward + backward of the pair: fused 1.06-4.6x
+# faster at up to 2.2 rows per channel (the notebook network has 0.6), 0.90-1.20x at 5.4, and
+# 0.93-1.24x from 9 to 72, where pooling the tall columns costs about what the smaller matmul saves.
 _MAX_ROWS_PER_CHANNEL = 8
 
 
