@@ -173,3 +173,17 @@ def test_fuses_only_when_exact_and_faster(kernel, stride, padding, ceil_mode, w_
     conv = conv2d_geometry((1, w_shape[1], 11, 11), w_shape)
     pooled = pool.pool_geometry((1, w_shape[0], *conv.out_hw), kernel, stride, padding, ceil_mode=ceil_mode)
     assert conv_pool.fuses(w_shape, conv, pooled) is expected
+
+
+def test_a_layer_forwarded_alone_after_the_model_is_named_not_mixed_up():
+    """model.forward fuses a pair; a layer then run alone replaces its cache; the model's backward
+    then says so instead of mixing the two forwards."""
+    from xpcnn.errors import NotBuiltError
+
+    for net, shape in [(CASES[0][1], (1, 28, 28)), (nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()), (2, 6, 6))]:
+        model = interop.from_torch(net.double(), shape, dtype="float64", backend="numpy")
+        x = np.random.default_rng(7).standard_normal((2, *shape))
+        y = model.forward(x, training=True)
+        model.layers[0].forward(x)
+        with pytest.raises(NotBuiltError, match="did not run fused"):
+            model.backward(np.ones_like(y))

@@ -615,6 +615,8 @@ class ReLU(_Elementwise):
     def _backward_fused(self, xp, grad_y, input_grad):
         """The gradient of this layer's input for grad_y of the pool's output."""
         cache = self._cached()
+        if not isinstance(cache, _ReLUPooled):
+            raise NotBuiltError(f"{type(self).__name__}: the last forward did not run fused with a pool")
         return relu_max_pool2d_backward_kernel(xp, grad_y, cache.x, cache.pool, cache.pooled, cache.saved)
 
     def _backward(self, xp, grad_y, input_grad):
