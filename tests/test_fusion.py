@@ -180,7 +180,8 @@ def test_a_layer_forwarded_alone_after_the_model_is_named_not_mixed_up():
     then says so instead of mixing the two forwards."""
     from xpcnn.errors import NotBuiltError
 
-    for net, shape in [(CASES[0][1], (1, 28, 28)), (nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()), (2, 6, 6))]:
+    relu_pool = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+    for net, shape in [(CASES[0][1], (1, 28, 28)), (relu_pool, (2, 6, 6))]:
         model = interop.from_torch(net.double(), shape, dtype="float64", backend="numpy")
         x = np.random.default_rng(7).standard_normal((2, *shape))
         y = model.forward(x, training=True)
