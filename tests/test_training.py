@@ -340,3 +340,57 @@ def test_prefetch_off_cuda_is_a_plain_copy(spec):
     np.testing.assert_array_equal(xpcnn.to_numpy(got), host)
     host[0, 0] = 99.0  # a copy, not a view of the caller's buffer
     assert float(xpcnn.to_numpy(got)[0, 0]) == 0.0
+
+
+# ---------------------------------------------------------------- train_step: one host read
+
+
+def _bn_dropout_model():
+    model = xpcnn.Sequential([layers.Conv2D(4, 3), layers.BatchNorm2D(), layers.ReLU(), layers.Dropout(0.5, seed=1),
+                              layers.Flatten(), layers.Dense(3)])
+    return model.build((1, 10, 10), dtype="float64", backend="numpy", seed=0)
+
+
+@pytest.mark.parametrize("bad", ["labels", "nan", "inf"])
+def test_a_rejected_train_step_leaves_the_model_as_it_was(bad):
+    """train_step checks the values on the device with its one read; a failed check raises
+    before the update and puts back what the training forward changed (BatchNorm running
+    statistics, dropout counters)."""
+    model = _bn_dropout_model()
+    x, y = blobs(8)
+    sgd = optim.SGD(lr=0.1)
+    model.train_step(x, y, sgd)
+    weights, buffers = [np.array(w) for w in model.get_weights()], [np.array(b) for b in model.get_buffers()]
+    states = model.layer_states()
+    if bad == "labels":
+        y = y.copy()
+        y[3] = 3
+    else:
+        x = x.copy()
+        x[2, 0, 4, 4] = float(bad)
+    with pytest.raises(LabelError if bad == "labels" else DataError, match="labels" if bad == "labels" else "x:"):
+        model.train_step(x, y, sgd)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(buffers, model.get_buffers()))
+    assert model.layer_states() == states
+    assert sgd.steps == 1
+
+
+def test_train_step_reads_the_host_once(torch, monkeypatch):
+    """On a device every read is a synchronisation: the loss, the NaN/Inf guard and the checks
+    of the batch's values come back together (counted on the torch backend: no scalar read,
+    one array read)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = small_model().build((1, 10, 10), dtype="float32", backend="torch", seed=0)
+    x, y = blobs(16, dtype="float32")
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    sgd = optim.SGD(lr=0.1)
+    model.train_step(x, y, sgd)
+    reads = []
+    real = training.to_numpy
+    monkeypatch.setattr(training, "to_numpy", lambda a: reads.append(1) or real(a))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.train_step(x, y, sgd)
+    assert sum(e.name == "aten::_local_scalar_dense" for e in prof.events()) == 0
+    assert len(reads) == 1

@@ -213,6 +213,17 @@ class Sequential:
 
     def check_input(self, x):
         """Check a batch against the built model once; returns its namespace."""
+        xp = self._check_input_layout(x)
+        # One fused reduction (~1% of a step) so NaN/Inf in the data is named here rather than
+        # surfacing as a NaN loss epochs later.
+        if not bool(xp.all(xp.isfinite(x))):
+            bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
+            raise DataError(f"x: expected finite values, got {bad} NaN/Inf among {math.prod(x.shape)} values in the batch; clean or mask the data")
+        return xp
+
+    def _check_input_layout(self, x):
+        """:meth:`check_input` without the values' check (no host read): array kind, library,
+        device, shape and dtype. Returns the namespace."""
         self._require_built()
         check_array(x, "x")
         first = next((p for layer in self.layers for p in layer.params.values()), None)
@@ -224,11 +235,6 @@ class Sequential:
             raise DataError("x: the batch is empty (N = 0)")
         if (x.dtype != first.dtype) if first is not None else (dtype_name(x.dtype) != self.dtype):
             raise DTypeError(f"x: expected dtype {self.dtype} (the model's), got {dtype_name(x.dtype)}; cast the input or build the model with that dtype")
-        # One fused reduction (~1% of a step) so NaN/Inf in the data is named here rather than
-        # surfacing as a NaN loss epochs later.
-        if not bool(xp.all(xp.isfinite(x))):
-            bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
-            raise DataError(f"x: expected finite values, got {bad} NaN/Inf among {math.prod(x.shape)} values in the batch; clean or mask the data")
         return xp
 
     def forward(self, x, *, training: bool = False):

@@ -46,8 +46,10 @@ from .errors import (
     NonFiniteError,
     NotBuiltError,
     ShapeError,
+    XpcnnError,
 )
-from .functional.loss import check_labels, cross_entropy_kernel
+from .functional.loss import check_label_layout, check_labels, count_bad_labels, cross_entropy_kernel
+from .layers import _walk
 from .optim import Adam, Optimizer
 
 DEFAULT_LR = 1e-3
@@ -162,10 +164,11 @@ def _label_smoothing(value: Any) -> float:
 # ---------------------------------------------------------------- the step
 
 
-def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True):
+def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extra=()):
     """Forward (training mode), loss and gradient, backward. Returns device arrays
-    ``(guard, loss, correct)`` (``(guard, loss)`` without ``accuracy``): ``guard`` is non-finite
-    when the loss or any gradient is. Nothing is read back to the host here."""
+    ``(guard, loss, correct, *extra)`` (no ``correct`` without ``accuracy``) stacked: ``guard``
+    is non-finite when the loss or any gradient is; ``extra``, 0-d arrays of the logits' dtype,
+    ride along in the same read. Nothing is read back to the host here."""
     logits = model._forward_checked(xp, xb, True)
     loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)  # labels were checked by the caller
     model._backward_checked(xp, grad)
@@ -174,9 +177,9 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True):
     grads = [xp.reshape(g, (-1,)) for layer in model.layers for g in layer.grads.values()]
     guard = loss + xp.sum(xp.concat(grads)) if grads else loss
     if not accuracy:
-        return xp.stack([guard, loss])
+        return xp.stack([guard, loss, *extra])
     correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
-    return xp.stack([guard, loss, correct])
+    return xp.stack([guard, loss, correct, *extra])
 
 
 def _first_non_finite(xp, arrays) -> str | None:
@@ -247,17 +250,50 @@ def loss_and_grad(model, x, y, *, label_smoothing: float = 0.0):
 def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> float:
     """One optimizer step on the batch-mean softmax cross-entropy of (x, y) in training mode:
     checks the batch and labels, runs :func:`_step` (the step of :func:`fit`), stops with
-    :class:`NonFiniteError` before a non-finite update, then updates. Returns the loss."""
+    :class:`NonFiniteError` before a non-finite update, then updates. Returns the loss.
+
+    One host read per step: the checks of the values (NaN/Inf in x, labels out of range) are
+    computed on the device and read with the loss. When one fails, the error is raised before
+    the update and the model is left as it was (BatchNorm statistics and dropout counters too)."""
     _check_optimizer(optimizer)
     label_smoothing = _label_smoothing(label_smoothing)
-    xp = _checked_batch(model, x, y)
-    guard, loss = to_numpy(_step(model, xp, x, y, label_smoothing, accuracy=False)).tolist()
-    if not math.isfinite(guard):
-        err = _non_finite(model, x, loss, 0, 0, updated=False)
-        if err is not None:
-            raise err
+    model._check_input_layout(x)
+    check_array(y, "labels")
+    xp = namespace(x=x, labels=y)
+    check_label_layout(xp, y, int(x.shape[0]))
+    states = _states(model)
+    # sum(x) is non-finite exactly when x holds NaN/Inf (or, rarely, when a finite sum
+    # overflows: then the checks below find nothing and the step goes on).
+    checks = (xp.sum(x), count_bad_labels(xp, y, model.output_shape[-1], x.dtype))
+    # NumPy would warn about the NaN/Inf that bad input makes inside the step; this function
+    # reports them itself (DataError, LabelError, NonFiniteError). errstate is local to this block.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        values = _step(model, xp, x, y, label_smoothing, accuracy=False, extra=checks)
+    guard, loss, x_sum, bad_labels = to_numpy(values).tolist()
+    if bad_labels or not (math.isfinite(x_sum) and math.isfinite(guard)):
+        try:
+            model.check_input(x)
+            check_labels(xp, y, int(x.shape[0]), model.output_shape[-1])
+            err = None if math.isfinite(guard) else _non_finite(model, x, loss, 0, 0, updated=False)
+            if err is not None:
+                raise err
+        except XpcnnError:
+            _restore_states(model, states)
+            raise
     optimizer.step(model)
     return loss
+
+
+def _states(model) -> list:
+    """What a training forward changes besides caches and gradients: each layer's buffers (new
+    arrays, so keeping the dict keeps the old ones) and state (dropout counters)."""
+    return [(layer, dict(layer.buffers), layer.get_state()) for _, layer in _walk(model.layers)]
+
+
+def _restore_states(model, states) -> None:
+    for layer, buffers, state in states:
+        layer.buffers.update(buffers)
+        layer.set_state(state)
 
 
 # ---------------------------------------------------------------- fit

@@ -11,13 +11,24 @@ from ..errors import ArgumentError, DataError, LabelError
 from .activation import log_softmax
 
 
-def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None):
-    """Labels must be an integer (N,) array with values in [0, num_classes) (or ``ignore_index``)."""
+def check_label_layout(xp, labels, n: int):
+    """Labels must be an integer (N,) array (no host read)."""
     if not hasattr(labels, "shape") or tuple(labels.shape) != (n,):
         got = f"shape {tuple(labels.shape)}" if hasattr(labels, "shape") else type(labels).__name__
         raise LabelError(f"labels: expected an integer array of shape ({n},) to match the batch, got {got}")
     if not xp.isdtype(labels.dtype, "integral"):
         raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
+
+
+def count_bad_labels(xp, labels, num_classes: int, dtype):
+    """How many labels lie outside [0, num_classes), as a 0-d array of ``dtype`` left on the
+    device (a caller reads it with its other results: no host read of its own)."""
+    return xp.sum(xp.astype((labels < 0) | (labels >= num_classes), dtype))
+
+
+def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None):
+    """Labels must be an integer (N,) array with values in [0, num_classes) (or ``ignore_index``)."""
+    check_label_layout(xp, labels, n)
     # One reduction (one host sync on a GPU) in the common, valid case; min/max only for the message.
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
