@@ -76,11 +76,13 @@ def main(argv=None) -> int:
           "(one epoch of 10 batches per call, per batch)")
     if default is not None:
         mine, theirs = default
-        met = mine.ops_per_step <= TARGET_OPS and mine.host_reads_per_step <= TARGET_READS
+        def verdict(value, target, what):
+            return f"{what} met" if value <= target else f"{what} NOT met (by {value - target:.3g})"
+
         print(f"\ndefault network, batch 64, train_step: {mine.ops_per_step:.3g} operations and "
               f"{mine.host_reads_per_step:.3g} host reads per step; target <= {TARGET_OPS} and <= {TARGET_READS}: "
-              + ("met" if met else f"NOT met (by {max(0.0, mine.ops_per_step - TARGET_OPS):.3g} operations and "
-                                   f"{max(0.0, mine.host_reads_per_step - TARGET_READS):.3g} host reads)"))
+              f"{verdict(mine.ops_per_step, TARGET_OPS, 'operations')}, "
+              f"{verdict(mine.host_reads_per_step, TARGET_READS, 'host reads')}")
         print("\n2. xpcnn train_step, default network, batch 64: every operation per step")
         print(harness.format_breakdown(mine))
         print("\n   the same for model.fit (per batch, one epoch of 10 batches per call)")
