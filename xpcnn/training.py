@@ -3,7 +3,9 @@
 :func:`train_step` (``Sequential.train_step``) and :func:`fit` run the same :func:`_step` code:
 forward in training mode, fused softmax cross-entropy and its gradient, backward, then one
 host read of (NaN-guard sum, loss, correct) before the optimizer update. ``train_step``
-validates its batch; ``fit`` validates the whole data set once and then runs the step unchecked.
+checks its batch's layout first and its values (NaN/Inf, labels in range) on the device, read
+with the loss (no accuracy); ``fit`` validates the whole data set once and then runs the step
+unchecked.
 
 Data stay where the caller put them (host NumPy, usually) and move to the model's backend one
 batch at a time with :func:`xpcnn.to_device`. Shuffles come from a host
