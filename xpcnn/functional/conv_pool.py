@@ -2,15 +2,16 @@
 
 Average pooling acts on spatial positions and the convolution's matmul on channels, so the two
 commute: pooling the im2col columns, then multiplying by the weight, gives the same output as
-pooling the convolution's output. The columns have kh*kw*C/G rows where the output has O, and
-the matmul then runs on kh*kw times fewer positions (2x2 pooling: 4x): on the notebook network
-(C=1, O=16, 3x3 kernel, 2x2 pool) the convolution's full-size output is never made. The
-weight gradient is the same identity read backwards: grad_y times the pooled columns.
+pooling the convolution's output. The pooling then runs on the columns' kh*kw*C/G rows instead
+of the output's O channels, and the matmul on the pooled positions only (2x2 pooling: 4x
+fewer): on the notebook network (C=1, O=16, 3x3 kernel, 2x2 pool) the convolution's full-size
+output is never made. The weight gradient is the same identity read backwards: grad_y times
+the pooled columns.
 
 The bias commutes only when every window averages kh*kw cells of the input (no padding, no
-``ceil_mode`` window running over): :func:`fuses` says when, and whether it is faster. Written on the same helpers as
-conv2d and avg_pool2d (the columns, the averaging matrices), so the numbers are those of the
-two ops up to float rounding order.
+``ceil_mode`` window running over): :func:`fuses` says when, and whether it is faster. Written
+on the same helpers as conv2d and avg_pool2d (the columns, the averaging matrices), so the
+numbers are those of the two ops up to float rounding order.
 """
 
 from __future__ import annotations
