@@ -8,7 +8,7 @@ fewer): on the notebook network (C=1, O=16, 3x3 kernel, 2x2 pool) the convolutio
 output is never made. The weight gradient is the same identity read backwards: grad_y times
 the pooled columns.
 
-The bias commutes only when every window averages kh*kw cells of the input (no padding, no
+The bias commutes only when every pool window averages its full size of real cells (no padding, no
 ``ceil_mode`` window running over): :func:`fuses` says when, and whether it is faster. Written
 on the same helpers as conv2d and avg_pool2d (the columns, the averaging matrices), so the
 numbers are those of the two ops up to float rounding order.
