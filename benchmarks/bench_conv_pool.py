@@ -104,9 +104,8 @@ def main(argv=None) -> int:
         diff = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a))) for a, b in zip(ref, got))
         print(f"{f'{n}, {c} -> {o}, {h}':<22} {9 * c / o:>7.1f} {cells[0]:>22} {cells[1]:>24} "
               f"{'fuse' if rule else 'two':>6} {diff:>9.1e}")
-    other = load.other_cpus()
-    if other is not None:
-        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run")
+    if (line := load.summary(env["cpu_count"])) is not None:
+        print(f"\n{line}")
     return 0
 
 

@@ -148,11 +148,11 @@ def main(argv=None) -> int:
     images, labels = harness.load_images()
     rows_b = batch_sweep(args, images, labels, with_torch)
     rows_s = size_sweep(args, with_torch)
-    other = load.other_cpus()
+    other, load_line = load.other_cpus(), load.summary(env["cpu_count"])
     print_table("training time per image vs batch size (28x28)", "batch", rows_b)
     print_table("training time per image vs image size (xpcnn/torch batch 64, notebook batch 1)", "image_size", rows_s)
-    if other is not None:
-        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run")
+    if load_line is not None:
+        print(f"\n{load_line}")
     if args.plot:
         subtitle = f"{env['cpu']}, threads: {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}"
         for path in plot(rows_b, rows_s, args.plot, subtitle):

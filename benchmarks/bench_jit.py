@@ -163,11 +163,8 @@ def main(argv=None) -> int:
     lines += table
     lines += ["", "vs numpy / vs torch: images/s ratio to xpcnn[numpy] / torch[cpu] in the same run (> 1: faster).",
               "first call of the jit step (trace + XLA compile, not timed above): " + "; ".join(compile_times)]
-    other = load.other_cpus()
-    if other is not None:
-        lines.append(f"other processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run"
-                     + (" (a shared machine: compare the ratios of one run, not absolute values)"
-                        if other > 0.2 else ""))
+    if (line := load.summary(env["cpu_count"])) is not None:
+        lines.append(line)
     report = "\n".join(lines)
     print(report)
     if args.out:

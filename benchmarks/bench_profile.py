@@ -120,9 +120,8 @@ def main(argv=None) -> int:
         print(f"{'xpcnn step':<22} {step:>18.2f}")
         if torch_ms is not None:
             print(f"{'PyTorch step':<22} {torch_ms:>18.2f}   (xpcnn / PyTorch images/s: {torch_ms / step:.2f}x)")
-    other = load.other_cpus()
-    if other is not None:
-        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run")
+    if (line := load.summary(env["cpu_count"])) is not None:
+        print(f"\n{line}")
     return 0
 
 

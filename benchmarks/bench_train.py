@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     memory = [] if args.no_memory else memory_children(args, rows)
 
     other = load.other_cpus()
+    load_line = load.summary(env["cpu_count"])
     print()
     print(harness.format_rows([row[:4] for row in rows]))
     print("images/s: median of rounds, higher is better; min..max: spread over rounds; ratios > 1: xpcnn faster.")
@@ -172,9 +173,8 @@ def main(argv=None) -> int:
     if memory:
         print("peak RSS: VmHWM of a fresh child running that contender alone (imports + data + training).\n")
         print_memory(memory)
-    if other is not None:
-        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the run"
-              + (" -- numbers are noisy; compare ratios from one run, not absolute values" if other > 0.2 else ""))
+    if load_line is not None:
+        print(f"\n{load_line}")
 
     if args.json:
         report = {"environment": env, "settings": {"repeats": args.repeats, "round_seconds": args.round_seconds,

@@ -274,9 +274,8 @@ def main(argv=None) -> int:
             print(f"  {shape} ...", file=sys.stderr, flush=True)
             rows.append((shape, speed_row(xp, args.backend, shape, 3 if args.quick else args.repeats, clock)))
     print_speed(rows)
-    other = load.other_cpus()
-    if other is not None:
-        print(f"\nother processes kept {other:.2f} of {env['cpu_count']} CPUs busy on average during the timings")
+    if (line := load.summary(env["cpu_count"], "the timings")) is not None:
+        print(f"\n{line}")
     return 0
 
 

@@ -203,6 +203,15 @@ class LoadMonitor:
                   for a in ("ru_utime", "ru_stime"))
         return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own
 
+    def summary(self, cpu_count, during: str = "the run") -> str | None:
+        """The line every result file ends with: how busy other processes kept the CPUs (a
+        warning when they were busy enough to make the numbers noisy), or None off Linux."""
+        other = self.other_cpus()
+        if other is None:
+            return None
+        return (f"other processes kept {other:.2f} of {cpu_count} CPUs busy on average during {during}"
+                + (" -- numbers are noisy; compare ratios from one run, not absolute values" if other > 0.2 else ""))
+
     def other_cpus(self) -> float | None:
         """Average number of CPUs busy with other processes since construction."""
         end = self._sample()

@@ -57,8 +57,24 @@ CASES = list(networks())
 def test_sequential_matches_torch_and_fuses_where_expected(net, shape, fused):
     torch.manual_seed(0)
     net = net.double()
+    model = check_against_torch(net, shape, seed=1)
+    assert model._fused == fused
+
+
+def test_inside_a_residual_block():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(2))
+    shortcut = nn.Sequential(nn.Conv2d(3, 6, 1), nn.AvgPool2d(2))
+    net = nn.Sequential(interop.TorchResidual(block, shortcut), nn.Flatten(), nn.Linear(6 * 4 * 4, 10)).double()
+    model = check_against_torch(net, (3, 8, 8), seed=2)
+    assert model.layers[0]._cache == ((0,), (0,))  # both branches ran fused
+
+
+def check_against_torch(net, shape, seed):
+    """Convert the float64 torch ``net``, run a training forward and a backward of random grad_y
+    through both, compare output, input gradient and every parameter gradient; returns the model."""
     model = interop.from_torch(net, shape, dtype="float64", backend="numpy")
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((5, *shape))
     grad_y = rng.standard_normal((5, 10))
     xt = torch.tensor(x, requires_grad=True)
@@ -66,7 +82,7 @@ def test_sequential_matches_torch_and_fuses_where_expected(net, shape, fused):
     yt.backward(torch.from_numpy(grad_y))
 
     y = model.forward(x, training=True)
-    assert model._fused == fused
+    fused = model._fused
     grad_x = model.backward(grad_y, input_grad=True)
     assert relative_error(y, yt.detach().numpy()) <= FLOAT64_RTOL
     assert relative_error(grad_x, xt.grad.numpy()) <= FLOAT64_RTOL
@@ -75,31 +91,8 @@ def test_sequential_matches_torch_and_fuses_where_expected(net, shape, fused):
         got = layer.grads[name]
         got = got.T if isinstance(layer, layers.Dense) and name == "weight" else got
         assert relative_error(got, torch_params[key].grad.numpy()) <= FLOAT64_RTOL, f"gradient of {key}"
-
-
-def test_inside_a_residual_block():
-    torch.manual_seed(0)
-    block = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(2))
-    shortcut = nn.Sequential(nn.Conv2d(3, 6, 1), nn.AvgPool2d(2))
-    net = nn.Sequential(interop.TorchResidual(block, shortcut), nn.Flatten(), nn.Linear(6 * 4 * 4, 10)).double()
-    model = interop.from_torch(net, (3, 8, 8), dtype="float64", backend="numpy")
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 3, 8, 8))
-    grad_y = rng.standard_normal((4, 10))
-    xt = torch.tensor(x, requires_grad=True)
-    net(xt).backward(torch.from_numpy(grad_y))
-
-    y = model.forward(x, training=True)
-    residual = model.layers[0]
-    assert residual._cache == ((0,), (0,))  # both branches ran fused
-    grad_x = model.backward(grad_y, input_grad=True)
-    assert relative_error(y, net(xt).detach().numpy()) <= FLOAT64_RTOL
-    assert relative_error(grad_x, xt.grad.numpy()) <= FLOAT64_RTOL
-    torch_params = dict(net.named_parameters())
-    for key, layer, name in model.named_parameters():
-        got = layer.grads[name]
-        got = got.T if isinstance(layer, layers.Dense) and name == "weight" else got
-        assert relative_error(got, torch_params[key].grad.numpy()) <= FLOAT64_RTOL, f"gradient of {key}"
+    assert model._fused == fused
+    return model
 
 
 def test_relu_max_pool_ties_go_where_torch_sends_them():
