@@ -13,21 +13,22 @@ from .tolerances import FLOAT32_TRAINING_RTOL, FLOAT64_RTOL
 jax = pytest.importorskip("jax")
 
 
-@pytest.fixture
-def x64():
-    """JAX's 64-bit mode on for one test, then back to what it was (it is process-wide)."""
+def _x64_mode(enabled: bool):
+    """JAX's 64-bit mode set for one test, then back to what it was (it is process-wide)."""
     previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", enabled)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def x64():
+    yield from _x64_mode(True)
 
 
 @pytest.fixture
 def no_x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    yield from _x64_mode(False)
 
 
 def small_net():

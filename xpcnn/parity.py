@@ -103,27 +103,31 @@ def _distinct(rng: np.random.Generator, shape: tuple[int, ...], gap: float = 0.0
     return (rng.permutation(n) - n / 2).reshape(shape) * gap + rng.uniform(0, gap / 4, shape)
 
 
-def _conv_case() -> OpCase:
-    geom = dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1))
+def _conv_like_case(name: str, description: str, geom: dict, inputs, forward, backward) -> OpCase:
+    """An OpCase for conv2d or conv_transpose2d (``name``, also torch's function name): y and the
+    gradients of x, the weight and the bias, with the options ``geom``."""
+    def run(x, w, b, g):
+        gx, gw, gb = backward(g, x, w, **geom)
+        return {"y": forward(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
 
+    def torch(x, w, b, g):
+        X, W, B = _leaves(x, w, b)
+        y = getattr(_torch().nn.functional, name)(X, W, B, **geom)
+        y.backward(_torch().tensor(g))
+        return _host_outputs({"y": y, "grad_x": X.grad, "grad_weight": W.grad, "grad_bias": B.grad})
+
+    return OpCase(name, description, inputs, run, torch)
+
+
+def _conv_case() -> OpCase:
     def inputs(rng):
         x = rng.standard_normal((2, 3, 9, 8))
         w = rng.standard_normal((4, 3, 3, 2)) / math.sqrt(3 * 3 * 2)
         b = rng.standard_normal(4)
         return x, w, b, rng.standard_normal((2, 4, 4, 11))
 
-    def run(x, w, b, g):
-        gx, gw, gb = F.conv2d_backward(g, x, w, **geom)
-        return {"y": F.conv2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
-
-    def torch(x, w, b, g):
-        X, W, B = _leaves(x, w, b)
-        y = _torch().nn.functional.conv2d(X, W, B, **geom)
-        y.backward(_torch().tensor(g))
-        return _host_outputs({"y": y, "grad_x": X.grad, "grad_weight": W.grad, "grad_bias": B.grad})
-
-    return OpCase("conv2d", "conv2d + backward, 2x3x9x8, 4 filters 3x2, stride (2,1), pad (1,2), dilation (2,1)",
-                  inputs, run, torch)
+    return _conv_like_case("conv2d", "conv2d + backward, 2x3x9x8, 4 filters 3x2, stride (2,1), pad (1,2), dilation (2,1)",
+                           dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1)), inputs, F.conv2d, F.conv2d_backward)
 
 
 def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, out_hw, description: str) -> OpCase:
@@ -237,25 +241,14 @@ def _cross_entropy_case() -> OpCase:
 
 
 def _conv_transpose_case() -> OpCase:
-    geom = dict(stride=2, padding=(1, 0), output_padding=1, groups=2)
-
     def inputs(rng):
         x = rng.standard_normal((2, 4, 5, 4))
         w = rng.standard_normal((4, 3, 3, 2)) / math.sqrt(3 * 3 * 2)
         return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 10, 9))
 
-    def run(x, w, b, g):
-        gx, gw, gb = F.conv_transpose2d_backward(g, x, w, **geom)
-        return {"y": F.conv_transpose2d(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
-
-    def torch(x, w, b, g):
-        X, W, B = _leaves(x, w, b)
-        y = _torch().nn.functional.conv_transpose2d(X, W, B, **geom)
-        y.backward(_torch().tensor(g))
-        return _host_outputs({"y": y, "grad_x": X.grad, "grad_weight": W.grad, "grad_bias": B.grad})
-
-    return OpCase("conv_transpose2d", "conv_transpose2d + backward, 2x4x5x4, groups 2, 3x2 kernel, stride 2, "
-                  "pad (1,0), output_padding 1", inputs, run, torch)
+    return _conv_like_case("conv_transpose2d", "conv_transpose2d + backward, 2x4x5x4, groups 2, 3x2 kernel, stride 2, "
+                           "pad (1,0), output_padding 1", dict(stride=2, padding=(1, 0), output_padding=1, groups=2),
+                           inputs, F.conv_transpose2d, F.conv_transpose2d_backward)
 
 
 def _global_avg_pool_case() -> OpCase:

@@ -233,8 +233,19 @@ def _check_optimizer(optimizer: Any) -> None:
         raise ArgumentTypeError(f"optimizer: expected an optimizer instance such as xpcnn.optim.SGD(lr=0.01), got {optimizer!r:.80}")
 
 
+def _checked_layout(model, x, y):
+    """The namespace of a (batch, labels) pair after checking their kinds, libraries, shapes and
+    dtypes against the model (no host read)."""
+    model._check_input_layout(x)
+    check_array(y, "labels")
+    xp = namespace(x=x, labels=y)
+    check_label_layout(xp, y, int(x.shape[0]))
+    return xp
+
+
 def _checked_batch(model, x, y):
-    """The namespace of a (batch, labels) pair after checking both against the model."""
+    """The namespace of a (batch, labels) pair after checking both against the model, values
+    included (NaN/Inf in x, labels out of range: host reads)."""
     model.check_input(x)
     check_array(y, "labels")
     xp = namespace(x=x, labels=y)
@@ -259,10 +270,7 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
     the update and the model is left as it was (BatchNorm statistics and dropout counters too)."""
     _check_optimizer(optimizer)
     label_smoothing = _label_smoothing(label_smoothing)
-    model._check_input_layout(x)
-    check_array(y, "labels")
-    xp = namespace(x=x, labels=y)
-    check_label_layout(xp, y, int(x.shape[0]))
+    xp = _checked_layout(model, x, y)
     states = _states(model)
     # sum(x) is non-finite exactly when x holds NaN/Inf (or, rarely, when a finite sum
     # overflows: then the checks below find nothing and the step goes on).
@@ -274,8 +282,7 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
     guard, loss, x_sum, bad_labels = to_numpy(values).tolist()
     if bad_labels or not (math.isfinite(x_sum) and math.isfinite(guard)):
         try:
-            model.check_input(x)
-            check_labels(xp, y, int(x.shape[0]), model.output_shape[-1])
+            _checked_batch(model, x, y)
             err = None if math.isfinite(guard) else _non_finite(model, x, loss, 0, 0, updated=False)
             if err is not None:
                 raise err
@@ -288,8 +295,10 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
 
 def _states(model) -> list:
     """What a training forward changes besides caches and gradients: each layer's buffers (new
-    arrays, so keeping the dict keeps the old ones) and state (dropout counters)."""
-    return [(layer, dict(layer.buffers), layer.get_state()) for _, layer in _walk(model.layers)]
+    arrays, so keeping the dict keeps the old ones) and state (dropout counters). Leaf layers
+    only: a container's buffers and state are its sublayers'."""
+    return [(layer, dict(layer.buffers), layer.get_state()) for _, layer in _walk(model.layers)
+            if not hasattr(layer, "sublayers")]
 
 
 def _restore_states(model, states) -> None:

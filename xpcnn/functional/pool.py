@@ -12,10 +12,11 @@ on NumPy than reducing over a stacked window axis.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from .._validate import Padding, check_float, check_grad, check_ndim, namespace, pair
-from ..backend import device_of, is_traced
+from ..backend import constant, device_of
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
 from .activation import relu_backward_kernel, relu_kernel
@@ -120,7 +121,6 @@ def _scale(xp, geometry: PoolGeometry, like):
 # of strided adds; and 2 operations instead of kh*kw + 2 on a GPU).
 # Padding needs no padded copy: padded cells are zeros and simply have no row in A. The
 # matrices are built from Python numbers (exact) once per geometry, dtype and device.
-_AVERAGING: dict = {}
 
 
 def _averaging_matrix(size: int, out: int, kernel: int, stride: int, before: int, divisors) -> list[list[float]]:
@@ -129,28 +129,21 @@ def _averaging_matrix(size: int, out: int, kernel: int, stride: int, before: int
             for i in range(size)]
 
 
+@functools.lru_cache(maxsize=256)
+def _averaging_lists(geometry: PoolGeometry, size: tuple[int, int]) -> tuple:
+    """(A_h^T, A_w) as Python lists for an input of ``size`` (H, W)."""
+    divisors = geometry.divisor or tuple((k,) * o for k, o in zip(geometry.kernel, geometry.out_hw))
+    rows, cols = (_averaging_matrix(size[a], geometry.out_hw[a], geometry.kernel[a], geometry.stride[a],
+                                    geometry.padding[a][0], divisors[a]) for a in range(2))
+    return [list(r) for r in zip(*rows)], cols
+
+
 def _averaging(xp, geometry: PoolGeometry, like, size: tuple[int, int]):
-    """(A_h^T (OH, H), A_w (W, OW)) for an input of ``size`` (H, W) and ``like``'s dtype and
-    device, memoised (the arrays per array type, dtype and device; never those made under a
-    ``jax.jit`` trace)."""
-    key = (geometry, tuple(size))
-    lists = _AVERAGING.get(key)
-    if lists is None:
-        divisors = geometry.divisor or tuple((k,) * o for k, o in zip(geometry.kernel, geometry.out_hw))
-        rows, cols = (_averaging_matrix(size[a], geometry.out_hw[a], geometry.kernel[a], geometry.stride[a],
-                                        geometry.padding[a][0], divisors[a]) for a in range(2))
-        lists = ([list(r) for r in zip(*rows)], cols)
-        if len(_AVERAGING) > 256:  # a bounded memo: geometries repeat in training
-            _AVERAGING.clear()
-        _AVERAGING[key] = lists
-    if is_traced(like):  # under jax.jit: made for this trace only
-        return tuple(xp.asarray(m, dtype=like.dtype, device=device_of(like)) for m in lists)
-    device = device_of(like)
-    array_key = (key, type(like), str(like.dtype), str(device))
-    arrays = _AVERAGING.get(array_key)
-    if arrays is None:
-        arrays = _AVERAGING[array_key] = tuple(xp.asarray(m, dtype=like.dtype, device=device) for m in lists)
-    return arrays
+    """(A_h^T (OH, H), A_w (W, OW)) for an input of ``size`` (H, W), as arrays of ``like``'s dtype
+    and device, kept per backend, dtype and device (:func:`xpcnn.backend.constant`)."""
+    lists = _averaging_lists(geometry, tuple(size))
+    return constant(xp, like, ("averaging", geometry, tuple(size)),
+                    lambda xp, dtype, device: tuple(xp.asarray(m, dtype=dtype, device=device) for m in lists))
 
 
 def avg_pool2d_kernel(xp, x, geometry: PoolGeometry):

@@ -31,10 +31,9 @@ conv2d's weight gradient stays im2col (see the rule's comment).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
-from ..backend import device_of
+from ..backend import constant
 from ._windows import pad2d
 
 # (B^T, G, A^T) per output tile size m (Lavin & Gray, eqs. 7 and 8). F(2x2, 3x3)'s entries
@@ -109,16 +108,17 @@ def _kron(a, b) -> list:
     return [[x * y for x in row_a for y in row_b] for row_a in a for row_b in b]
 
 
-@functools.lru_cache(maxsize=64)
-def _constants(xp, dtype, device, m: int) -> tuple:
-    """(BB, GG, GG_rotated, AA) of F(m x m, 3 x 3) as ``dtype`` arrays on ``device``:
+def _constants(xp, like, m: int) -> tuple:
+    """(BB, GG, GG_rotated, AA) of F(m x m, 3 x 3) as arrays of ``like``'s dtype and device:
     kron(B^T, B^T) (a^2, a^2), kron(G, G) (a^2, 9), kron(G, G) for the 180-degree rotated
-    kernel (its 9 columns reversed), and kron(A^T, A^T) (m^2, a^2). Cached per backend, dtype
-    and device: a network asks for the same few every step."""
-    bt, g, at = TRANSFORMS[m]
-    gg = _kron(g, g)
-    return tuple(xp.asarray(c, dtype=dtype, device=device)
-                 for c in (_kron(bt, bt), gg, [row[::-1] for row in gg], _kron(at, at)))
+    kernel (its 9 columns reversed), and kron(A^T, A^T) (m^2, a^2). Kept per backend, dtype
+    and device (:func:`xpcnn.backend.constant`): a network asks for the same few every step."""
+    def make(xp, dtype, device):
+        bt, g, at = TRANSFORMS[m]
+        gg = _kron(g, g)
+        return tuple(xp.asarray(c, dtype=dtype, device=device)
+                     for c in (_kron(bt, bt), gg, [row[::-1] for row in gg], _kron(at, at)))
+    return constant(xp, like, ("winograd", m), make)
 
 
 def _tile_count(out_hw, m) -> tuple[int, int]:
@@ -185,7 +185,7 @@ def _top_left(geometry) -> tuple[int, int]:
 def winograd_conv2d(xp, x, weight, bias, geometry, m: int = 2) -> tuple[Any, WinogradCache]:
     """x (N, C, H, W) cross-correlated with weight (O, C, 3, 3) plus bias (O,) or None, stride 1,
     zero padding ``geometry.padding`` = ((top, bottom), (left, right)) -> (y (N, O, OH, OW), cache)."""
-    bb, gg, _, aa = _constants(xp, x.dtype, device_of(x), m)
+    bb, gg, _, aa = _constants(xp, x, m)
     o, c = weight.shape[:2]
     u = xp.reshape(xp.matmul(gg, _weight_taps(xp, weight)), (gg.shape[0], o, c))
     v = _input_tiles(xp, x, _top_left(geometry), geometry.out_hw, m, bb)
@@ -199,7 +199,7 @@ def winograd_conv2d_input_grad(xp, grad_y, weight, geometry, in_hw, m: int = 2):
     """grad_x (N, C, H, W) of :func:`winograd_conv2d` from grad_y (N, O, OH, OW), with (H, W) =
     ``in_hw``: grad_y correlated with the rotated, transposed weight (C, O, 3, 3), reading
     grad_y from 2 - padding before its start."""
-    bb, _, gg_rotated, aa = _constants(xp, grad_y.dtype, device_of(grad_y), m)
+    bb, _, gg_rotated, aa = _constants(xp, grad_y, m)
     o, c = weight.shape[:2]
     u = xp.reshape(xp.matmul(gg_rotated, _weight_taps(xp, weight)), (gg_rotated.shape[0], o, c))
     top, left = _top_left(geometry)
@@ -212,7 +212,7 @@ def winograd_conv2d_weight_grad(xp, grad_y, x, geometry, cache: WinogradCache | 
     forward's transformed input tiles when ``cache`` is given (its tile size wins over ``m``)."""
     if cache is not None:
         m = cache.m
-    bb, gg, _, aa = _constants(xp, x.dtype, device_of(x), m)
+    bb, gg, _, aa = _constants(xp, x, m)
     v = cache.v if cache is not None else _input_tiles(xp, x, _top_left(geometry), geometry.out_hw, m, bb)
     n, o = grad_y.shape[:2]
     th, tw = _tile_count(geometry.out_hw, m)
