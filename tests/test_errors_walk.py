@@ -92,7 +92,8 @@ def takes_arguments(obj: object) -> bool:
 
 CASES: dict[str, list[tuple[str, Callable[[], object], str | None]]] = {}
 # Records xpcnn returns and never takes back: there is no input of the user's to check.
-RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult", "xpcnn.parity.Row"}
+RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult", "xpcnn.parity.Row",
+                 "xpcnn.functional.WindowArgmax"}
 
 
 def case(entry: str, argument: str, call: Callable[[], object], *, or_shows: str | None = None) -> None:
@@ -145,6 +146,7 @@ case("xpcnn.load", "backend", lambda: xpcnn.load(saved_model(), backend="no-such
 case("xpcnn.set_backend", "backend", lambda: xpcnn.set_backend("no-such-backend"))
 case("xpcnn.set_backend", "backend", lambda: xpcnn.set_backend(3))
 case("xpcnn.use_backend", "backend", lambda: xpcnn.use_backend("no-such-backend").__enter__())
+case("xpcnn.fewest_operations", "enabled", lambda: xpcnn.fewest_operations("yes").__enter__())
 case("xpcnn.namespace_of", "arrays", lambda: xpcnn.namespace_of(X, [1.0, 2.0]))
 # set_backend, use_backend, to_device and Sequential.to take a backend spec: "backend" names it
 case("xpcnn.to_device", "backend", lambda: xpcnn.to_device(X, "no-such-backend"))
@@ -336,6 +338,10 @@ case("xpcnn.functional.max_pool2d", "x", lambda: F.max_pool2d("x", 2))
 case("xpcnn.functional.max_pool2d_forward", "kernel_size", lambda: F.max_pool2d_forward(X, (2, 0)))
 case("xpcnn.functional.max_pool2d_backward", "grad_y", lambda: F.max_pool2d_backward(G_POOL[:, :, :3, :3], X, 2))
 case("xpcnn.functional.max_pool2d_backward", "taps", lambda: F.max_pool2d_backward(G_POOL, X, 2, taps="not taps"))
+case("xpcnn.functional.max_pool2d_backward", "taps", lambda: F.max_pool2d_backward(
+    G_POOL, X, 2, y=G_POOL, taps=F.WindowArgmax(np.zeros((2, 1, 3, 3), np.int64))))
+case("xpcnn.functional.max_pool2d_backward", "method", lambda: F.max_pool2d_backward(G_POOL, X, 2, method="scatter"))
+case("xpcnn.functional.max_pool_method", "method", lambda: F.max_pool_method(X, "scatter"))
 case("xpcnn.functional.relu", "x", lambda: F.relu(np.zeros(3, np.complex64)))
 case("xpcnn.functional.relu_backward", "grad_y", lambda: F.relu_backward(np.zeros(4), np.zeros(3)))
 case("xpcnn.functional.softmax", "axis", lambda: F.softmax(Z, axis=2))

@@ -246,10 +246,11 @@ def test_avg_pool2d_options_match_torch(torch, sweep_backend, dtype, cfg):
     compare(["y", "grad_x"], [y, gx], [y_ref, gx_ref], X, dtype)
 
 
+@pytest.mark.parametrize("method", ["taps", "argmax"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @examples
 @given(cfg=pool_configs())
-def test_max_pool2d_ceil_mode_matches_torch(torch, sweep_backend, dtype, cfg):
+def test_max_pool2d_ceil_mode_matches_torch(torch, sweep_backend, dtype, method, cfg):
     """Including ties (first maximum wins). Windows of padding only are left to
     test_ops.test_max_pool2d_window_of_padding_only (PyTorch's gradient there is no reference)."""
     rng = np.random.default_rng(cfg["seed"])
@@ -266,9 +267,10 @@ def test_max_pool2d_ceil_mode_matches_torch(torch, sweep_backend, dtype, cfg):
     y_ref, (gx_ref,) = autograd(torch, ref, g, x)
     X, G = on(sweep_backend, x.astype(dtype), g.astype(dtype))
     with Unchanged(X, G):
-        y, taps = F.max_pool2d_forward(X, *args, ceil_mode=cfg["ceil_mode"])
+        y, taps = F.max_pool2d_forward(X, *args, ceil_mode=cfg["ceil_mode"], method=method)
+        assert isinstance(taps, F.WindowArgmax) == (method == "argmax")
         gx = F.max_pool2d_backward(G, X, *args, y=y, taps=taps, ceil_mode=cfg["ceil_mode"])
-        gx_recomputed = F.max_pool2d_backward(G, X, *args, ceil_mode=cfg["ceil_mode"])
+        gx_recomputed = F.max_pool2d_backward(G, X, *args, ceil_mode=cfg["ceil_mode"], method=method)
     compare(["y", "grad_x", "grad_x (recomputed)"], [y, gx, gx_recomputed], [y_ref, gx_ref, gx_ref], X, dtype)
 
 

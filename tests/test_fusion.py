@@ -6,9 +6,12 @@ pairs fuse, in a Sequential and inside a Residual block, and where they must not
 ceil_mode average pool, where the bias would not pass through the average). Each case also
 asserts which pairs ran fused, so a silently disabled fusion fails here."""
 
+import copy
+
 import numpy as np
 import pytest
 
+import xpcnn
 from xpcnn import interop, layers
 from xpcnn.functional import conv_pool, pool
 from xpcnn.functional.conv import conv2d_geometry
@@ -53,12 +56,35 @@ def networks():
 CASES = list(networks())
 
 
+# Max pooling has two forms (xpcnn.functional.max_pool_method): per-tap masks on a CPU, one
+# argmax per window on a GPU. xpcnn.fewest_operations() runs the GPU form here.
+FORMS = pytest.mark.parametrize("fewest", [False, True], ids=["cpu form", "fewest-operations form"])
+
+
+def max_pool_forms(model):
+    """The form each max pool's backward will take, from what its forward kept."""
+    forms = []
+    for layer in model.layers:
+        cache = layer._cache
+        if isinstance(cache, layers._ReLUPooled):
+            saved = cache.saved
+        elif isinstance(layer, layers.MaxPool2D) and not isinstance(cache, layers._AfterReLU):
+            saved = cache[2]  # (x, y, saved)
+        else:
+            continue
+        forms.append("argmax" if isinstance(saved, pool.WindowArgmax) else "taps")
+    return forms
+
+
+@FORMS
 @pytest.mark.parametrize("net, shape, fused", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_sequential_matches_torch_and_fuses_where_expected(net, shape, fused):
+def test_sequential_matches_torch_and_fuses_where_expected(net, shape, fused, fewest):
     torch.manual_seed(0)
-    net = net.double()
-    model = check_against_torch(net, shape, seed=1)
+    net = copy.deepcopy(net).double()  # a fresh copy per form: backward accumulates into .grad
+    with xpcnn.fewest_operations(fewest):
+        model = check_against_torch(net, shape, seed=1)
     assert model._fused == fused
+    assert set(max_pool_forms(model)) <= {"argmax" if fewest else "taps"}
 
 
 def test_inside_a_residual_block():
@@ -95,7 +121,8 @@ def check_against_torch(net, shape, seed):
     return model
 
 
-def test_relu_max_pool_ties_go_where_torch_sends_them():
+@FORMS
+def test_relu_max_pool_ties_go_where_torch_sends_them(fewest):
     """Windows of equal values (the ReLU makes many: negative inputs become 0) and windows whose
     maximum is repeated: PyTorch sends each window's gradient to its first maximum of relu(x),
     and the ReLU then zeroes it where x <= 0."""
@@ -106,9 +133,11 @@ def test_relu_max_pool_ties_go_where_torch_sends_them():
     grad_y = rng.standard_normal((4, 2 * 3 * 3))
     xt = torch.tensor(x, requires_grad=True)
     net(xt).backward(torch.from_numpy(grad_y))
-    y = model.forward(x, training=True)
+    with xpcnn.fewest_operations(fewest):
+        y = model.forward(x, training=True)
+        assert max_pool_forms(model) == ["argmax" if fewest else "taps"]
+        grad_x = model.backward(grad_y, input_grad=True)
     assert model._fused == (0,)
-    grad_x = model.backward(grad_y, input_grad=True)
     assert np.array_equal(y, net(xt).detach().numpy())
     assert np.array_equal(grad_x, xt.grad.numpy())
     # Each layer's own backward after the fused forward: the unfused chain's gradients.

@@ -218,18 +218,24 @@ def test_nan_guard_names_epoch_step_and_layer_and_skips_the_update():
 
 
 @pytest.mark.filterwarnings("ignore:overflow|invalid value:RuntimeWarning")
-def test_nan_guard_catches_a_non_finite_gradient_with_a_finite_loss():
+@pytest.mark.parametrize("fewest", [False, True], ids=["sum per gradient", "one concatenated sum"])
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_nan_guard_catches_a_non_finite_gradient_with_a_finite_loss(fewest, bad):
+    """Both forms of the guard (xpcnn.training._guard: the CPU's and the GPU's)."""
     class LeakyGradient(layers.Dense):
         def backward(self, grad_y, *, input_grad=True):
             grad_x = super().backward(grad_y, input_grad=input_grad)
-            self.grads["bias"] = self.grads["bias"] + np.inf
+            self.grads["bias"] = self.grads["bias"] + bad
             return grad_x
 
     model = xpcnn.Sequential([layers.Flatten(), LeakyGradient(3)]).build((1, 10, 10), dtype="float64", backend="numpy")
     before = [w.copy() for w in model.get_weights()]
     x, y = blobs(16)
-    with pytest.raises(NonFiniteError, match=r"epoch 1, step 1: the loss is [0-9.]+; layer 1 \(LeakyGradient\) gradient of 'bias'"):
-        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    with xpcnn.fewest_operations(fewest):
+        with pytest.raises(NonFiniteError, match=r"epoch 1, step 1: the loss is [0-9.]+; layer 1 \(LeakyGradient\) gradient of 'bias'"):
+            model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        with pytest.raises(NonFiniteError, match=r"layer 1 \(LeakyGradient\) gradient of 'bias'"):
+            model.train_step(x[:8], y[:8], xpcnn.optim.SGD(lr=0.1))
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 

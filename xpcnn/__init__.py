@@ -9,6 +9,7 @@ from . import _allocator, callbacks, dask, datasets, functional, init, interop, 
 from ._allocator import keep_freed_memory
 from .backend import (
     available_backends,
+    fewest_operations,
     get_backend,
     namespace_of,
     set_backend,
@@ -27,6 +28,6 @@ _allocator.apply_requested()  # XPCNN_MALLOC=keep only: the library alone never 
 __all__ = [
     "Sequential", "load", "layers", "optim", "init", "functional", "datasets", "callbacks", "zoo", "interop", "dask",
     "set_backend", "get_backend", "use_backend", "available_backends", "namespace_of", "to_device", "to_numpy",
-    "keep_freed_memory",
+    "keep_freed_memory", "fewest_operations",
     "BackendUnavailableError", "BackendMismatchError", "XpcnnError", "__version__",
 ]

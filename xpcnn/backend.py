@@ -16,6 +16,7 @@ whatever it says. Loaded backends are cached: loading probes the device once per
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import importlib
 import os
@@ -455,6 +456,52 @@ def device_of(x: Any) -> Any:
     if type(x) is np.ndarray:
         return "cpu"
     return array_api_compat.device(x)
+
+
+def on_accelerator(x: Any) -> bool:
+    """True when array ``x`` lives on a GPU (CuPy, torch on CUDA/ROCm/MPS, JAX on a GPU)."""
+    if type(x) is np.ndarray:
+        return False
+    if array_api_compat.is_cupy_array(x):
+        return True
+    if array_api_compat.is_torch_array(x):
+        return x.device.type != "cpu"
+    if array_api_compat.is_jax_array(x):
+        device = device_of(x)
+        if device is None:  # a jax.jit tracer: XLA places it on the default backend
+            import jax
+
+            return jax.default_backend() != "cpu"
+        return getattr(device, "platform", "cpu") != "cpu"
+    return False
+
+
+_FEWEST_OPERATIONS: contextvars.ContextVar = contextvars.ContextVar("xpcnn_fewest_operations", default=None)
+
+
+def fewest_operations_for(x: Any) -> bool:
+    """Whether the kernels that have two forms take the one with the fewest operations for ``x``:
+    on a GPU, where each operation is a kernel launch, or inside :func:`fewest_operations`. On a
+    CPU the other form (more, cheaper operations) measured faster."""
+    forced = _FEWEST_OPERATIONS.get()
+    return on_accelerator(x) if forced is None else forced
+
+
+@contextlib.contextmanager
+def fewest_operations(enabled: bool | None = True) -> Iterator[None]:
+    """Within this block (this thread or task only), kernels with two forms take the one with
+    the fewest operations (``True``), the CPU form (``False``), or choose by device (``None``,
+    the default outside any block). Both forms give the same numbers to rounding; the
+    fewest-operations form is what a GPU runs, so this shows its operation count or tests it
+    on a CPU. The choices: max pooling by one argmax over each window
+    (:func:`xpcnn.functional.max_pool_method`)."""
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ArgumentError(f"enabled: expected True, False or None, got {enabled!r}")
+    token = _FEWEST_OPERATIONS.set(enabled)
+    try:
+        yield
+    finally:
+        _FEWEST_OPERATIONS.reset(token)
 
 
 def _describe(x: Any) -> str:

@@ -131,14 +131,18 @@ def _conv_case() -> OpCase:
 
 
 def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, out_hw, description: str) -> OpCase:
+    """avg_pool2d or max_pool2d and its backward; a name ending in "_argmax" runs max pooling's
+    GPU form (one argmax per window) whatever the device."""
     is_max = name.startswith("max")
+    method = "argmax" if "_argmax" in name else None
 
     def inputs(rng):
         return _distinct(rng, shape), rng.standard_normal((*shape[:2], *out_hw))
 
     def run(x, g):
         if is_max:
-            return {"y": F.max_pool2d(x, kernel, stride, padding), "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding)}
+            return {"y": F.max_pool2d_forward(x, kernel, stride, padding, method=method)[0],
+                    "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding, method=method)}
         return {"y": F.avg_pool2d(x, kernel, stride, padding), "grad_x": F.avg_pool2d_backward(g, x, kernel, stride, padding)}
 
     def torch(x, g):
@@ -533,6 +537,10 @@ def parity_cases() -> list[OpCase]:
         _pool_case("avg_pool2d_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4),
                    "avg_pool2d + backward, kernel 2 = stride (non-overlapping windows), last row dropped"),
         _pool_case("max_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "max_pool2d + backward, kernel 3, stride 2, pad 1 (-inf)"),
+        _pool_case("max_pool2d_argmax", 3, 2, 1, (2, 3, 9, 8), (5, 4),
+                   "max_pool2d + backward, GPU form (argmax per window), kernel 3, stride 2, pad 1"),
+        _pool_case("max_pool2d_argmax_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4),
+                   "max_pool2d + backward, GPU form, kernel 2 = stride (windows tile), last row dropped"),
         *_unary_cases(),
         _linear_case(),
         _cross_entropy_case(),

@@ -20,12 +20,6 @@ def check_label_layout(xp, labels, n: int):
         raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
 
 
-def count_bad_labels(xp, labels, num_classes: int, dtype):
-    """How many labels lie outside [0, num_classes), as a 0-d array of ``dtype`` left on the
-    device (a caller reads it with its other results: no host read of its own)."""
-    return xp.sum(xp.astype((labels < 0) | (labels >= num_classes), dtype))
-
-
 def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None):
     """Labels must be an integer (N,) array with values in [0, num_classes) (or ``ignore_index``)."""
     check_label_layout(xp, labels, n)
@@ -93,20 +87,40 @@ def cross_entropy_kernel(xp, logits, labels, label_smoothing=0.0):
     """(loss, grad_logits) of :func:`cross_entropy_with_grad` without ignore_index, on arguments
     already checked. Reads nothing back to the host, so a compiled step (:mod:`xpcnn.jit`)
     can trace it."""
+    return _cross_entropy(xp, logits, labels, label_smoothing)[:2]
+
+
+def cross_entropy_counted_kernel(xp, logits, labels, label_smoothing=0.0):
+    """(loss, grad_logits, in_range) as :func:`cross_entropy_kernel`, with ``in_range`` (a 0-d
+    array of the logits' dtype) the number of labels in [0, K): the one-hot target has a 1 in
+    exactly those rows, so checking the labels costs one sum (no comparisons of its own)."""
+    loss, grad, hot = _cross_entropy(xp, logits, labels, label_smoothing)
+    return loss, grad, xp.sum(hot)
+
+
+def _cross_entropy(xp, logits, labels, label_smoothing):
+    """(loss, grad_logits, one-hot of the labels)."""
     n, k = logits.shape
     # log_softmax written out so the softmax reuses its exponentials (e / sum e, not exp(log p)).
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     exp = xp.exp(shifted)
     total = xp.sum(exp, axis=1, keepdims=True)
     log_p = shifted - xp.log(total)
-    target = _target(xp, labels, k, logits.dtype, label_smoothing)
-    return xp.sum(log_p * target) * (-1.0 / n), (exp / total - target) * (1.0 / n)
+    hot = _one_hot(xp, labels, k, logits.dtype)
+    target = hot * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else hot
+    loss = xp.sum(log_p * target) * (-1.0 / n)
+    return loss, (exp / total - target) * (1.0 / n), hot
+
+
+def _one_hot(xp, labels, k: int, dtype):
+    """(N, K) one-hot of integer labels; a row of zeros for a label outside [0, K)."""
+    classes = constant(xp, labels, f"arange {k}", lambda xp, dtype, device: xp.arange(k, dtype=dtype, device=device))
+    return xp.astype(labels[:, None] == classes, dtype)
 
 
 def _target(xp, labels, k: int, dtype, label_smoothing: float):
     """(N, K) targets: one-hot, smoothed towards label_smoothing / K."""
-    classes = constant(xp, labels, f"arange {k}", lambda xp, dtype, device: xp.arange(k, dtype=dtype, device=device))
-    target = xp.astype(labels[:, None] == classes, dtype)
+    target = _one_hot(xp, labels, k, dtype)
     return target * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else target
 
 

@@ -16,7 +16,7 @@ import functools
 from typing import Any, NamedTuple
 
 from .._validate import Padding, check_float, check_grad, check_ndim, namespace, pair
-from ..backend import constant, device_of
+from ..backend import constant, device_of, fewest_operations_for
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
 from .activation import relu_backward_kernel, relu_kernel
@@ -187,10 +187,44 @@ def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, *, ceil_
 # ---------------------------------------------------------------- max
 
 
-def max_pool2d_kernel(xp, x, geometry: PoolGeometry):
-    """Max pooling math on a checked input: y and the padded input's taps (for the backward)."""
+def _zero(xp, like):
+    """A 0-d zero of ``like``'s dtype and device, made once (the same constant as the ReLU's)."""
+    return constant(xp, like, "zero", lambda xp, dtype, device: xp.zeros((), dtype=dtype, device=device))
+
+
+class WindowArgmax(NamedTuple):
+    """What the ``"argmax"`` max-pool backward needs: each window's first maximum, as its tap
+    index in row-major kernel order, (N, C, OH, OW) integers."""
+
+    index: Any
+
+
+MAX_POOL_METHODS = ("taps", "argmax")
+
+
+def max_pool_method(x, method: str | None = None) -> str:
+    """How max pooling of ``x`` finds each window's first maximum: ``"taps"`` (a running maximum
+    over the kh*kw strided taps; the backward four element-wise operations per tap) or
+    ``"argmax"`` (the taps stacked once, one max and one argmax; the backward a one-hot select:
+    4-5 operations whatever the window). ``None`` chooses by device
+    (:func:`xpcnn.backend.fewest_operations_for`): ``"argmax"`` on a GPU, where each operation
+    is a kernel launch; ``"taps"`` on a CPU, where it measured 2.5-10x faster
+    (``benchmarks/bench_pool_method.py``: argmax along a short axis runs window by window)."""
+    if method is None:
+        return "argmax" if fewest_operations_for(x) else "taps"
+    if method not in MAX_POOL_METHODS:
+        raise ArgumentError(f"method: expected one of {MAX_POOL_METHODS} or None (by library), got {method!r}")
+    return method
+
+
+def max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = None):
+    """Max pooling math on a checked input: y and what the backward needs (the padded input's
+    taps, or a :class:`WindowArgmax`; see :func:`max_pool_method`)."""
     taps = taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
                    geometry.dilation, geometry.out_hw)
+    if max_pool_method(x, method) == "argmax":
+        windows = xp.stack(taps, axis=-1)  # (N, C, OH, OW, kh*kw)
+        return xp.max(windows, axis=-1), WindowArgmax(xp.argmax(windows, axis=-1))
     # A chain of element-wise maxima: ~15x faster on NumPy than a reduction over a window axis.
     y = taps[0]
     for t in taps[1:]:
@@ -198,11 +232,12 @@ def max_pool2d_kernel(xp, x, geometry: PoolGeometry):
     return y, taps
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
-    """y (N, C, OH, OW) and what the backward needs (the padded input's taps)."""
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False, method=None):
+    """y (N, C, OH, OW) and what the backward needs (the padded input's taps, or with
+    ``method="argmax"`` each window's first maximum; ``method`` as :func:`max_pool_method`)."""
     xp = _check(x)
     geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d", ceil_mode=ceil_mode)
-    return max_pool2d_kernel(xp, x, geometry)
+    return max_pool2d_kernel(xp, x, geometry, method)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
@@ -211,39 +246,67 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=
     return max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)[0]
 
 
-def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, taps):
-    """Each window's gradient goes to its first maximum (PyTorch's tie rule). Walking the taps in
-    kernel order, a tap equal to its window's maximum takes the gradient still left there
-    (exactly all of it, times 1.0) and leaves exactly zero for later ties: four element-wise
-    ops per tap. One argmax over the stacked windows plus a one-hot was 2-3x slower on NumPy
-    (the stack copies every window and argmax along a short axis runs element by element)."""
+def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, saved):
+    """Each window's gradient goes to its first maximum (PyTorch's tie rule). ``saved`` is what
+    :func:`max_pool2d_kernel` returned beside y: the taps, or a :class:`WindowArgmax`.
+
+    With taps, walking them in kernel order, a tap equal to its window's maximum takes the
+    gradient still left there (exactly all of it, times 1.0) and leaves exactly zero for later
+    ties: four element-wise ops per tap."""
+    if isinstance(saved, WindowArgmax):
+        return _argmax_backward(xp, grad_y, x, geometry, saved.index)
     grads, rest = [], grad_y
-    for i, t in enumerate(taps):
+    for i, t in enumerate(saved):
         taken = rest * xp.astype(t == y, rest.dtype)
         grads.append(taken)
-        if i + 1 < len(taps):
+        if i + 1 < len(saved):
             rest = rest - taken
     return add_taps(xp, grads, tuple(x.shape[2:]), geometry.padding, geometry.kernel, geometry.stride,
                     geometry.dilation, geometry.out_hw)
 
 
+def _argmax_backward(xp, grad_y, x, geometry: PoolGeometry, index):
+    """grad_x from each window's first-maximum tap ``index``: a one-hot over the window axis
+    selects where grad_y goes (a select, not a product: no dtype conversion), then the
+    windows go back to the input's positions."""
+    (kh, kw), count = geometry.kernel, geometry.kernel[0] * geometry.kernel[1]
+    taps = constant(xp, index, ("arange", count), lambda xp, dtype, device: xp.arange(count, dtype=dtype, device=device))
+    windows = xp.where(index[..., None] == taps, grad_y[..., None], _zero(xp, grad_y))  # (N, C, OH, OW, kh*kw)
+    size = tuple(x.shape[2:])
+    if geometry.stride == geometry.kernel and geometry.dilation == (1, 1):
+        # The windows tile the padded input: putting them back is one transpose-copy.
+        n, c, oh, ow = grad_y.shape
+        block = xp.permute_dims(xp.reshape(windows, (n, c, oh, ow, kh, kw)), (0, 1, 2, 4, 3, 5))
+        return place2d(xp, xp.reshape(block, (n, c, oh * kh, ow * kw)), geometry.padding, size)
+    return add_taps(xp, [windows[..., k] for k in range(count)], size, geometry.padding, geometry.kernel,
+                    geometry.stride, geometry.dilation, geometry.out_hw)
+
+
 def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1, y=None, taps=None, *,
-                        ceil_mode=False):
+                        ceil_mode=False, method=None):
     """grad_x (N, C, H, W) of :func:`max_pool2d`: each window's gradient goes to its first
-    maximum. ``y`` and ``taps`` from :func:`max_pool2d_forward` save recomputing them."""
+    maximum. ``y`` and ``taps`` (what :func:`max_pool2d_forward` returned beside y) save
+    recomputing them; without them the forward runs again with ``method``."""
     xp = _check(x, grad_y)
     geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d", ceil_mode=ceil_mode)
-    check_grad(grad_y, "grad_y", x, (*x.shape[:2], *geometry.out_hw), "x")
+    out = (*x.shape[:2], *geometry.out_hw)
+    check_grad(grad_y, "grad_y", x, out, "x")
     if y is None and taps is None:
-        y, taps = max_pool2d_kernel(xp, x, geometry)
+        y, taps = max_pool2d_kernel(xp, x, geometry, method)
     else:
-        out = (*x.shape[:2], *geometry.out_hw)
         count = geometry.kernel[0] * geometry.kernel[1]
-        if not isinstance(taps, (list, tuple)) or len(taps) != count:
-            raise ArgumentTypeError(f"taps: expected the list of {count} window taps that max_pool2d_forward returned "
-                                    f"(pass y and taps together, or neither), got {type(taps).__name__}")
-        for i, t in enumerate(taps):
-            check_grad(t, f"taps[{i}]", x, out, "x")
+        if isinstance(taps, WindowArgmax):
+            index = taps.index
+            if not hasattr(index, "shape") or tuple(index.shape) != out or not xp.isdtype(index.dtype, "integral"):
+                got = f"shape {tuple(index.shape)}, dtype {index.dtype}" if hasattr(index, "shape") else type(index).__name__
+                raise ShapeError(f"taps: expected a WindowArgmax of integer shape {out}, got {got}")
+        elif not isinstance(taps, (list, tuple)) or len(taps) != count:
+            raise ArgumentTypeError(f"taps: expected what max_pool2d_forward returned beside y (the list of {count} "
+                                    f"window taps, or a WindowArgmax; pass y and taps together, or neither), "
+                                    f"got {type(taps).__name__}")
+        else:
+            for i, t in enumerate(taps):
+                check_grad(t, f"taps[{i}]", x, out, "x")
         check_grad(y, "y", x, out, "x")
     return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
 
@@ -251,21 +314,27 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
 # ---------------------------------------------------------------- ReLU then max
 
 
-def relu_max_pool2d_kernel(xp, x, geometry: PoolGeometry):
+def relu_max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = None):
     """max_pool2d(relu(x)) on a checked input as relu(max_pool2d(x)): both are monotone, so they
     commute, and the ReLU then runs on the pooled (kh*kw times smaller) values. Every window
     holds at least one input cell (padding <= kernel // 2), so the -inf padding changes nothing.
-    Returns (y, the pooled values before the ReLU, the window taps) for the backward."""
-    pooled, taps = max_pool2d_kernel(xp, x, geometry)
-    return relu_kernel(xp, pooled), pooled, taps
+    Returns (y, the pooled values before the ReLU, what max pooling's backward needs)."""
+    pooled, saved = max_pool2d_kernel(xp, x, geometry, method)
+    return relu_kernel(xp, pooled), pooled, saved
 
 
-def relu_max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, pooled, taps):
+def relu_max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, pooled, saved):
     """grad_x of :func:`relu_max_pool2d_kernel`, as PyTorch's ReLU then MaxPool2d: a window whose
     maximum m is positive sends its gradient to the first cell equal to m (the first maximum
     of relu(x) too, and there x > 0); a window with m <= 0 sends it to a cell with x <= 0,
     which the ReLU zeroes. So: the ReLU's mask on the pooled values, then max pooling's backward."""
-    return max_pool2d_backward_kernel(xp, relu_backward_kernel(xp, grad_y, pooled), x, geometry, pooled, taps)
+    if isinstance(saved, WindowArgmax):
+        # A select (two operations, no dtype conversion) where the launches count; on NumPy
+        # np.where measured ~10x slower than the product of relu_backward_kernel.
+        grad_y = xp.where(pooled > 0, grad_y, _zero(xp, grad_y))
+    else:
+        grad_y = relu_backward_kernel(xp, grad_y, pooled)
+    return max_pool2d_backward_kernel(xp, grad_y, x, geometry, pooled, saved)
 
 
 # ---------------------------------------------------------------- global average
