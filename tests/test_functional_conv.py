@@ -84,10 +84,12 @@ def torch_conv2d(torch, cfg):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("fewest", [False, True], ids=["cpu forms", "gpu forms"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @examples
 @given(cfg=conv_configs())
-def test_conv2d_groups_and_padding_match_torch(torch, sweep_backend, dtype, cfg):
+def test_conv2d_groups_and_padding_match_torch(torch, sweep_backend, dtype, fewest, cfg):
+    """Both forms of the input gradient (the GPU's: grad_y's columns; the CPU's: a fold)."""
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["size"]))
     w = rng.standard_normal((cfg["o"], cfg["c"] // cfg["groups"], *cfg["kernel"]))
@@ -98,7 +100,7 @@ def test_conv2d_groups_and_padding_match_torch(torch, sweep_backend, dtype, cfg)
     opts = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
 
     X, W, B, G = on(sweep_backend, *(None if a is None else a.astype(dtype) for a in (x, w, b, g)))
-    with Unchanged(X, W, B, G):
+    with Unchanged(X, W, B, G), xpcnn.fewest_operations(fewest):
         y, cols = F.conv2d_forward(X, W, B, **opts)
         grads = F.conv2d_backward(G, X, W, bias=cfg["bias"], cols=cols, **opts)
         grads_recomputed = F.conv2d_backward(G, X, W, bias=cfg["bias"], **opts)
@@ -107,6 +109,33 @@ def test_conv2d_groups_and_padding_match_torch(torch, sweep_backend, dtype, cfg)
     compare(names[1:], grads_recomputed, grads_ref, X, dtype)
     if not cfg["bias"]:
         assert grads[2] is None
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("opts", [
+    dict(padding=1), dict(padding="same", dilation=2, groups=2), dict(padding=((0, 2), (1, 0)), dilation=(1, 2)),
+    dict(padding=0, groups=3),
+], ids=["pad 1", "same, dilation 2, groups 2", "asymmetric, dilation (1, 2)", "valid, depthwise"])
+def test_conv2d_input_grad_gpu_form_matches_torch(torch, backend, monkeypatch, opts):
+    """The GPU form of the input gradient (stride 1: grad_y's columns times the flipped weight)
+    runs, and gives PyTorch's gradient, in float64."""
+    from xpcnn.functional import conv as C
+
+    calls = []
+    real = C._input_grad_by_columns
+    monkeypatch.setattr(C, "_input_grad_by_columns", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(7)
+    groups = opts.get("groups", 1)
+    x, w = rng.standard_normal((2, 6, 9, 8)), rng.standard_normal((12, 6 // groups, 3, 3))
+    cfg = dict(stride=(1, 1), dilation=opts.get("dilation", 1), groups=groups, padding=opts["padding"])
+    ref = torch_conv2d(torch, cfg)
+    g = rng.standard_normal(tuple(ref(torch.as_tensor(x), torch.as_tensor(w), None).shape))
+    _, grads_ref = autograd(torch, lambda x, w: ref(x, w, None), g, x, w)
+    X, W, G = on(backend, x, w, g)
+    with xpcnn.fewest_operations():
+        grad_x, grad_w, _ = F.conv2d_backward(G, X, W, bias=False, **opts)
+    assert calls, "the GPU form did not run"
+    compare(["grad_x", "grad_weight"], [grad_x, grad_w], grads_ref, X, "float64")
 
 
 def test_conv2d_depthwise_matches_torch(torch, backend):

@@ -494,7 +494,10 @@ def fewest_operations(enabled: bool | None = True) -> Iterator[None]:
     the default outside any block). Both forms give the same numbers to rounding; the
     fewest-operations form is what a GPU runs, so this shows its operation count or tests it
     on a CPU. The choices: max pooling by one argmax over each window
-    (:func:`xpcnn.functional.max_pool_method`)."""
+    (:func:`xpcnn.functional.max_pool_method`); a stride-1 convolution's input gradient as a
+    convolution of the padded grad_y instead of kh*kw slice additions
+    (``xpcnn.functional.conv.conv2d_input_grad_kernel``); the training step's NaN guard as one
+    sum over the concatenated gradients instead of one per gradient."""
     if enabled is not None and not isinstance(enabled, bool):
         raise ArgumentError(f"enabled: expected True, False or None, got {enabled!r}")
     token = _FEWEST_OPERATIONS.set(enabled)

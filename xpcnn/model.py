@@ -40,6 +40,7 @@ class Sequential:
         self.dtype: str | None = None
         self.optimizer = None
         self._fused: tuple[int, ...] = ()  # layers the last forward ran fused (layers._forward_chain)
+        self._flat_grads = None  # (gradients, their concatenation) from the last step's NaN guard (GPU form)
 
     # ---------------------------------------------------------------- building
 

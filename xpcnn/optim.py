@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-from .backend import device_of, library_of, namespace_of, resolve_target, to_device
+from .backend import device_of, fewest_operations_for, library_of, namespace_of, resolve_target, to_device
 from .errors import ArgumentError, BackendMismatchError, NotBuiltError
 
 
@@ -50,6 +50,7 @@ class Optimizer:
         self.lr = _check_hyper("lr", lr, strict_low=True)
         self.state: dict[str, dict[str, Any]] = {}
         self.steps = 0
+        self._flat = None  # see _step_flat
 
     def step(self, model) -> None:
         """One update of all of ``model``'s parameters from their gradients."""
@@ -64,12 +65,72 @@ class Optimizer:
         self.check_state_location(slots)
         self.steps += 1
         scalars = self.scalars(self.steps)
+        if self._updates_flat(slots):
+            self._step_flat(model, slots, scalars)
+            return
+        self._flat = None
         for key, layer, name in slots:
             param = layer.params[name]
             state = self.state[key] if key in self.state else self.initial_state(param)
             layer.params[name], state = self.update(param, layer.grads[name], state, scalars)
             if state:
                 self.state[key] = state
+
+    # Every parameter in one update. The built-in rules are element-wise, so applying one to
+    # the concatenation of all parameters (gradients, state) gives each element exactly the
+    # operations of the update one parameter at a time: the same numbers, in 2-8 operations
+    # in all instead of 2-8 per parameter (PyTorch's foreach / multi-tensor optimizers do
+    # this for the same reason: on a GPU each operation is a kernel launch). The new
+    # parameters and state are views into the new flat arrays; while nobody rebinds them,
+    # the next step updates those flat arrays directly, with no concatenation.
+
+    def _updates_flat(self, slots) -> bool:
+        """On a GPU (or in :func:`xpcnn.fewest_operations`), for a built-in rule, with every
+        parameter of one dtype."""
+        if type(self).update not in _ELEMENTWISE_RULES or not slots:
+            return False
+        params = [layer.params[name] for _, layer, name in slots]
+        return fewest_operations_for(params[0]) and len({str(p.dtype) for p in params}) == 1
+
+    def _step_flat(self, model, slots, scalars) -> None:
+        params = [layer.params[name] for _, layer, name in slots]
+        grads = [layer.grads[name] for _, layer, name in slots]
+        keys = tuple(key for key, _, _ in slots)
+        xp = namespace_of(*params)
+        flat_p, flat_state = self._flat_inputs(xp, keys, params)
+        shared = getattr(model, "_flat_grads", None)  # the NaN guard's concatenation, if current
+        model._flat_grads = None
+        if shared is not None and len(shared[0]) == len(grads) and all(a is b for a, b in zip(shared[0], grads)):
+            flat_g = shared[1]
+        else:
+            flat_g = _concat(xp, grads)
+        new_p, new_state = self.update(flat_p, flat_g, flat_state, scalars)
+        views = {}
+        offset = 0
+        for (key, layer, name), param in zip(slots, params):
+            shape = tuple(param.shape)
+            span = slice(offset, offset + math.prod(shape))
+            layer.params[name] = views[key] = xp.reshape(new_p[span], shape)
+            if new_state:
+                self.state[key] = {n: xp.reshape(a[span], shape) for n, a in new_state.items()}
+            offset = span.stop
+        self._flat = (keys, views, new_p, new_state, {key: dict(self.state.get(key, {})) for key in keys})
+
+    def _flat_inputs(self, xp, keys, params):
+        """(flat parameters, flat state): last step's flat arrays while every parameter and
+        state array is still the view made from them, else concatenations."""
+        flat = getattr(self, "_flat", None)
+        if flat is not None:
+            old_keys, views, flat_p, flat_state, states = flat
+            if old_keys == keys and all(views[k] is p for k, p in zip(keys, params)) and all(
+                    self.state.get(k, {}).keys() == states[k].keys()
+                    and all(self.state[k][n] is a for n, a in states[k].items()) for k in keys):
+                return flat_p, flat_state
+        flat_p = _concat(xp, params)
+        if not any(k in self.state for k in keys):
+            return flat_p, self.initial_state(flat_p)
+        held = [self.state[k] if k in self.state else self.initial_state(p) for k, p in zip(keys, params)]
+        return flat_p, {n: _concat(xp, [h[n] for h in held]) for n in held[0]}
 
     def check_state_location(self, slots) -> None:
         """The state must live where the parameters do: after ``model.to(...)`` it moves with
@@ -133,6 +194,10 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hyper().items())})"
+
+
+def _concat(xp, arrays):
+    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
 
 def _zeros_like(param):
@@ -222,3 +287,4 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+_ELEMENTWISE_RULES = (SGD.update, Adam.update, AdamW.update)

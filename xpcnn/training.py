@@ -179,7 +179,10 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
     else:
         loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
     model._backward_checked(xp, grad)
-    guard = _guard(xp, loss, [g for layer in model.layers for g in layer.grads.values()])
+    grads = [g for layer in model.layers for g in layer.grads.values()]
+    guard, flat = _guard(xp, loss, grads)
+    # The optimizer's flat update (xpcnn.optim, GPU form) reuses the concatenation.
+    model._flat_grads = None if flat is None else (grads, flat)
     values = [guard, loss]
     if accuracy:
         values.append(xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype)))
@@ -190,17 +193,21 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
 
 
 def _guard(xp, loss, grads):
-    """A 0-d array that is non-finite when the loss or any gradient holds NaN/Inf. On a GPU
-    (:func:`xpcnn.backend.fewest_operations_for`) one reduction over every gradient, flattened
-    and concatenated: 3 operations. On a CPU a sum per gradient, added up: no copy of the
-    gradients (the concatenation copies each, and a transposed one twice): 2.2x faster at
-    batch 1 (``benchmarks/bench_guard.py``)."""
+    """(guard, flat gradients or None): ``guard`` is a 0-d array that is non-finite when the
+    loss or any gradient holds NaN/Inf. On a GPU (:func:`xpcnn.backend.fewest_operations_for`)
+    one reduction over every gradient, flattened and concatenated with the loss: 2
+    operations, and the concatenation is returned for the optimizer's flat update. On a CPU
+    a sum per gradient, added up: no copy of the gradients (the concatenation copies each,
+    and a transposed one twice): 2.2x faster at batch 1 (``benchmarks/bench_guard.py``)."""
+    if not grads:
+        return loss, None
     if fewest_operations_for(loss):
-        return loss + xp.sum(xp.concat([xp.reshape(g, (-1,)) for g in grads])) if grads else loss
+        flat = xp.concat([xp.reshape(loss, (1,)), *(xp.reshape(g, (-1,)) for g in grads)])
+        return xp.sum(flat), flat[1:]
     guard = loss
     for g in grads:
         guard = guard + xp.sum(g)
-    return guard
+    return guard, None
 
 
 def _first_non_finite(xp, arrays) -> str | None:

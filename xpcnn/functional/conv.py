@@ -30,6 +30,7 @@ from .._validate import (
     output_size,
     pair,
 )
+from ..backend import fewest_operations_for
 from ..errors import ArgumentError, ShapeError
 from ._windows import add_taps, pad2d, taps_of
 from .winograd import (
@@ -199,15 +200,45 @@ def conv2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvGeometry, *, bia
 
 def conv2d_input_grad_kernel(xp, grad_y, x_shape, weight, geometry: ConvGeometry, g_mat=None):
     """grad_x (N, C, H, W) of conv2d for an input of ``x_shape`` given grad_y (N, O, OH, OW): Winograd
-    where :func:`winograd_input_grad_applicable` measured it faster, else the weight's transpose
-    times grad_y folded back onto the input (``g_mat``: grad_y as :func:`_channel_matrix`, if made)."""
+    where :func:`winograd_input_grad_applicable` measured it faster; else, on a GPU
+    (:func:`xpcnn.backend.fewest_operations_for`) and where it applies, the convolution of the
+    padded grad_y with the flipped weight (:func:`_input_grad_by_columns`: 5 operations); else
+    the weight's transpose times grad_y folded back onto the input, kh*kw slice additions
+    (``g_mat``: grad_y as :func:`_channel_matrix`, if made)."""
     if winograd_input_grad_applicable(x_shape, weight.shape, geometry):
         return winograd_conv2d_input_grad(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
+    if fewest_operations_for(grad_y) and _columns_apply(weight.shape, geometry):
+        return _input_grad_by_columns(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
     g = geometry.groups
     if g_mat is None:
         g_mat = _channel_matrix(xp, grad_y, g)
     grad_cols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
     return _fold(xp, grad_cols, tuple(weight.shape[2:]), geometry, x_shape)
+
+
+def _columns_apply(w_shape, geometry: ConvGeometry) -> bool:
+    """Stride 1 and padding within the kernel's extent: the input gradient is then a stride-1
+    convolution of grad_y padded by (extent - 1 - padding) on each side."""
+    extent = [d * (k - 1) for d, k in zip(geometry.dilation, w_shape[2:])]
+    return geometry.stride == (1, 1) and all(p <= extent[a] for a in range(2) for p in geometry.padding[a])
+
+
+def _input_grad_by_columns(xp, grad_y, weight, geometry: ConvGeometry, size: tuple[int, int]):
+    """grad_x (N, C, H, W) as the correlation of grad_y, padded by d*(k-1) - p on each side, with
+    the weight flipped and its channel axes swapped. Taking the taps in reverse order flips
+    the kernel, so the weight matrix is a plain transpose of the forward's: (G, C/G, kh*kw*O/G)."""
+    o, cg, kh, kw = weight.shape
+    g = geometry.groups
+    (dh, dw) = geometry.dilation
+    padding = tuple((d * (k - 1) - before, d * (k - 1) - after)
+                    for d, k, (before, after) in zip((dh, dw), (kh, kw), geometry.padding))
+    n = grad_y.shape[0]
+    g_gon = xp.reshape(xp.permute_dims(grad_y, (1, 0, 2, 3)), (g, o // g, n, *grad_y.shape[2:]))
+    taps = taps_of(pad2d(xp, g_gon, padding), (kh, kw), (1, 1), (dh, dw), size)[::-1]
+    cols = xp.reshape(xp.stack(taps, axis=1), (g, kh * kw * (o // g), n * size[0] * size[1]))
+    w_t = xp.permute_dims(xp.reshape(weight, (g, o // g, cg, kh, kw)), (0, 2, 3, 4, 1))  # (G, C/G, kh, kw, O/G)
+    grad = xp.matmul(xp.reshape(w_t, (g, cg, kh * kw * (o // g))), cols)
+    return _from_channel_matrix(xp, grad, n, size)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True, cols=None,

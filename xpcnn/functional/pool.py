@@ -193,10 +193,12 @@ def _zero(xp, like):
 
 
 class WindowArgmax(NamedTuple):
-    """What the ``"argmax"`` max-pool backward needs: each window's first maximum, as its tap
-    index in row-major kernel order, (N, C, OH, OW) integers."""
+    """What the ``"argmax"`` max-pool backward needs: each window's first maximum, (N, C, OH, OW)
+    integers, as its tap index in row-major kernel order plus ``first``; a window whose index
+    is below ``first`` sends no gradient (ReLU then max pooling puts a zero before the taps)."""
 
     index: Any
+    first: int = 0
 
 
 MAX_POOL_METHODS = ("taps", "argmax")
@@ -254,7 +256,7 @@ def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, saved):
     gradient still left there (exactly all of it, times 1.0) and leaves exactly zero for later
     ties: four element-wise ops per tap."""
     if isinstance(saved, WindowArgmax):
-        return _argmax_backward(xp, grad_y, x, geometry, saved.index)
+        return _argmax_backward(xp, grad_y, x, geometry, saved)
     grads, rest = [], grad_y
     for i, t in enumerate(saved):
         taken = rest * xp.astype(t == y, rest.dtype)
@@ -265,12 +267,14 @@ def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, saved):
                     geometry.dilation, geometry.out_hw)
 
 
-def _argmax_backward(xp, grad_y, x, geometry: PoolGeometry, index):
-    """grad_x from each window's first-maximum tap ``index``: a one-hot over the window axis
-    selects where grad_y goes (a select, not a product: no dtype conversion), then the
-    windows go back to the input's positions."""
+def _argmax_backward(xp, grad_y, x, geometry: PoolGeometry, argmax: WindowArgmax):
+    """grad_x from each window's first maximum: a one-hot over the window axis selects where
+    grad_y goes (a select, not a product: no dtype conversion), then the windows go back to
+    the input's positions."""
     (kh, kw), count = geometry.kernel, geometry.kernel[0] * geometry.kernel[1]
-    taps = constant(xp, index, ("arange", count), lambda xp, dtype, device: xp.arange(count, dtype=dtype, device=device))
+    index, first = argmax
+    taps = constant(xp, index, ("arange", first, count),
+                    lambda xp, dtype, device: xp.arange(first, first + count, dtype=dtype, device=device))
     windows = xp.where(index[..., None] == taps, grad_y[..., None], _zero(xp, grad_y))  # (N, C, OH, OW, kh*kw)
     size = tuple(x.shape[2:])
     if geometry.stride == geometry.kernel and geometry.dilation == (1, 1):
@@ -318,7 +322,20 @@ def relu_max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = N
     """max_pool2d(relu(x)) on a checked input as relu(max_pool2d(x)): both are monotone, so they
     commute, and the ReLU then runs on the pooled (kh*kw times smaller) values. Every window
     holds at least one input cell (padding <= kernel // 2), so the -inf padding changes nothing.
-    Returns (y, the pooled values before the ReLU, what max pooling's backward needs)."""
+    Returns (y, the pooled values before the ReLU, what max pooling's backward needs).
+
+    The ``"argmax"`` form puts a zero before each window's taps instead: the window's maximum
+    is then relu(max) at once, and its first maximum is that zero exactly when the ReLU would
+    zero the gradient (max <= 0; PyTorch's ReLU passes a gradient only where x > 0). Three
+    operations forward (stack, max, argmax) and three backward (one-hot select, un-window)."""
+    if max_pool_method(x, method) == "argmax":
+        taps = taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
+                       geometry.dilation, geometry.out_hw)
+        shape = tuple(taps[0].shape)
+        zeros = constant(xp, x, ("zeros", shape), lambda xp, dtype, device: xp.zeros(shape, dtype=dtype, device=device))
+        windows = xp.stack([zeros, *taps], axis=-1)  # (N, C, OH, OW, 1 + kh*kw)
+        y = xp.max(windows, axis=-1)
+        return y, y, WindowArgmax(xp.argmax(windows, axis=-1), first=1)
     pooled, saved = max_pool2d_kernel(xp, x, geometry, method)
     return relu_kernel(xp, pooled), pooled, saved
 
@@ -327,14 +344,13 @@ def relu_max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, poole
     """grad_x of :func:`relu_max_pool2d_kernel`, as PyTorch's ReLU then MaxPool2d: a window whose
     maximum m is positive sends its gradient to the first cell equal to m (the first maximum
     of relu(x) too, and there x > 0); a window with m <= 0 sends it to a cell with x <= 0,
-    which the ReLU zeroes. So: the ReLU's mask on the pooled values, then max pooling's backward."""
+    which the ReLU zeroes. So: the ReLU's mask on the pooled values, then max pooling's
+    backward (the ``"argmax"`` form has the mask in its window index already)."""
     if isinstance(saved, WindowArgmax):
-        # A select (two operations, no dtype conversion) where the launches count; on NumPy
-        # np.where measured ~10x slower than the product of relu_backward_kernel.
-        grad_y = xp.where(pooled > 0, grad_y, _zero(xp, grad_y))
-    else:
-        grad_y = relu_backward_kernel(xp, grad_y, pooled)
-    return max_pool2d_backward_kernel(xp, grad_y, x, geometry, pooled, saved)
+        if saved.first == 0:  # a plain max pool's index: the ReLU's mask first
+            grad_y = xp.where(pooled > 0, grad_y, _zero(xp, grad_y))
+        return _argmax_backward(xp, grad_y, x, geometry, saved)
+    return max_pool2d_backward_kernel(xp, relu_backward_kernel(xp, grad_y, pooled), x, geometry, pooled, saved)
 
 
 # ---------------------------------------------------------------- global average
