@@ -25,7 +25,9 @@ default-net: Conv 16 3x3 -> ReLU -> MaxPool 2 -> Conv 32 3x3 -> ReLU -> MaxPool 
 ops/step and reads/step: operations (top-level ATen calls that do more than make a view) and
 host reads of one step, counted with torch.profiler on a copy of the xpcnn workload running on
 the torch backend (CPU), and of the PyTorch contender's own loop (benchmarks/harness.py,
-count_ops). benchmarks/bench_ops.py prints where each operation comes from.
+count_ops). "GPU forms": the xpcnn count again inside ``xpcnn.fewest_operations()``, the
+kernel forms a GPU runs (what it launches). benchmarks/bench_ops.py prints where each
+operation comes from.
 
 Peak memory: every training contender is re-run alone in a fresh child process that reports
 its peak RSS (VmHWM of its own process image: Linux's ``ru_maxrss`` would also count the
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
     print(harness.format_rows([row[:4] for row in rows]))
     print("images/s: median of rounds, higher is better; min..max: spread over rounds; ratios > 1: xpcnn faster.")
     print("ops/step, reads/step: operations (views excluded) and host reads per step, torch.profiler on the torch "
-          "backend (CPU) for xpcnn, and of the PyTorch loop itself.")
+          "backend (CPU) for xpcnn, and of the PyTorch loop itself; GPU forms: xpcnn's count with the kernel forms "
+          "a GPU runs (xpcnn.fewest_operations()).")
     if memory:
         print("peak RSS: VmHWM of a fresh child running that contender alone (imports + data + training).\n")
         print_memory(memory)

@@ -508,6 +508,7 @@ class Result:
     samples: list  # images/s, one per round
     faults_per_step: float = float("nan")  # minor page faults per step (fresh memory being mapped)
     ops: OpCount | None = None
+    ops_gpu: OpCount | None = None  # xpcnn only: with its GPU forms (xpcnn.fewest_operations)
 
     @property
     def median(self) -> float:
@@ -518,6 +519,7 @@ class Result:
                 "images_per_s": self.median, "samples": self.samples,
                 "min": min(self.samples), "max": max(self.samples), "minor_faults_per_step": self.faults_per_step,
                 "ops_per_step": self.ops.ops_per_step if self.ops else None,
+                "ops_per_step_gpu_forms": self.ops_gpu.ops_per_step if self.ops_gpu else None,
                 "host_reads_per_step": self.ops.host_reads_per_step if self.ops else None}
 
 
@@ -806,7 +808,7 @@ def format_rows(rows) -> str:
     """A text table of (scenario, Result, ratios, peak RSS MB or None) rows."""
     with_rss = any(rss is not None for *_, rss in rows)
     head = f"{'scenario':<26} {'contender':<16} {'batch':>5} {'images/s':>11} {'min..max':>19} " \
-           f"{'xpcnn/torch':>11} {'xpcnn/nb':>9} {'ops/step':>8} {'reads/step':>10}" \
+           f"{'xpcnn/torch':>11} {'xpcnn/nb':>9} {'ops/step':>8} {'GPU forms':>9} {'reads/step':>10}" \
            + (f" {'peak RSS MB':>11}" if with_rss else "")
     lines = [head, "-" * len(head)]
     for scenario, res, rat, rss in rows:
@@ -815,10 +817,11 @@ def format_rows(rows) -> str:
         vs_n = f"{rat['xpcnn/notebook']:.0f}x" if is_xp and "xpcnn/notebook" in rat else ""
         spread = f"{min(res.samples):.4g}..{max(res.samples):.4g}"
         ops = _fmt_count(res.ops.ops_per_step if res.ops else None)
+        ops_gpu = _fmt_count(res.ops_gpu.ops_per_step if res.ops_gpu else None)
         reads = _fmt_count(res.ops.host_reads_per_step if res.ops else None)
         rss_s = f"{rss:.0f}" if rss is not None else ""
         lines.append(f"{scenario:<26} {res.name:<16} {res.images_per_step:>5} {res.median:>11.5g} {spread:>19} "
-                     f"{vs_t:>11} {vs_n:>9} {ops:>8} {reads:>10}" + (f" {rss_s:>11}" if with_rss else ""))
+                     f"{vs_t:>11} {vs_n:>9} {ops:>8} {ops_gpu:>9} {reads:>10}" + (f" {rss_s:>11}" if with_rss else ""))
     churn = [f"{scenario} {res.name}: {res.faults_per_step:.0f}" for scenario, res, _, _ in rows
              if res.faults_per_step > 100]
     if churn:
@@ -839,6 +842,10 @@ def run_scenario(kind, net, batch, images, labels, *, args, with_torch, with_not
         for name, r in res.items():
             if name.startswith("xpcnn"):
                 r.ops = count_ops(twin.step)
+                import xpcnn
+
+                with xpcnn.fewest_operations():
+                    r.ops_gpu = count_ops(twin.step)
             elif name.startswith("torch") and args.torch_device == "cpu":
                 r.ops = count_ops(next(w for w in ws if w.name == name).step)
     return res
