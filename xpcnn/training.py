@@ -198,7 +198,7 @@ def _guard(xp, loss, grads):
     one reduction over every gradient, flattened and concatenated with the loss: 2
     operations, and the concatenation is returned for the optimizer's flat update. On a CPU
     a sum per gradient, added up: no copy of the gradients (the concatenation copies each,
-    and a transposed one twice): 2.2x faster at batch 1 (``benchmarks/bench_guard.py``)."""
+    and a transposed one twice): 2.2x faster at batch 1 (``benchmarks/bench_forms.py``)."""
     if not grads:
         return loss, None
     if fewest_operations_for(loss):
