@@ -184,10 +184,12 @@ class Optimizer:
             raise ArgumentError("state['state']: expected a dict of per-parameter dicts of arrays")
         self.steps = steps
         self.state = {k: dict(v) for k, v in buffers.items()}
+        self._flat = None
 
     def map_state(self, fn) -> None:
         """Apply ``fn`` to every state array (used to move optimizer state with the model)."""
         self.state = {k: {n: fn(a) for n, a in v.items()} for k, v in self.state.items()}
+        self._flat = None  # the flat arrays stay where they were: the next step starts over
 
     def hyper(self) -> dict[str, Any]:
         return {"lr": self.lr}

@@ -331,8 +331,8 @@ def relu_max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = N
     if max_pool_method(x, method) == "argmax":
         taps = taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
                        geometry.dilation, geometry.out_hw)
-        shape = tuple(taps[0].shape)
-        zeros = constant(xp, x, ("zeros", shape), lambda xp, dtype, device: xp.zeros(shape, dtype=dtype, device=device))
+        # A broadcast view of a kept 0-d zero: no array of the output's size is made or kept.
+        zeros = xp.broadcast_to(_zero(xp, x), tuple(taps[0].shape))
         windows = xp.stack([zeros, *taps], axis=-1)  # (N, C, OH, OW, 1 + kh*kw)
         y = xp.max(windows, axis=-1)
         return y, y, WindowArgmax(xp.argmax(windows, axis=-1), first=1)
