@@ -29,6 +29,7 @@ import os
 from types import SimpleNamespace
 from typing import Any, Iterable
 
+import array_api_compat
 import numpy as np
 
 from . import checkpoint, jit
@@ -51,7 +52,7 @@ from .errors import (
     XpcnnError,
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
-from .layers import _walk
+from .layers import Layer, _walk
 from .optim import Adam, Optimizer
 
 DEFAULT_LR = 1e-3
@@ -189,6 +190,16 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
     values.extend(extra)
     if count_labels:
         values.append(in_range)
+    return _gather(xp, values)
+
+
+def _gather(xp, values):
+    """The arrays ``values`` (of one shape) stacked into one array, for a single host read. NumPy's
+    are on the host already: ``np.asarray`` of the list gives the same array ~8x faster than
+    ``np.stack`` (0.5 against 4.4 us for four 0-d arrays: a tenth of a batch-1 step's
+    overhead)."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return np.asarray(values)
     return xp.stack(values)
 
 
@@ -323,7 +334,7 @@ def _states(model) -> list:
     arrays, so keeping the dict keeps the old ones) and state (dropout counters). Leaf layers
     only: a container's buffers and state are its sublayers'."""
     return [(layer, dict(layer.buffers), layer.get_state()) for _, layer in _walk(model.layers)
-            if not hasattr(layer, "sublayers")]
+            if not hasattr(layer, "sublayers") and (layer.buffers or type(layer).get_state is not Layer.get_state)]
 
 
 def _restore_states(model, states) -> None:
@@ -520,7 +531,7 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 
     def read_pending():
         nonlocal total_loss, total_correct
-        values = to_numpy(xp.stack([v for _, v, _, _ in pending])).tolist()
+        values = to_numpy(_gather(xp, [v for _, v, _, _ in pending])).tolist()
         for (step, _, size, xb), (guard, loss, correct) in zip(pending, values):
             if not math.isfinite(guard):
                 err = compiled.error(epoch, step, loss, xb, updated=sync_every > 1) if compiled \
