@@ -136,6 +136,19 @@ def test_torch_backend_two_ranks(tmp_path, single_process):
     assert max_relative_difference(rank0, single_process[0]) <= EXACTNESS_TOL
 
 
+def test_gpu_forms_two_ranks(tmp_path, single_process):
+    """The kernels' GPU forms (xpcnn.fewest_operations) on 2 ranks: the same training, and the
+    optimizer's flat update takes the allreduced gradients as they are (one concatenation in
+    the whole run: the parameters, at the first step)."""
+    rc, output, _ = run_ranks("exactness_gpu_forms", str(tmp_path))
+    assert_ok(rc, output)
+    rank0, _ = load_weights(tmp_path / "rank0.npz")
+    rank1, _ = load_weights(tmp_path / "rank1.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
+    assert max_relative_difference(rank0, single_process[0]) <= EXACTNESS_TOL
+    assert [(tmp_path / f"concatenations{r}.txt").read_text() for r in (0, 1)] == ["1", "1"]
+
+
 def test_batchnorm_ranks_stay_identical(tmp_path):
     rc, output, _ = run_ranks("batchnorm", str(tmp_path))
     assert_ok(rc, output)
@@ -249,6 +262,21 @@ def scenario_exactness_torch(out: str) -> None:
     assert model.backend.name == "torch"
     history = train(model, x, y, distributed=True)
     save_weights(os.path.join(out, f"rank{mpi.rank()}.npz"), model, history)
+
+
+def scenario_exactness_gpu_forms(out: str) -> None:
+    from xpcnn.distributed import mpi
+
+    calls = []
+    concat = optim._concat
+    optim._concat = lambda xp, arrays: calls.append(1) or concat(xp, arrays)
+    x, y = dataset()
+    model = network(seed=100 + mpi.rank())
+    with xpcnn.fewest_operations():
+        history = train(model, x, y, distributed=True)
+    save_weights(os.path.join(out, f"rank{mpi.rank()}.npz"), model, history)
+    with open(os.path.join(out, f"concatenations{mpi.rank()}.txt"), "w") as f:
+        f.write(str(len(calls)))
 
 
 def scenario_batchnorm(out: str) -> None:

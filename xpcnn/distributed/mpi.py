@@ -276,6 +276,9 @@ class Communicator:
         for (_, layer, name), shape, count in zip(grads, shapes, sizes):
             layer.grads[name] = xp.reshape(total[offset:offset + count], shape)
             offset += count
+        # The gradients are one flat array already: the optimizer's flat update (its GPU form,
+        # xpcnn.optim) takes it as it is, with no concatenation.
+        model._flat_grads = ([layer.grads[name] for _, layer, name in grads], total[:offset])
         guard = xp.sum(total[:offset])
         for (_, layer, name), shape, count in zip(buffers, shapes[len(grads):], sizes[len(grads):]):
             layer.buffers[name] = xp.reshape(total[offset:offset + count], shape)
