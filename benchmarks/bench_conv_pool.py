@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -61,18 +59,6 @@ def pair_step(n, c, o, h, input_grad, fused, dtype=np.float32, seed=0):
     return one_op if fused else two_ops
 
 
-def timed(fns, repeats):
-    for f in fns:
-        f()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            t0 = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) * 1e3 for t in times]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -93,8 +79,8 @@ def main(argv=None) -> int:
     for n, c, o, h in SHAPES:
         cells = []
         for input_grad in (False, True):
-            two, one = timed([pair_step(n, c, o, h, input_grad, False), pair_step(n, c, o, h, input_grad, True)],
-                             args.repeats)
+            pair = [pair_step(n, c, o, h, input_grad, fused) for fused in (False, True)]
+            two, one = harness.alternating_median_ms(pair, args.repeats)
             cells.append(f"{two:7.3f}/{one:7.3f} {two / one:5.2f}x")
         w_shape = (o, c, 3, 3)
         conv = conv2d_geometry((n, c, h, h), w_shape)

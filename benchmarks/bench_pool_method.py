@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -55,18 +53,6 @@ def step(library, shape, kernel, stride, method, seed=0):
     return run
 
 
-def timed(fns, repeats):
-    for f in fns:
-        f()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            t0 = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) * 1e3 for t in times]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -83,8 +69,8 @@ def main(argv=None) -> int:
     for shape, kernel, stride in SHAPES:
         cells = []
         for library in ("numpy", "torch"):
-            taps, arg = timed([step(library, shape, kernel, stride, method) for method in ("taps", "argmax")],
-                              args.repeats)
+            forms = [step(library, shape, kernel, stride, method) for method in ("taps", "argmax")]
+            taps, arg = harness.alternating_median_ms(forms, args.repeats)
             cells.append(f"{taps:7.3f}/{arg:7.3f} {arg / taps:6.2f}x")
         ops = [harness.count_ops(step("torch", shape, kernel, stride, m), steps=2, warmup=1).ops_per_step
                for m in ("taps", "argmax")]

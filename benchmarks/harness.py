@@ -533,6 +533,21 @@ def _check_finite(w: Workload, value) -> None:
                             "(learning rate, input scale), never time a diverged run")
 
 
+def alternating_median_ms(fns, repeats: int) -> list[float]:
+    """Milliseconds per call of each of ``fns`` (no arguments): one warm-up call each, then
+    ``repeats`` rounds calling each once in turn; the median per function. For the kernel
+    comparisons (bench_conv_pool.py, bench_pool_method.py)."""
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
 def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
     """Images/s of each workload: warm up (at least two steps and ``warmup_s``), size a round to
     about ``round_s``, then ``repeats`` rounds per workload, alternating round-robin with the

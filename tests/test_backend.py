@@ -324,3 +324,23 @@ def test_jax_device_names():
         for spec in ("jax:gpu", "jax:cuda"):
             with pytest.raises(BackendUnavailableError, match=r"jax cannot use device .*jax\[cuda12\]"):
                 B.load_backend(spec)
+
+
+def test_fewest_operations_is_scoped_and_chooses_by_device_otherwise():
+    """Kernels with a CPU form and a GPU form ask fewest_operations_for: the device decides,
+    unless a fewest_operations block says otherwise; blocks nest and undo themselves."""
+    from xpcnn.backend import fewest_operations_for, on_accelerator
+
+    x = np.zeros(3)
+    assert not on_accelerator(x) and not fewest_operations_for(x)
+    with xpcnn.fewest_operations():
+        assert fewest_operations_for(x)
+        with xpcnn.fewest_operations(None):  # back to the device's choice
+            assert not fewest_operations_for(x)
+        with xpcnn.fewest_operations(False):
+            assert not fewest_operations_for(x)
+        assert fewest_operations_for(x)
+    assert not fewest_operations_for(x)
+    with pytest.raises(xpcnn.XpcnnError, match="enabled"):
+        with xpcnn.fewest_operations(1):
+            pass

@@ -126,26 +126,26 @@ def test_two_ranks_equal_one_process(tmp_path, single_process):
     assert max_relative_difference(want, [np.asarray(w) for w in network().get_weights()]) > 1e-2
 
 
-def test_torch_backend_two_ranks(tmp_path, single_process):
-    pytest.importorskip("torch")
-    rc, output, _ = run_ranks("exactness_torch", str(tmp_path))
+def assert_ranks_equal_one_process(tmp_path, scenario, single_process):
+    """Run ``scenario`` on 2 ranks: both end bit-identical, and within EXACTNESS_TOL of one process."""
+    rc, output, _ = run_ranks(scenario, str(tmp_path))
     assert_ok(rc, output)
     rank0, _ = load_weights(tmp_path / "rank0.npz")
     rank1, _ = load_weights(tmp_path / "rank1.npz")
     assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
     assert max_relative_difference(rank0, single_process[0]) <= EXACTNESS_TOL
+
+
+def test_torch_backend_two_ranks(tmp_path, single_process):
+    pytest.importorskip("torch")
+    assert_ranks_equal_one_process(tmp_path, "exactness_torch", single_process)
 
 
 def test_gpu_forms_two_ranks(tmp_path, single_process):
     """The kernels' GPU forms (xpcnn.fewest_operations) on 2 ranks: the same training, and the
     optimizer's flat update takes the allreduced gradients as they are (one concatenation in
     the whole run: the parameters, at the first step)."""
-    rc, output, _ = run_ranks("exactness_gpu_forms", str(tmp_path))
-    assert_ok(rc, output)
-    rank0, _ = load_weights(tmp_path / "rank0.npz")
-    rank1, _ = load_weights(tmp_path / "rank1.npz")
-    assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
-    assert max_relative_difference(rank0, single_process[0]) <= EXACTNESS_TOL
+    assert_ranks_equal_one_process(tmp_path, "exactness_gpu_forms", single_process)
     assert [(tmp_path / f"concatenations{r}.txt").read_text() for r in (0, 1)] == ["1", "1"]
 
 

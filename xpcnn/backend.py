@@ -465,7 +465,7 @@ def on_accelerator(x: Any) -> bool:
     if array_api_compat.is_cupy_array(x):
         return True
     if array_api_compat.is_torch_array(x):
-        return x.device.type != "cpu"
+        return x.device.type not in ("cpu", "meta")
     if array_api_compat.is_jax_array(x):
         device = device_of(x)
         if device is None:  # a jax.jit tracer: XLA places it on the default backend
