@@ -497,7 +497,8 @@ def fewest_operations(enabled: bool | None = True) -> Iterator[None]:
     (:func:`xpcnn.functional.max_pool_method`); a stride-1 convolution's input gradient as a
     convolution of the padded grad_y instead of kh*kw slice additions
     (``xpcnn.functional.conv.conv2d_input_grad_kernel``); the training step's NaN guard as one
-    sum over the concatenated gradients instead of one per gradient."""
+    sum over the concatenated gradients instead of one per gradient; the optimizer's update
+    of every parameter as one flat array instead of one parameter at a time."""
     if enabled is not None and not isinstance(enabled, bool):
         raise ArgumentError(f"enabled: expected True, False or None, got {enabled!r}")
     token = _FEWEST_OPERATIONS.set(enabled)

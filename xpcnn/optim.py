@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backend import device_of, fewest_operations_for, library_of, namespace_of, resolve_target, to_device
 from .errors import ArgumentError, BackendMismatchError, NotBuiltError
@@ -89,8 +89,10 @@ class Optimizer:
         parameter of one dtype."""
         if type(self).update not in _ELEMENTWISE_RULES or not slots:
             return False
-        params = [layer.params[name] for _, layer, name in slots]
-        return fewest_operations_for(params[0]) and len({str(p.dtype) for p in params}) == 1
+        _, layer, name = slots[0]
+        # The device first: on a CPU (every step there) nothing else is looked at.
+        return fewest_operations_for(layer.params[name]) and \
+            len({str(layer.params[name].dtype) for _, layer, name in slots}) == 1
 
     def _step_flat(self, model, slots, scalars) -> None:
         params = [layer.params[name] for _, layer, name in slots]
@@ -114,18 +116,15 @@ class Optimizer:
             if new_state:
                 self.state[key] = {n: xp.reshape(a[span], shape) for n, a in new_state.items()}
             offset = span.stop
-        self._flat = (keys, views, new_p, new_state, {key: dict(self.state.get(key, {})) for key in keys})
+        self._flat = _Flat(keys, views, new_p, new_state, {key: dict(self.state.get(key, {})) for key in keys})
 
     def _flat_inputs(self, xp, keys, params):
         """(flat parameters, flat state): last step's flat arrays while every parameter and
         state array is still the view made from them, else concatenations."""
-        flat = getattr(self, "_flat", None)
-        if flat is not None:
-            old_keys, views, flat_p, flat_state, states = flat
-            if old_keys == keys and all(views[k] is p for k, p in zip(keys, params)) and all(
-                    self.state.get(k, {}).keys() == states[k].keys()
-                    and all(self.state[k][n] is a for n, a in states[k].items()) for k in keys):
-                return flat_p, flat_state
+        flat = self._flat
+        if flat is not None and flat.keys == keys and all(flat.param_views[k] is p for k, p in zip(keys, params)) \
+                and all(_same_arrays(self.state.get(k, {}), flat.state_views[k]) for k in keys):
+            return flat.params, flat.state
         flat_p = _concat(xp, params)
         if not any(k in self.state for k in keys):
             return flat_p, self.initial_state(flat_p)
@@ -196,6 +195,22 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hyper().items())})"
+
+
+class _Flat(NamedTuple):
+    """The last flat update: the parameter keys in order, the views handed out (parameters by
+    key, state dicts by key) and the flat arrays behind them."""
+
+    keys: tuple
+    param_views: dict
+    params: Any
+    state: dict
+    state_views: dict
+
+
+def _same_arrays(a: dict, b: dict) -> bool:
+    """The same names bound to the very same arrays (identity, not values)."""
+    return a.keys() == b.keys() and all(a[n] is b[n] for n in a)
 
 
 def _concat(xp, arrays):

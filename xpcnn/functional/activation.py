@@ -27,13 +27,14 @@ def relu(x):
     return relu_kernel(xp, x)
 
 
-def _zero(xp, dtype, device):
-    return xp.zeros((), dtype=dtype, device=device)
+def zero_like(xp, like):
+    """A 0-d zero of ``like``'s dtype and device, made once (:func:`xpcnn.backend.constant`)."""
+    return constant(xp, like, "zero", lambda xp, dtype, device: xp.zeros((), dtype=dtype, device=device))
 
 
 def relu_kernel(xp, x):
     # maximum, not where: one SIMD ufunc on NumPy, ~10x faster.
-    return xp.maximum(x, constant(xp, x, "zero", _zero))
+    return xp.maximum(x, zero_like(xp, x))
 
 
 def relu_backward(grad_y, x):

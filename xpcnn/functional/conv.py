@@ -120,13 +120,16 @@ def _from_channel_matrix(xp, m, n, out_hw):
     return xp.permute_dims(xp.reshape(m, (g * og, n, *out_hw)), (1, 0, 2, 3))
 
 
-def _columns(xp, x, kernel, geometry: ConvGeometry):
-    """im2col: x (N, C, H, W) -> columns (G, kh*kw*C/G, N*OH*OW), tap-major rows within each group."""
+def _columns(xp, x, kernel, geometry: ConvGeometry, *, flipped: bool = False):
+    """im2col: x (N, C, H, W) -> columns (G, kh*kw*C/G, N*OH*OW), tap-major rows within each group;
+    ``flipped``: the taps in reverse kernel order (the columns of a 180-degree rotated kernel)."""
     n, c = x.shape[:2]
     g = geometry.groups
     # (C, N, H, W) split into groups; padding it makes the one copy, each tap is then a strided slice.
     x_gcn = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (g, c // g, n, *x.shape[2:]))
     taps = taps_of(pad2d(xp, x_gcn, geometry.padding), kernel, geometry.stride, geometry.dilation, geometry.out_hw)
+    if flipped:
+        taps = taps[::-1]
     oh, ow = geometry.out_hw
     return xp.reshape(xp.stack(taps, axis=1), (g, len(taps) * (c // g), n * oh * ow))
 
@@ -229,13 +232,11 @@ def _input_grad_by_columns(xp, grad_y, weight, geometry: ConvGeometry, size: tup
     the kernel, so the weight matrix is a plain transpose of the forward's: (G, C/G, kh*kw*O/G)."""
     o, cg, kh, kw = weight.shape
     g = geometry.groups
-    (dh, dw) = geometry.dilation
     padding = tuple((d * (k - 1) - before, d * (k - 1) - after)
-                    for d, k, (before, after) in zip((dh, dw), (kh, kw), geometry.padding))
+                    for d, k, (before, after) in zip(geometry.dilation, (kh, kw), geometry.padding))
     n = grad_y.shape[0]
-    g_gon = xp.reshape(xp.permute_dims(grad_y, (1, 0, 2, 3)), (g, o // g, n, *grad_y.shape[2:]))
-    taps = taps_of(pad2d(xp, g_gon, padding), (kh, kw), (1, 1), (dh, dw), size)[::-1]
-    cols = xp.reshape(xp.stack(taps, axis=1), (g, kh * kw * (o // g), n * size[0] * size[1]))
+    adjoint = ConvGeometry((1, 1), padding, geometry.dilation, g, size)
+    cols = _columns(xp, grad_y, (kh, kw), adjoint, flipped=True)
     w_t = xp.permute_dims(xp.reshape(weight, (g, o // g, cg, kh, kw)), (0, 2, 3, 4, 1))  # (G, C/G, kh, kw, O/G)
     grad = xp.matmul(xp.reshape(w_t, (g, cg, kh * kw * (o // g))), cols)
     return _from_channel_matrix(xp, grad, n, size)

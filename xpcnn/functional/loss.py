@@ -107,7 +107,7 @@ def _cross_entropy(xp, logits, labels, label_smoothing):
     total = xp.sum(exp, axis=1, keepdims=True)
     log_p = shifted - xp.log(total)
     hot = _one_hot(xp, labels, k, logits.dtype)
-    target = hot * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else hot
+    target = _smoothed(hot, k, label_smoothing)
     loss = xp.sum(log_p * target) * (-1.0 / n)
     return loss, (exp / total - target) * (1.0 / n), hot
 
@@ -118,10 +118,14 @@ def _one_hot(xp, labels, k: int, dtype):
     return xp.astype(labels[:, None] == classes, dtype)
 
 
+def _smoothed(hot, k: int, label_smoothing: float):
+    """(N, K) targets from a one-hot: smoothed towards label_smoothing / K."""
+    return hot * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else hot
+
+
 def _target(xp, labels, k: int, dtype, label_smoothing: float):
     """(N, K) targets: one-hot, smoothed towards label_smoothing / K."""
-    target = _one_hot(xp, labels, k, dtype)
-    return target * (1.0 - label_smoothing) + label_smoothing / k if label_smoothing else target
+    return _smoothed(_one_hot(xp, labels, k, dtype), k, label_smoothing)
 
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None):

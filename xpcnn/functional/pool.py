@@ -19,7 +19,7 @@ from .._validate import Padding, check_float, check_grad, check_ndim, namespace,
 from ..backend import constant, device_of, fewest_operations_for
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
-from .activation import relu_backward_kernel, relu_kernel
+from .activation import relu_backward_kernel, relu_kernel, zero_like
 
 
 class PoolGeometry(NamedTuple):
@@ -187,11 +187,6 @@ def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, *, ceil_
 # ---------------------------------------------------------------- max
 
 
-def _zero(xp, like):
-    """A 0-d zero of ``like``'s dtype and device, made once (the same constant as the ReLU's)."""
-    return constant(xp, like, "zero", lambda xp, dtype, device: xp.zeros((), dtype=dtype, device=device))
-
-
 class WindowArgmax(NamedTuple):
     """What the ``"argmax"`` max-pool backward needs: each window's first maximum, (N, C, OH, OW)
     integers, as its tap index in row-major kernel order plus ``first``; a window whose index
@@ -219,14 +214,25 @@ def max_pool_method(x, method: str | None = None) -> str:
     return method
 
 
+def _padded_taps(xp, x, geometry: PoolGeometry) -> list:
+    """The kh*kw window taps of x padded with -inf, each (N, C, OH, OW)."""
+    return taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
+                   geometry.dilation, geometry.out_hw)
+
+
+def _window_argmax(xp, taps: list, first: int):
+    """(max, :class:`WindowArgmax`) over the taps stacked on a last axis, the first of them at
+    position ``first``."""
+    windows = xp.stack(taps, axis=-1)  # (N, C, OH, OW, first + kh*kw)
+    return xp.max(windows, axis=-1), WindowArgmax(xp.argmax(windows, axis=-1), first)
+
+
 def max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = None):
     """Max pooling math on a checked input: y and what the backward needs (the padded input's
     taps, or a :class:`WindowArgmax`; see :func:`max_pool_method`)."""
-    taps = taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
-                   geometry.dilation, geometry.out_hw)
+    taps = _padded_taps(xp, x, geometry)
     if max_pool_method(x, method) == "argmax":
-        windows = xp.stack(taps, axis=-1)  # (N, C, OH, OW, kh*kw)
-        return xp.max(windows, axis=-1), WindowArgmax(xp.argmax(windows, axis=-1))
+        return _window_argmax(xp, taps, first=0)
     # A chain of element-wise maxima: ~15x faster on NumPy than a reduction over a window axis.
     y = taps[0]
     for t in taps[1:]:
@@ -275,7 +281,7 @@ def _argmax_backward(xp, grad_y, x, geometry: PoolGeometry, argmax: WindowArgmax
     index, first = argmax
     taps = constant(xp, index, ("arange", first, count),
                     lambda xp, dtype, device: xp.arange(first, first + count, dtype=dtype, device=device))
-    windows = xp.where(index[..., None] == taps, grad_y[..., None], _zero(xp, grad_y))  # (N, C, OH, OW, kh*kw)
+    windows = xp.where(index[..., None] == taps, grad_y[..., None], zero_like(xp, grad_y))  # (N, C, OH, OW, kh*kw)
     size = tuple(x.shape[2:])
     if geometry.stride == geometry.kernel and geometry.dilation == (1, 1):
         # The windows tile the padded input: putting them back is one transpose-copy.
@@ -329,13 +335,11 @@ def relu_max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = N
     zero the gradient (max <= 0; PyTorch's ReLU passes a gradient only where x > 0). Three
     operations forward (stack, max, argmax) and three backward (one-hot select, un-window)."""
     if max_pool_method(x, method) == "argmax":
-        taps = taps_of(pad2d(xp, x, geometry.padding, value=-float("inf")), geometry.kernel, geometry.stride,
-                       geometry.dilation, geometry.out_hw)
+        taps = _padded_taps(xp, x, geometry)
         # A broadcast view of a kept 0-d zero: no array of the output's size is made or kept.
-        zeros = xp.broadcast_to(_zero(xp, x), tuple(taps[0].shape))
-        windows = xp.stack([zeros, *taps], axis=-1)  # (N, C, OH, OW, 1 + kh*kw)
-        y = xp.max(windows, axis=-1)
-        return y, y, WindowArgmax(xp.argmax(windows, axis=-1), first=1)
+        zeros = xp.broadcast_to(zero_like(xp, x), tuple(taps[0].shape))
+        y, saved = _window_argmax(xp, [zeros, *taps], first=1)
+        return y, y, saved
     pooled, saved = max_pool2d_kernel(xp, x, geometry, method)
     return relu_kernel(xp, pooled), pooled, saved
 
@@ -347,8 +351,6 @@ def relu_max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, poole
     which the ReLU zeroes. So: the ReLU's mask on the pooled values, then max pooling's
     backward (the ``"argmax"`` form has the mask in its window index already)."""
     if isinstance(saved, WindowArgmax):
-        if saved.first == 0:  # a plain max pool's index: the ReLU's mask first
-            grad_y = xp.where(pooled > 0, grad_y, _zero(xp, grad_y))
         return _argmax_backward(xp, grad_y, x, geometry, saved)
     return max_pool2d_backward_kernel(xp, relu_backward_kernel(xp, grad_y, pooled), x, geometry, pooled, saved)
 
