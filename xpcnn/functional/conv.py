@@ -125,13 +125,15 @@ def _columns(xp, x, kernel, geometry: ConvGeometry, *, flipped: bool = False):
     ``flipped``: the taps in reverse kernel order (the columns of a 180-degree rotated kernel)."""
     n, c = x.shape[:2]
     g = geometry.groups
-    # (C, N, H, W) split into groups; padding it makes the one copy, each tap is then a strided slice.
-    x_gcn = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (g, c // g, n, *x.shape[2:]))
+    # (C, N, H, W) split into groups, with a tap axis of size 1; padding it makes the one copy,
+    # each tap is then a strided slice, and concatenating the taps along that axis is the
+    # columns (np.stack would add the axis to each tap: 7.5 against 4 us at batch 1).
+    x_gcn = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (g, 1, c // g, n, *x.shape[2:]))
     taps = taps_of(pad2d(xp, x_gcn, geometry.padding), kernel, geometry.stride, geometry.dilation, geometry.out_hw)
     if flipped:
         taps = taps[::-1]
     oh, ow = geometry.out_hw
-    return xp.reshape(xp.stack(taps, axis=1), (g, len(taps) * (c // g), n * oh * ow))
+    return xp.reshape(xp.concat(taps, axis=1), (g, len(taps) * (c // g), n * oh * ow))
 
 
 def _fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):

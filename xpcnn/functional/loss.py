@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .._validate import check_float, check_ndim, check_nonempty, namespace, positive_int
+from .._validate import check_float, check_ndim, check_nonempty, is_integral, namespace, positive_int
 from ..backend import constant, device_of
 from ..errors import ArgumentError, DataError, LabelError
 from .activation import log_softmax
@@ -16,7 +16,7 @@ def check_label_layout(xp, labels, n: int):
     if not hasattr(labels, "shape") or tuple(labels.shape) != (n,):
         got = f"shape {tuple(labels.shape)}" if hasattr(labels, "shape") else type(labels).__name__
         raise LabelError(f"labels: expected an integer array of shape ({n},) to match the batch, got {got}")
-    if not xp.isdtype(labels.dtype, "integral"):
+    if not is_integral(xp, labels.dtype):
         raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
 
 
@@ -108,8 +108,11 @@ def _cross_entropy(xp, logits, labels, label_smoothing):
     log_p = shifted - xp.log(total)
     hot = _one_hot(xp, labels, k, logits.dtype)
     target = _smoothed(hot, k, label_smoothing)
-    loss = xp.sum(log_p * target) * (-1.0 / n)
-    return loss, (exp / total - target) * (1.0 / n), hot
+    loss = xp.sum(log_p * target)
+    grad = exp / total - target
+    if n == 1:  # x * 1.0 is x: two operations fewer for a single sample, the same numbers
+        return -loss, grad, hot
+    return loss * (-1.0 / n), grad * (1.0 / n), hot
 
 
 def _one_hot(xp, labels, k: int, dtype):
