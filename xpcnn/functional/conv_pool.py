@@ -2,49 +2,54 @@
 
 Average pooling acts on spatial positions and the convolution's matmul on channels, so the two
 commute: pooling the im2col columns, then multiplying by the weight, gives the same output as
-pooling the convolution's output. The pooling then runs on the columns' kh*kw*C/G rows instead
-of the output's O channels, and the matmul on the pooled positions only (2x2 pooling: 4x
-fewer): on the notebook network (C=1, O=16, 3x3 kernel, 2x2 pool) the convolution's full-size
-output is never made. The weight gradient is the same identity read backwards: grad_y times
-the pooled columns.
+pooling the convolution's output. The matmul then runs on the pooled positions only (2x2
+pooling: 4x fewer), and the convolution's full-size output is never made. The weight gradient
+is the same identity read backwards: grad_y times the pooled columns.
+
+The pooled columns are made straight from the input, without the im2col columns (kh*kw times
+the input) in between. Pooling is separable, y = A_h^T x A_w, and tap (i, j)'s column is the
+input shifted by the tap's offset, so its pooled block is B_h^(i)^T x B_w^(j), with B^(i) the
+averaging matrix with its rows moved by the offset (and spread by the conv's stride; rows of
+padding dropped, since padding is zeros). Stacking the kh (kw) shifted matrices side by side
+gives every tap in two matmuls: x (H, W) @ [B_w^(0) .. B_w^(kw-1)] (W, kw*PW), then
+[B_h^(0) .. B_h^(kh-1)]^T (kh*PH, H) @ that, per (sample, channel). Each pooled value is the
+sum of the same products as when pooling the columns (the other terms are exact zeros), in
+an order BLAS picks: equal to rounding, and bitwise for 2-wide windows (two terms, halves
+exact), as the notebook network's.
 
 The bias commutes only when every pool window averages its full size of real cells (no padding, no
-``ceil_mode`` window running over): :func:`fuses` says when, and whether it is faster. Written
-on the same helpers as conv2d and avg_pool2d (the columns, the averaging matrices), so the
-numbers are those of the two ops up to float rounding order.
+``ceil_mode`` window running over): :func:`fuses` says when, and whether it is faster. The
+numbers are those of the two ops (conv2d, avg_pool2d) up to float rounding order.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from ..backend import constant
 from .conv import (
     ConvGeometry,
     _channel_matrix,
-    _columns,
     _from_channel_matrix,
     _weight_from_matrix,
     _weight_matrix,
     conv2d_input_grad_kernel,
 )
-from .pool import PoolGeometry, _averaging, avg_pool2d_backward_kernel
-
-# Fused is faster while the columns have at most this many rows per output channel
-# (kh*kw*C/G <= 8 * O/G). Measured by benchmarks/bench_conv_pool.py (NumPy, 2 threads; output in
-# benchmarks/results/conv_pool_threads2.txt), forward + backward of the pair: fused 1.06-4.6x
-# faster at up to 2.2 rows per channel (the notebook network has 0.6), 0.90-1.20x at 5.4, and
-# 0.93-1.24x from 9 to 72, where pooling the tall columns costs about what the smaller matmul saves.
-_MAX_ROWS_PER_CHANNEL = 8
+from .pool import PoolGeometry, _averaging_lists, avg_pool2d_backward_kernel
 
 
 def fuses(w_shape, conv: ConvGeometry, pool: PoolGeometry) -> bool:
-    """Whether conv2d with weight of ``w_shape`` (O, C/G, kh, kw) then ``pool`` should run as one op:
-    exact when every pool window averages kh*kw cells of the conv's output (no padding, no
-    ``ceil_mode`` window running over: the bias then passes through unchanged), and worth it
-    while the columns are not much taller than the output (see ``_MAX_ROWS_PER_CHANNEL``)."""
-    exact = pool.divisor is None and not any(p for side in pool.padding for p in side)
-    o, cg, kh, kw = w_shape
-    return exact and kh * kw * cg <= _MAX_ROWS_PER_CHANNEL * (o // conv.groups)
+    """Whether conv2d with weight of ``w_shape`` (O, C/G, kh, kw) then ``pool`` run as one op: when
+    it is exact, that is when every pool window averages kh*kw cells of the conv's output (no
+    padding, no ``ceil_mode`` window running over: the bias then passes through unchanged).
+
+    Fused is faster wherever it was measured (``benchmarks/bench_conv_pool.py``, NumPy, 2 threads,
+    output in ``benchmarks/results/conv_pool_threads2.txt``): forward + backward 1.2-5.5x at 20
+    shapes from 0.6 to 72 im2col rows per output channel, 2x2 and overlapping pools, but one
+    within noise (0.96x). Before the pooled columns were made without the im2col columns
+    (module docstring), tall columns made it slower, and a bound on their height applied."""
+    return pool.divisor is None and not any(p for side in pool.padding for p in side)
 
 
 def conv2d_avg_pool2d_kernel(xp, x, weight, bias, conv: ConvGeometry, pool: PoolGeometry) -> tuple[Any, Any]:
@@ -52,19 +57,52 @@ def conv2d_avg_pool2d_kernel(xp, x, weight, bias, conv: ConvGeometry, pool: Pool
     x (N, C, H, W) -> (y (N, O, PH, PW), the pooled columns (G, kh*kw*C/G, N*PH*PW) for the backward)."""
     g = conv.groups
     n = x.shape[0]
-    oh, ow = conv.out_hw
-    ph, pw = pool.out_hw
-    cols = _columns(xp, x, weight.shape[2:], conv)
-    rows = cols.shape[0] * cols.shape[1]
-    a_h_t, a_w = _averaging(xp, pool, cols, (oh, ow))
-    # The columns are a fresh contiguous array: pooling the width is ONE (rows*N*OH, OW) @ (OW, PW)
-    # product, not rows*N small ones; the height then a batched (PH, OH) @ (OH, PW) product.
-    pooled_w = xp.reshape(xp.matmul(xp.reshape(cols, (rows * n * oh, ow)), a_w), (rows * n, oh, pw))
-    pooled = xp.reshape(xp.matmul(a_h_t, pooled_w), (g, rows // g, n * ph * pw))
+    pooled = _pooled_columns(xp, x, tuple(weight.shape[2:]), conv, pool)
     y = xp.matmul(_weight_matrix(xp, weight, g), pooled)
     if bias is not None:
         y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return _from_channel_matrix(xp, y, n, (ph, pw)), pooled
+    return _from_channel_matrix(xp, y, n, pool.out_hw), pooled
+
+
+def _pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):
+    """The im2col columns of x (N, C, H, W) for ``kernel``, average-pooled: (G, kh*kw*C/G, N*PH*PW),
+    tap-major rows as :func:`xpcnn.functional.conv._columns`, in two matmuls (module docstring)."""
+    n, c, h, w = x.shape
+    g = conv.groups
+    (kh, kw), (ph, pw) = kernel, pool.out_hw
+    b_h_t, b_w = constant(xp, x, ("tap averaging", conv, pool, (h, w), kernel),
+                          lambda xp, dtype, device: tuple(xp.asarray(m, dtype=dtype, device=device)
+                                                          for m in _tap_averaging_lists(conv, pool, (h, w), kernel)))
+    # The width first as ONE (N*C*H, W) @ (W, kw*PW) product, not N*C small ones.
+    z = xp.reshape(xp.matmul(xp.reshape(x, (n * c * h, w)), b_w), (n * c, h, kw * pw))
+    blocks = xp.reshape(xp.matmul(b_h_t, z), (n, g, c // g, kh, ph, kw, pw))  # (.., i, p, j, q)
+    return xp.reshape(xp.permute_dims(blocks, (1, 3, 5, 2, 0, 4, 6)), (g, kh * kw * (c // g), n * ph * pw))
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_averaging_lists(conv: ConvGeometry, pool: PoolGeometry, size: tuple[int, int], kernel) -> tuple:
+    """([B_h^(0) .. B_h^(kh-1)]^T (kh*PH, H), [B_w^(0) .. B_w^(kw-1)] (W, kw*PW)) as Python lists
+    for an input of ``size``: B^(i)[h] is row r of the pool's averaging matrix (over the conv's
+    output) where the conv reads input cell h at output r through tap i, else zeros."""
+    a_h_t, a_w = _averaging_lists(pool, conv.out_hw)  # (PH, OH), (OW, PW)
+    a_h = [list(column) for column in zip(*a_h_t)]  # (OH, PH)
+    b_h, b_w = (_shifted(a, size[d], conv.padding[d][0], conv.stride[d], conv.dilation[d], kernel[d])
+                for d, a in enumerate((a_h, a_w)))
+    return [list(row) for row in zip(*b_h)], b_w
+
+
+def _shifted(a: list, size: int, before: int, stride: int, dilation: int, taps: int) -> list:
+    """(size, taps * P): for input index h and tap i, the row a[r] (P values) of the conv output
+    r = (h + before - i*dilation) / stride that reads h through tap i, or zeros when none does."""
+    out = len(a[0])
+    rows = []
+    for h in range(size):
+        row = []
+        for i in range(taps):
+            r, rest = divmod(h + before - i * dilation, stride)
+            row.extend(a[r] if rest == 0 and 0 <= r < len(a) else [0.0] * out)
+        rows.append(row)
+    return rows
 
 
 def conv2d_avg_pool2d_backward_kernel(xp, grad_y, x, weight, conv: ConvGeometry, pool: PoolGeometry, *, bias: bool,
