@@ -35,7 +35,7 @@ import numpy as np
 
 from . import functional as F
 from . import layers, optim
-from .backend import device_of, dtype_name, load_backend, resolve_target, to_numpy
+from .backend import device_of, dtype_name, load_backend, namespace_of, resolve_target, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
 from .model import Sequential
 from .testing import ALL_BACKENDS, DTYPES, TOLERANCES, ParityResult, Tolerance, check_parity
@@ -128,6 +128,41 @@ def _conv_case() -> OpCase:
 
     return _conv_like_case("conv2d", "conv2d + backward, 2x3x9x8, 4 filters 3x2, stride (2,1), pad (1,2), dilation (2,1)",
                            dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1)), inputs, F.conv2d, F.conv2d_backward)
+
+
+def _conv_avg_pool_case() -> OpCase:
+    """The fused conv + average pool (``xpcnn.functional.conv_pool``: the pooled columns from the
+    tap-shifted averaging matrices) with stride, padding, dilation, groups and overlapping windows."""
+    from .functional import conv_pool
+    from .functional.conv import conv2d_geometry
+    from .functional.pool import pool_geometry
+
+    geom = dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=2)
+
+    def inputs(rng):
+        x = rng.standard_normal((2, 4, 11, 12))
+        w = rng.standard_normal((6, 2, 3, 3)) / math.sqrt(2 * 3 * 3)
+        return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 5, 2))
+
+    def run(x, w, b, g):
+        xp = namespace_of(x, w, b, g)
+        conv = conv2d_geometry(x.shape, w.shape, **geom)
+        pool = pool_geometry((x.shape[0], w.shape[0], *conv.out_hw), 3, 2)
+        assert conv_pool.fuses(tuple(w.shape), conv, pool)
+        y, pooled = conv_pool.conv2d_avg_pool2d_kernel(xp, x, w, b, conv, pool)
+        gx, gw, gb = conv_pool.conv2d_avg_pool2d_backward_kernel(xp, g, x, w, conv, pool, bias=True, pooled=pooled,
+                                                                 input_grad=True)
+        return {"y": y, "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
+
+    def torch(x, w, b, g):
+        X, W, B = _leaves(x, w, b)
+        functional = _torch().nn.functional
+        y = functional.avg_pool2d(functional.conv2d(X, W, B, **geom), 3, 2)
+        y.backward(_torch().tensor(g))
+        return _host_outputs({"y": y, "grad_x": X.grad, "grad_weight": W.grad, "grad_bias": B.grad})
+
+    return OpCase("conv2d_avg_pool2d", "conv2d then avg_pool2d as one op, 2x4x11x12, 6 filters 3x3 in 2 groups, stride "
+                  "(1,2), pad (2,1), dilation (2,1); pool 3 stride 2", inputs, run, torch)
 
 
 def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, out_hw, description: str) -> OpCase:
@@ -533,6 +568,7 @@ def parity_cases() -> list[OpCase]:
     """Every op (forward and backward), one training step, a short training run, fit + evaluate."""
     return [
         _conv_case(),
+        _conv_avg_pool_case(),
         _pool_case("avg_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "avg_pool2d + backward, kernel 3, stride 2, pad 1 (zeros counted)"),
         _pool_case("avg_pool2d_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4),
                    "avg_pool2d + backward, kernel 2 = stride (non-overlapping windows), last row dropped"),
