@@ -35,6 +35,10 @@ def networks():
     # A second conv needs its input gradient: the pool's backward, then the conv's.
     yield "two stages", nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, stride=1),
                                       nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12 * 4 * 4, 10)), (2, 10, 10), (2,)
+    # 8*9 = 72 im2col rows per output channel: the input gradient through the pool's backward
+    # then the conv's (conv_pool.unpools is False), not the transposed averaging matrices.
+    yield "many rows per channel", nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3),
+                                                 nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 4, 10)), (2, 10, 10), (2,)
     yield "groups, stride, dilation, overlapping pool", nn.Sequential(
         nn.Conv2d(4, 8, 3, stride=2, dilation=2, padding=2, groups=2), nn.AvgPool2d(3, stride=2), nn.Flatten(),
         nn.Linear(8 * 3 * 3, 10)), (4, 15, 15), (0,)
@@ -195,6 +199,16 @@ def test_fuses_only_when_exact(kernel, stride, padding, ceil_mode, w_shape, expe
     conv = conv2d_geometry((1, w_shape[1], 11, 11), w_shape)
     pooled = pool.pool_geometry((1, w_shape[0], *conv.out_hw), kernel, stride, padding, ceil_mode=ceil_mode)
     assert conv_pool.fuses(w_shape, conv, pooled) is expected
+
+
+@pytest.mark.parametrize("w_shape, groups, expected", [
+    ((12, 8, 3, 3), 1, True),    # "two stages": 6 rows per output channel
+    ((1, 8, 3, 3), 1, False),    # "many rows per channel": 72
+    ((8, 2, 3, 3), 2, True),     # grouped: 18 rows per group over 4 channels per group
+])
+def test_input_gradient_form_by_rows_per_channel(w_shape, groups, expected):
+    conv = conv2d_geometry((1, w_shape[1] * groups, 11, 11), w_shape, groups=groups)
+    assert conv_pool.unpools(w_shape, conv) is expected
 
 
 def test_a_layer_forwarded_alone_after_the_model_is_named_not_mixed_up():
