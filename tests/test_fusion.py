@@ -201,14 +201,17 @@ def test_fuses_only_when_exact(kernel, stride, padding, ceil_mode, w_shape, expe
     assert conv_pool.fuses(w_shape, conv, pooled) is expected
 
 
-@pytest.mark.parametrize("w_shape, groups, expected", [
-    ((12, 8, 3, 3), 1, True),    # "two stages": 6 rows per output channel
-    ((1, 8, 3, 3), 1, False),    # "many rows per channel": 72
-    ((8, 2, 3, 3), 2, True),     # grouped: 18 rows per group over 4 channels per group
+@pytest.mark.parametrize("w_shape, groups, pool_stride, expected", [
+    ((12, 8, 3, 3), 1, 2, True),    # "two stages": 6 rows per output channel
+    ((1, 8, 3, 3), 1, 2, False),    # "many rows per channel": 72
+    ((8, 2, 3, 3), 2, 2, True),     # grouped: 18 rows per group over 4 channels per group
+    ((2, 8, 3, 3), 1, 2, False),    # 36 rows per output channel: above the bound of 24
+    ((12, 8, 3, 3), 1, 1, False),   # a stride-1 pool: wide averaging matrices
 ])
-def test_input_gradient_form_by_rows_per_channel(w_shape, groups, expected):
+def test_input_gradient_form_by_rows_per_channel_and_pool_stride(w_shape, groups, pool_stride, expected):
     conv = conv2d_geometry((1, w_shape[1] * groups, 11, 11), w_shape, groups=groups)
-    assert conv_pool.unpools(w_shape, conv) is expected
+    pooled = pool.pool_geometry((1, w_shape[0], *conv.out_hw), 3, pool_stride)
+    assert conv_pool.unpools(w_shape, conv, pooled) is expected
 
 
 def test_a_layer_forwarded_alone_after_the_model_is_named_not_mixed_up():

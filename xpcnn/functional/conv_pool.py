@@ -49,11 +49,12 @@ def fuses(w_shape, conv: ConvGeometry, pool: PoolGeometry) -> bool:
     it is exact, that is when every pool window averages kh*kw cells of the conv's output (no
     padding, no ``ceil_mode`` window running over: the bias then passes through unchanged).
 
-    Fused is faster wherever it was measured (``benchmarks/bench_conv_pool.py``, NumPy, 2 threads,
-    output in ``benchmarks/results/conv_pool_threads2.txt``): forward + backward 1.2-5.5x at 20
-    shapes from 0.6 to 72 im2col rows per output channel, 2x2 and overlapping pools, but one
-    within noise (0.96x). Before the pooled columns were made without the im2col columns
-    (module docstring), tall columns made it slower, and a bound on their height applied."""
+    Always, since the pooled columns are made without the im2col columns (module docstring):
+    ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads, ``benchmarks/results/conv_pool_threads2.txt``),
+    forward + backward at 20 shapes from 0.6 to 72 im2col rows per output channel, 2x2 and
+    overlapping pools: 1.36-6.4x faster, except two stride-1 3x3 pools with the input gradient
+    (0.95x, 0.98x). The earlier form, which pooled the im2col columns themselves, was slower
+    once they had more than ~8 rows per output channel, and a bound on their height applied."""
     return pool.divisor is None and not any(p for side in pool.padding for p in side)
 
 
@@ -139,7 +140,7 @@ def conv2d_avg_pool2d_backward_kernel(xp, grad_y, x, weight, conv: ConvGeometry,
     grad_weight = _weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(pooled)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
-    if input_grad and unpools(weight.shape, conv):
+    if input_grad and unpools(weight.shape, conv, pool):
         grad_pooled = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
         grad_x = _unpooled_columns(xp, grad_pooled, x.shape, tuple(weight.shape[2:]), conv, pool)
     elif input_grad:
@@ -149,16 +150,19 @@ def conv2d_avg_pool2d_backward_kernel(xp, grad_y, x, weight, conv: ConvGeometry,
     return grad_x, grad_weight, grad_bias
 
 
-# The input gradient by the transposed averaging matrices while the pooled columns have at most
-# this many rows per output channel: it multiplies the weight's transpose into a gradient of
-# kh*kw*C/G rows, where the other way (the pool's backward, then the conv's) makes O-channel
-# arrays. ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads), with input gradient, 3x3 conv:
-# 1.13-5.3x faster up to 36 rows per channel, 0.80x at 72.
-_UNPOOL_MAX_ROWS_PER_CHANNEL = 36
+# The input gradient by the transposed averaging matrices when the pool has a stride of 2 or more
+# and the pooled columns have at most this many rows per output channel: it multiplies the
+# weight's transpose into a gradient of kh*kw*C/G rows, where the other way (the pool's
+# backward, then the conv's) makes O-channel arrays; a stride-1 pool makes the averaging
+# matrices nearly as wide as the input. ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads,
+# ``benchmarks/results/conv_pool_threads2.txt``, last table), 3x3 conv: with stride-2 pools
+# 1.26-5.5x faster up to 21.6 rows per channel; 0.50x and 1.61x at 36, 1.00x at 72; with
+# stride-1 3x3 pools 0.77-2.3x. Earlier runs put the shape at 36 rows between 0.76x and 1.02x.
+_UNPOOL_MAX_ROWS_PER_CHANNEL = 24
 
 
-def unpools(w_shape, conv: ConvGeometry) -> bool:
+def unpools(w_shape, conv: ConvGeometry, pool: PoolGeometry) -> bool:
     """Whether :func:`conv2d_avg_pool2d_backward_kernel` takes the input gradient through the
     transposed averaging matrices (:func:`_unpooled_columns`) for a weight of ``w_shape``."""
     o, cg, kh, kw = w_shape
-    return kh * kw * cg <= _UNPOOL_MAX_ROWS_PER_CHANNEL * (o // conv.groups)
+    return min(pool.stride) >= 2 and kh * kw * cg <= _UNPOOL_MAX_ROWS_PER_CHANNEL * (o // conv.groups)
