@@ -157,7 +157,7 @@ def conv2d_avg_pool2d_backward_kernel(xp, grad_y, x, weight, conv: ConvGeometry,
 # matrices nearly as wide as the input. ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads,
 # ``benchmarks/results/conv_pool_threads2.txt``, last table), 3x3 conv: with stride-2 pools
 # 1.26-5.5x faster up to 21.6 rows per channel; 0.50x and 1.61x at 36, 1.00x at 72; with
-# stride-1 3x3 pools 0.77-2.3x. Earlier runs put the shape at 36 rows between 0.76x and 1.02x.
+# stride-1 3x3 pools 0.77-2.3x.
 _UNPOOL_MAX_ROWS_PER_CHANNEL = 24
 
 
