@@ -19,12 +19,13 @@ exact), as the notebook network's.
 
 The input gradient is the adjoint of the same two matmuls (:func:`_unpooled_columns`): the
 weight's transpose times grad_y gives the pooled columns' gradient, and the transposed
-averaging matrices take it back to the input, while the columns are not too tall
-(:func:`unpools`); else through the conv's output, the pool's backward then the conv's.
+averaging matrices take it back to the input, for pools of stride 2 or more whose columns are
+not too tall (:func:`unpools`); else through the conv's output, the pool's backward then the
+conv's.
 
 The bias commutes only when every pool window averages its full size of real cells (no padding, no
-``ceil_mode`` window running over): :func:`fuses` says when, and whether it is faster. The
-numbers are those of the two ops (conv2d, avg_pool2d) up to float rounding order.
+``ceil_mode`` window running over): :func:`fuses` says when. The numbers are those of the two
+ops (conv2d, avg_pool2d) up to float rounding order.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from .pool import PoolGeometry, _averaging_lists, avg_pool2d_backward_kernel
 def fuses(w_shape, conv: ConvGeometry, pool: PoolGeometry) -> bool:
     """Whether conv2d with weight of ``w_shape`` (O, C/G, kh, kw) then ``pool`` run as one op: when
     it is exact, that is when every pool window averages kh*kw cells of the conv's output (no
-    padding, no ``ceil_mode`` window running over: the bias then passes through unchanged).
+    padding, no ``ceil_mode`` window running over: the bias then passes through unchanged),
+    whatever the weight's shape.
 
     Always, since the pooled columns are made without the im2col columns (module docstring):
     ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads, ``benchmarks/results/conv_pool_threads2.txt``),
