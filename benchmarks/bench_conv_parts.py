@@ -15,7 +15,8 @@ float32: milliseconds per call of each part of xpcnn's conv2d (``xpcnn.functiona
 - fold: the input-gradient columns summed back into the padded input (kh*kw slice additions);
 
 then xpcnn's whole forward and backward (the first layer skips its input gradient, as in a
-network) against ``torch.nn.functional.conv2d`` forward and backward on the same arrays
+network; resnet8's three shapes take their input gradient by Winograd,
+``winograd_input_grad_applicable``, so their fold is timed but not in the whole) against ``torch.nn.functional.conv2d`` forward and backward on the same arrays
 (oneDNN's direct convolution), and the three GEMMs alone against PyTorch's whole conv. All
 contenders alternate round by round (a round: one untimed call, then ~0.15 s of calls);
 each figure is the median of --repeats rounds.
