@@ -16,8 +16,9 @@ float32: milliseconds per call of each part of xpcnn's conv2d (``xpcnn.functiona
 
 then xpcnn's whole forward and backward (the first layer skips its input gradient, as in a
 network; resnet8's three shapes take their input gradient by Winograd,
-``winograd_input_grad_applicable``, so their fold is timed but not in the whole) against ``torch.nn.functional.conv2d`` forward and backward on the same arrays
-(oneDNN's direct convolution), and the three GEMMs alone against PyTorch's whole conv. All
+``winograd_input_grad_applicable``, so their fold is timed but not in the whole) against
+``torch.nn.functional.conv2d`` forward and backward on the same arrays (oneDNN's direct
+convolution), and the three GEMMs alone against PyTorch's whole conv. All
 contenders alternate round by round (a round: one untimed call, then ~0.15 s of calls);
 each figure is the median of --repeats rounds.
 """

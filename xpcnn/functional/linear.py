@@ -53,11 +53,12 @@ def linear_backward_kernel(xp, grad_y, x, weight, *, bias, input_grad):
 
 def _outer(xp, x, grad_y):
     """x (1, in), grad_y (1, out) -> the outer product (in, out), laid out as the weight, so
-    the optimizer's update reads both in one order (mixed layouts cost a 2704x10 update 3x:
-    18 against 6 us). The single products are exact, so every form gives the same numbers;
-    they differ in speed on NumPy (``benchmarks/bench_forms.py``): np.matmul's K=1 product
-    does not reach BLAS (35 us), np.dot does (9.5 us), tensordot (the standard's spelling,
-    np.dot behind a reshape) 14 us."""
+    the optimizer's update reads both in one order. The single products are exact, so every
+    form gives the same numbers; on NumPy they differ in speed (``benchmarks/bench_forms.py``,
+    section 4, 2704 x 10, gradient then update): broadcasting along the long axis is laid out
+    transposed, and the update then mixes layouts (10.3 + 19.5 us); np.matmul's K=1 product
+    does not reach BLAS (37.9 + 6.3); tensordot, the standard's spelling (np.dot behind a
+    reshape: 15.3 + 6.7); np.dot (10.7 + 6.2)."""
     if array_api_compat.is_numpy_namespace(xp):
         return np.dot(xp.matrix_transpose(x), grad_y)
     return xp.tensordot(x, grad_y, axes=([0], [0]))
