@@ -25,11 +25,8 @@ each figure is the median of --repeats rounds.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -87,42 +84,12 @@ def parts(n, c, o, h, first, seed=0):
     return named
 
 
-def median_ms(fns, repeats: int, round_s: float = 0.15) -> list[float]:
-    """Milliseconds per call of each of ``fns``, alternating rounds: a round is one untimed call
-    (NumPy's BLAS threads and PyTorch's OpenMP threads each spin for a while after their work,
-    so the first call after the other library's is slowed by both pools sharing 2 cores) and
-    then enough timed calls to last ``round_s``; the median over ``repeats`` rounds."""
-    calls = []
-    for f in fns:
-        f()
-        t0 = time.perf_counter()
-        f()
-        calls.append(max(1, round(round_s / max(time.perf_counter() - t0, 1e-6))))
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            f()
-            t0 = time.perf_counter()
-            for _ in range(calls[i]):
-                f()
-            times[i].append((time.perf_counter() - t0) / calls[i])
-    return [statistics.median(t) * 1e3 for t in times]
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    harness.set_threads(args.threads)
-    env = harness.environment(args.threads, "numpy", "cpu")
-    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
-          f"torch {env['torch']}, commit {env['commit']}; BLAS: {'; '.join(env['blas'])}")
-    load = harness.LoadMonitor()
+    args, env, load = harness.start_kernel_bench(__doc__, argv, repeats=7, with_torch=True)
     print("\nms per call, float32, 3x3 stride 1 pad 1, median of alternating rounds")
     for n, c, o, h, first in LAYERS:
         named = parts(n, c, o, h, first)
-        times = dict(zip(named, median_ms(list(named.values()), args.repeats)))
+        times = dict(zip(named, harness.alternating_median_ms(list(named.values()), args.repeats, round_s=0.15)))
         gemms = sum(t for name, t in times.items() if name.endswith("GEMM"))
         moves = sum(t for name, t in times.items() if name in ("columns", "grad_y matrix", "fold"))
         ours, theirs = times["xpcnn conv2d forward + backward"], times["torch conv2d forward + backward"]
@@ -132,8 +99,7 @@ def main(argv=None) -> int:
         print(f"  {'the GEMMs together':<34} {gemms:8.2f}   ({gemms / theirs:.2f}x PyTorch's whole conv)")
         print(f"  {'columns, grad_y matrix and fold':<34} {moves:8.2f}")
         print(f"  {'xpcnn / PyTorch time':<34} {ours / theirs:8.2f}x")
-    if (line := load.summary(env["cpu_count"])) is not None:
-        print(f"\n{line}")
+    harness.print_load(load, env)
     return 0
 
 

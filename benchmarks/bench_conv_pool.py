@@ -19,7 +19,6 @@ only).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -117,19 +116,11 @@ def input_grad_forms(n, c, o, h, window, seed=0):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args(argv)
-    harness.set_threads(args.threads, torch_too=False)
-    env = harness.environment(args.threads, "numpy", None)
-    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
-          f"commit {env['commit']}; BLAS: {'; '.join(env['blas'])}")
+    args, env, load = harness.start_kernel_bench(__doc__, argv, repeats=15)
     from xpcnn.functional import conv_pool
     from xpcnn.functional.conv import conv2d_geometry
     from xpcnn.functional.pool import pool_geometry
 
-    load = harness.LoadMonitor()
     print("\nms per forward + backward, float32, median of rounds; ratio > 1: fused faster; rows/ch = kh*kw*C / O")
     header = f"{'N, C -> O, H (pool 2 unless said)':<36} {'rows/ch':>7} {'no input grad':>22} {'with input grad':>24}"
     print(f"{header} {'rule':>6} {'f64 diff':>9}")
@@ -171,8 +162,7 @@ def main(argv=None) -> int:
         pool_text = "" if window == (2, 2) else f", pool {window[0]} stride {window[1]}"
         print(f"{f'{n}, {c} -> {o}, {h}{pool_text}':<36} {9 * c / o:>7.1f} {before:>15.3f} {after:>11.3f} "
               f"{before / after:>6.2f}x {rule:>11} {diff:>9.1e}")
-    if (line := load.summary(env["cpu_count"])) is not None:
-        print(f"\n{line}")
+    harness.print_load(load, env)
     return 0
 
 

@@ -23,7 +23,6 @@ forms alternating by round; ratio > 1: the CPU form is faster.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -137,18 +136,11 @@ def outer_forms(rng):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    harness.set_threads(args.threads, torch_too=False)
-    env = harness.environment(args.threads, "numpy", None)
-    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
-          f"commit {env['commit']}")
+    args, env, load = harness.start_kernel_bench(__doc__, argv)
     import numpy as np
 
     from xpcnn import training
 
-    load = harness.LoadMonitor()
     images, labels = harness.load_images(n=64)
 
     print("\n1. NaN guard, us per call, float32 on NumPy; ratio > 1: the CPU form (sums) faster")
@@ -188,8 +180,7 @@ def main(argv=None) -> int:
     for name, layout, outer, update in outer_forms(rng):
         grad_t, update_t = best_of([outer, update], 5000)
         print(f"{name:<38} {layout:>12} {grad_t * 1e6:>9.1f} {update_t * 1e6:>7.1f} {(grad_t + update_t) * 1e6:>6.1f}")
-    if (line := load.summary(env["cpu_count"])) is not None:
-        print(f"\n{line}")
+    harness.print_load(load, env)
     return 0
 
 

@@ -15,7 +15,6 @@ issues (torch.profiler, views excluded), which is what a GPU launches.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -54,15 +53,7 @@ def step(library, shape, kernel, stride, method, seed=0):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args(argv)
-    harness.set_threads(args.threads)
-    env = harness.environment(args.threads, "numpy", "cpu")
-    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
-          f"torch {env['torch']}, commit {env['commit']}")
-    load = harness.LoadMonitor()
+    args, env, load = harness.start_kernel_bench(__doc__, argv, repeats=15, with_torch=True)
     print("\nms per ReLU + max pool forward and backward, float32, median of rounds; ratio > 1: taps faster")
     print(f"{'N, C, H x W, window/stride':<30} {'numpy taps/argmax':>26} {'torch taps/argmax':>26} "
           f"{'ops taps/argmax':>16}")
@@ -76,8 +67,7 @@ def main(argv=None) -> int:
                for m in ("taps", "argmax")]
         name = f"{shape[0]}, {shape[1]}, {shape[2]}x{shape[3]}, {kernel}/{stride or kernel}"
         print(f"{name:<30} {cells[0]:>26} {cells[1]:>26} {f'{ops[0]:.0f}/{ops[1]:.0f}':>16}")
-    if (line := load.summary(env["cpu_count"])) is not None:
-        print(f"\n{line}")
+    harness.print_load(load, env)
     return 0
 
 

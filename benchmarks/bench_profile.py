@@ -13,7 +13,6 @@ update, checks), per step. The clocks themselves cost a few microseconds per lay
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import statistics
@@ -94,18 +93,15 @@ def profile(net: str, batch: int, steps: int, images, labels) -> tuple[list, flo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=harness.NETS)
-    args = parser.parse_args(argv)
-    harness.set_threads(args.threads)
-    env = harness.environment(args.threads, "numpy", "cpu")
-    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
-          f"torch {env['torch']}, commit {env['commit']}; median of {args.steps} steps, batch {args.batch}")
+    def add_arguments(parser):
+        parser.add_argument("--steps", type=int, default=30)
+        parser.add_argument("--batch", type=int, default=64)
+        parser.add_argument("--nets", nargs="+", default=list(NETS), choices=harness.NETS)
+
+    args, env, load = harness.start_kernel_bench(
+        __doc__, argv, with_torch=True, add_arguments=add_arguments,
+        header_tail=lambda args: f"; median of {args.steps} steps, batch {args.batch}")
     images, labels = harness.load_images()
-    load = harness.LoadMonitor()
     for net in args.nets:
         try:
             rows, rest, step, torch_ms = profile(net, args.batch, args.steps, images, labels)
@@ -120,8 +116,7 @@ def main(argv=None) -> int:
         print(f"{'xpcnn step':<22} {step:>18.2f}")
         if torch_ms is not None:
             print(f"{'PyTorch step':<22} {torch_ms:>18.2f}   (xpcnn / PyTorch images/s: {torch_ms / step:.2f}x)")
-    if (line := load.summary(env["cpu_count"])) is not None:
-        print(f"\n{line}")
+    harness.print_load(load, env)
     return 0
 
 

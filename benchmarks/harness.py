@@ -254,6 +254,35 @@ def start_run(args) -> tuple[bool, dict, float | None, LoadMonitor]:
     return with_torch, env, busy_before, LoadMonitor()
 
 
+def start_kernel_bench(doc: str, argv=None, *, repeats: int | None = None, with_torch: bool = False,
+                       add_arguments: Callable | None = None, header_tail: Callable | None = None):
+    """The common start of a kernel benchmark (bench_conv_parts, bench_conv_pool, bench_forms,
+    bench_pool_method, bench_profile): ``--threads`` (and ``--repeats`` when given a default;
+    ``add_arguments(parser)`` adds more), the same threads for NumPy's BLAS (and PyTorch with
+    ``with_torch``), and the header line (``header_tail(args)`` appends to it). Returns (args,
+    environment, a :class:`LoadMonitor` for :func:`print_load`)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    set_threads(args.threads, torch_too=with_torch)
+    env = environment(args.threads, "numpy", "cpu" if with_torch else None)
+    torch_text = f"torch {env['torch']}, " if with_torch else ""
+    print(f"{env['date']}  {env['cpu']} ({env['cpu_count']} CPUs), threads {args.threads}, numpy {env['numpy']}, "
+          f"{torch_text}commit {env['commit']}; BLAS: {'; '.join(env['blas'])}"
+          + (header_tail(args) if header_tail is not None else ""))
+    return args, env, LoadMonitor()
+
+
+def print_load(load: LoadMonitor, env: dict, during: str = "the run") -> None:
+    """The last line of a result file: how busy other processes kept the CPUs (nothing off Linux)."""
+    if (line := load.summary(env["cpu_count"], during)) is not None:
+        print(f"\n{line}")
+
+
 # ---------------------------------------------------------------- data and models
 
 
@@ -533,18 +562,33 @@ def _check_finite(w: Workload, value) -> None:
                             "(learning rate, input scale), never time a diverged run")
 
 
-def alternating_median_ms(fns, repeats: int) -> list[float]:
+def alternating_median_ms(fns, repeats: int, round_s: float | None = None) -> list[float]:
     """Milliseconds per call of each of ``fns`` (no arguments): one warm-up call each, then
-    ``repeats`` rounds calling each once in turn; the median per function. For the kernel
-    comparisons (bench_conv_pool.py, bench_pool_method.py)."""
+    ``repeats`` rounds calling each in turn; the median per function. For the kernel
+    comparisons (bench_conv_pool.py, bench_pool_method.py, ...).
+
+    A round is one timed call, or with ``round_s`` one untimed call and then enough timed calls
+    to last about ``round_s`` seconds: for contenders from two libraries (NumPy's BLAS threads
+    and PyTorch's OpenMP threads each spin for a while after their work, so on 2 cores the
+    first call after the other library's is slowed by both pools)."""
+    calls = []
     for f in fns:
         f()
+        if round_s is None:
+            calls.append(1)
+            continue
+        t0 = time.perf_counter()
+        f()
+        calls.append(max(1, round(round_s / max(time.perf_counter() - t0, 1e-6))))
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
+            if round_s is not None:
+                f()
             t0 = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t0)
+            for _ in range(calls[i]):
+                f()
+            times[i].append((time.perf_counter() - t0) / calls[i])
     return [statistics.median(t) * 1e3 for t in times]
 
 
