@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             cells.append(f"{two:7.3f}/{one:7.3f} {two / one:5.2f}x")
         w_shape = (o, c, 3, 3)
         conv = conv2d_geometry((n, c, h, h), w_shape)
-        rule = conv_pool.fuses(w_shape, conv, pool_geometry((n, o, *conv.out_hw), *window))
+        rule = conv_pool.fuses(pool_geometry((n, o, *conv.out_hw), *window))
         ref = pair_step(min(n, 8), c, o, h, True, False, np.float64, pool_window=window)()
         got = pair_step(min(n, 8), c, o, h, True, True, np.float64, pool_window=window)()
         diff = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a))) for a, b in zip(ref, got))

@@ -198,7 +198,7 @@ def test_each_layer_backward_still_works_after_a_fused_forward():
 def test_fuses_only_when_exact(kernel, stride, padding, ceil_mode, w_shape, expected):
     conv = conv2d_geometry((1, w_shape[1], 11, 11), w_shape)
     pooled = pool.pool_geometry((1, w_shape[0], *conv.out_hw), kernel, stride, padding, ceil_mode=ceil_mode)
-    assert conv_pool.fuses(w_shape, conv, pooled) is expected
+    assert conv_pool.fuses(pooled) is expected
 
 
 @pytest.mark.parametrize("w_shape, groups, pool_stride, expected", [

@@ -362,9 +362,8 @@ class Conv2D(_Conv):
 
     def _fuses_with(self, pool: Layer) -> bool:
         """Whether this conv and ``pool`` after it run as one op (:mod:`xpcnn.functional.conv_pool`):
-        the built-in classes only (a subclass may change either), when it is exact and faster."""
-        return (type(self) is Conv2D and type(pool) is AvgPool2D and "weight" in self.params
-                and fuses(tuple(self.params["weight"].shape), self._geometry, pool._geometry))
+        the built-in classes only (a subclass may change either), when it is exact."""
+        return type(self) is Conv2D and type(pool) is AvgPool2D and "weight" in self.params and fuses(pool._geometry)
 
     def _forward_fused(self, xp, x, pool: AvgPool2D, training):
         """avg_pool2d(conv2d(x)) for this layer and ``pool``: the output of ``pool``. The conv's own

@@ -53,7 +53,7 @@ from .errors import (
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
 from .layers import Layer, _walk
-from .optim import Adam, Optimizer
+from .optim import Adam, Optimizer, concat_flat
 
 DEFAULT_LR = 1e-3
 
@@ -208,12 +208,12 @@ def _guard(xp, loss, grads):
     loss or any gradient holds NaN/Inf. On a GPU (:func:`xpcnn.backend.fewest_operations_for`)
     one reduction over every gradient, flattened and concatenated with the loss: 2
     operations, and the concatenation is returned for the optimizer's flat update. On a CPU
-    a sum per gradient, added up: no copy of the gradients (the concatenation copies each,
-    and a transposed one twice): 2.2x faster at batch 1 (``benchmarks/bench_forms.py``)."""
+    a sum per gradient, added up: no copy of the gradients (the concatenation copies each):
+    1.13x faster at batch 1, 0.97-1.41x at batch 64 (``benchmarks/bench_forms.py``, section 1)."""
     if not grads:
         return loss, None
     if fewest_operations_for(loss):
-        flat = xp.concat([xp.reshape(loss, (1,)), *(xp.reshape(g, (-1,)) for g in grads)])
+        flat = concat_flat(xp, [loss, *grads])
         return xp.sum(flat), flat[1:]
     guard = loss
     for g in grads:

@@ -45,11 +45,10 @@ from .conv import (
 from .pool import PoolGeometry, _averaging_lists, avg_pool2d_backward_kernel
 
 
-def fuses(w_shape, conv: ConvGeometry, pool: PoolGeometry) -> bool:
-    """Whether conv2d with weight of ``w_shape`` (O, C/G, kh, kw) then ``pool`` run as one op: when
-    it is exact, that is when every pool window averages kh*kw cells of the conv's output (no
-    padding, no ``ceil_mode`` window running over: the bias then passes through unchanged),
-    whatever the weight's shape.
+def fuses(pool: PoolGeometry) -> bool:
+    """Whether a conv2d then ``pool`` run as one op: when it is exact, that is when every pool
+    window averages kh*kw cells of the conv's output (no padding, no ``ceil_mode`` window
+    running over: the bias then passes through unchanged), whatever the convolution.
 
     Always, since the pooled columns are made without the im2col columns (module docstring):
     ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads, ``benchmarks/results/conv_pool_threads2.txt``),

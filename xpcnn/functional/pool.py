@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-from .._validate import Padding, check_float, check_grad, check_ndim, namespace, pair
+from .._validate import Padding, check_float, check_grad, check_ndim, is_integral, namespace, pair
 from ..backend import constant, device_of, fewest_operations_for
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
@@ -307,7 +307,7 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
         count = geometry.kernel[0] * geometry.kernel[1]
         if isinstance(taps, WindowArgmax):
             index = taps.index
-            if not hasattr(index, "shape") or tuple(index.shape) != out or not xp.isdtype(index.dtype, "integral"):
+            if not hasattr(index, "shape") or tuple(index.shape) != out or not is_integral(xp, index.dtype):
                 got = f"shape {tuple(index.shape)}, dtype {index.dtype}" if hasattr(index, "shape") else type(index).__name__
                 raise ShapeError(f"taps: expected a WindowArgmax of integer shape {out}, got {got}")
         elif not isinstance(taps, (list, tuple)) or len(taps) != count:
