@@ -105,7 +105,7 @@ class Optimizer:
         if shared is not None and len(shared[0]) == len(grads) and all(a is b for a, b in zip(shared[0], grads)):
             flat_g = shared[1]
         else:
-            flat_g = concat_flat(xp, grads)
+            flat_g = _concat_flat(xp, grads)
         new_p, new_state = self.update(flat_p, flat_g, flat_state, scalars)
         views = {}
         offset = 0
@@ -125,11 +125,11 @@ class Optimizer:
         if flat is not None and flat.keys == keys and all(flat.param_views[k] is p for k, p in zip(keys, params)) \
                 and all(_same_arrays(self.state.get(k, {}), flat.state_views[k]) for k in keys):
             return flat.params, flat.state
-        flat_p = concat_flat(xp, params)
+        flat_p = _concat_flat(xp, params)
         if not any(k in self.state for k in keys):
             return flat_p, self.initial_state(flat_p)
         held = [self.state[k] if k in self.state else self.initial_state(p) for k, p in zip(keys, params)]
-        return flat_p, {n: concat_flat(xp, [h[n] for h in held]) for n in held[0]}
+        return flat_p, {n: _concat_flat(xp, [h[n] for h in held]) for n in held[0]}
 
     def check_state_location(self, slots) -> None:
         """The state must live where the parameters do: after ``model.to(...)`` it moves with
@@ -213,7 +213,7 @@ def _same_arrays(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[n] is b[n] for n in a)
 
 
-def concat_flat(xp, arrays):
+def _concat_flat(xp, arrays):
     """The arrays flattened and concatenated: (sum of sizes,)."""
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 

@@ -53,7 +53,7 @@ from .errors import (
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
 from .layers import Layer, _walk
-from .optim import Adam, Optimizer, concat_flat
+from .optim import Adam, Optimizer, _concat_flat
 
 DEFAULT_LR = 1e-3
 
@@ -213,7 +213,7 @@ def _guard(xp, loss, grads):
     if not grads:
         return loss, None
     if fewest_operations_for(loss):
-        flat = concat_flat(xp, [loss, *grads])
+        flat = _concat_flat(xp, [loss, *grads])
         return xp.sum(flat), flat[1:]
     guard = loss
     for g in grads:
