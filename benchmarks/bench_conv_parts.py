@@ -15,12 +15,10 @@ float32: milliseconds per call of each part of xpcnn's conv2d (``xpcnn.functiona
 - fold: the input-gradient columns summed back into the padded input (kh*kw slice additions);
 
 then xpcnn's whole forward and backward (the first layer skips its input gradient, as in a
-network; resnet8's three shapes take their input gradient by Winograd,
-``winograd_input_grad_applicable``, so their fold is timed but not in the whole) against
-``torch.nn.functional.conv2d`` forward and backward on the same arrays (oneDNN's direct
-convolution), and the three GEMMs alone against PyTorch's whole conv. All
-contenders alternate round by round (a round: one untimed call, then ~0.15 s of calls);
-each figure is the median of --repeats rounds.
+network) against ``torch.nn.functional.conv2d`` forward and backward on the same arrays
+(oneDNN's direct convolution), and the three GEMMs alone against PyTorch's whole conv. All
+contenders alternate round by round (a round: one untimed call, then ~0.15 s of calls); each
+figure is the median of --repeats rounds.
 """
 
 from __future__ import annotations
@@ -54,9 +52,9 @@ def parts(n, c, o, h, first, seed=0):
     b = np.zeros(o, np.float32)
     grad_y = rng.standard_normal((n, o, h, h)).astype(np.float32)
     geometry = C.conv2d_geometry(x.shape, w.shape, 1, 1)
-    cols = C._columns(np, x, (3, 3), geometry)
-    w_mat = C._weight_matrix(np, w, 1)
-    g_mat = np.ascontiguousarray(C._channel_matrix(np, grad_y, 1))
+    cols = C.columns(np, x, (3, 3), geometry)
+    w_mat = C.weight_matrix(np, w, 1)
+    g_mat = np.ascontiguousarray(C.channel_matrix(np, grad_y, 1))
     grad_cols = np.matmul(np.matrix_transpose(w_mat), g_mat)
     tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, b))
     tx.requires_grad_(not first)
@@ -71,14 +69,14 @@ def parts(n, c, o, h, first, seed=0):
         return C.conv2d_backward_kernel(np, grad_y, x, w, geometry, bias=True, cols=kept, input_grad=not first)
 
     named = {
-        "columns": lambda: C._columns(np, x, (3, 3), geometry),
+        "columns": lambda: C.columns(np, x, (3, 3), geometry),
         "forward GEMM": lambda: np.matmul(w_mat, cols),
-        "grad_y matrix": lambda: np.ascontiguousarray(C._channel_matrix(np, grad_y, 1)),
+        "grad_y matrix": lambda: np.ascontiguousarray(C.channel_matrix(np, grad_y, 1)),
         "weight-grad GEMM": lambda: np.matmul(g_mat, np.matrix_transpose(cols)),
     }
     if not first:
         named["input-grad GEMM"] = lambda: np.matmul(np.matrix_transpose(w_mat), g_mat)
-        named["fold"] = lambda: C._fold(np, grad_cols, (3, 3), geometry, x.shape)
+        named["fold"] = lambda: C.fold(np, grad_cols, (3, 3), geometry, x.shape)
     named["xpcnn conv2d forward + backward"] = xpcnn_conv
     named["torch conv2d forward + backward"] = torch_conv
     return named

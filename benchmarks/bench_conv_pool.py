@@ -1,11 +1,6 @@
 """Conv2D then AvgPool2D: the two ops against the fused op (the im2col columns pooled, then the
-weight; xpcnn/functional/conv_pool.py). The measurements behind ``conv_pool.fuses``: fuse
-whenever it is exact (an earlier form, which pooled the im2col columns themselves, was
-slower once they had more than ~8 rows per output channel). Then, for the notebook network's
-layer, the two ways to make the pooled columns: pooling the im2col columns (two matmuls over
-kh*kw times the input) against the shifted averaging matrices applied to the input itself
-(two matmuls over the input; what ``conv_pool._pooled_columns`` does). Last, the fused op's
-input gradient both ways (the measurements behind ``conv_pool.unpools``).
+weight; xpcnn/functional/conv_pool.py), per shape: the measurements behind ``conv_pool.fuses``
+(fuse whenever it is exact).
 
     python benchmarks/bench_conv_pool.py [--threads 2] [--repeats 15]     # ~1 minute
 
@@ -67,54 +62,6 @@ def pair_step(n, c, o, h, input_grad, fused, dtype=np.float32, seed=0, pool_wind
     return one_op if fused else two_ops
 
 
-def pooled_column_forms(n, seed=0):
-    """(from the im2col columns, shifted averaging) closures making the pooled columns of the
-    notebook network's conv (1 -> 16, 3x3) and pool (2x2) for a batch of ``n``."""
-    from xpcnn.functional import conv as C
-    from xpcnn.functional import conv_pool as F
-    from xpcnn.functional import pool as P
-
-    x = np.random.default_rng(seed).random((n, 1, 28, 28)).astype(np.float32)
-    conv = C.conv2d_geometry(x.shape, (16, 1, 3, 3))
-    pool = P.pool_geometry((n, 16, *conv.out_hw), 2)
-    (oh, ow), (ph, pw) = conv.out_hw, pool.out_hw
-
-    def from_columns():
-        cols = C._columns(np, x, (3, 3), conv)
-        rows = cols.shape[0] * cols.shape[1]
-        a_h_t, a_w = P._averaging(np, pool, cols, (oh, ow))
-        pooled_w = np.reshape(np.reshape(cols, (rows * n * oh, ow)) @ a_w, (rows * n, oh, pw))
-        return np.reshape(a_h_t @ pooled_w, (1, rows, n * ph * pw))
-
-    def shifted():
-        return F._pooled_columns(np, x, (3, 3), conv, pool)
-    return from_columns, shifted
-
-
-def input_grad_forms(n, c, o, h, window, seed=0):
-    """(through the conv's output, transposed averaging matrices) closures computing the fused
-    conv 3x3 + avg pool's input gradient."""
-    from xpcnn.functional import conv as C
-    from xpcnn.functional import conv_pool as F
-    from xpcnn.functional import pool as P
-
-    rng = np.random.default_rng(seed)
-    x_shape = (n, c, h, h)
-    w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
-    conv = C.conv2d_geometry(x_shape, w.shape)
-    pool = P.pool_geometry((n, o, *conv.out_hw), *window)
-    grad_y = rng.standard_normal((n, o, *pool.out_hw)).astype(np.float32)
-
-    def via_output():
-        grad_out = P.avg_pool2d_backward_kernel(np, grad_y, conv.out_hw, pool)
-        return C.conv2d_input_grad_kernel(np, grad_out, x_shape, w, conv)
-
-    def transposed():
-        grad_pooled = np.matmul(np.matrix_transpose(C._weight_matrix(np, w, 1)), C._channel_matrix(np, grad_y, 1))
-        return F._unpooled_columns(np, grad_pooled, x_shape, (3, 3), conv, pool)
-    return via_output, transposed
-
-
 def main(argv=None) -> int:
     args, env, load = harness.start_kernel_bench(__doc__, argv, repeats=15)
     from xpcnn.functional import conv_pool
@@ -139,29 +86,6 @@ def main(argv=None) -> int:
         pool_text = "" if window == (2, 2) else f", pool {window[0]} stride {window[1]}"
         print(f"{f'{n}, {c} -> {o}, {h}{pool_text}':<36} {9 * c / o:>7.1f} {cells[0]:>22} {cells[1]:>24} "
               f"{'fuse' if rule else 'two':>6} {diff:>9.1e}")
-    print("\nthe pooled columns of conv 3x3 (C=1) then avg pool 2 on 28x28, float32, us per call, median of rounds")
-    print(f"{'N':>5} {'from the columns':>17} {'shifted averaging':>18} {'ratio':>7}  same numbers")
-    for n in (1, 64, 1000):
-        columns_form, shifted_form = pooled_column_forms(n)
-        before, after = harness.alternating_median_ms([columns_form, shifted_form], args.repeats * 4)
-        same = bool(np.array_equal(columns_form(), shifted_form()))
-        print(f"{n:>5} {before * 1e3:>17.1f} {after * 1e3:>18.1f} {before / after:>6.2f}x  {same}")
-    print("\nthe fused op's input gradient, ms per call, float32, median of rounds: through the conv's output (the"
-          "\npool's backward, then the conv's) against the transposed tap-averaging matrices; ratio > 1: the latter"
-          " faster")
-    print(f"{'N, C -> O, H (pool 2 unless said)':<36} {'rows/ch':>7} {'via the output':>15} {'transposed':>11} "
-          f"{'ratio':>7} {'rule':>11} {'f32 diff':>9}")
-    for n, c, o, h, window in [(*shape, (2, 2)) for shape in SHAPES if shape[0] <= 64] + OVERLAPPING:
-        via_output, transposed = input_grad_forms(n, c, o, h, window)
-        before, after = harness.alternating_median_ms([via_output, transposed], args.repeats)
-        a, b = via_output(), transposed()
-        diff = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
-        conv = conv2d_geometry((n, c, h, h), (o, c, 3, 3))
-        unpools = conv_pool.unpools((o, c, 3, 3), conv, pool_geometry((n, o, *conv.out_hw), *window))
-        rule = "transposed" if unpools else "output"
-        pool_text = "" if window == (2, 2) else f", pool {window[0]} stride {window[1]}"
-        print(f"{f'{n}, {c} -> {o}, {h}{pool_text}':<36} {9 * c / o:>7.1f} {before:>15.3f} {after:>11.3f} "
-              f"{before / after:>6.2f}x {rule:>11} {diff:>9.1e}")
     harness.print_load(load, env)
     return 0
 

@@ -83,7 +83,7 @@ def update_forms(model):
             per_parameter.step(model)
 
     def gpu_form():
-        model._flat_grads = None  # no guard ran: the gradients are concatenated here
+        model.flat_grads = None  # no guard ran: the gradients are concatenated here
         with xpcnn.fewest_operations(True):
             flat.step(model)
     return gpu_form, cpu_form
@@ -100,12 +100,12 @@ def input_grad_forms(rng, n, c, o, h, pad):
     grad_y = rng.standard_normal((n, o, *geometry.out_hw)).astype(np.float32)
 
     def fold():
-        g_mat = C._channel_matrix(np, grad_y, 1)
-        grad_cols = np.matmul(np.matrix_transpose(C._weight_matrix(np, w, 1)), g_mat)
-        return C._fold(np, grad_cols, (3, 3), geometry, (n, c, h, h))
+        g_mat = C.channel_matrix(np, grad_y, 1)
+        grad_cols = np.matmul(np.matrix_transpose(C.weight_matrix(np, w, 1)), g_mat)
+        return C.fold(np, grad_cols, (3, 3), geometry, (n, c, h, h))
 
     def columns():
-        return C._input_grad_by_columns(np, grad_y, w, geometry, (h, h))
+        return C.input_grad_by_columns(np, grad_y, w, geometry, (h, h))
     return columns, fold
 
 

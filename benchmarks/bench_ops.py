@@ -1,6 +1,7 @@
 """Operations and host reads per training step, and where each one comes from.
 
     python benchmarks/bench_ops.py            # ~1 minute; the committed output is results/ops_per_step.txt
+    python benchmarks/bench_ops.py --patch benchmarks/without/argmax_tiled_backward.patch   # a form taken out
 
 Counted with torch.profiler (benchmarks/harness.py, count_ops) on the torch backend (CPU): an
 operation is a top-level ATen call that does more than make a view (on a GPU, at least one
@@ -26,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,7 +57,19 @@ def fit_step(net: str, batch: int, steps: int = 10):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="profiled steps per count (default 5)")
+    parser.add_argument("--patch", help="count a copy of this checkout with PATCH applied")
     args = parser.parse_args(argv)
+    if args.patch:
+        root, tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), tempfile.mkdtemp()
+        for part in ("xpcnn", "benchmarks"):
+            shutil.copytree(os.path.join(root, part), os.path.join(tree, part),
+                            ignore=shutil.ignore_patterns("results"))
+        subprocess.run(["git", "apply", os.path.abspath(args.patch)], cwd=tree, check=True)
+        print(f"this checkout with {os.path.basename(args.patch)} applied", flush=True)
+        script = os.path.join(tree, "benchmarks", "bench_ops.py")
+        code = subprocess.run([sys.executable, script, "--steps", str(args.steps)]).returncode
+        shutil.rmtree(tree, ignore_errors=True)
+        return code
     harness.set_threads(1)
     env = harness.environment(1, "torch", "cpu")
     print(f"{env['date']}  torch {env['torch']}, numpy {env['numpy']}, xpcnn {env['xpcnn']}, commit {env['commit']}; "

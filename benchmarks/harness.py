@@ -750,7 +750,7 @@ def _python_site() -> str:
     """The innermost xpcnn frame of the Python stack, as :func:`_qualified` writes it."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         path = frame.filename.replace(os.sep, "/")
-        if "/xpcnn/" in path and not path.endswith("xpcnn/backend.py"):  # the caller of to_numpy, not it
+        if "/xpcnn/" in path and "/xpcnn/backend/" not in path:  # the caller of to_numpy, not it
             return _qualified(f"{path[path.index('xpcnn/'):]}({frame.lineno}): {frame.name}")
     return "(outside xpcnn)"
 

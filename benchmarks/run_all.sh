@@ -30,8 +30,6 @@ run "$R/conv_pool_threads$THREADS.txt" "$PY" benchmarks/bench_conv_pool.py --thr
 run "$R/pool_method_threads$THREADS.txt" "$PY" benchmarks/bench_pool_method.py --threads "$THREADS"
 run "$R/forms_threads$THREADS.txt" "$PY" benchmarks/bench_forms.py --threads "$THREADS"
 run "$R/conv_parts_threads$THREADS.txt" "$PY" benchmarks/bench_conv_parts.py --threads "$THREADS"
-run "$R/winograd_threads$THREADS.txt" "$PY" benchmarks/bench_winograd.py --threads "$THREADS"
-run "$R/winograd_threads1_cpu.txt" "$PY" benchmarks/bench_winograd.py --threads 1 --clock cpu
 run "$R/growth_threads$THREADS.txt" "$PY" benchmarks/bench_growth.py --threads "$THREADS" --plot "$R" \
   --json "$R/growth_threads$THREADS.json"
 run "$R/allocator.txt" "$PY" benchmarks/bench_allocator.py

@@ -11,7 +11,7 @@
 # Steps, each logged to RESULTS_DIR/<step>.log and summarised in RESULTS_DIR/results.md:
 #   env       GPU, driver, library versions, xpcnn.available_backends()
 #   cupy      CuPy must load as an xpcnn backend (a GPU run that silently skips proves nothing)
-#   pytest    the parity suite (tests/test_parity.py, test_ops.py, test_winograd.py) with --backend
+#   pytest    the parity suite (tests/test_parity.py, test_ops.py) with --backend
 #             for each of $BACKENDS (cupy first): a backend that cannot load fails the run
 #   parity    python -m xpcnn parity on numpy and $BACKENDS (the table)
 #   train     XPCNN_BACKEND=cupy python -m xpcnn train $TRAIN_ARGS
@@ -19,7 +19,6 @@
 #             every timed step synchronised): the notebook and default networks at batch 64, the
 #             deep network and resnet8 at batch 256, inference at batch 1000
 #   bench-torch  the same deep network and resnet8 at batch 256 with xpcnn on torch:cuda
-#   winograd  benchmarks/bench_winograd.py --backend cupy --quick (Winograd vs im2col on the GPU)
 # Exit status: 0 when every step passed, 1 otherwise. Every step runs regardless; a failing step
 # is announced on stderr at once and listed again at the end.
 #
@@ -107,7 +106,7 @@ step cupy "$PY" -c "from xpcnn.backend import load_backend; b = load_backend('$T
 
 backend_flags=()
 for b in $BACKENDS; do backend_flags+=(--backend "$b"); done
-step pytest "$PY" -m pytest tests/test_parity.py tests/test_ops.py tests/test_winograd.py "${backend_flags[@]}" \
+step pytest "$PY" -m pytest tests/test_parity.py tests/test_ops.py "${backend_flags[@]}" \
   -p no:cacheprovider -q -rs
 
 step parity "$PY" -m xpcnn parity --backend numpy "${backend_flags[@]}"
@@ -122,8 +121,6 @@ step bench "$PY" benchmarks/bench_train.py --backend cupy --torch-device cuda --
 
 step bench-torch "$PY" benchmarks/bench_train.py --backend torch:cuda --torch-device cuda --no-memory \
   --scenario train:deep:256 --scenario train:resnet8:256 --json "$RESULTS/bench_torch.json"
-
-step winograd "$PY" benchmarks/bench_winograd.py --backend cupy --quick
 
 {
   echo
@@ -145,7 +142,7 @@ step winograd "$PY" benchmarks/bench_winograd.py --backend cupy --quick
   tail -n 8 "$RESULTS/train.log"
   echo '```'
   echo
-  for name in bench bench-torch winograd; do
+  for name in bench bench-torch; do
     echo "## $name"
     echo
     echo '```'

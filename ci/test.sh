@@ -19,7 +19,7 @@ python -m ruff check --no-cache .
 
 # Lines of the numeric core: all lines, and code lines (no blank, comment or docstring lines).
 echo "ci/test.sh: size of the numeric core"
-python - xpcnn/backend.py xpcnn/functional xpcnn/layers.py xpcnn/model.py xpcnn/optim.py <<'EOF'
+python - xpcnn/backend xpcnn/functional xpcnn/layers.py xpcnn/model.py xpcnn/optim.py <<'EOF'
 import io
 import sys
 import tokenize

@@ -221,12 +221,12 @@ def test_shapes_that_do_not_fit_name_the_torch_path():
 
 def test_to_torch_refuses_custom_layers_and_unbuilt_models():
     class Square(layers.Layer):
-        def forward(self, x, *, training=False):
-            self._cache = (x,)
+        def forward(self, x, training=False):
+            self.save_for_backward(x)
             return x * x
 
-        def backward(self, grad_y, *, input_grad=True):
-            return 2 * self._cached()[0] * grad_y
+        def backward(self, grad_y):
+            return 2 * self.saved[0] * grad_y
 
     model = xpcnn.Sequential([layers.Residual([layers.ReLU(), Square()])]).build((2, 3, 3), backend="numpy")
     with pytest.raises(ArgumentError, match=r"model: layer 0\.block\.1 .*Square"):

@@ -173,7 +173,7 @@ def test_compiled_step_matches_eager_step_for_10_steps(make_opt, net, x64):
     arrays = compiled_model.get_weights() + compiled_model.get_buffers()
     assert all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in arrays)
     assert all(not isinstance(g, jax.core.Tracer) for layer in compiled_model.layers for g in layer.grads.values())
-    assert all(not isinstance(c, jax.core.Tracer) for layer in compiled_model.layers for c in layer._cache)
+    assert all(not isinstance(c, jax.core.Tracer) for layer in compiled_model.layers for c in layer.saved_values)
 
 
 def test_learning_rate_changes_do_not_recompile():

@@ -132,7 +132,7 @@ def test_conv2d_output_shape_is_pytorchs(cfg, dtype):
     assert layer.output_shape(shape) == (cfg["out_channels"], oh, ow)
     build(layer, shape, dtype)
     x = distinct(np.random.default_rng(1), (cfg["n"], *shape)).astype(dtype)
-    y = layer.forward(x)
+    y = layer(x)
     assert y.shape == (cfg["n"], cfg["out_channels"], oh, ow)
     if torch is not None and dtype == "float64":
         bias = torch.from_numpy(layer.params["bias"]) if cfg["bias"] else None
@@ -161,7 +161,7 @@ def test_pool_output_shape_is_pytorchs(cfg, dtype, kind):
     y = op()
     assert y.shape == (cfg["n"], cfg["c"], oh, ow)
     if cfg["dilation"] == 1:
-        assert layer.output_shape(shape) == (cfg["c"], oh, ow) == tuple(layer.forward(x).shape[1:])
+        assert layer.output_shape(shape) == (cfg["c"], oh, ow) == tuple(layer(x).shape[1:])
     if torch is not None and dtype == "float64":
         t = torch.from_numpy(x)
         ref = (TF.max_pool2d(t, cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"]) if kind == "max"
@@ -179,11 +179,11 @@ def test_flatten_and_dense_output_shapes(n, shape, units):
     flat = layers.Flatten()
     assert flat.output_shape(tuple(shape)) == (math.prod(shape),)
     x = distinct(np.random.default_rng(0), (n, *shape))
-    y = flat.forward(x)
+    y = flat(x)
     assert y.shape == (n, math.prod(shape))
     np.testing.assert_array_equal(y, x.reshape(n, -1))  # C, H, W order, as torch.flatten(x, 1)
     dense = build(layers.Dense(units), (math.prod(shape),), "float64")
-    assert dense.output_shape((math.prod(shape),)) == (units,) == tuple(dense.forward(y).shape[1:])
+    assert dense.output_shape((math.prod(shape),)) == (units,) == tuple(dense(y).shape[1:])
 
 
 # --- gradients against finite differences (float64) ------------------------------------------------
@@ -226,7 +226,7 @@ def directional_check(evaluate, point: dict, analytic: dict, rng) -> None:
 def check_layer_gradients(layer, x, seed=0):
     """Finite-difference check of a built float64 layer's input and parameter gradients."""
     rng = np.random.default_rng(seed)
-    y = layer.forward(x)
+    y = layer(x)
     g = rng.standard_normal(y.shape)
     grad_x = layer.backward(g)
     analytic = {"x": grad_x, **{f"param {k}": v for k, v in layer.grads.items()}}
@@ -236,7 +236,7 @@ def check_layer_gradients(layer, x, seed=0):
     def evaluate(point):
         layer.params.update({k: point[f"param {k}"] for k in params})
         try:
-            return weighted(layer.forward(point["x"]), g)
+            return weighted(layer(point["x"]), g)
         finally:
             layer.params.update(params)
 
@@ -334,7 +334,7 @@ def test_model_parameter_gradients_match_finite_differences(cfg, pool, units, se
     model.set_weights([rng.uniform(-1.0, 1.0, tuple(w.shape)) for w in model.get_weights()])
     x = rng.uniform(-1.0, 1.0, (cfg["n"], *shape))
     labels = rng.integers(0, units, cfg["n"])
-    pre_relu = model.layers[1].forward(model.layers[0].forward(x))
+    pre_relu = model.layers[1](model.layers[0](x))
     assume(np.abs(pre_relu).min() > 1e-3)  # no ReLU input within a finite-difference step of its kink
     model.loss_and_grad(x, labels)
     keys = [key for key, _, _ in model.named_parameters()]
@@ -388,7 +388,7 @@ def test_no_input_mutated_and_dtype_preserved(case, seed):
     params_before = {k: host(v) for k, v in layer.params.items()}
     x_before = host(x)
 
-    y = layer.forward(x)
+    y = layer(x)
     np.testing.assert_array_equal(host(x), x_before)
     g = backend.asarray(rng.standard_normal(tuple(y.shape)), dtype=dtype)
     g_before = host(g)

@@ -69,7 +69,8 @@ def test_forward_backward_and_running_statistics_match_torch(training):
     yt = net(xt)
     yt.backward(torch.from_numpy(grad_y))
     y = model.forward(x, training=training)
-    grad_x = model.backward(grad_y, input_grad=True)
+    model.needs_input_grad = True
+    grad_x = model.backward(grad_y)
 
     assert relative_error(y, yt.detach().numpy()) <= FLOAT64_RTOL
     assert relative_error(grad_x, xt.grad.numpy()) <= FLOAT64_RTOL

@@ -223,8 +223,8 @@ def test_nan_guard_names_epoch_step_and_layer_and_skips_the_update():
 def test_nan_guard_catches_a_non_finite_gradient_with_a_finite_loss(fewest, bad):
     """Both forms of the guard (xpcnn.training._guard: the CPU's and the GPU's)."""
     class LeakyGradient(layers.Dense):
-        def backward(self, grad_y, *, input_grad=True):
-            grad_x = super().backward(grad_y, input_grad=input_grad)
+        def backward(self, grad_y):
+            grad_x = super().backward(grad_y)
             self.grads["bias"] = self.grads["bias"] + bad
             return grad_x
 
@@ -316,7 +316,7 @@ def test_zoo_networks():
     assert conv.shape == (16, 1, 3, 3) and w.shape == (2704, 10) and b.shape == (10,) and not b.any()
     assert conv.std() == pytest.approx(1 / 9, rel=0.2) and w.std() == pytest.approx(1 / 2704, rel=0.05)
     default = zoo.default_cnn().build((1, 28, 28), backend="numpy")
-    assert default.output_shape == (10,)
+    assert default.output_shape() == (10,)
     assert sum(p.size for p in default.get_weights()) == 12810
     with pytest.raises(ValueError, match="unknown network"):
         zoo.get("resnet")

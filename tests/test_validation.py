@@ -113,18 +113,13 @@ def test_every_error_class_is_also_a_builtin():
         (lambda: layers.Conv2D(4, 3).output_shape((8, 8)), r"^Conv2D input_shape: expected a shape \(C, H, W\)"),
         (lambda: layers.MaxPool2D(2).output_shape((8,)), r"^MaxPool2D input_shape: expected a shape \(C, H, W\)"),
         (lambda: layers.Dense(3).output_shape((1, 8, 8)), r"^Dense input_shape: expected a flat input .*Flatten"),
-        (lambda: xpcnn.Sequential([layers.Dense(2)]).build((1, 8, 8)), r"^Dense input_shape: .*Flatten"),
+        (lambda: xpcnn.Sequential([layers.Dense(2)]).build((1, 8, 8)), r"^layer 0, Dense: Dense input_shape: .*Flatten"),
     ],
     ids=lambda v: "" if callable(v) else None,
 )
 def test_wrong_rank_or_shape(call, match):
     with raises(ShapeError, ValueError, match=match):
         call()
-
-
-def _forward(layer, x):
-    layer.forward(x)
-    return layer
 
 
 @pytest.mark.parametrize(
@@ -137,9 +132,6 @@ def _forward(layer, x):
         (lambda: F.linear_backward(np.zeros((2, 4)), np.zeros((2, 3)), np.zeros((3, 5))), r"^grad_y: expected shape \(2, 5\)"),
         (lambda: F.softmax_backward(np.zeros((2, 3)), np.zeros((2, 4))), r"^grad_y: expected shape \(2, 4\)"),
         (lambda: F.log_softmax_backward(np.zeros((2, 3)), np.zeros((2, 4))), r"^grad_y: expected shape \(2, 4\)"),
-        (lambda: _forward(layers.Flatten(), np.zeros((2, 3, 4))).backward(np.zeros((2, 5))), r"^grad_y: expected shape \(2, 12\)"),
-        (lambda: _forward(layers.ReLU(), np.zeros((2, 3))).backward(np.zeros((2, 5))), r"^grad_y: expected shape \(2, 3\)"),
-        (lambda: (lambda m: (m(X), m.backward(np.zeros((2, 7), np.float32))))(built()), r"^grad_y: expected shape \(2, 10\)"),
     ],
 )
 def test_wrong_gradient_shape_in_backward(call, match):
@@ -170,22 +162,33 @@ def test_wrong_dtype_in_functional_ops(library, dtype):
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
-@pytest.mark.parametrize("dtype", BAD_DTYPES + ["float64"])
+@pytest.mark.parametrize("dtype", BAD_DTYPES)
 def test_wrong_dtype_into_a_float32_model(library, dtype):
+    """Integers, bools and complex numbers are refused by every entry point, never converted."""
     model = built("float32", backend=library)
     x = on(library, X.astype(dtype))
-    with raises(DTypeError, TypeError, match=rf"^x: expected dtype float32 \(the model's\), got {dtype}"):
-        model(x)
-    with raises(DTypeError, TypeError, match=r"^x: expected dtype float32"):
-        model.predict(x)
-    with raises(DTypeError, TypeError, match=r"^x: expected dtype float32"):
-        model.train_step(x, on(library, np.array([1, 2])), optim.SGD(lr=0.1))
+    for call in (lambda: model(x), lambda: model.predict(x), lambda: model.evaluate(x, on(library, np.array([1, 2]))),
+                 lambda: model.train_step(x, on(library, np.array([1, 2])), optim.SGD(lr=0.1)),
+                 lambda: model.fit(x, on(library, np.array([1, 2])), verbose=0)):
+        with raises(DTypeError, TypeError, match=r"^x: expected (float images|a float32 or float64 array)"):
+            call()
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_one_dtype_rule_float64_into_a_float32_model_is_cast_by_every_entry_point(library):
+    model = built("float32", backend=library)
+    x64, y = on(library, X.astype(np.float64)), on(library, np.array([1, 2]))
+    expected = xpcnn.to_numpy(model(on(library, X)))
+    assert np.array_equal(xpcnn.to_numpy(model(x64)), expected)
+    assert xpcnn.to_numpy(model.predict(x64)).dtype == np.float32
+    assert model.evaluate(x64, y)["loss"] == model.evaluate(on(library, X), y)["loss"]
+    assert np.isfinite(model.train_step(x64, y, optim.SGD(lr=0.1)))
 
 
 def test_object_dtype_is_refused():
     with raises(DTypeError, TypeError, match=r"^x: expected a real floating dtype .*got object"):
         F.conv2d(X.astype(object), W)
-    with raises(DTypeError, TypeError, match=r"^x: expected dtype float32 .*got object"):
+    with raises(DTypeError, TypeError, match=r"^x: expected a float32 or float64 array, got dtype object"):
         built()(X.astype(object))
 
 
@@ -329,13 +332,13 @@ def test_window_larger_than_padded_input(call, match):
         (lambda: layers.MaxPool2D(0), r"^kernel_size: expected integers >= 1, got 0"),
         (lambda: layers.AvgPool2D(2, stride=-1), r"^stride: expected integers >= 1, got -1"),
         (lambda: layers.AvgPool2D(2, padding=-1), r"^padding: expected integers >= 0"),
-        (lambda: layers.MaxPool2D(2, padding=2), r"^padding: must be at most half the kernel size"),
+        (lambda: layers.MaxPool2D(2, padding=2), r"^padding: each side must be at most half the kernel size"),
         (lambda: layers.Dense(0), r"^units: expected an int >= 1, got 0"),
         (lambda: layers.Dense(-3), r"^units: expected an int >= 1, got -3"),
         (lambda: F.conv2d(X, W, stride=0), r"^stride: expected integers >= 1"),
         (lambda: F.conv2d(X, W, padding=-2), r"^padding: expected integers >= 0"),
         (lambda: F.avg_pool2d(X, 2, padding=-1), r"^padding: expected integers >= 0"),
-        (lambda: F.max_pool2d(X, 2, padding=2), r"^padding: must be at most half the kernel size"),
+        (lambda: F.max_pool2d(X, 2, padding=2), r"^padding: each side must be at most half the kernel size"),
         (lambda: F.conv2d(X, np.zeros((0, 1, 3, 3), np.float32)), r"^weight: expected a non-zero size on every axis"),
         (lambda: F.conv2d(X, np.zeros((3, 1, 0, 3), np.float32)), r"^weight: expected a non-zero size on every axis"),
         (lambda: F.conv2d(np.zeros((2, 0, 8, 8), np.float32), np.zeros((3, 0, 3, 3), np.float32)), r"^weight: expected a non-zero"),
@@ -476,11 +479,10 @@ def test_non_array_inputs(bad):
         (lambda: F.linear(bad, np.zeros((3, 2))), "x"),
         (lambda: F.linear_backward(bad, np.zeros((2, 3)), np.zeros((3, 5))), "grad_y"),
         (lambda: F.cross_entropy(bad, np.zeros(2, np.int64)), "logits"),
-        (lambda: layers.Flatten().forward(bad), "x"),
+        (lambda: layers.Flatten()(bad), "x"),
         (lambda: built()(bad), "x"),
         (lambda: built().predict(bad), "x"),
         (lambda: built().train_step(bad, np.array([1, 2]), optim.SGD(lr=0.1)), "x"),
-        (lambda: (lambda m: (m(X), m.backward(bad)))(built()), "grad_y"),
     ] + ([] if bad is None else [(lambda: F.conv2d(X, W, bad), "bias"), (lambda: F.linear(np.zeros((2, 3)), np.zeros((3, 5)), bad), "bias")]):
         with raises(DTypeError, TypeError, match=rf"^{name}: expected an array \(numpy, cupy, torch or array_api_strict\), got"):
             call()
@@ -492,7 +494,7 @@ def test_non_array_inputs(bad):
 def test_layers_and_model_used_before_build():
     for layer in (layers.Conv2D(4, 3), layers.Dense(4)):
         with raises(NotBuiltError, RuntimeError, match=rf"^{type(layer).__name__}: not built"):
-            layer.forward(X)
+            layer(X)
     model = small_net()
     for call in (lambda: model(X), lambda: model.predict(X), lambda: model.summary(),
                  lambda: model.train_step(X, np.array([1, 2]), optim.SGD(lr=0.1)),
@@ -587,7 +589,7 @@ def test_set_weights_wrong_count_shape_or_kind():
     with raises(ShapeError, ValueError, match=r"^weights\[0.bias\]: expected a rectangular nested list"):
         model.set_weights([good[0], [[1.0], [1.0, 2.0]]] + good[2:])
     for bad in (None, "abcd", 3, {"0.weight": good[0]}):
-        with raises(DTypeError, TypeError, match=r"^weights: expected a list of 4 arrays"):
+        with raises(XpcnnError, TypeError, match=r"^weights: expected a list of 4 arrays"):
             model.set_weights(bad)
     with raises(DTypeError, TypeError, match=r"^weights\[0.weight\]: expected an array"):
         model.set_weights([None] + good[1:])
@@ -603,9 +605,9 @@ def test_set_weights_wrong_count_shape_or_kind():
 
 def test_sequential_needs_a_list_of_layers():
     for bad in (None, layers.Dense(3), 3):
-        with raises(DTypeError, TypeError, match=r"^layers: expected a list of xpcnn layers"):
+        with raises(ArgumentTypeError, TypeError, match=r"^layers: expected a list of xpcnn layers"):
             xpcnn.Sequential(bad)
-    with raises(DTypeError, TypeError, match=r"^layers\[1\]: expected an xpcnn layer .*got str"):
+    with raises(ArgumentTypeError, TypeError, match=r"^layers\[1\]: expected an xpcnn layer .*got str"):
         xpcnn.Sequential([layers.Flatten(), "Dense"])
 
 

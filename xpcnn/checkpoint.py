@@ -44,6 +44,13 @@ _STALE_TMP = re.compile(r"^\.ckpt-epoch\d{6}\.safetensors\..+\.tmp$")
 _OPTIMIZER_CLASSES = {cls.__name__: cls for cls in OPTIMIZERS.values()}
 
 
+def optimizer_class(name: str) -> type:
+    """The built-in optimizer class saved as ``name``."""
+    if name not in _OPTIMIZER_CLASSES:
+        raise ModelFileError(f"optimizer: unknown class {name!r}; expected one of {', '.join(_OPTIMIZER_CLASSES)}")
+    return _OPTIMIZER_CLASSES[name]
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -117,7 +124,7 @@ class Checkpoint:
 
     def make_optimizer(self) -> Optimizer:
         """A new optimizer of the saved class and hyper-parameters (state not loaded yet)."""
-        cls = _OPTIMIZER_CLASSES[self.optimizer_record["class"]]
+        cls = optimizer_class(self.optimizer_record["class"])
         return cls(**self.optimizer_record["hyper"])
 
     def restore(self, model, optimizer: Optimizer | None = None) -> Optimizer:

@@ -427,11 +427,8 @@ def _devices(name: str) -> str:
         return f"(could not list: {type(e).__name__})"
     # array_api_strict.Device('device1') -> device1
     listed = ", ".join(re.sub(r"^[\w.]+\('(.*)'\)$", r"\1", name) for name in names)
-    if name == "jax":
-        import jax
-
-        listed += "; 64-bit mode " + ("on" if jax.config.jax_enable_x64 else "off (float64 needs JAX_ENABLE_X64=1)")
-    return listed
+    note = load_backend(name).dtype_note
+    return f"{listed}; {note}" if note else listed
 
 
 def cmd_info(args) -> int:

@@ -58,3 +58,7 @@ class NonFiniteError(XpcnnError, FloatingPointError):
 
 class LayerNotImplementedError(XpcnnError, NotImplementedError):
     """A custom layer did not override a method it needs (forward / backward)."""
+
+
+class LayerContractError(XpcnnError, RuntimeError):
+    """A layer broke the layer contract (a backward that left a parameter's gradient unset)."""

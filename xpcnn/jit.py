@@ -32,15 +32,15 @@ from .backend import namespace_of
 from .errors import ArgumentError, NonFiniteError
 from .functional.dropout import dropout_keys
 from .functional.loss import cross_entropy_kernel
-from .layers import Dropout, _walk
+from .layers import Container, Dropout
 from .optim import Optimizer
 
 
 def unsupported(model) -> str | None:
     """Why ``model`` cannot run a compiled training step, or None when it can."""
-    if model.backend is None or model.backend.name != "jax":
+    if model.backend is None or not model.backend.compiles:
         return f"a compiled step needs the jax backend; the model is on {model.backend}"
-    for path, layer in _walk(model.layers):
+    for path, layer in model.walk():
         if layer.get_state() and not isinstance(layer, Dropout):
             return (f"layer {path} ({type(layer).__name__}) keeps host-side state that advances every step "
                     f"({', '.join(layer.get_state())}), which a compiled step cannot advance")
@@ -60,7 +60,7 @@ class CompiledStep:
     def __init__(self, model, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> None:
         if not isinstance(optimizer, Optimizer):
             raise ArgumentError(f"optimizer: expected an xpcnn.optim optimizer instance, got {optimizer!r:.80}")
-        model._require_built()
+        model.require_built()
         reason = unsupported(model)
         if reason is not None:
             raise ArgumentError(f"compile: {reason}; pass compile=False")
@@ -77,9 +77,9 @@ class CompiledStep:
         loss, each gradient."""
         xp = namespace_of(xb)
         with _bound(model, params, buffers), _dropout_keys(model, keys):
-            logits = model._forward_checked(xp, xb, True)
+            logits = model.forward(xb, True)
             loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
-            model._backward_checked(xp, grad)
+            model.backward(grad)
             grads = {key: layer.grads[name] for key, layer, name in model.named_parameters()}
             stepped = {key: layer.buffers[name] for key, layer, name in model.named_buffers()}
         finite = [*params.values(), loss, *grads.values()]
@@ -106,7 +106,7 @@ class CompiledStep:
         hyper = repr({k: v for k, v in optimizer.hyper().items() if k != "lr"})
         # Dropout masks: each layer's (seed, counter) keys go in as arrays, so the masks match
         # the eager step's and one compilation serves every step; the host advances the counters.
-        dropouts = [(path, layer) for path, layer in _walk(model.layers) if isinstance(layer, Dropout)]
+        dropouts = [(path, layer) for path, layer in model.walk() if isinstance(layer, Dropout)]
         keys = {path: model.backend.asarray(dropout_keys(layer.key, layer.counter), dtype="int32")
                 for path, layer in dropouts}
         with model.backend.activate():
@@ -180,7 +180,7 @@ def forward(model, x):
 
 def _logits(model, params, buffers, x):
     with _bound(model, params, buffers):
-        return model._forward_checked(namespace_of(x), x, False)
+        return model.forward(x, False)
 
 
 # The jax.jit functions of each model, kept while the model lives: jax caches compilations per
@@ -217,20 +217,25 @@ class _dropout_keys:
     ``keys`` ({path: int32 array of 2}) inside the block."""
 
     def __init__(self, model, keys) -> None:
-        self.layers = [(layer, keys[path]) for path, layer in _walk(model.layers) if path in keys]
+        self.layers = [(layer, keys[path]) for path, layer in model.walk() if path in keys]
 
     def __enter__(self):
         for layer, k in self.layers:
-            layer._traced_keys = (k[0], k[1])
+            layer.traced_keys = (k[0], k[1])
         return self
 
     def __exit__(self, *exc) -> None:
         for layer, _ in self.layers:
-            layer._traced_keys = None
+            layer.traced_keys = None
 
 
-# What a forward / backward leaves on a layer (besides params and buffers).
-_TRANSIENT = ("grads", "_cache", "_last_out_shape")
+def _every_layer(model) -> list:
+    """Every layer a forward or backward of ``model`` touches: the nested layers and the fused
+    forms its containers run."""
+    found = {id(layer): layer for _, layer in model.walk()}
+    for container in [model, *(layer for layer in found.values() if isinstance(layer, Container))]:
+        found.update({id(layer): layer for chain in container.chains.values() for layer in chain})
+    return list(found.values())
 
 
 class _bound:
@@ -242,8 +247,8 @@ class _bound:
 
     def __enter__(self):
         model = self.model
-        self.layers = [(layer, {name: layer.__dict__[name] for name in _TRANSIENT if name in layer.__dict__})
-                       for _, layer in _walk(model.layers)]
+        # What a forward / backward leaves on a layer besides params and buffers (tracers, here).
+        self.layers = [(layer, dict(layer.grads), layer.saved_values) for layer in _every_layer(model)]
         self.originals = [(layer.params, name, layer.params[name]) for _, layer, name in model.named_parameters()]
         self.originals += [(layer.buffers, name, layer.buffers[name]) for _, layer, name in model.named_buffers()]
         for key, layer, name in model.named_parameters():
@@ -255,9 +260,7 @@ class _bound:
     def __exit__(self, *exc) -> None:
         for mapping, name, value in self.originals:
             mapping[name] = value
-        for layer, attributes in self.layers:
-            for name in _TRANSIENT:
-                if name in attributes:
-                    layer.__dict__[name] = attributes[name]
-                else:
-                    layer.__dict__.pop(name, None)
+        for layer, grads, saved in self.layers:
+            layer.grads.clear()
+            layer.grads.update(grads)
+            layer.saved_values = saved

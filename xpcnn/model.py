@@ -1,8 +1,8 @@
-"""Sequential: a stack of layers with build, forward, backward, a training step and files.
+"""Sequential: the model. A container of layers with build, inference, training and files.
 
-Floors: ``layers`` below, then :mod:`xpcnn.training` (the one step function, fit, evaluate,
-written against any model with this interface) and :mod:`xpcnn.fileformat` (bytes); the
-model delegates to them. :mod:`xpcnn.saving` (load), :mod:`xpcnn.interop` and the CLI sit
+Floors: ``layers`` below, then :mod:`xpcnn.training` (fit, evaluate, predict and the one step
+function, written against any model with this interface) and :mod:`xpcnn.fileformat` (bytes);
+the model delegates to them. :mod:`xpcnn.saving` (load), :mod:`xpcnn.interop` and the CLI sit
 above the model.
 """
 
@@ -13,82 +13,116 @@ import math
 from typing import Any, Iterable
 
 import numpy as np
+import safetensors.numpy
 
 from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
+from .checkpoint import optimizer_class, optimizer_record
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
-from .layers import Dropout, Layer, _backward_chain, _forward_chain, _walk, layers_from_config
+from .layers.base import check_config_complete, describe, flag, layers_from_config
+from .layers.containers import Container, run_backward, run_forward
+from .layers.core import Dropout
 
 
-class Sequential:
+class Sequential(Container):
     """Layers applied in order. Build it for one sample's shape ``(C, H, W)``, then call it on
-    batches ``(N, C, H, W)`` of the same backend, device and dtype as its parameters."""
+    batches ``(N, C, H, W)``: arrays of its backend and device (floating input of another float
+    dtype is cast to the model's; integers and bools are refused)."""
 
-    def __init__(self, layers: Iterable[Layer]) -> None:
-        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
-            raise DTypeError(f"layers: expected a list of xpcnn layers such as [layers.Flatten(), layers.Dense(10)], got {type(layers).__name__}")
-        self.layers = list(layers)
-        if not self.layers:
-            raise ShapeError("layers: expected at least one layer, got an empty list")
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer):
-                raise DTypeError(f"layers[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), got {type(layer).__name__}")
-        self.input_shape: tuple[int, ...] | None = None
-        self.output_shape: tuple[int, ...] | None = None
+    def __init__(self, layers: Iterable) -> None:
+        super().__init__({"": self.layer_list(layers, "layers")})
+        self.layers = self.branches[""]
+        self.built_output_shape: tuple[int, ...] | None = None
         self.backend: Backend | None = None
         self.dtype: str | None = None
         self.optimizer = None
-        self._fused: tuple[int, ...] = ()  # layers the last forward ran fused (layers._forward_chain)
-        self._flat_grads = None  # (gradients, their concatenation) from the last step's NaN guard (GPU form)
+        self.seed: int | None = None
+        self.class_names: list[str] | None = None
+        self.flat_grads = None  # (gradients, their concatenation) from the last step's guard (GPU form)
+        self.needs_input_grad = False  # nobody trains the data
 
     # ---------------------------------------------------------------- building
 
-    def build(self, input_shape, *, seed: int = 0, dtype: str = "float32", backend: str | Backend | None = None) -> Sequential:
+    def build(self, input_shape, *, seed: int = 0, dtype: str = "float32", backend: str | Backend | None = None,
+              fuse: bool = True) -> Sequential:
         """Create every parameter and buffer for samples of ``input_shape`` (C, H, W), drawn from
-        ``numpy.random.default_rng(seed)`` on the host, on the selected backend (or ``backend``)."""
+        ``numpy.random.default_rng(seed)`` on the host, on the selected backend (or ``backend``).
+        ``fuse``: run fusable layer pairs as one op (:mod:`xpcnn.layers.fused`; same numbers).
+        A built model is not drawn again: building it for the same shape and dtype does nothing,
+        for another is an error (:meth:`reset_weights` redraws, a new model takes a new shape)."""
         if not isinstance(dtype, str) or dtype not in ("float32", "float64"):
             raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
-        shape = sample_shape(input_shape, "input_shape", "such as (1, 28, 28)")
+        shape = tuple(int(s) for s in sample_shape(input_shape, "input_shape", "such as (1, 28, 28)"))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ArgumentError(f"seed: expected a non-negative int, got {seed!r}")
+        if self.built:
+            if shape == self.input_shape and dtype == self.dtype:
+                return self
+            raise ArgumentError(f"input_shape: the model is already built for {self.input_shape} ({self.dtype}) and "
+                                f"holds its weights; got {shape} ({dtype}). Use model.reset_weights(seed=...) to redraw "
+                                "them, model.to(...) to move them, or a new model for another shape")
         target = current_backend() if backend is None else resolve_target(backend)
-        if hasattr(target, "check_dtype"):
-            target.check_dtype(dtype)
-        rng = np.random.default_rng(seed)
-        out = tuple(int(s) for s in shape)
-        for layer in self.layers:
-            out = layer.build(out, rng=rng, backend=target, dtype=dtype)
-        # Dropout masks are keyed by (build seed, layer path) unless the layer has its own seed:
-        # drawn without touching ``rng``, so adding a Dropout never changes the other weights.
-        for path, layer in _walk(self.layers):
-            if isinstance(layer, Dropout):
-                layer._derived_seed = int(np.random.SeedSequence([int(seed), *map(_path_number, path.split("."))]).generate_state(1)[0])
-                layer.counter = 0
-        self.input_shape = tuple(int(s) for s in shape)
-        self.output_shape = out
-        self.backend, self.dtype = target, dtype
+        target.check_dtype(dtype)
+        for container in [self, *(layer for _, layer in self.walk() if isinstance(layer, Container))]:
+            container.fuse = flag(fuse, "fuse")
+        self._draw(shape, seed, target, dtype)
         return self
 
-    def _device(self):
-        """Compute runs under the model's device (CuPy launches on the *current* device)."""
-        return self.backend.activate() if self.backend is not None else contextlib.nullcontext()
+    def _draw(self, shape: tuple[int, ...], seed: int, backend: Backend, dtype: str) -> None:
+        out = shape
+        rng = np.random.default_rng(seed)
+        for i, layer in enumerate(self.layers):
+            try:
+                out = layer.build(out, rng=rng, backend=backend, dtype=dtype)
+            except (ShapeError, ArgumentError) as e:
+                raise type(e)(f"layer {i}, {type(layer).__name__}: {e}") from None
+        self.plan_chains()
+        # Dropout masks are keyed by (build seed, layer path) unless the layer has its own seed:
+        # drawn without touching ``rng``, so adding a Dropout never changes the other weights.
+        for path, layer in self.walk():
+            if isinstance(layer, Dropout):
+                key = [int(seed), *map(path_number, path.split("."))]
+                layer.default_seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+                layer.counter = 0
+        self.input_shape, self.built_output_shape = shape, out
+        self.backend, self.dtype, self.seed = backend, dtype, int(seed)
+
+    def reset_weights(self, seed: int = 0) -> Sequential:
+        """Redraw every parameter and buffer of a built model from ``seed`` (as a new build would)."""
+        self.require_built()
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ArgumentError(f"seed: expected a non-negative int, got {seed!r}")
+        self._draw(self.input_shape, int(seed), self.backend, self.dtype)
+        self.optimizer = None
+        return self
+
+    def output_shape(self, input_shape=None) -> tuple[int, ...]:
+        """One output sample's shape: of the built model, or for ``input_shape``."""
+        if input_shape is None:
+            self.require_built()
+            return self.built_output_shape
+        shape = sample_shape(input_shape, "input_shape", "such as (1, 28, 28)")
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except (ShapeError, ArgumentError) as e:
+                raise type(e)(f"input_shape: layer {i}, {type(layer).__name__}: {e}") from None
+        return shape
 
     @property
     def built(self) -> bool:
-        return self.input_shape is not None
+        return self.built_output_shape is not None
 
-    def _require_built(self) -> None:
+    def require_built(self) -> None:
         if not self.built:
             raise NotBuiltError("model: not built; call model.build((C, H, W)) first")
 
-    def named_parameters(self) -> list[tuple[str, Layer, str]]:
-        """(key, layer, name) for every parameter, in layer order; key is ``"<index>.<name>"``."""
-        return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
+    def device_context(self):
+        """Compute runs under the model's device (CuPy launches on the *current* device)."""
+        return self.backend.activate() if self.backend is not None else contextlib.nullcontext()
 
-    def named_buffers(self) -> list[tuple[str, Layer, str]]:
-        """(key, layer, name) for every buffer (BatchNorm running statistics), in layer order."""
-        return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.buffers]
+    # ---------------------------------------------------------------- arrays
 
     def get_weights(self) -> list:
         """Parameters in layer order (weight before bias), as arrays of the model's backend."""
@@ -108,12 +142,14 @@ class Sequential:
         self._set_arrays(buffers, self.named_buffers(), "buffers", "buffers")
 
     def _set_arrays(self, arrays, slots, attr: str, argument: str) -> None:
-        self._require_built()
+        self.require_built()
         if isinstance(arrays, (str, bytes, dict)) or not hasattr(arrays, "__iter__"):
-            raise DTypeError(f"{argument}: expected a list of {len(slots)} arrays (as get_{argument}() returns), got {type(arrays).__name__}")
+            raise ArgumentTypeError(f"{argument}: expected a list of {len(slots)} arrays (as get_{argument}() returns), "
+                                    f"got {type(arrays).__name__}")
         arrays = list(arrays)
         if len(arrays) != len(slots):
-            raise ShapeError(f"{argument}: expected {len(slots)} arrays ({', '.join(k for k, _, _ in slots)}), got {len(arrays)}")
+            raise ShapeError(f"{argument}: expected {len(slots)} arrays ({', '.join(k for k, _, _ in slots)}), "
+                             f"got {len(arrays)}")
         new = []
         for (key, layer, name), w in zip(slots, arrays):
             if not isinstance(w, (list, tuple)):
@@ -121,7 +157,8 @@ class Sequential:
             try:
                 host = to_numpy(w)
             except ValueError:
-                raise ShapeError(f"{argument}[{key}]: expected a rectangular nested list or an array, got a ragged {type(w).__name__}") from None
+                raise ShapeError(f"{argument}[{key}]: expected a rectangular nested list or an array, "
+                                 f"got a ragged {type(w).__name__}") from None
             expected = tuple(getattr(layer, attr)[name].shape)
             if tuple(host.shape) != expected:
                 raise ShapeError(f"{argument}[{key}]: expected shape {expected}, got {tuple(host.shape)}")
@@ -134,33 +171,29 @@ class Sequential:
     def layer_states(self) -> dict[str, dict]:
         """JSON-able per-layer state that is neither parameter nor buffer (dropout counters),
         keyed by layer index; saved in checkpoints."""
-        states = {str(i): layer.get_state() for i, layer in enumerate(self.layers)}
-        return {k: v for k, v in states.items() if v}
+        return self.get_state()
 
     def set_layer_states(self, states: dict[str, dict]) -> None:
         """Restore :meth:`layer_states` output."""
         if not isinstance(states, dict):
             raise ArgumentError(f"states: expected a dict keyed by layer index, got {type(states).__name__}")
-        for key, state in states.items():
-            if not key.isdigit() or int(key) >= len(self.layers) or not isinstance(state, dict):
-                raise ArgumentError(f"states[{key!r}]: expected a layer index below {len(self.layers)} with a dict state")
-            self.layers[int(key)].set_state(state)
+        self.set_state(states)
 
     def to(self, target) -> Sequential:
         """Move every parameter, buffer and the optimizer's state to ``target`` (a backend name
         such as "cupy" / "numpy" / "torch:cuda", or a device object); returns the model."""
-        self._require_built()
+        self.require_built()
         backend = resolve_target(target)
-        if hasattr(backend, "check_dtype"):
-            backend.check_dtype(self.dtype)
+        backend.check_dtype(self.dtype)
         for _, layer, name in self.named_parameters():
             layer.params[name] = to_device(layer.params[name], backend)
         for _, layer, name in self.named_buffers():
             layer.buffers[name] = to_device(layer.buffers[name], backend)
-        for _, layer in _walk(self.layers):
-            if not hasattr(layer, "sublayers"):
-                layer.grads = {}
-            layer._cache = ()
+        for _, layer in self.walk():
+            layer.grads.clear()
+            layer.save_for_backward()
+        for layer in self.chains[""]:
+            layer.save_for_backward()
         if self.optimizer is not None:
             self.optimizer.map_state(lambda a: to_device(a, backend))
         self.backend = backend
@@ -170,24 +203,16 @@ class Sequential:
 
     def state_tensors(self) -> dict[str, np.ndarray]:
         """Parameters and buffers as contiguous host arrays keyed ``"<layer>.<name>"``."""
-        slots = self.named_parameters() + self.named_buffers()
-        return {key: np.ascontiguousarray(to_numpy(getattr(layer, "params" if name in layer.params else "buffers")[name]))
-                for key, layer, name in slots}
+        arrays = {key: layer.params[name] for key, layer, name in self.named_parameters()}
+        arrays.update({key: layer.buffers[name] for key, layer, name in self.named_buffers()})
+        return {key: np.ascontiguousarray(to_numpy(a)) for key, a in arrays.items()}
 
     def state_shapes(self, input_shape) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
         """(parameter shapes, buffer shapes) for samples of ``input_shape``, computed without
         allocating anything (how files are checked before their arrays are used)."""
-        params: dict[str, tuple[int, ...]] = {}
-        buffers: dict[str, tuple[int, ...]] = {}
-        shape = tuple(input_shape)
-        for i, layer in enumerate(self.layers):
-            out = tuple(layer.output_shape(shape))  # validates the geometry first, as build does
-            for name, spec in layer._param_specs(shape).items():
-                params[f"{i}.{name}"] = tuple(int(s) for s in spec[0])
-            for name, spec in layer._buffer_specs(shape).items():
-                buffers[f"{i}.{name}"] = tuple(int(s) for s in spec[0])
-            shape = out
-        return params, buffers
+        self.output_shape(input_shape)  # validates the geometry first, as build does
+        return tuple({key: tuple(int(s) for s in spec[0]) for key, spec in self.specs(input_shape, kind).items()}
+                     for kind in ("param_specs", "buffer_specs"))
 
     def to_bytes(self, *, kind: str = "model", tensors: dict[str, np.ndarray] | None = None,
                  metadata: dict[str, str] | None = None) -> bytes:
@@ -200,6 +225,8 @@ class Sequential:
         if metadata is not None and (not isinstance(metadata, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
             raise ArgumentTypeError(f"metadata: expected a dict of strings to strings, got {metadata!r:.80}")
+        for path, layer in self.walk():
+            check_config_complete(layer, f"layer {path}")
         all_tensors = self.state_tensors()
         all_tensors.update(tensors or {})
         return fileformat.encode(all_tensors, kind=kind, config=self.get_config(), dtype=self.dtype,
@@ -210,86 +237,111 @@ class Sequential:
         read it back with ``xpcnn.load(path, backend=...)``."""
         fileformat.write_atomic(path, self.to_bytes())
 
+    def __getstate__(self) -> dict:
+        """Pickling (joblib, multiprocessing, ``copy.deepcopy``): the config, the arrays as
+        safetensors bytes, the backend's name and the optimizer's state. Nothing else."""
+        state = {"config": self.get_config(), "class_names": self.class_names}
+        if self.built:
+            state.update(backend=str(self.backend), seed=self.seed, layer_states=self.layer_states(),
+                         arrays=safetensors.numpy.save(self.state_tensors()))
+            if self.optimizer is not None:
+                record, tensors = optimizer_record(self.optimizer, self)
+                state["optimizer"] = (record, safetensors.numpy.save(tensors) if tensors else b"")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(layers_from_config(state["config"]["layers"], "config.layers"))
+        self.class_names = state.get("class_names")
+        if "arrays" not in state:
+            return
+        self.build(state["config"]["input_shape"], seed=state["seed"], dtype=state["config"]["dtype"],
+                   backend=state["backend"])
+        arrays = safetensors.numpy.load(state["arrays"])
+        for key, layer, name in self.named_parameters():
+            layer.params[name] = self.backend.asarray(arrays[key], dtype=self.dtype)
+        for key, layer, name in self.named_buffers():
+            layer.buffers[name] = self.backend.asarray(arrays[key], dtype=self.dtype)
+        self.set_layer_states(state["layer_states"])
+        if "optimizer" in state:
+            record, blob = state["optimizer"]
+            tensors = safetensors.numpy.load(blob) if blob else {}
+            self.optimizer = optimizer_class(record["class"])(**record["hyper"])
+            self.optimizer.load_state_dict({"steps": record["steps"], "state": {
+                key: {name: self.backend.asarray(tensors[f"optimizer/{key}/{name}"], dtype=self.dtype)
+                      for name in names} for key, names in record["state"].items()}})
+
     # ---------------------------------------------------------------- running
 
-    def check_input(self, x):
-        """Check a batch against the built model once; returns its namespace."""
-        xp = self._check_input_layout(x)
-        # One fused reduction (~1% of a step) so NaN/Inf in the data is named here rather than
-        # surfacing as a NaN loss epochs later.
-        if not bool(xp.all(xp.isfinite(x))):
-            bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
-            raise DataError(f"x: expected finite values, got {bad} NaN/Inf among {math.prod(x.shape)} values in the batch; clean or mask the data")
-        return xp
-
-    def _check_input_layout(self, x):
-        """:meth:`check_input` without the values' check (no host read): array kind, library,
-        device, shape and dtype. Returns the namespace."""
-        self._require_built()
+    def check_input(self, x, *, values: bool = True):
+        """``x`` checked against the built model (array kind, library, device, shape; with
+        ``values``, NaN/Inf too: one host read) and cast to the model's dtype when it is another
+        float dtype: (namespace, x)."""
+        self.require_built()
         check_array(x, "x")
-        first = next((p for layer in self.layers for p in layer.params.values()), None)
+        first = next((layer.params[name] for _, layer, name in self.named_parameters()), None)
         xp = namespace(x=x) if first is None else namespace(x=x, model_parameters=first)
         if len(x.shape) != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(self.input_shape) else ""
             raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}")
         if x.shape[0] == 0:
             raise DataError("x: the batch is empty (N = 0)")
-        if (x.dtype != first.dtype) if first is not None else (dtype_name(x.dtype) != self.dtype):
-            raise DTypeError(f"x: expected dtype {self.dtype} (the model's), got {dtype_name(x.dtype)}; cast the input or build the model with that dtype")
-        return xp
+        x = training.as_model_dtype(xp, x, self.dtype, "x")
+        if values and not bool(xp.all(xp.isfinite(x))):
+            bad = xp.reshape(~xp.isfinite(x), (-1,))
+            count, first_bad = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
+            raise DataError(f"x: expected finite values, got {count} NaN/Inf among {math.prod(x.shape)} values in the "
+                            f"batch (the first at flat index {first_bad}); clean or mask the data")
+        return xp, x
 
-    def forward(self, x, *, training: bool = False):
-        """Logits (N, K) for x (N, C, H, W); each layer caches what its backward needs.
-        ``training=True`` runs training-mode layers (dropout, batch statistics)."""
+    def forward(self, x, training: bool = False):
+        """Logits (N, K) of a batch already checked (:meth:`check_input`); each layer keeps what
+        its backward needs. ``training=True`` runs training-mode layers (dropout, batch statistics)."""
+        return run_forward(self.chains[""], x, training)
+
+    def backward(self, grad_y):
+        """Back-propagate grad_y (N, K) of the last forward through every layer (setting every
+        ``layer.grads``); returns the input's gradient when ``needs_input_grad`` (False by default)."""
+        return run_backward(self.chains[""], grad_y, self.needs_input_grad)
+
+    def __call__(self, x, training: bool = False):
+        """Logits for a batch, checked first (see the class docstring for the dtype rule)."""
         if not isinstance(training, bool):
             raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
-        xp = self.check_input(x)
-        with self.backend.activate():
-            return self._forward_checked(xp, x, training)
-
-    def _forward_checked(self, xp, x, training: bool):
-        """:meth:`forward` on a batch already checked (or validated once for a whole fit)."""
-        x, self._fused = _forward_chain(xp, self.layers, x, training)
-        return x
-
-    def __call__(self, x):
-        """Logits in inference mode (the same as ``forward(x)``)."""
-        return self.forward(x)
-
-    def backward(self, grad_y, *, input_grad: bool = False):
-        """Back-propagate grad_y (N, K) of the last forward through every layer (filling
-        ``layer.grads``); returns the gradient of the input when ``input_grad`` (skipped by
-        default: nobody trains the data)."""
-        self.layers[-1]._check_grad(grad_y)
-        return self._backward_checked(namespace(grad_y=grad_y), grad_y, input_grad=input_grad)
-
-    def _backward_checked(self, xp, grad_y, *, input_grad: bool = False):
-        return _backward_chain(xp, self.layers, grad_y, input_grad, self._fused)
+        _, x = self.check_input(x)
+        with self.device_context():
+            return self.forward(x, training)
 
     def loss_and_grad(self, x, y, *, label_smoothing: float = 0.0):
         """Forward (training mode), mean softmax cross-entropy and backward on one batch, filling
         every ``layer.grads``; returns the loss as a 0-d array (no update)."""
-        with self._device():
+        with self.device_context():
             return training.loss_and_grad(self, x, y, label_smoothing=label_smoothing)
 
     def train_step(self, x, y, optimizer, *, label_smoothing: float = 0.0) -> float:
         """One optimizer step on the batch-mean softmax cross-entropy of (x, y), in training mode;
         returns the loss. The same step code as :meth:`fit` (see :func:`xpcnn.training.train_step`)."""
-        with self._device():
+        with self.device_context():
             return training.train_step(self, x, y, optimizer, label_smoothing=label_smoothing)
 
     def predict(self, x, *, batch_size: int = 256):
-        """Softmax probabilities (N, K) for x (N, C, H, W) in inference mode. Arrays of the model's
-        backend stay there; host (NumPy) input is moved batch by batch and the result returned
-        on the model's backend."""
-        with self._device():
+        """Softmax probabilities (N, K) for x (N, C, H, W) or a dataset, in inference mode. Arrays of
+        the model's backend stay there; host (NumPy) input is moved batch by batch and the result
+        returned on the model's backend."""
+        with self.device_context():
             return training.predict(self, x, batch_size=batch_size)
 
-    def fit(self, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer=None, validation_data=None,
+    def predict_classes(self, x, *, batch_size: int = 256) -> list:
+        """The predicted class of each sample: its name when the model knows its classes
+        (``class_names``, set by ``fit`` on a dataset), else its index."""
+        probabilities = self.predict(x, batch_size=batch_size)
+        index = to_numpy(namespace(x=probabilities).argmax(probabilities, axis=1)).tolist()
+        return [self.class_names[i] for i in index] if self.class_names else index
+
+    def fit(self, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=None, validation_data=None,
             shuffle: bool = True, seed: int = 0, callbacks=None, verbose: int = 1, checkpoint_dir=None,
             resume_from=None, label_smoothing: float = 0.0, sync_every: int = 1, compile: bool | None = None,
             distributed: bool = False):
-        """Train on images x (N, C, H, W) and labels y (N,); returns a History.
+        """Train on images x (N, C, H, W) and labels y (N,), or on a dataset ``x``; returns a History.
         See :func:`xpcnn.training.fit` for every argument."""
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                             validation_data=validation_data, shuffle=shuffle, seed=seed, callbacks=callbacks,
@@ -297,20 +349,18 @@ class Sequential:
                             label_smoothing=label_smoothing, sync_every=sync_every, compile=compile,
                             distributed=distributed)
 
-    def evaluate(self, x, y, *, batch_size: int = 256, distributed: bool = False) -> dict:
-        """``{"loss": ..., "accuracy": ...}`` on (x, y) in inference mode; see :func:`xpcnn.training.evaluate`."""
-        with self._device():
+    def evaluate(self, x, y=None, *, batch_size: int = 256, distributed: bool = False) -> dict:
+        """``{"loss": ..., "accuracy": ...}`` on (x, y) or a dataset in inference mode; see
+        :func:`xpcnn.training.evaluate`."""
+        with self.device_context():
             return training.evaluate(self, x, y, batch_size=batch_size, distributed=distributed)
 
     # ---------------------------------------------------------------- description
 
     def get_config(self) -> dict[str, Any]:
         """The architecture as JSON-friendly data (what model files store)."""
-        return {
-            "layers": [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
-            "input_shape": list(self.input_shape) if self.input_shape else None,
-            "dtype": self.dtype,
-        }
+        return {"layers": [describe(layer) for layer in self.layers],
+                "input_shape": list(self.input_shape) if self.input_shape else None, "dtype": self.dtype}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Sequential:
@@ -322,24 +372,34 @@ class Sequential:
             raise ArgumentError(f"config: expected a dict with a non-empty 'layers' list, got {type(config).__name__}")
         return cls(layers_from_config(specs, "config.layers"))
 
-    def summary(self) -> str:
-        """A table of layers, output shapes and parameter counts."""
-        self._require_built()
-        lines = [f"Sequential on {self.backend} ({self.dtype}), input {self.input_shape}"]
-        shape, total = self.input_shape, 0
-        for layer in self.layers:
+    def summary(self, *, print_fn=print) -> str:
+        """A table of layers, output shapes and parameter counts: printed (``print_fn=None``:
+        not) and returned."""
+        self.require_built()
+        if print_fn is not None and not callable(print_fn):
+            raise ArgumentTypeError(f"print_fn: expected a function such as print, or None, got {print_fn!r:.80}")
+        rows, shape, total = [], self.input_shape, 0
+        for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape)
-            count = sum(math.prod(p.shape) for p in layer.params.values())
+            slots = layer.named_parameters() if isinstance(layer, Container) else [("", layer, n) for n in layer.params]
+            count = sum(math.prod(owner.params[name].shape) for _, owner, name in slots)
             total += count
-            lines.append(f"  {layer!r:<70} -> {str(shape):<16} {count:>9,d} params")
-        lines.append(f"  total parameters: {total:,d}")
-        return "\n".join(lines)
+            rows.append((str(i), type(layer).__name__, str(tuple(shape)), f"{count:,d}"))
+        rows = [("#", "layer", "output shape", "parameters"), *rows, ("", "total", "", f"{total:,d}")]
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = [f"Sequential on {self.backend} ({self.dtype}), input {self.input_shape}"]
+        lines += ["  ".join((r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]),
+                             r[3].rjust(widths[3]))).rstrip() for r in rows]
+        table = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(table)
+        return table
 
     def __repr__(self) -> str:
         return "Sequential([" + ", ".join(repr(layer) for layer in self.layers) + "])"
 
 
-def _path_number(part: str) -> int:
+def path_number(part: str) -> int:
     """A layer path component as an int for seeding: indices as they are, branch names hashed
     stably (block=1, shortcut=2)."""
     return int(part) if part.isdigit() else {"block": 1, "shortcut": 2}.get(part, 3)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .backend import device_of, fewest_operations_for, library_of, namespace_of, resolve_target, to_device
-from .errors import ArgumentError, BackendMismatchError, NotBuiltError
+from .errors import ArgumentError, BackendMismatchError, LayerContractError, NotBuiltError
 
 
 def _check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None,
@@ -57,11 +57,15 @@ class Optimizer:
         if not callable(getattr(model, "named_parameters", None)):
             raise ArgumentError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
         slots = model.named_parameters()
-        missing = [key for key, layer, name in slots if name not in layer.grads]
+        missing = [(key, layer, name) for key, layer, name in slots if name not in layer.grads]
+        if missing and len(missing) < len(slots):
+            key, layer, name = missing[0]
+            raise LayerContractError(
+                f"layer {key.rpartition('.')[0]} ({type(layer).__name__}): its backward did not set the gradient of "
+                f"parameter {name!r}; a layer's backward must set self.grads[{name!r}] for every parameter")
         if missing:
-            raise NotBuiltError(
-                f"optimizer: parameters {', '.join(missing)} have no gradient; run backward (or train_step) first"
-            )
+            raise NotBuiltError(f"optimizer: parameters {', '.join(k for k, _, _ in missing)} have no gradient; "
+                                "run backward (or train_step) first")
         self.check_state_location(slots)
         self.steps += 1
         scalars = self.scalars(self.steps)
@@ -78,9 +82,9 @@ class Optimizer:
 
     # Every parameter in one update. The built-in rules are element-wise, so applying one to
     # the concatenation of all parameters (gradients, state) gives each element exactly the
-    # operations of the update one parameter at a time: the same numbers, in 2-8 operations
-    # in all instead of 2-8 per parameter (PyTorch's foreach / multi-tensor optimizers do
-    # this for the same reason: on a GPU each operation is a kernel launch). The new
+    # operations of the update one parameter at a time: the same numbers, in one rule's
+    # operations in all instead of per parameter (PyTorch's foreach / multi-tensor optimizers
+    # do this for the same reason: on a GPU each operation is a kernel launch). The new
     # parameters and state are views into the new flat arrays; while nobody rebinds them,
     # the next step updates those flat arrays directly, with no concatenation.
 
@@ -100,8 +104,8 @@ class Optimizer:
         keys = tuple(key for key, _, _ in slots)
         xp = namespace_of(*params)
         flat_p, flat_state = self._flat_inputs(xp, keys, params)
-        shared = getattr(model, "_flat_grads", None)  # the NaN guard's concatenation, if current
-        model._flat_grads = None
+        shared = getattr(model, "flat_grads", None)  # the NaN guard's concatenation, if current
+        model.flat_grads = None
         if shared is not None and len(shared[0]) == len(grads) and all(a is b for a, b in zip(shared[0], grads)):
             flat_g = shared[1]
         else:

@@ -40,7 +40,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .backend import Backend, device_of, dtype_name, library_of, load_backend, resolve_target, to_device, to_numpy
+from .backend import (
+    Backend,
+    device_of,
+    dtype_name,
+    library_of,
+    load_backend,
+    needs_cuda,
+    resolve_target,
+    to_device,
+    to_numpy,
+)
 from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, DTypeError, ShapeError
 
 __all__ = [
@@ -85,8 +95,7 @@ def is_gpu_backend(spec: str) -> bool:
     """True for names that need a CUDA device: ``cupy[:i]`` and ``torch:cuda[:i]``."""
     if not isinstance(spec, str):
         raise ArgumentTypeError(f"spec: expected a backend name such as 'cupy' or 'torch:cuda', got {type(spec).__name__}")
-    name, _, device = spec.partition(":")
-    return name == "cupy" or (name == "torch" and device.startswith("cuda"))
+    return needs_cuda(spec)
 
 
 # ---------------------------------------------------------------- parity

@@ -17,7 +17,7 @@ labels ``(N,)``. uint8 images are refused, not silently scaled: pass them throug
 saved model then expects at evaluation time. Float data of the other float dtype are cast to
 the model's dtype batch by batch.
 
-This module is written against the model's interface (``_forward_checked``, ``_backward_checked``,
+This module is written against the model's interface (``forward``, ``backward``, ``check_input``,
 ``layers``, ``build``...), not its class, so the model can delegate to it without a circle.
 """
 
@@ -52,7 +52,7 @@ from .errors import (
     XpcnnError,
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
-from .layers import Layer, _walk
+from .layers import Layer
 from .optim import Adam, Optimizer, _concat_flat
 
 DEFAULT_LR = 1e-3
@@ -91,7 +91,7 @@ class _Data:
                 raise LabelError(f"{ny}: expected integer labels of shape ({n},) to match {nx}, got shape {tuple(y.shape)}")
             if not ypx.isdtype(y.dtype, "integral"):
                 raise LabelError(f"{ny}: expected integer class labels, got dtype {y.dtype}")
-            classes = model.output_shape[-1]
+            classes = model.output_shape()[-1]
             low, high = int(ypx.min(y)), int(ypx.max(y))
             if low < 0 or high >= classes:
                 raise LabelError(f"{ny}: expected labels in [0, {classes - 1}] (the model has {classes} outputs), got values from {low} to {high}")
@@ -120,6 +120,16 @@ class _Data:
 
     def ready(self, pair: tuple[Any, Any]) -> tuple[Any, Any]:
         return self.backend.ready(pair[0]), self.backend.ready(pair[1])
+
+
+def as_model_dtype(xp, x: Any, dtype: str, name: str) -> Any:
+    """``x`` in the model's float ``dtype``: the one dtype rule of every entry point (``fit``,
+    ``evaluate``, ``predict``, ``__call__``, ``train_step``). Floating input of the other float
+    dtype is cast; integers and bools are refused, never converted silently."""
+    if dtype_name(x.dtype) == dtype:
+        return x
+    _float_kind(x, name)
+    return xp.astype(x, getattr(xp, dtype))
 
 
 def _float_kind(x: Any, name: str) -> str:
@@ -173,17 +183,17 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
     no ``in_range`` without ``count_labels``): ``guard`` is non-finite when the loss or any
     gradient is; ``extra``, 0-d arrays of the logits' dtype, ride along in the same read;
     ``in_range`` counts the labels in [0, K). Nothing is read back to the host here."""
-    logits = model._forward_checked(xp, xb, True)
+    logits = model.forward(xb, True)
     # The labels' layout was checked by the caller; their values by fit (once) or by in_range.
     if count_labels:
         loss, grad, in_range = cross_entropy_counted_kernel(xp, logits, yb, label_smoothing)
     else:
         loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
-    model._backward_checked(xp, grad)
-    grads = [g for layer in model.layers for g in layer.grads.values()]
+    model.backward(grad)
+    grads = [layer.grads[name] for _, layer, name in model.named_parameters()]
     guard, flat = _guard(xp, loss, grads)
     # The optimizer's flat update (xpcnn.optim, GPU form) reuses the concatenation.
-    model._flat_grads = None if flat is None else (grads, flat)
+    model.flat_grads = None if flat is None else (grads, flat)
     values = [guard, loss]
     if accuracy:
         values.append(xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype)))
@@ -232,22 +242,20 @@ def _diagnose(model, xb, loss_value: float) -> str | None:
     """Where the non-finite values start, or None when everything is finite after all (a
     sum that overflowed): parameters, then each layer's output, then each gradient."""
     xp = namespace_of(xb)
-    for i, layer in enumerate(model.layers):
-        bad = _first_non_finite(xp, layer.params.items())
-        if bad:
-            return f"layer {i} ({type(layer).__name__}) parameter '{bad}' holds NaN/Inf"
+    for key, layer, name in model.named_parameters():
+        if _first_non_finite(xp, [(name, layer.params[name])]):
+            return f"layer {key.rpartition('.')[0]} ({type(layer).__name__}) parameter '{name}' holds NaN/Inf"
     if not math.isfinite(loss_value):
         out = xb
         for i, layer in enumerate(model.layers):
-            out = layer.run_forward(xp, out, False)
+            out = layer.forward(out, training=False)
             if _first_non_finite(xp, [("output", out)]):
                 return f"layer {i} ({type(layer).__name__}) output is the first non-finite activation"
         largest = float(xp.max(xp.abs(out)))
         return f"the loss itself overflowed (every layer output is finite; the largest logit magnitude is {largest:.3g})"
-    for i, layer in enumerate(model.layers):
-        bad = _first_non_finite(xp, layer.grads.items())
-        if bad:
-            return f"layer {i} ({type(layer).__name__}) gradient of '{bad}' is the first non-finite gradient"
+    for key, layer, name in model.named_parameters():
+        if _first_non_finite(xp, [(name, layer.grads[name])]):
+            return f"layer {key.rpartition('.')[0]} ({type(layer).__name__}) gradient of '{name}' is the first non-finite gradient"
     return None
 
 
@@ -273,27 +281,27 @@ def _check_optimizer(optimizer: Any) -> None:
 def _checked_layout(model, x, y):
     """The namespace of a (batch, labels) pair after checking their kinds, libraries, shapes and
     dtypes against the model (no host read)."""
-    model._check_input_layout(x)
+    _, x = model.check_input(x, values=False)
     check_array(y, "labels")
     xp = namespace(x=x, labels=y)
     check_label_layout(xp, y, int(x.shape[0]))
-    return xp
+    return xp, x
 
 
 def _checked_batch(model, x, y):
     """The namespace of a (batch, labels) pair after checking both against the model, values
     included (NaN/Inf in x, labels out of range: host reads)."""
-    model.check_input(x)
+    _, x = model.check_input(x)
     check_array(y, "labels")
     xp = namespace(x=x, labels=y)
-    check_labels(xp, y, int(x.shape[0]), model.output_shape[-1])
-    return xp
+    check_labels(xp, y, int(x.shape[0]), model.output_shape()[-1])
+    return xp, x
 
 
 def loss_and_grad(model, x, y, *, label_smoothing: float = 0.0):
     """Forward in training mode, mean softmax cross-entropy and backward on one checked batch
     (fills every ``layer.grads``); returns the loss as a 0-d array. No update."""
-    xp = _checked_batch(model, x, y)
+    xp, x = _checked_batch(model, x, y)
     return _step(model, xp, x, y, _label_smoothing(label_smoothing), accuracy=False)[1]
 
 
@@ -307,7 +315,7 @@ def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.
     the update and the model is left as it was (BatchNorm statistics and dropout counters too)."""
     _check_optimizer(optimizer)
     label_smoothing = _label_smoothing(label_smoothing)
-    xp = _checked_layout(model, x, y)
+    xp, x = _checked_layout(model, x, y)
     states = _states(model)
     # sum(x) is non-finite exactly when x holds NaN/Inf (or, rarely, when a finite sum
     # overflows: then the checks below find nothing and the step goes on).
@@ -333,8 +341,8 @@ def _states(model) -> list:
     """What a training forward changes besides caches and gradients: each layer's buffers (new
     arrays, so keeping the dict keeps the old ones) and state (dropout counters). Leaf layers
     only: a container's buffers and state are its sublayers'."""
-    return [(layer, dict(layer.buffers), layer.get_state()) for _, layer in _walk(model.layers)
-            if not hasattr(layer, "sublayers") and (layer.buffers or type(layer).get_state is not Layer.get_state)]
+    return [(layer, dict(layer.buffers), layer.get_state()) for _, layer in model.leaves()
+            if layer.buffers or type(layer).get_state is not Layer.get_state]
 
 
 def _restore_states(model, states) -> None:
@@ -434,6 +442,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         raise ArgumentTypeError(f"shuffle: expected True or False, got {shuffle!r:.80}")
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ArgumentError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+    if callbacks is not None and (isinstance(callbacks, (Callback, str, bytes)) or not hasattr(callbacks, "__iter__")):
+        raise ArgumentTypeError(f"callbacks: expected a list of xpcnn.callbacks.Callback objects, got {callbacks!r:.80}")
     callbacks = list(callbacks or [])
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
@@ -583,7 +593,7 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 def _inference(model, xp, xb):
     """Inference-mode logits of a checked batch: one compiled function on jax (op by op, JAX
     dispatches and compiles every operation separately), the layers' forward elsewhere."""
-    return jit.forward(model, xb) if model.backend.name == "jax" else model._forward_checked(xp, xb, False)
+    return jit.forward(model, xb) if model.backend.compiles else model.forward(xb, False)
 
 
 def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float]:
@@ -625,10 +635,10 @@ def predict(model, x, *, batch_size: int = 256):
     model's backend. Host (NumPy) data are moved one batch at a time (and cast to the model's
     float dtype); arrays of another backend are refused as in :meth:`Sequential.forward`."""
     batch_size = positive_int(batch_size, "batch_size")
-    model._require_built()
+    model.require_built()
     check_array(x, "x")
-    if not isinstance(x, np.ndarray) or model.backend.name == "numpy":
-        xp = model.check_input(x)
+    if not isinstance(x, np.ndarray) or model.backend.is_host:
+        xp, x = model.check_input(x)
         return F.softmax(_inference(model, xp, x), axis=1)
     data = _Data(model, x, None)
     parts = []

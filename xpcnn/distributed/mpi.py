@@ -278,7 +278,7 @@ class Communicator:
             offset += count
         # The gradients are one flat array already: the optimizer's flat update (its GPU form,
         # xpcnn.optim) takes it as it is, with no concatenation.
-        model._flat_grads = ([layer.grads[name] for _, layer, name in grads], total[:offset])
+        model.flat_grads = ([layer.grads[name] for _, layer, name in grads], total[:offset])
         guard = xp.sum(total[:offset])
         for (_, layer, name), shape, count in zip(buffers, shapes[len(grads):], sizes[len(grads):]):
             layer.buffers[name] = xp.reshape(total[offset:offset + count], shape)
@@ -295,7 +295,7 @@ class Communicator:
         if transport == "nccl":
             return self._allreduce_nccl(flat, backend)
         if transport == "cuda-mpi":
-            _synchronize(backend)
+            backend.synchronize()  # MPI reads device memory outside the library's stream
             self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
             return flat
         host = np.ascontiguousarray(to_numpy(flat))
@@ -320,10 +320,9 @@ class Communicator:
         choice = os.environ.get("XPCNN_ALLREDUCE", "auto").strip().lower() or "auto"
         if choice not in TRANSPORTS:
             raise BackendUnavailableError(f"XPCNN_ALLREDUCE: expected one of {', '.join(TRANSPORTS)}, got {choice!r}")
-        on_gpu = backend.name == "cupy" or (backend.name == "torch" and getattr(backend.device, "type", "") == "cuda")
-        if not on_gpu or choice == "host":
+        if not backend.on_cuda or choice == "host":
             return "host"
-        nccl_ok = backend.name == "cupy" and _nccl_available()
+        nccl_ok = backend.supports_nccl and _nccl_available()
         mpi_ok = _mpi_is_cuda_aware(self.MPI)
         if choice == "nccl" and not nccl_ok:
             raise BackendUnavailableError("XPCNN_ALLREDUCE=nccl: needs CuPy arrays and cupy.cuda.nccl "
@@ -361,18 +360,6 @@ class Communicator:
         sys.stderr.flush()
         sys.stdout.flush()
         self.comm.Abort(1)
-
-
-def _synchronize(backend) -> None:
-    """MPI reads device memory outside the array library's stream: finish pending kernels."""
-    if backend.name == "cupy":
-        import cupy
-
-        cupy.cuda.get_current_stream().synchronize()
-    elif backend.name == "torch":
-        import torch
-
-        torch.cuda.synchronize(backend.device)
 
 
 def _nccl_available() -> bool:

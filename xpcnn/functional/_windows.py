@@ -3,14 +3,13 @@
 
 Arrays are assigned into only through array-api-extra's ``at``, which writes in place into
 the fresh buffers made here where the library allows it (NumPy, CuPy, torch) and makes a
-functional update where it does not (JAX); :func:`add_into` is the one exception, below."""
+functional update where it does not (JAX)."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Iterator
 
-import array_api_compat
 import array_api_extra as xpx
 
 from ..backend import device_of
@@ -20,7 +19,7 @@ def pad2d(xp: Any, x: Any, padding, value: float = 0.0) -> Any:
     """(..., H, W) -> (..., top + H + bottom, left + W + right) filled with ``value``;
     ``padding`` is ((top, bottom), (left, right)).
 
-    A fresh array with the input set into its middle: half the cost of two concatenations."""
+    A fresh array with the input set into its middle (the standard has no pad)."""
     (top, bottom), (left, right) = padding
     if not (top or bottom or left or right):
         return x
@@ -54,25 +53,6 @@ def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:
     return [x[index] for index in tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw))]
 
 
-def _views_write_through(x: Any) -> bool:
-    """NumPy, CuPy and torch arrays: a slice is a view whose in-place update writes into ``x``."""
-    return (array_api_compat.is_numpy_array(x) or array_api_compat.is_cupy_array(x)
-            or array_api_compat.is_torch_array(x)) and array_api_compat.is_writeable_array(x)
-
-
-def add_into(xp: Any, x: Any, index, y: Any) -> Any:
-    """``x[index] += y`` on a buffer made here; returns the updated array. Where views write
-    through, the slice's own in-place add: one operation. ``xpx.at(x, index).add(y)`` does
-    ``x[index] = x[index] + y`` in place, which then copies the updated slice onto itself: a
-    second operation (a second kernel launch on a GPU) per update. Elsewhere (JAX,
-    array-api-strict) that functional update."""
-    if _views_write_through(x):
-        view = x[index]
-        view += y
-        return x
-    return xpx.at(x, index).add(y, xp=xp)
-
-
 def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride, dilation, out_hw) -> Any:
     """Adjoint of padding then :func:`taps_of`: sum each tap's (..., OH, OW) gradient into the
     input positions it was read from, then drop the padding -> (..., H, W) with (H, W) = ``size``.
@@ -85,7 +65,7 @@ def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride
     grad = xp.zeros((*first.shape[:-2], top + h + bottom, left + w + right), dtype=first.dtype, device=device_of(first))
     overlapping = kernel[0] * dilation[0] > stride[0] or kernel[1] * dilation[1] > stride[1]
     for index, g in zip(tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw)), taps):
-        grad = add_into(xp, grad, index, g) if overlapping else xpx.at(grad, index).set(g, xp=xp)
+        grad = xpx.at(grad, index).add(g, xp=xp) if overlapping else xpx.at(grad, index).set(g, xp=xp)
     return crop2d(grad, padding, size)
 
 

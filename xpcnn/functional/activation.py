@@ -33,7 +33,7 @@ def zero_like(xp, like):
 
 
 def relu_kernel(xp, x):
-    # maximum, not where: one SIMD ufunc on NumPy, ~10x faster.
+    # maximum with a kept zero, not where: one element-wise call, no mask.
     return xp.maximum(x, zero_like(xp, x))
 
 

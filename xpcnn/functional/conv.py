@@ -4,9 +4,8 @@ backward side by side.
 Forward is im2col: per group, the kh*kw strided slices (taps) of the zero-padded input are
 stacked tap-major into columns ``(G, kh*kw*C/G, N*OH*OW)`` and one (batched over groups)
 matmul with the weight as a ``(G, O/G, kh*kw*C/G)`` matrix gives the output. Tap-major
-stacking copies whole (C, N, OH, OW) blocks, ~1.5x faster than channel-major, and makes the
-backward's column-to-image sum read contiguous blocks. The columns are returned so the
-backward can reuse them.
+stacking copies whole (C, N, OH, OW) blocks and makes the backward's column-to-image sum read
+contiguous blocks. The columns are returned so the backward can reuse them.
 
 The transposed convolution is the adjoint of the convolution: its forward is conv2d's
 input gradient and its backward reuses conv2d's forward (input grad) and weight-gradient
@@ -33,12 +32,6 @@ from .._validate import (
 from ..backend import fewest_operations_for
 from ..errors import ArgumentError, ShapeError
 from ._windows import add_taps, pad2d, taps_of
-from .winograd import (
-    winograd_applicable,
-    winograd_conv2d,
-    winograd_conv2d_input_grad,
-    winograd_input_grad_applicable,
-)
 
 
 class ConvGeometry(NamedTuple):
@@ -92,20 +85,20 @@ def _check_bias(bias, x, channels):
 # ---------------------------------------------------------------- the shared helpers
 
 
-def _weight_matrix(xp, weight, groups):
+def weight_matrix(xp, weight, groups):
     """(O, C/G, kh, kw) -> (G, O/G, kh*kw*C/G): the weight in the columns' tap-major order."""
     o, cg, kh, kw = weight.shape
     w = xp.permute_dims(xp.reshape(weight, (groups, o // groups, cg, kh, kw)), (0, 1, 3, 4, 2))
     return xp.reshape(w, (groups, o // groups, kh * kw * cg))
 
 
-def _weight_from_matrix(xp, m, w_shape):
-    """Inverse of :func:`_weight_matrix`: (G, O/G, kh*kw*C/G) -> (O, C/G, kh, kw), a view."""
+def weight_from_matrix(xp, m, w_shape):
+    """Inverse of :func:`weight_matrix`: (G, O/G, kh*kw*C/G) -> (O, C/G, kh, kw), a view."""
     o, cg, kh, kw = w_shape
     return xp.permute_dims(xp.reshape(m, (o, kh, kw, cg)), (0, 3, 1, 2))
 
 
-def _channel_matrix(xp, y, groups):
+def channel_matrix(xp, y, groups):
     """(N, O, OH, OW) -> (G, O/G, N*OH*OW). Putting the batch inside the channel lets the whole
     batch share ONE large matmul per group: BLAS threads a (K, N*L) product well, while N small
     per-sample products run on one core."""
@@ -113,22 +106,21 @@ def _channel_matrix(xp, y, groups):
     return xp.reshape(xp.permute_dims(y, (1, 0, 2, 3)), (groups, o // groups, n * oh * ow))
 
 
-def _from_channel_matrix(xp, m, n, out_hw):
-    """Inverse of :func:`_channel_matrix`: (G, O/G, N*OH*OW) -> (N, O, OH, OW). The (O, N, OH, OW)
+def from_channel_matrix(xp, m, n, out_hw):
+    """Inverse of :func:`channel_matrix`: (G, O/G, N*OH*OW) -> (N, O, OH, OW). The (O, N, OH, OW)
     memory is seen as (N, O, OH, OW): a view, no copy; later ops read it strided."""
     g, og = m.shape[:2]
     return xp.permute_dims(xp.reshape(m, (g * og, n, *out_hw)), (1, 0, 2, 3))
 
 
-def _columns(xp, x, kernel, geometry: ConvGeometry, *, flipped: bool = False):
+def columns(xp, x, kernel, geometry: ConvGeometry, *, flipped: bool = False):
     """im2col: x (N, C, H, W) -> columns (G, kh*kw*C/G, N*OH*OW), tap-major rows within each group;
     ``flipped``: the taps in reverse kernel order (the columns of a 180-degree rotated kernel)."""
     n, c = x.shape[:2]
     g = geometry.groups
     # (C, N, H, W) split into groups, with a tap axis of size 1; padding it makes the one copy,
     # each tap is then a strided slice, and concatenating the taps along that axis is the
-    # columns (np.stack would add the axis to each tap, a call per tap: a third of the
-    # columns' time at batch 1).
+    # columns (np.stack would add the axis to each tap, one more call per tap).
     x_gcn = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (g, 1, c // g, n, *x.shape[2:]))
     taps = taps_of(pad2d(xp, x_gcn, geometry.padding), kernel, geometry.stride, geometry.dilation, geometry.out_hw)
     if flipped:
@@ -137,8 +129,8 @@ def _columns(xp, x, kernel, geometry: ConvGeometry, *, flipped: bool = False):
     return xp.reshape(xp.concat(taps, axis=1), (g, len(taps) * (c // g), n * oh * ow))
 
 
-def _fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):
-    """Adjoint of :func:`_columns`: (G, kh*kw*C/G, N*OH*OW) -> (N, C, H, W) by summing each tap's
+def fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):
+    """Adjoint of :func:`columns`: (G, kh*kw*C/G, N*OH*OW) -> (N, C, H, W) by summing each tap's
     block back into the input positions it was read from (slices, no scatter)."""
     n, c, h, w = x_shape
     g = geometry.groups
@@ -153,29 +145,18 @@ def _fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):
 
 
 def conv2d_kernel(xp, x, weight, bias, geometry: ConvGeometry) -> tuple[Any, Any]:
-    """The forward math on checked inputs: (y (N, O, OH, OW), cols for the backward).
-
-    The one place that picks the algorithm for a geometry: Winograd F(2x2, 3x3) where
-    :func:`winograd_applicable` measured it faster (cols is then None: the backward builds them),
-    else im2col."""
-    if winograd_applicable(x.shape, weight.shape, geometry):
-        return winograd_conv2d(xp, x, weight, bias, geometry)[0], None
-    return _conv2d_im2col(xp, x, weight, bias, geometry)
-
-
-def _conv2d_im2col(xp, x, weight, bias, geometry: ConvGeometry) -> tuple[Any, Any]:
+    """The forward math on checked inputs: (y (N, O, OH, OW), cols for the backward)."""
     g = geometry.groups
-    cols = _columns(xp, x, weight.shape[2:], geometry)
-    y = xp.matmul(_weight_matrix(xp, weight, g), cols)
+    cols = columns(xp, x, weight.shape[2:], geometry)
+    y = xp.matmul(weight_matrix(xp, weight, g), cols)
     if bias is not None:
         y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return _from_channel_matrix(xp, y, x.shape[0], geometry.out_hw), cols
+    return from_channel_matrix(xp, y, x.shape[0], geometry.out_hw), cols
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1) -> tuple[Any, Any]:
     """y, cols. x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) -> y (N, O, OH, OW) and the
-    im2col columns (groups, kh*kw*C/groups, N*OH*OW) that :func:`conv2d_backward` can reuse
-    (None when the forward took the Winograd path).
+    im2col columns (groups, kh*kw*C/groups, N*OH*OW) that :func:`conv2d_backward` can reuse.
 
     ``padding``: an int, an (h, w) pair, ((top, bottom), (left, right)), ``"valid"`` or
     ``"same"`` (stride 1; the odd pixel of an even total goes bottom/right, as PyTorch)."""
@@ -196,30 +177,27 @@ def conv2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvGeometry, *, bia
     g = geometry.groups
     kernel = tuple(weight.shape[2:])
     if cols is None:
-        cols = _columns(xp, x, kernel, geometry)
-    g_mat = _channel_matrix(xp, grad_y, g)
-    grad_weight = _weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(cols)), weight.shape)
+        cols = columns(xp, x, kernel, geometry)
+    g_mat = channel_matrix(xp, grad_y, g)
+    grad_weight = weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(cols)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = conv2d_input_grad_kernel(xp, grad_y, x.shape, weight, geometry, g_mat) if input_grad else None
     return grad_x, grad_weight, grad_bias
 
 
 def conv2d_input_grad_kernel(xp, grad_y, x_shape, weight, geometry: ConvGeometry, g_mat=None):
-    """grad_x (N, C, H, W) of conv2d for an input of ``x_shape`` given grad_y (N, O, OH, OW): Winograd
-    where :func:`winograd_input_grad_applicable` measured it faster; else, on a GPU
+    """grad_x (N, C, H, W) of conv2d for an input of ``x_shape`` given grad_y (N, O, OH, OW): on a GPU
     (:func:`xpcnn.backend.fewest_operations_for`) and where it applies, the convolution of the
-    padded grad_y with the flipped weight (:func:`_input_grad_by_columns`: 5 operations); else
-    the weight's transpose times grad_y folded back onto the input, kh*kw slice additions
-    (``g_mat``: grad_y as :func:`_channel_matrix`, if made)."""
-    if winograd_input_grad_applicable(x_shape, weight.shape, geometry):
-        return winograd_conv2d_input_grad(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
+    padded grad_y with the flipped weight (:func:`input_grad_by_columns`: fewer operations);
+    else the weight's transpose times grad_y folded back onto the input, kh*kw slice additions
+    (``g_mat``: grad_y as :func:`channel_matrix`, if made). See docs/performance.md."""
     if fewest_operations_for(grad_y) and _columns_apply(weight.shape, geometry):
-        return _input_grad_by_columns(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
+        return input_grad_by_columns(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
     g = geometry.groups
     if g_mat is None:
-        g_mat = _channel_matrix(xp, grad_y, g)
-    grad_cols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
-    return _fold(xp, grad_cols, tuple(weight.shape[2:]), geometry, x_shape)
+        g_mat = channel_matrix(xp, grad_y, g)
+    grad_cols = xp.matmul(xp.matrix_transpose(weight_matrix(xp, weight, g)), g_mat)
+    return fold(xp, grad_cols, tuple(weight.shape[2:]), geometry, x_shape)
 
 
 def _columns_apply(w_shape, geometry: ConvGeometry) -> bool:
@@ -229,7 +207,7 @@ def _columns_apply(w_shape, geometry: ConvGeometry) -> bool:
     return geometry.stride == (1, 1) and all(p <= extent[a] for a in range(2) for p in geometry.padding[a])
 
 
-def _input_grad_by_columns(xp, grad_y, weight, geometry: ConvGeometry, size: tuple[int, int]):
+def input_grad_by_columns(xp, grad_y, weight, geometry: ConvGeometry, size: tuple[int, int]):
     """grad_x (N, C, H, W) as the correlation of grad_y, padded by d*(k-1) - p on each side, with
     the weight flipped and its channel axes swapped. Taking the taps in reverse order flips
     the kernel, so the weight matrix is a plain transpose of the forward's: (G, C/G, kh*kw*O/G)."""
@@ -239,10 +217,10 @@ def _input_grad_by_columns(xp, grad_y, weight, geometry: ConvGeometry, size: tup
                     for d, k, (before, after) in zip(geometry.dilation, (kh, kw), geometry.padding))
     n = grad_y.shape[0]
     adjoint = ConvGeometry((1, 1), padding, geometry.dilation, g, size)
-    cols = _columns(xp, grad_y, (kh, kw), adjoint, flipped=True)
+    cols = columns(xp, grad_y, (kh, kw), adjoint, flipped=True)
     w_t = xp.permute_dims(xp.reshape(weight, (g, o // g, cg, kh, kw)), (0, 2, 3, 4, 1))  # (G, C/G, kh, kw, O/G)
     grad = xp.matmul(xp.reshape(w_t, (g, cg, kh * kw * (o // g))), cols)
-    return _from_channel_matrix(xp, grad, n, size)
+    return from_channel_matrix(xp, grad, n, size)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True, cols=None,
@@ -319,8 +297,8 @@ def conv_transpose2d_kernel(xp, x, weight, bias, geometry: ConvTransposeGeometry
     g = conv.groups
     n = x.shape[0]
     c_out = weight.shape[1] * g
-    grad_cols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), _channel_matrix(xp, x, g))
-    y = _fold(xp, grad_cols, tuple(weight.shape[2:]), conv, (n, c_out, *geometry.out_hw))
+    grad_cols = xp.matmul(xp.matrix_transpose(weight_matrix(xp, weight, g)), channel_matrix(xp, x, g))
+    y = fold(xp, grad_cols, tuple(weight.shape[2:]), conv, (n, c_out, *geometry.out_hw))
     return y if bias is None else y + xp.reshape(bias, (c_out, 1, 1))
 
 
@@ -342,12 +320,12 @@ def conv_transpose2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvTransp
     grad_x is conv2d of grad_y with the same weight; both products share grad_y's columns."""
     conv = geometry.conv
     g = conv.groups
-    cols = _columns(xp, grad_y, tuple(weight.shape[2:]), conv)
-    grad_weight = _weight_from_matrix(xp, xp.matmul(_channel_matrix(xp, x, g), xp.matrix_transpose(cols)), weight.shape)
+    cols = columns(xp, grad_y, tuple(weight.shape[2:]), conv)
+    grad_weight = weight_from_matrix(xp, xp.matmul(channel_matrix(xp, x, g), xp.matrix_transpose(cols)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:
-        grad_x = _from_channel_matrix(xp, xp.matmul(_weight_matrix(xp, weight, g), cols), x.shape[0], conv.out_hw)
+        grad_x = from_channel_matrix(xp, xp.matmul(weight_matrix(xp, weight, g), cols), x.shape[0], conv.out_hw)
     return grad_x, grad_weight, grad_bias
 
 

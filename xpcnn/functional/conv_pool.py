@@ -17,11 +17,7 @@ sum of the same products as when pooling the columns (the other terms are exact 
 an order BLAS picks: equal to rounding, and bitwise for 2-wide windows (two terms, halves
 exact), as the notebook network's.
 
-The input gradient is the adjoint of the same two matmuls (:func:`_unpooled_columns`): the
-weight's transpose times grad_y gives the pooled columns' gradient, and the transposed
-averaging matrices take it back to the input, for pools of stride 2 or more whose columns are
-not too tall (:func:`unpools`); else through the conv's output, the pool's backward then the
-conv's.
+The input gradient goes through the conv's output: the pool's backward, then the conv's.
 
 The bias commutes only when every pool window averages its full size of real cells (no padding, no
 ``ceil_mode`` window running over): :func:`fuses` says when. The numbers are those of the two
@@ -36,26 +32,20 @@ from typing import Any
 from ..backend import constant
 from .conv import (
     ConvGeometry,
-    _channel_matrix,
-    _from_channel_matrix,
-    _weight_from_matrix,
-    _weight_matrix,
+    channel_matrix,
     conv2d_input_grad_kernel,
+    from_channel_matrix,
+    weight_from_matrix,
+    weight_matrix,
 )
-from .pool import PoolGeometry, _averaging_lists, avg_pool2d_backward_kernel
+from .pool import PoolGeometry, averaging_lists, avg_pool2d_backward_kernel
 
 
 def fuses(pool: PoolGeometry) -> bool:
-    """Whether a conv2d then ``pool`` run as one op: when it is exact, that is when every pool
+    """Whether a conv2d then ``pool`` run as one op: whenever it is exact, that is when every pool
     window averages kh*kw cells of the conv's output (no padding, no ``ceil_mode`` window
-    running over: the bias then passes through unchanged), whatever the convolution.
-
-    Always, since the pooled columns are made without the im2col columns (module docstring):
-    ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads, ``benchmarks/results/conv_pool_threads2.txt``),
-    forward + backward at 20 shapes from 0.6 to 72 im2col rows per output channel, 2x2 and
-    overlapping pools: 1.36-6.4x faster, except two stride-1 3x3 pools with the input gradient
-    (0.95x, 0.98x). The earlier form, which pooled the im2col columns themselves, was slower
-    once they had more than ~8 rows per output channel, and a bound on their height applied."""
+    running over: the bias then passes through unchanged), whatever the convolution. See
+    docs/performance.md."""
     return pool.divisor is None and not any(p for side in pool.padding for p in side)
 
 
@@ -64,16 +54,16 @@ def conv2d_avg_pool2d_kernel(xp, x, weight, bias, conv: ConvGeometry, pool: Pool
     x (N, C, H, W) -> (y (N, O, PH, PW), the pooled columns (G, kh*kw*C/G, N*PH*PW) for the backward)."""
     g = conv.groups
     n = x.shape[0]
-    pooled = _pooled_columns(xp, x, tuple(weight.shape[2:]), conv, pool)
-    y = xp.matmul(_weight_matrix(xp, weight, g), pooled)
+    pooled = pooled_columns(xp, x, tuple(weight.shape[2:]), conv, pool)
+    y = xp.matmul(weight_matrix(xp, weight, g), pooled)
     if bias is not None:
         y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return _from_channel_matrix(xp, y, n, pool.out_hw), pooled
+    return from_channel_matrix(xp, y, n, pool.out_hw), pooled
 
 
-def _pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):
+def pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):
     """The im2col columns of x (N, C, H, W) for ``kernel``, average-pooled: (G, kh*kw*C/G, N*PH*PW),
-    tap-major rows as :func:`xpcnn.functional.conv._columns`, in two matmuls (module docstring)."""
+    tap-major rows as :func:`xpcnn.functional.conv.columns`, in two matmuls (module docstring)."""
     n, c, h, w = x.shape
     g = conv.groups
     (kh, kw), (ph, pw) = kernel, pool.out_hw
@@ -84,23 +74,10 @@ def _pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):
     return xp.reshape(xp.permute_dims(blocks, (1, 3, 5, 2, 0, 4, 6)), (g, kh * kw * (c // g), n * ph * pw))
 
 
-def _unpooled_columns(xp, grad_pooled, x_shape, kernel, conv: ConvGeometry, pool: PoolGeometry):
-    """Adjoint of :func:`_pooled_columns`: the gradient of its output (G, kh*kw*C/G, N*PH*PW) ->
-    the input's (N, C, H, W), by the transposed averaging matrices: two matmuls again."""
-    n, c, h, w = x_shape
-    g = conv.groups
-    (kh, kw), (ph, pw) = kernel, pool.out_hw
-    b_h_t, b_w = _tap_averaging(xp, grad_pooled, conv, pool, kernel, (h, w))
-    blocks = xp.permute_dims(xp.reshape(grad_pooled, (g, kh, kw, c // g, n, ph, pw)), (4, 0, 3, 1, 5, 2, 6))
-    z = xp.matmul(xp.matrix_transpose(b_h_t), xp.reshape(blocks, (n * c, kh * ph, kw * pw)))  # (N*C, H, kw*PW)
-    grad = xp.matmul(xp.reshape(z, (n * c * h, kw * pw)), xp.matrix_transpose(b_w))
-    return xp.reshape(grad, (n, c, h, w))
-
-
-def _tap_averaging(xp, like, conv: ConvGeometry, pool: PoolGeometry, kernel, size=None):
-    """The arrays of :func:`_tap_averaging_lists` for an input of ``size`` (``like``'s (H, W) by
-    default), in ``like``'s dtype and device, kept per geometry (:func:`xpcnn.backend.constant`)."""
-    size = tuple(like.shape[2:]) if size is None else size
+def _tap_averaging(xp, like, conv: ConvGeometry, pool: PoolGeometry, kernel):
+    """The arrays of :func:`_tap_averaging_lists` for ``like`` (N, C, H, W), in its dtype and
+    device, kept per geometry (:func:`xpcnn.backend.constant`)."""
+    size = tuple(like.shape[2:])
     return constant(xp, like, ("tap averaging", conv, pool, size, kernel),
                     lambda xp, dtype, device: tuple(xp.asarray(m, dtype=dtype, device=device)
                                                     for m in _tap_averaging_lists(conv, pool, size, kernel)))
@@ -111,7 +88,7 @@ def _tap_averaging_lists(conv: ConvGeometry, pool: PoolGeometry, size: tuple[int
     """([B_h^(0) .. B_h^(kh-1)]^T (kh*PH, H), [B_w^(0) .. B_w^(kw-1)] (W, kw*PW)) as Python lists
     for an input of ``size``: B^(i)[h] is row r of the pool's averaging matrix (over the conv's
     output) where the conv reads input cell h at output r through tap i, else zeros."""
-    a_h_t, a_w = _averaging_lists(pool, conv.out_hw)  # (PH, OH), (OW, PW)
+    a_h_t, a_w = averaging_lists(pool, conv.out_hw)  # (PH, OH), (OW, PW)
     a_h = [list(column) for column in zip(*a_h_t)]  # (OH, PH)
     b_h, b_w = (_shifted(a, size[d], conv.padding[d][0], conv.stride[d], conv.dilation[d], kernel[d])
                 for d, a in enumerate((a_h, a_w)))
@@ -137,33 +114,12 @@ def conv2d_avg_pool2d_backward_kernel(xp, grad_y, x, weight, conv: ConvGeometry,
     """(grad_x or None, grad_weight, grad_bias or None) of :func:`conv2d_avg_pool2d_kernel` given
     grad_y (N, O, PH, PW) and its pooled columns."""
     g = conv.groups
-    g_mat = _channel_matrix(xp, grad_y, g)
-    grad_weight = _weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(pooled)), weight.shape)
+    g_mat = channel_matrix(xp, grad_y, g)
+    grad_weight = weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(pooled)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
-    if input_grad and unpools(weight.shape, conv, pool):
-        grad_pooled = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, g)), g_mat)
-        grad_x = _unpooled_columns(xp, grad_pooled, x.shape, tuple(weight.shape[2:]), conv, pool)
-    elif input_grad:
-        # Through the conv's output: the pool's backward, then the conv's.
+    if input_grad:
         grad_out = avg_pool2d_backward_kernel(xp, grad_y, conv.out_hw, pool)
         grad_x = conv2d_input_grad_kernel(xp, grad_out, x.shape, weight, conv)
     return grad_x, grad_weight, grad_bias
 
-
-# The input gradient by the transposed averaging matrices when the pool has a stride of 2 or more
-# and the pooled columns have at most this many rows per output channel: it multiplies the
-# weight's transpose into a gradient of kh*kw*C/G rows, where the other way (the pool's
-# backward, then the conv's) makes O-channel arrays; a stride-1 pool makes the averaging
-# matrices nearly as wide as the input. ``benchmarks/bench_conv_pool.py`` (NumPy, 2 threads,
-# ``benchmarks/results/conv_pool_threads2.txt``, last table), 3x3 conv: with stride-2 pools
-# 1.26-5.5x faster up to 21.6 rows per channel; 0.50x and 1.61x at 36, 1.00x at 72; with
-# stride-1 3x3 pools 0.77-2.3x.
-_UNPOOL_MAX_ROWS_PER_CHANNEL = 24
-
-
-def unpools(w_shape, conv: ConvGeometry, pool: PoolGeometry) -> bool:
-    """Whether :func:`conv2d_avg_pool2d_backward_kernel` takes the input gradient through the
-    transposed averaging matrices (:func:`_unpooled_columns`) for a weight of ``w_shape``."""
-    o, cg, kh, kw = w_shape
-    return min(pool.stride) >= 2 and kh * kw * cg <= _UNPOOL_MAX_ROWS_PER_CHANNEL * (o // conv.groups)

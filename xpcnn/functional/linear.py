@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import array_api_compat
-
 from .._validate import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, check_shape, namespace
 from ..errors import ShapeError
 
@@ -42,22 +40,11 @@ def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
 
 def linear_backward_kernel(xp, grad_y, x, weight, *, bias, input_grad):
     if x.shape[0] == 1:
-        grad_weight = _outer(xp, x, grad_y)
+        # One sample: the outer product by tensordot, which NumPy's matmul (K = 1) is slower at
+        # (docs/performance.md).
+        grad_weight = xp.tensordot(x, grad_y, axes=([0], [0]))
     else:
         grad_weight = xp.matmul(x.T, grad_y)
     grad_bias = xp.sum(grad_y, axis=0) if bias else None
     grad_x = xp.matmul(grad_y, weight.T) if input_grad else None
     return grad_x, grad_weight, grad_bias
-
-
-def _outer(xp, x, grad_y):
-    """x (1, in), grad_y (1, out) -> the outer product (in, out), laid out as the weight, so
-    the optimizer's update reads both in one order. The single products are exact, so every
-    form gives the same numbers; on NumPy they differ in speed (``benchmarks/bench_forms.py``,
-    section 4, 2704 x 10, gradient then update): broadcasting along the long axis is laid out
-    transposed, and the update then mixes layouts (10.3 + 19.5 us); np.matmul's K=1 product
-    does not reach BLAS (37.9 + 6.3); tensordot, the standard's spelling (np.dot behind a
-    reshape: 15.3 + 6.7); np.dot (10.7 + 6.2)."""
-    if array_api_compat.is_numpy_namespace(xp):  # NumPy's namespace (its own or the compat one) has dot
-        return xp.dot(xp.matrix_transpose(x), grad_y)
-    return xp.tensordot(x, grad_y, axes=([0], [0]))

@@ -10,16 +10,18 @@ import math
 from typing import Any, NamedTuple
 
 from .._validate import check_float, check_grad, check_same_dtype, check_shape, namespace
+from ..backend import constant
 from ..errors import ArgumentError, ShapeError
 
 
 class BatchNormSaved(NamedTuple):
-    """What the backward needs from the forward: the per-channel mean and 1/sqrt(var + eps)
-    used to normalise, shaped to broadcast against x, and the normalised input x_hat."""
+    """What the backward needs from the forward: ``centred`` = x - mean (x's shape; the mean
+    used to normalise) and ``coefficients`` (2, 3, C), with inv_std = 1/sqrt(var + eps) and m
+    values per channel: row 0 is (1, inv_std, inv_std), row 1 is weight * (inv_std / m,
+    inv_std**3 / m, inv_std), the last of them the forward's per-channel scale."""
 
-    mean: Any
-    inv_std: Any
-    x_hat: Any
+    centred: Any
+    coefficients: Any
 
 
 def _axes(x):
@@ -77,30 +79,64 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
                              eps=float(eps))
 
 
+# The per-channel arithmetic (eps, the scale, what the backward needs, the running statistics'
+# update) runs on one stack of the channel vectors, whatever the number of channels: one
+# concatenation, one matmul for every linear combination, one power, one product by (1, weight).
+# The stack's rows:
+_MEAN, _VAR, _ONE, _WEIGHT, _RUNNING_MEAN, _RUNNING_VAR = range(6)
+
+
+def _mixing(count: int, momentum: float, eps: float, update: bool) -> tuple[list, list]:
+    """(M, E) as Python lists. M (6 or 8, 4 or 6) maps the stack (mean, var, 1, weight[,
+    running_mean, running_var]) to six multiples k * (var + eps), which raised to the powers
+    E (2, 3, 1) give (1, inv_std, inv_std; inv_std / m, inv_std**3 / m, inv_std), then with
+    ``update`` to the new running mean and the new running variance (unbiased: var * m / (m - 1))."""
+    width = 6 if update else 4
+
+    def row(entries: dict) -> list:
+        return [entries.get(column, 0.0) for column in range(width)]
+
+    # (k v)**e for v = var + eps: k = m**2 with e = -1/2 gives inv_std / m, k = m**(2/3) with
+    # e = -3/2 gives inv_std**3 / m; v**0 is exactly 1.
+    factors = [1.0, 1.0, 1.0, float(count) ** 2, float(count) ** (2.0 / 3.0), 1.0]
+    mix = [row({_VAR: k, _ONE: k * eps}) for k in factors]
+    if update:
+        mix += [row({_MEAN: momentum, _RUNNING_MEAN: 1.0 - momentum}),
+                row({_VAR: momentum * count / (count - 1), _RUNNING_VAR: 1.0 - momentum})]
+    return mix, [[[0.0], [-0.5], [-0.5]], [[-0.5], [-1.5], [-0.5]]]
+
+
 def batch_norm_kernel(xp, x, weight, bias, running_mean, running_var, *, training, momentum, eps):
-    """The forward math on checked inputs (see :func:`batch_norm`)."""
+    """The forward math on checked inputs (see :func:`batch_norm`): x (N, C, H, W) or (N, C) ->
+    y (x's shape), :class:`BatchNormSaved`, new running mean and variance (C,) (the inputs
+    themselves when not updated)."""
     axes, shape = _axes(x)
+    channels = x.shape[1]
+    count = math.prod(x.shape) // channels
     if training:
-        mean = xp.mean(x, axis=axes, keepdims=True)
-        centred = x - mean
-        var = xp.mean(centred * centred, axis=axes, keepdims=True)
+        # xp.var: one operation, where the mean of the centred square takes two.
+        mean, var = xp.mean(x, axis=axes, keepdims=True), xp.var(x, axis=axes, keepdims=True)
     else:
-        mean, var = xp.reshape(running_mean, shape), xp.reshape(running_var, shape)
-        centred = x - mean
-    inv_std = 1.0 / xp.sqrt(var + eps)
-    x_hat = centred * inv_std
-    y = x_hat
-    if weight is not None:
-        y = y * xp.reshape(weight, shape)
+        mean, var = running_mean, running_var
+    update = training and running_mean is not None
+    ones = constant(xp, x, ("batch_norm ones", channels),
+                    lambda xp, dtype, device: xp.ones((1, channels), dtype=dtype, device=device))
+    rows = [mean, var, ones, ones if weight is None else weight] + ([running_mean, running_var] if update else [])
+    stack = xp.concat([xp.reshape(r, (1, channels)) for r in rows], axis=0)
+    mix, powers = constant(xp, x, ("batch_norm mixing", count, momentum, eps, update),
+                           lambda xp, dtype, device: tuple(xp.asarray(m, dtype=dtype, device=device)
+                                                           for m in _mixing(count, momentum, eps, update)))
+    # Each channel's column mixes only with itself: a NaN in a channel's running statistics or
+    # weight reaches that channel's other rows (0 * NaN), never another channel.
+    mixed = xp.matmul(mix, stack)
+    coefficients = xp.pow(xp.reshape(mixed[:6, :], (2, 3, channels)), powers) * xp.reshape(
+        stack[_ONE : _WEIGHT + 1, :], (2, 1, channels))
+    centred = x - xp.reshape(mean, shape)
+    y = centred * xp.reshape(coefficients[1, 2, :], shape)
     if bias is not None:
         y = y + xp.reshape(bias, shape)
-    new_mean, new_var = running_mean, running_var
-    if training and running_mean is not None:
-        count = math.prod(x.shape) // x.shape[1]
-        new_mean = (1.0 - momentum) * running_mean + momentum * xp.reshape(mean, (x.shape[1],))
-        unbiased = xp.reshape(var, (x.shape[1],)) * (count / (count - 1))
-        new_var = (1.0 - momentum) * running_var + momentum * unbiased
-    return y, BatchNormSaved(mean, inv_std, x_hat), new_mean, new_var
+    new_mean, new_var = (mixed[6, :], mixed[7, :]) if update else (running_mean, running_var)
+    return y, BatchNormSaved(centred, coefficients), new_mean, new_var
 
 
 def batch_norm_backward(grad_y, x, weight, saved, *, training, bias=True):
@@ -118,18 +154,19 @@ def batch_norm_backward(grad_y, x, weight, saved, *, training, bias=True):
 
 
 def batch_norm_backward_kernel(xp, grad_y, x, weight, saved: BatchNormSaved, *, training, bias):
-    """The backward math on checked inputs. In training mode, with m values per channel:
-    grad_x = w * inv_std / m * (m * g - sum(g) - x_hat * sum(g * x_hat))."""
+    """The backward math on checked inputs: grad_y (x's shape) -> (grad_x (x's shape), grad_weight
+    (C,) or None, grad_bias (C,) or None). With g = grad_y, c = x - mean, m values per channel
+    and the forward's scale = weight * inv_std, in training mode
+    grad_x = scale * g - (scale / m) * sum(g) - c * (weight * inv_std**3 / m) * sum(g * c),
+    grad_weight = inv_std * sum(g * c), grad_bias = sum(g); the two sums in one reduction."""
     axes, shape = _axes(x)
-    channels = x.shape[1]
-    sum_g = xp.sum(grad_y, axis=axes, keepdims=True)
-    sum_g_xhat = xp.sum(grad_y * saved.x_hat, axis=axes, keepdims=True)
-    scale = saved.inv_std if weight is None else saved.inv_std * xp.reshape(weight, shape)
+    centred, coefficients = saved
+    sums = xp.sum(xp.stack([grad_y, grad_y * centred]), axis=tuple(a + 1 for a in axes))  # (2, C)
+    # (2, 2, C): (sum(g), inv_std * sum(g c)), then their multiples in grad_x.
+    products = sums * coefficients[:, :2, :]
+    grad_x = grad_y * xp.reshape(coefficients[1, 2, :], shape)
     if training:
-        count = math.prod(x.shape) // channels
-        grad_x = (scale * (1.0 / count)) * (count * grad_y - sum_g - saved.x_hat * sum_g_xhat)
-    else:
-        grad_x = grad_y * scale
-    grad_weight = None if weight is None else xp.reshape(sum_g_xhat, (channels,))
-    grad_bias = xp.reshape(sum_g, (channels,)) if bias else None
+        grad_x = grad_x - centred * xp.reshape(products[1, 1, :], shape) - xp.reshape(products[1, 0, :], shape)
+    grad_weight = None if weight is None else products[0, 1, :]
+    grad_bias = products[0, 0, :] if bias else None
     return grad_x, grad_weight, grad_bias

@@ -5,9 +5,9 @@ padding); average pooling counts padded zeros unless ``count_include_pad=False``
 window running past the padding (``ceil_mode``) is averaged over its part inside it; max
 pooling pads with -inf and sends the gradient to the first maximum of each window.
 
-The forwards run over the kh*kw window taps (strided slices) with running sums / maxima: no
-window tensor is stacked, which keeps memory at one output-sized buffer and is 5-15x faster
-on NumPy than reducing over a stacked window axis.
+Average pooling is separable and linear: two matmuls by averaging matrices, forward and
+backward. Max pooling reads the kh*kw window taps (strided slices), in one of two forms
+(:func:`max_pool_method`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-from .._validate import Padding, check_float, check_grad, check_ndim, is_integral, namespace, pair
+from .._validate import Padding, check_float, check_grad, check_ndim, conv_padding, is_integral, namespace, pair
 from ..backend import constant, device_of, fewest_operations_for
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
@@ -43,55 +43,61 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
-def _pool_size(size, kernel, stride, padding, dilation, ceil_mode, name) -> int:
-    """PyTorch's pooling_output_shape: floor or ceil of (size + 2p - d(k-1) - 1) / s, plus one,
-    minus the last window when ``ceil_mode`` would start it in the right padding."""
+def _pool_size(size, kernel, stride, before, after, dilation, ceil_mode, name) -> int:
+    """PyTorch's pooling_output_shape with ``before`` + ``after`` padding: floor or ceil of
+    (size + before + after - d(k-1) - 1) / s, plus one, minus the last window when
+    ``ceil_mode`` would start it in the right (bottom) padding."""
     span = dilation * (kernel - 1) + 1
-    out = (size + 2 * padding - span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
+    out = (size + before + after - span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
     if out < 1:
+        pads = f"2*padding {before}" if before == after else f"padding {before} + {after}"
         raise ShapeError(
             f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
-            f"padded input {size + 2 * padding} (size {size} + 2*padding {padding})"
+            f"padded input {size + before + after} (size {size} + {pads})"
         )
     return out
 
 
-def _counts(size, out, kernel, stride, padding, include_pad) -> tuple[int, ...]:
+def _counts(size, out, kernel, stride, before, after, include_pad) -> tuple[int, ...]:
     """How many rows (or columns) each window averages over, as PyTorch's avg_pool2d: the
     window clipped to the padded input, or to the input alone without ``include_pad``."""
     counts = []
     for o in range(out):
-        start = o * stride - padding
-        end = min(start + kernel, size + padding)
+        start = o * stride - before
+        end = min(start + kernel, size + after)
         counts.append(end - start if include_pad else min(end, size) - max(start, 0))
     return tuple(counts)
 
 
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, name="pool", *, ceil_mode=False,
                   count_include_pad=True) -> PoolGeometry:
-    """Normalised options and the output size (OH, OW) of a pool over x (N, C, H, W); validates."""
+    """Normalised options and the output size (OH, OW) of a pool over x (N, C, H, W); validates.
+    ``padding``: an int, an (h, w) pair or ((top, bottom), (left, right)), each side at most
+    half the kernel (as PyTorch); asymmetric padding pools as ``torch.nn.functional.pad`` then
+    the pool, except that with ``ceil_mode`` no window starts in the bottom/right padding."""
     kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
-    pad = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation")
+    pad = conv_padding(padding, kernel, stride, dilation, strings=False)
     ceil_mode = _flag(ceil_mode, "ceil_mode")
     count_include_pad = _flag(count_include_pad, "count_include_pad")
-    if any(p > k // 2 for p, k in zip(pad, kernel)):
-        raise ShapeError(f"padding: must be at most half the kernel size {kernel}, got {pad} (as PyTorch)")
+    if any(p > k // 2 for sides, k in zip(pad, kernel) for p in sides):
+        raise ShapeError(f"padding: each side must be at most half the kernel size {kernel}, got {pad} (as PyTorch)")
     sizes = tuple(x_shape[2:4])
     out_hw = tuple(
-        _pool_size(sizes[a], kernel[a], stride[a], pad[a], dilation[a], ceil_mode, f"{name} kernel_size") for a in range(2)
+        _pool_size(sizes[a], kernel[a], stride[a], *pad[a], dilation[a], ceil_mode, f"{name} kernel_size")
+        for a in range(2)
     )
     # The last window's far edge, so that every tap slice stays inside the padded input.
     ends = tuple((out_hw[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1 for a in range(2))
-    padded = tuple((pad[a], max(pad[a], ends[a] - sizes[a] - pad[a])) for a in range(2))
+    padded = tuple((pad[a][0], max(pad[a][1], ends[a] - sizes[a] - pad[a][0])) for a in range(2))
     divisor = None
     # Only a ceil_mode window past the padding, or padding left out of the count, averages
     # over fewer than kh*kw cells.
-    if ceil_mode or (not count_include_pad and any(pad)):
-        counts = tuple(_counts(sizes[a], out_hw[a], kernel[a], stride[a], pad[a], count_include_pad) for a in range(2))
+    if ceil_mode or (not count_include_pad and any(p for sides in pad for p in sides)):
+        counts = tuple(_counts(sizes[a], out_hw[a], kernel[a], stride[a], *pad[a], count_include_pad) for a in range(2))
         if any(c != kernel[a] for a in range(2) for c in counts[a]):
             divisor = counts
     return PoolGeometry(kernel, stride, padded, dilation, divisor, out_hw)
@@ -104,23 +110,13 @@ def _check(x, grad_y=None):
     return xp
 
 
-def _scale(xp, geometry: PoolGeometry, like):
-    """1 / (window count): a Python float when uniform, else an (OH, OW) array like ``like``."""
-    if geometry.divisor is None:
-        return 1.0 / (geometry.kernel[0] * geometry.kernel[1])
-    rows, cols = geometry.divisor
-    return 1.0 / xp.asarray([[r * c for c in cols] for r in rows], dtype=like.dtype, device=device_of(like))
-
-
 # ---------------------------------------------------------------- average
 
 
-# Average pooling is separable and linear: y = A_h x A_w with A_w (W, OW) holding 1/count where
-# input column j falls in window o, and A_h likewise for rows. Two matmuls replace the kh*kw
-# strided window sums in the forward (2.1x faster on NumPy at (1000, 16, 26, 26): BLAS instead
-# of strided adds; and 2 operations instead of kh*kw + 2 on a GPU).
-# Padding needs no padded copy: padded cells are zeros and simply have no row in A. The
-# matrices are built from Python numbers (exact) once per geometry, dtype and device.
+# y = A_h^T x A_w with A_w (W, OW) holding 1/count where input column j falls in window o, and
+# A_h likewise for rows; the backward is the adjoint, A_h grad_y A_w^T. Padding needs no padded
+# copy: padded cells are zeros and simply have no row in A. The matrices are built from Python
+# numbers (exact) once per geometry, dtype and device.
 
 
 def _averaging_matrix(size: int, out: int, kernel: int, stride: int, before: int, divisors) -> list[list[float]]:
@@ -130,7 +126,7 @@ def _averaging_matrix(size: int, out: int, kernel: int, stride: int, before: int
 
 
 @functools.lru_cache(maxsize=256)
-def _averaging_lists(geometry: PoolGeometry, size: tuple[int, int]) -> tuple:
+def averaging_lists(geometry: PoolGeometry, size: tuple[int, int]) -> tuple:
     """(A_h^T, A_w) as Python lists for an input of ``size`` (H, W)."""
     divisors = geometry.divisor or tuple((k,) * o for k, o in zip(geometry.kernel, geometry.out_hw))
     rows, cols = (_averaging_matrix(size[a], geometry.out_hw[a], geometry.kernel[a], geometry.stride[a],
@@ -138,22 +134,23 @@ def _averaging_lists(geometry: PoolGeometry, size: tuple[int, int]) -> tuple:
     return [list(r) for r in zip(*rows)], cols
 
 
-def _averaging(xp, geometry: PoolGeometry, like, size: tuple[int, int]):
+def averaging(xp, geometry: PoolGeometry, like, size: tuple[int, int]):
     """(A_h^T (OH, H), A_w (W, OW)) for an input of ``size`` (H, W), as arrays of ``like``'s dtype
     and device, kept per backend, dtype and device (:func:`xpcnn.backend.constant`)."""
-    lists = _averaging_lists(geometry, tuple(size))
+    lists = averaging_lists(geometry, tuple(size))
     return constant(xp, like, ("averaging", geometry, tuple(size)),
                     lambda xp, dtype, device: tuple(xp.asarray(m, dtype=dtype, device=device) for m in lists))
 
 
 def avg_pool2d_kernel(xp, x, geometry: PoolGeometry):
     """Average pooling math on a checked input; ``geometry`` from :func:`pool_geometry`."""
-    a_h_t, a_w = _averaging(xp, geometry, x, tuple(x.shape[2:]))
+    a_h_t, a_w = averaging(xp, geometry, x, tuple(x.shape[2:]))
     return xp.matmul(a_h_t, xp.matmul(x, a_w))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True):
-    """(N, C, H, W) -> (N, C, OH, OW): mean of each window (as ``torch.nn.functional.avg_pool2d``)."""
+    """(N, C, H, W) -> (N, C, OH, OW): mean of each window (as ``torch.nn.functional.avg_pool2d``);
+    ``padding`` an int, (ph, pw) or ((top, bottom), (left, right)) (see :func:`pool_geometry`)."""
     xp = _check(x)
     geometry = pool_geometry(x.shape, kernel_size, stride, padding, name="avg_pool2d", ceil_mode=ceil_mode,
                              count_include_pad=count_include_pad)
@@ -162,17 +159,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count
 
 def avg_pool2d_backward_kernel(xp, grad_y, size: tuple[int, int], geometry: PoolGeometry):
     """grad_x (N, C, H, W) for an input of ``size`` (H, W), given grad_y (N, C, OH, OW)."""
-    # The transposed matmuls (A_h grad_y A_w^T) measured 2x slower on NumPy than these: the
-    # second one broadcasts a small matrix over every (N, C) slice.
-    g = grad_y * _scale(xp, geometry, grad_y)
-    kernel = geometry.kernel
-    if geometry.stride == kernel:
-        # Windows tile the input: each output's gradient fills its kh x kw block. Two repeats
-        # beat kh*kw slice updates (fewer calls) and a broadcast product (inner loops of length kw).
-        block = xp.repeat(xp.repeat(g, kernel[1], axis=3), kernel[0], axis=2)
-        return place2d(xp, block, geometry.padding, size)
-    return add_taps(xp, [g] * (kernel[0] * kernel[1]), size, geometry.padding, kernel, geometry.stride,
-                    geometry.dilation, geometry.out_hw)
+    a_h_t, a_w = averaging(xp, geometry, grad_y, tuple(size))
+    return xp.matmul(xp.matrix_transpose(a_h_t), xp.matmul(grad_y, xp.matrix_transpose(a_w)))
 
 
 def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True):
@@ -203,10 +191,10 @@ def max_pool_method(x, method: str | None = None) -> str:
     """How max pooling of ``x`` finds each window's first maximum: ``"taps"`` (a running maximum
     over the kh*kw strided taps; the backward four element-wise operations per tap) or
     ``"argmax"`` (the taps stacked once, one max and one argmax; the backward a one-hot select:
-    4-5 operations whatever the window). ``None`` chooses by device
+    the same few operations whatever the window). ``None`` chooses by device
     (:func:`xpcnn.backend.fewest_operations_for`): ``"argmax"`` on a GPU, where each operation
-    is a kernel launch; ``"taps"`` on a CPU, where it measured 2.5-10x faster
-    (``benchmarks/bench_pool_method.py``: argmax along a short axis runs window by window)."""
+    is a kernel launch; ``"taps"`` on a CPU, where it is faster (argmax along a short axis runs
+    window by window). See docs/performance.md."""
     if method is None:
         return "argmax" if fewest_operations_for(x) else "taps"
     if method not in MAX_POOL_METHODS:
@@ -233,7 +221,6 @@ def max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = None):
     taps = _padded_taps(xp, x, geometry)
     if max_pool_method(x, method) == "argmax":
         return _window_argmax(xp, taps, first=0)
-    # A chain of element-wise maxima: ~15x faster on NumPy than a reduction over a window axis.
     y = taps[0]
     for t in taps[1:]:
         y = xp.maximum(y, t)
@@ -250,7 +237,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, *, ce
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
     """(N, C, H, W) -> (N, C, OH, OW): maximum of each window (padding is -inf), as
-    ``torch.nn.functional.max_pool2d``."""
+    ``torch.nn.functional.max_pool2d``; ``padding`` an int, (ph, pw) or ((top, bottom), (left,
+    right)) (see :func:`pool_geometry`)."""
     return max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)[0]
 
 

@@ -1,0 +1,176 @@
+"""Containers: layers in named branches, built, walked and run in order.
+
+:class:`Container` is what Sequential (the model, :mod:`xpcnn.model`) and :class:`Residual`
+share: building every branch (then swapping in the fused forms, :mod:`xpcnn.layers.fused`),
+walking every nested layer with its path, and running a branch forward and backward. Paths
+name a layer inside the model: ``"3"``, ``"3.block.0"``; parameter keys add the parameter's
+name: ``"3.block.0.weight"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..errors import ArgumentTypeError, ShapeError
+from .base import Layer, describe, layers_from_config
+from .fused import rewrite
+
+
+class Container(Layer):
+    """Layers in named branches (``{"": [...]}`` for a plain stack, ``{"block": [...], "shortcut":
+    [...]}`` for a residual block). ``fuse``: run fusable pairs as one op (same numbers)."""
+
+    def __init__(self, branches: dict[str, list[Layer]]) -> None:
+        super().__init__()
+        if not isinstance(branches, dict):
+            raise ArgumentTypeError(f"branches: expected a dict of branch names to lists of layers, "
+                                    f"got {type(branches).__name__}")
+        self.branches = {name: self.layer_list(layers, f"branches[{name!r}]", allow_empty=True)
+                         for name, layers in branches.items()}
+        self.chains = {name: list(layers) for name, layers in branches.items()}
+        self.fuse = True
+
+    @staticmethod
+    def layer_list(layers, name: str, *, allow_empty: bool = False) -> list[Layer]:
+        """``layers`` as a list of layers, or an error naming ``name``."""
+        if isinstance(layers, (Layer, str, bytes)) or not hasattr(layers, "__iter__"):
+            raise ArgumentTypeError(f"{name}: expected a list of xpcnn layers such as [layers.Flatten(), "
+                                    f"layers.Dense(10)], got {type(layers).__name__}")
+        layers = list(layers)
+        if not layers and not allow_empty:
+            raise ShapeError(f"{name}: expected at least one layer, got an empty list")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ArgumentTypeError(f"{name}[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), "
+                                        f"got {type(layer).__name__}")
+        return layers
+
+    # -- walking
+    def children(self) -> list[tuple[str, Layer]]:
+        """(path, layer) of the direct sublayers: ``"0"`` in a stack, ``"block.0"`` in a branch."""
+        return [(f"{name}.{i}" if name else str(i), layer)
+                for name, layers in self.branches.items() for i, layer in enumerate(layers)]
+
+    def walk(self) -> Iterator[tuple[str, Layer]]:
+        """(path, layer) for every nested layer, depth first: ``"3"``, ``"3.block.0"``."""
+        for path, layer in self.children():
+            yield path, layer
+            if isinstance(layer, Container):
+                yield from ((f"{path}.{sub}", inner) for sub, inner in layer.walk())
+
+    def leaves(self) -> list[tuple[str, Layer]]:
+        """(path, layer) of every nested layer that is not a container."""
+        return [(path, layer) for path, layer in self.walk() if not isinstance(layer, Container)]
+
+    def named_parameters(self) -> list[tuple[str, Layer, str]]:
+        """(key, layer, name) for every parameter, depth first (weight before bias)."""
+        return [(f"{path}.{name}", layer, name) for path, layer in self.leaves() for name in layer.params]
+
+    def named_buffers(self) -> list[tuple[str, Layer, str]]:
+        """(key, layer, name) for every buffer (BatchNorm running statistics), depth first."""
+        return [(f"{path}.{name}", layer, name) for path, layer in self.leaves() for name in layer.buffers]
+
+    def sublayer(self, path: str) -> Layer | None:
+        """The nested layer at ``path``, or None."""
+        return dict(self.walk()).get(path)
+
+    # -- shapes and building
+    def branch_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for layer in self.branches[name]:
+            shape = tuple(layer.output_shape(shape))
+        return shape
+
+    def specs(self, input_shape, kind: str) -> dict:
+        """The nested layers' declarations keyed by path: ``kind`` "param_specs" or "buffer_specs"."""
+        out = {}
+        for name, layers in self.branches.items():
+            shape = tuple(input_shape)
+            for i, layer in enumerate(layers):
+                prefix = f"{name}.{i}" if name else str(i)
+                out.update({f"{prefix}.{key}": spec for key, spec in getattr(layer, kind)(shape).items()})
+                shape = tuple(layer.output_shape(shape))
+        return out
+
+    def param_specs(self, input_shape):
+        return self.specs(input_shape, "param_specs")
+
+    def buffer_specs(self, input_shape):
+        return self.specs(input_shape, "buffer_specs")
+
+    def build(self, input_shape, *, rng, backend, dtype):
+        self.input_shape = tuple(input_shape)
+        out = self.output_shape(self.input_shape)
+        for name, layers in self.branches.items():
+            shape = self.input_shape
+            for layer in layers:
+                shape = layer.build(shape, rng=rng, backend=backend, dtype=dtype)
+        self.plan_chains()
+        return out
+
+    def plan_chains(self) -> None:
+        """What :meth:`forward` runs: each branch with its fused forms swapped in (``fuse``)."""
+        self.chains = {name: rewrite(layers) if self.fuse else list(layers) for name, layers in self.branches.items()}
+
+    def get_state(self):
+        states = {path: layer.get_state() for path, layer in self.children()}
+        return {k: v for k, v in states.items() if v}
+
+    def set_state(self, state):
+        children = dict(self.children())
+        for path, sub in state.items():
+            if path not in children or not isinstance(sub, dict):
+                raise ArgumentTypeError(f"states[{path!r}]: expected a sublayer's path with a dict state")
+            children[path].set_state(sub)
+
+
+def run_forward(layers: list[Layer], x, training: bool):
+    """``x`` through ``layers`` in order."""
+    for layer in layers:
+        x = layer.forward(x, training=training)
+    return x
+
+
+def run_backward(layers: list[Layer], grad_y, needs_input_grad: bool):
+    """``grad_y`` back through ``layers``; the first layer's input gradient only when asked."""
+    for i in range(len(layers) - 1, -1, -1):
+        layers[i].needs_input_grad = needs_input_grad or i > 0
+        grad_y = layers[i].backward(grad_y)
+    return grad_y
+
+
+class Residual(Container):
+    """``y = block(x) + shortcut(x)``: ``block`` and ``shortcut`` are lists of layers, ``None`` the
+    identity. Parameters are named ``"block.<i>.<name>"`` / ``"shortcut.<i>.<name>"``."""
+
+    def __init__(self, block, shortcut=None) -> None:
+        super().__init__({"block": self.layer_list(block, "block"),
+                          "shortcut": [] if shortcut is None else self.layer_list(shortcut, "shortcut")})
+        self.block, self.shortcut = self.branches["block"], self.branches["shortcut"]
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        out, other = self.branch_shape("block", input_shape), self.branch_shape("shortcut", input_shape)
+        if out != other:
+            raise ShapeError(f"Residual: block output {out} and shortcut output {other} differ for input "
+                             f"{input_shape}; add a shortcut (e.g. a 1x1 Conv2D with the block's stride) that matches")
+        return out
+
+    def get_config(self):
+        return {"block": [describe(layer) for layer in self.block],
+                "shortcut": [describe(layer) for layer in self.shortcut] if self.shortcut else None}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(layers_from_config(config.get("block"), "block"),
+                   None if config.get("shortcut") is None else layers_from_config(config["shortcut"], "shortcut"))
+
+    def forward(self, x, training=False):
+        return run_forward(self.chains["block"], x, training) + run_forward(self.chains["shortcut"], x, training)
+
+    def backward(self, grad_y):
+        block = run_backward(self.chains["block"], grad_y, self.needs_input_grad)
+        shortcut = run_backward(self.chains["shortcut"], grad_y, self.needs_input_grad)
+        return block + shortcut if self.needs_input_grad else None
+
+    def __repr__(self) -> str:
+        return f"Residual(block={self.block!r}, shortcut={self.shortcut or None!r})"

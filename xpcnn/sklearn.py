@@ -1,0 +1,282 @@
+"""A scikit-learn classifier around an xpcnn network: Pipelines, grid searches, cross-validation.
+
+``CNNClassifier`` follows scikit-learn's estimator conventions (constructor arguments stored as
+given and checked in ``fit``, fitted attributes ending in ``_``, ``clone``, pickling). Samples are
+images: ``X`` of shape (N, C, H, W), (N, H, W) or a flat table (N, D) reshaped to ``image_shape``.
+With ``sklearn.set_config(array_api_dispatch=True)`` (and ``SCIPY_ARRAY_API=1`` set before
+scikit-learn is imported), non-NumPy inputs train on their own library and device, and the
+outputs come back in that namespace and device. See docs/sklearn.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+
+import array_api_compat
+import numpy as np
+
+try:
+    import sklearn
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, unique_labels
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as e:  # absent, or older than 1.6 (no validate_data)
+    raise ImportError(f"xpcnn.sklearn needs scikit-learn >= 1.6 ({e}); install it with: "
+                      "pip install 'xpcnn[sklearn]'") from e
+
+from xpcnn import Sequential, layers, namespace_of, optim, saving, to_device, to_numpy, zoo
+from xpcnn.callbacks import EarlyStopping
+
+__all__ = ["CNNClassifier", "auto_network"]
+
+OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": lambda lr: optim.SGD(lr, momentum=0.9)}
+
+
+def auto_network(image_shape: tuple[int, int, int], n_classes: int) -> Sequential:
+    """The unbuilt network ``model="auto"`` picks for samples of ``image_shape`` (C, H, W) and
+    ``n_classes`` outputs (N, n_classes). Images of 8x8 and up: padded 3x3 convolutions (32, 32),
+    2x2 max pool, a padded 3x3 convolution (64), 2x2 max pool, Dense; smaller samples, down to
+    (1, 1, 1): Flatten -> Dense(64) -> ReLU -> Dense."""
+    _, h, w = image_shape
+    if min(h, w) >= 8:
+        return Sequential([
+            layers.Conv2D(32, 3, padding=1), layers.ReLU(), layers.Conv2D(32, 3, padding=1), layers.ReLU(),
+            layers.MaxPool2D(2), layers.Conv2D(64, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+            layers.Flatten(), layers.Dense(n_classes),
+        ])
+    return Sequential([layers.Flatten(), layers.Dense(64), layers.ReLU(), layers.Dense(n_classes)])
+
+
+def _dispatched_namespace(X):
+    """X's namespace when array-API dispatch is on and X is an array of a library other than
+    NumPy; None otherwise (X then goes through NumPy, as scikit-learn does)."""
+    if not sklearn.get_config()["array_api_dispatch"] or not array_api_compat.is_array_api_obj(X) \
+            or array_api_compat.is_numpy_array(X):
+        return None
+    return namespace_of(X)
+
+
+def _flatten(X):
+    """(X as (N, D), the sample shape (C, H, W) when X came as images (N, H, W) or (N, C, H, W))."""
+    ndim = getattr(X, "ndim", 2)
+    if not isinstance(ndim, int) or ndim <= 2:
+        return X, None
+    if ndim > 4:
+        raise ValueError(f"X: expected (N, D), (N, H, W) or (N, C, H, W), got shape {tuple(X.shape)}")
+    shape = tuple(int(s) for s in X.shape[1:])
+    xp = namespace_of(X) if array_api_compat.is_array_api_obj(X) else np
+    return xp.reshape(X, (int(X.shape[0]), math.prod(shape))), (1, *shape) if ndim == 3 else shape
+
+
+class CNNClassifier(ClassifierMixin, BaseEstimator):
+    """An xpcnn network trained by mini-batch gradient descent on softmax cross-entropy.
+
+    model: "auto" (:func:`auto_network`), an ``xpcnn.zoo`` name ("default", "notebook",
+        "resnet8"), or a callable ``f(n_classes) -> Sequential`` (unbuilt), e.g. ``xpcnn.zoo.resnet8``.
+    image_shape: (C, H, W) of one sample of a flat X (N, D) with C*H*W = D; None: taken from image
+        input (N, H, W) / (N, C, H, W), else (1, s, s) when D = s*s, else (1, 1, D).
+    epochs, batch_size: passes over the data in ``fit`` (``partial_fit`` runs one), samples per step.
+    optimizer: "adam", "adamw", "sgd" (momentum 0.9) with ``learning_rate``, or an
+        ``xpcnn.optim`` optimizer (copied at every fit; its own learning rate is used).
+    validation_fraction, early_stopping, n_iter_no_change: with ``early_stopping``, hold out that
+        stratified fraction and stop after ``n_iter_no_change`` epochs without a lower validation
+        loss, keeping the best epoch's weights.
+    random_state: None, an int or a RandomState; seeds the weights and the shuffles.
+    backend: an xpcnn backend name ("numpy", "torch", "cupy:1", ...); None: the library and device
+        of X under array-API dispatch, else xpcnn's selected backend.
+    dtype: "float32" or "float64", the network's float type (X is cast to it).
+    verbose: 0 silent, 1 or 2 one line per epoch (``xpcnn`` fit's verbose).
+
+    Fitted: ``classes_`` (n_classes,), ``n_features_in_`` (D), ``image_shape_`` (C, H, W),
+    ``model_`` (the built :class:`xpcnn.Sequential`), ``n_iter_`` (epochs run), ``loss_curve_``
+    (training loss per epoch, a list).
+    """
+
+    def __init__(self, model="auto", *, image_shape=None, epochs=10, batch_size=32, optimizer="adam",
+                 learning_rate=1e-3, validation_fraction=0.1, early_stopping=False, n_iter_no_change=5,
+                 random_state=None, backend=None, dtype="float32", verbose=0):
+        self.model = model
+        self.image_shape = image_shape
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.backend = backend
+        self.dtype = dtype
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = True
+        return tags
+
+    # ---------------------------------------------------------------- training
+
+    def fit(self, X, y):
+        """Train a new network on X (N, D), (N, H, W) or (N, C, H, W) and labels y (N,) of any
+        type; returns self."""
+        X, y, shape, xp = self._validate(X, y, reset=True)
+        self._start(X, shape, xp, unique_labels(y))
+        return self._train(X, y, xp, self.epochs, early_stopping=self.early_stopping)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y), continuing the network (and its optimizer) of earlier calls.
+        ``classes`` (n_classes,): every label, required on the first call. Returns self."""
+        first = not hasattr(self, "model_")
+        X, y, shape, xp = self._validate(X, y, reset=first)
+        if first and classes is None:
+            raise ValueError("classes: pass every label there can be (classes=...) on the first call to partial_fit")
+        if classes is not None:
+            classes = unique_labels(classes)
+            if not first and not np.array_equal(classes, self.classes_):
+                raise ValueError(f"classes: {classes.tolist()} differs from classes_ {self.classes_.tolist()} "
+                                 "given at the first call to partial_fit")
+        if first:
+            self._start(X, shape, xp, classes)
+        unseen = np.setdiff1d(y, self.classes_)
+        if unseen.size:
+            raise ValueError(f"y: labels {unseen.tolist()} are not in classes_ {self.classes_.tolist()} "
+                             "(set by classes= at the first call to partial_fit); fit anew to add classes")
+        return self._train(X, y, xp, 1, early_stopping=False)
+
+    def _validate(self, X, y, reset: bool):
+        """(X as (N, D) in the network's dtype, y (N,) on the host, X's image shape or None, X's
+        namespace under dispatch or None)."""
+        xp = _dispatched_namespace(X)
+        X, shape = _flatten(X)
+        dtype = self.dtype if reset else self.model_.dtype
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        X, y = validate_data(self, X, y, reset=reset, dtype=getattr(xp or np, dtype))
+        check_classification_targets(y)
+        return X, to_numpy(y), shape, xp
+
+    def _start(self, X, shape, xp, classes) -> None:
+        """Set the fitted attributes and build a new network for X (N, D)."""
+        if len(classes) < 2:
+            raise ValueError(f"y: a classifier needs at least 2 classes, got 1 class ({classes[0]!r})")
+        self.classes_ = classes
+        self.image_shape_ = self._resolve_shape(self.n_features_in_, shape)
+        seeds = check_random_state(self.random_state).randint(np.iinfo(np.int32).max, size=2)
+        self._seed = int(seeds[1])
+        self._namespace = "numpy" if xp is None else xp.__name__
+        net = self._network(len(classes))
+        backend = self.backend if self.backend is not None or xp is None else array_api_compat.device(X)
+        self.model_ = net.build(self.image_shape_, seed=int(seeds[0]), dtype=self.dtype, backend=backend)
+        outputs = tuple(self.model_.predict(np.zeros((1, *self.image_shape_), self.dtype)).shape[1:])
+        if outputs != (len(classes),):
+            raise ValueError(f"model: the network outputs {outputs} per sample; expected ({len(classes)},), "
+                             "one logit per class")
+        self.n_iter_, self.loss_curve_ = 0, []
+
+    def _resolve_shape(self, d: int, shape):
+        if self.image_shape is not None:
+            shape = tuple(self.image_shape)
+            if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape) \
+                    or math.prod(shape) != d:
+                raise ValueError(f"image_shape: expected (C, H, W) of positive ints with C*H*W = {d} "
+                                 f"(the number of features), got {self.image_shape!r}")
+            return tuple(int(s) for s in shape)
+        if shape is not None:
+            return shape
+        side = math.isqrt(d)
+        return (1, side, side) if side * side == d else (1, 1, d)
+
+    def _network(self, n_classes: int) -> Sequential:
+        if isinstance(self.model, str):
+            net = auto_network(self.image_shape_, n_classes) if self.model == "auto" else \
+                zoo.NETWORKS[self.model](n_classes) if self.model in zoo.NETWORKS else zoo.get(self.model)
+        elif callable(self.model):
+            net = self.model(n_classes)
+        else:
+            raise TypeError(f"model: expected 'auto', a name in xpcnn.zoo or a callable n_classes -> Sequential, "
+                            f"got {type(self.model).__name__}")
+        if not isinstance(net, Sequential):
+            raise TypeError(f"model: the callable returned {type(net).__name__}, expected an xpcnn Sequential")
+        return net
+
+    def _make_optimizer(self):
+        if isinstance(self.optimizer, optim.Optimizer):
+            return copy.deepcopy(self.optimizer)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)} or an xpcnn.optim optimizer, "
+                             f"got {self.optimizer!r}")
+        return OPTIMIZERS[self.optimizer](self.learning_rate)
+
+    def _train(self, X, y, xp, epochs: int, early_stopping: bool):
+        """Run ``epochs`` epochs of the network on X (N, D) and labels y (N,); returns self."""
+        X = (xp or np).reshape(X, (X.shape[0], *self.image_shape_))
+        y = np.searchsorted(self.classes_, y)
+        validation, callbacks = None, None
+        if early_stopping:
+            if not 0 < self.validation_fraction < 1:
+                raise ValueError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction!r}")
+            train, val = train_test_split(np.arange(len(y)), test_size=self.validation_fraction, stratify=y,
+                                          random_state=self._seed)
+            X, validation = _take(X, train, xp), (_take(X, val, xp), y[val])
+            y = y[train]
+            callbacks = [EarlyStopping(patience=self.n_iter_no_change, restore_best_weights=True)]
+        optimizer = self.model_.optimizer if self.n_iter_ and self.model_.optimizer else self._make_optimizer()
+        history = self.model_.fit(X, y, epochs=epochs, batch_size=self.batch_size, optimizer=optimizer,
+                                  validation_data=validation, seed=(self._seed + self.n_iter_) % 2**31,
+                                  verbose=self.verbose, callbacks=callbacks)
+        self.loss_curve_ = self.loss_curve_ + [float(v) for v in history["loss"]]
+        self.n_iter_ += len(history["loss"])
+        return self
+
+    # ---------------------------------------------------------------- inference
+
+    def _outputs(self, X, method: str):
+        """(softmax probabilities (N, n_classes) on the network's backend, X's namespace under
+        dispatch or None, X's device)."""
+        check_is_fitted(self)
+        xp = _dispatched_namespace(X)
+        if sklearn.get_config()["array_api_dispatch"] and (xp.__name__ if xp else "numpy") != self._namespace:
+            raise ValueError(f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace as "
+                             f"those passed to fit(): fitted on {self._namespace}, got "
+                             f"{xp.__name__ if xp else 'numpy'}; move X with xpcnn.to_device")
+        X, _ = _flatten(X)
+        X = validate_data(self, X, reset=False, dtype=getattr(xp or np, self.model_.dtype))
+        images = (xp or np).reshape(X, (X.shape[0], *self.image_shape_))
+        return self.model_.predict(images), xp, None if xp is None else array_api_compat.device(X)
+
+    def predict_proba(self, X):
+        """Class probabilities (N, n_classes) for X (N, D) / images, columns in ``classes_`` order:
+        NumPy, or X's namespace and device under array-API dispatch."""
+        proba, xp, device = self._outputs(X, "predict_proba")
+        return to_numpy(proba) if xp is None else to_device(proba, device)
+
+    def predict(self, X):
+        """Labels (N,) from ``classes_`` for X (N, D) / images; numeric labels come back in X's
+        namespace and device under array-API dispatch."""
+        proba, xp, device = self._outputs(X, "predict")
+        labels = self.classes_[np.argmax(to_numpy(proba), axis=1)]
+        return labels if xp is None or labels.dtype.kind not in "biuf" else to_device(labels, device)
+
+    # ---------------------------------------------------------------- pickling
+
+    def __getstate__(self):
+        """The fitted network travels as its model file bytes (safetensors) and backend name."""
+        state = dict(super().__getstate__())  # object.__getstate__ hands back __dict__ itself
+        if "model_" in state:
+            state["model_"] = (str(self.model_.backend), self.model_.to_bytes())
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("model_"), tuple):
+            backend, data = state["model_"]
+            state = {**state, "model_": saving.build_from(*saving.decode(data, "<pickled CNNClassifier>"), backend)}
+        super().__setstate__(state)
+
+
+def _take(X, idx: np.ndarray, xp):
+    """X[idx] along the first axis, idx host int64, for NumPy or X's namespace."""
+    return X[idx] if xp is None else xp.take(X, to_device(idx, array_api_compat.device(X)), axis=0)
