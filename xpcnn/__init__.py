@@ -17,11 +17,11 @@ from .backend import (
     to_numpy,
     use_backend,
 )
+from .distributed import mpi as _mpi  # noqa: F401  (registers distributed=True with fit and evaluate)
 from .errors import BackendMismatchError, BackendUnavailableError, XpcnnError
 from .model import Sequential
 from .saving import load
-
-__version__ = "0.1.0"
+from .version import __version__
 
 _allocator.apply_requested()  # XPCNN_MALLOC=keep only: the library alone never touches malloc
 

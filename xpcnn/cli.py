@@ -29,10 +29,17 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-import xpcnn
-
-from . import __version__, optim, plot, zoo
-from .backend import current_backend, load_backend
+from . import optim, plot, zoo
+from ._allocator import keep_freed_memory
+from .backend import (
+    available_backends,
+    current_backend,
+    get_backend,
+    load_backend,
+    set_backend,
+    to_device,
+    to_numpy,
+)
 from .callbacks import (
     EarlyStopping,
     LambdaCallback,
@@ -46,6 +53,8 @@ from .datasets import load_data, preprocess
 from .distributed import mpi
 from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeError, XpcnnError
 from .fileformat import list_checkpoints
+from .saving import load
+from .version import __version__
 
 # Defaults per network: what ``train`` uses unless a flag says otherwise (a network of xpcnn.zoo
 # not listed here gets the "default" row).
@@ -236,7 +245,7 @@ def cmd_train(args) -> int:
     _check_paths(args)
     model = _network(args.model)
     if _backend(args.backend) is not None:
-        xpcnn.set_backend(args.backend)
+        set_backend(args.backend)
     quiet = _other_rank(args)
     if quiet:
         args.save = args.plot = None
@@ -309,7 +318,7 @@ def _schedule_callbacks(args, settings: dict) -> list:
 def _train(args, model) -> int:
 
 
-    xpcnn.keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
+    keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
     settings = _settings(args)
     start = time.perf_counter()
     resume_from = _resume_point(args, model, settings) if args.resume else None
@@ -324,7 +333,7 @@ def _train(args, model) -> int:
         verbose = 2 if verbose else 0
     schedule = "" if settings["lr_schedule"] == "none" else f" ({settings['lr_schedule']} schedule)"
     training = f"{settings['optimizer']} lr {settings['lr']:g}{schedule}, seed {settings['seed']}"
-    print(f"xpcnn {xpcnn.__version__}: {args.model} network on {xpcnn.get_backend()} ({settings['dtype']}), {args.dataset}: "
+    print(f"xpcnn {__version__}: {args.model} network on {get_backend()} ({settings['dtype']}), {args.dataset}: "
           f"{len(x_train)} training / {len(x_test)} held-out images; {training}, batch {settings['batch_size']}, "
           f"{settings['epochs']} epoch(s)", flush=True)
     ran = []
@@ -365,7 +374,7 @@ def _train(args, model) -> int:
 
 def cmd_evaluate(args) -> int:
 
-    model = xpcnn.load(args.model, backend=_backend(args.backend))
+    model = load(args.model, backend=_backend(args.backend))
     _, (x_test, y_test) = _load_split(args.dataset, args.data_path, model.dtype)
     result = model.evaluate(x_test, y_test, batch_size=args.batch_size)
     correct = round(result["accuracy"] * len(x_test))
@@ -403,10 +412,10 @@ def cmd_predict(args) -> int:
 
 
 
-    model = xpcnn.load(args.model, backend=_backend(args.backend))
+    model = load(args.model, backend=_backend(args.backend))
     pixels = read_image(args.image, model.input_shape, args.invert)
-    x = xpcnn.to_device(preprocess(pixels, model.dtype), model.backend)
-    probs = xpcnn.to_numpy(model.predict(x))[0]
+    x = to_device(preprocess(pixels, model.dtype), model.backend)
+    probs = to_numpy(model.predict(x))[0]
     order = np.argsort(-probs)
     print(f"{args.image}: {int(order[0])} (probability {probs[order[0]]:.3f}); next: "
           + ", ".join(f"{int(k)} ({probs[k]:.3f})" for k in order[1:3]))
@@ -435,7 +444,7 @@ def cmd_info(args) -> int:
 
 
 
-    print(f"xpcnn {xpcnn.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
+    print(f"xpcnn {__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__})")
     env = f"XPCNN_BACKEND={os.environ.get('XPCNN_BACKEND', '')!r}"
     code = 0
     try:
@@ -447,7 +456,7 @@ def cmd_info(args) -> int:
         print(f"selected backend: INVALID: {e}")
         code = 1
     print("backends:")
-    for name, status in xpcnn.available_backends().items():
+    for name, status in available_backends().items():
         if status == "available":
             print(f"  {name:<17} available; devices: {_devices(name)}")
         else:

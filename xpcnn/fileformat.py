@@ -28,7 +28,6 @@ by field, tensor byte ranges are checked before anything is decoded, and any def
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -43,6 +42,7 @@ import numpy as np
 
 import safetensors.numpy
 
+from .version import __version__
 from .errors import ArgumentError, ArgumentTypeError, ModelFileError
 
 FORMAT = "xpcnn"
@@ -139,10 +139,7 @@ def encode(tensors: dict[str, np.ndarray], *, kind: str, config: dict[str, Any],
 
 
 def _version() -> str:
-    try:
-        return importlib.metadata.version("xpcnn")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def checkpoint_name(epoch: int) -> str:

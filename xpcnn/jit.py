@@ -69,7 +69,7 @@ class CompiledStep:
         self.last_flags = None
 
     @staticmethod
-    def _pure(model, params, buffers, state, scalars, keys, xb, yb, *, optimizer, label_smoothing, hyper):
+    def pure(model, params, buffers, state, scalars, keys, xb, yb, *, optimizer, label_smoothing, hyper):
         """(new params, new buffers, new state, [guard, loss, correct], finite flags): a pure
         function of its array arguments. Static: the optimizer (its rule), the label smoothing and
         ``hyper``, the optimizer's fixed hyper-parameters (read from it while tracing; they only
@@ -196,7 +196,7 @@ def _compiled(model, kind: str):
     if kind not in functions:
         ref = weakref.ref(model)
         if kind == "step":
-            functions[kind] = jax.jit(lambda *a, **k: CompiledStep._pure(ref(), *a, **k),
+            functions[kind] = jax.jit(lambda *a, **k: CompiledStep.pure(ref(), *a, **k),
                                       static_argnames=("optimizer", "label_smoothing", "hyper"))
         else:
             functions[kind] = jax.jit(lambda *a: _logits(ref(), *a))

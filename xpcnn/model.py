@@ -17,7 +17,7 @@ import safetensors.numpy
 
 from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
-from .backend import Backend, current_backend, dtype_name, resolve_target, to_device, to_numpy
+from .backend import Backend, current_backend, resolve_target, to_device, to_numpy
 from .checkpoint import optimizer_class, optimizer_record
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, layers_from_config

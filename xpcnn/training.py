@@ -23,6 +23,7 @@ This module is written against the model's interface (``forward``, ``backward``,
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -38,7 +39,6 @@ from ._validate import check_array, namespace, positive_int
 from .backend import device_of, dtype_name, fewest_operations_for, library_of, namespace_of, to_device, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
 from .datasets.batches import iterate_batches
-from .distributed import mpi
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -56,6 +56,28 @@ from .layers import Layer
 from .optim import Adam, Optimizer, _concat_flat
 
 DEFAULT_LR = 1e-3
+# Data-parallel training lives a floor above (xpcnn.distributed.mpi); it registers its hooks here
+# when xpcnn is imported, so this module never imports it.
+DISTRIBUTED: dict[str, Any] = {}
+
+
+def _distributable(fn):
+    """``fit`` / ``evaluate`` under the distributed hooks' error handling, when they are there."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        hooks = DISTRIBUTED.get("mpi")
+        return fn(*args, **kwargs) if hooks is None else hooks.abort_on_local_error(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _communicator(distributed: Any):
+    """The MPI communicator for ``distributed=True`` on several ranks, else None."""
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise ArgumentTypeError(f"distributed: expected True or False, got {distributed!r:.80}")
+    hooks = DISTRIBUTED.get("mpi")
+    return hooks.communicator(distributed) if hooks is not None and distributed else None
 
 
 def default_optimizer() -> Optimizer:
@@ -387,7 +409,7 @@ def _resume(model, resume_from, optimizer: Optimizer | None):
     return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history
 
 
-@mpi.abort_on_local_error
+@_distributable
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimizer | None = None,
         validation_data=None, shuffle: bool = True, seed: int = 0, callbacks: Iterable[Callback] | None = None,
         verbose: int = 1, checkpoint_dir=None, resume_from=None, label_smoothing: float = 0.0,
@@ -450,7 +472,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
             raise ArgumentTypeError(f"callbacks[{i}]: expected an xpcnn.callbacks.Callback, got {type(cb).__name__}")
     if compile not in (None, True, False):
         raise ArgumentTypeError(f"compile: expected True, False or None, got {compile!r:.80}")
-    comm = mpi.communicator(distributed)
+    comm = _communicator(distributed)
     if comm is not None and compile:
         raise ArgumentError("compile: not available with distributed=True yet (the allreduce sits inside the step)")
     _check_checkpoint_dir(checkpoint_dir, resume_from)
@@ -475,7 +497,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     history = History(past, initial_epoch)
     steps = -(-data.n // batch_size)
     if comm is not None:
-        mpi.start_fit(comm, model, optimizer, data.y, rng, batch_size=batch_size, epochs=epochs, shuffle=bool(shuffle),
+        DISTRIBUTED["mpi"].start_fit(comm, model, optimizer, data.y, rng, batch_size=batch_size, epochs=epochs, shuffle=bool(shuffle),
                       initial_epoch=initial_epoch, label_smoothing=label_smoothing)
         if comm.rank:  # rank 0 alone prints and writes checkpoints
             verbose, checkpoint_dir = 0, None
@@ -614,7 +636,7 @@ def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float
     return {"loss": total_loss / data.n, "accuracy": total_correct / data.n}
 
 
-@mpi.abort_on_local_error
+@_distributable
 def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -> dict[str, float]:
     """Mean softmax cross-entropy and accuracy of ``model`` on (x, y) in inference mode, batch by
     batch: ``{"loss": float, "accuracy": float}``. Same input rules as :func:`fit`: host data
@@ -623,10 +645,10 @@ def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -
     batch_size = positive_int(batch_size, "batch_size")
     if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before evaluate")
-    comm = mpi.communicator(distributed)
+    comm = _communicator(distributed)
     data = _Data(model, x, y)
     if comm is not None:
-        mpi.start_evaluate(comm, model, data.y, batch_size)
+        DISTRIBUTED["mpi"].start_evaluate(comm, model, data.y, batch_size)
     return _evaluate(model, data, batch_size, comm)
 
 

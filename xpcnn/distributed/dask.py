@@ -268,10 +268,10 @@ class _NpyFile:
         self.shape, self.dtype, self.ndim = tuple(mapped.shape), mapped.dtype, mapped.ndim
         del mapped
         stat = os.stat(self.path)
-        self._token = (self.path, stat.st_size, stat.st_mtime_ns, self.shape, self.dtype.str)
+        self.token = (self.path, stat.st_size, stat.st_mtime_ns, self.shape, self.dtype.str)
 
     def __dask_tokenize__(self):
-        return self._token
+        return self.token
 
     def __getitem__(self, key):
         return np.array(np.load(self.path, mmap_mode="r", allow_pickle=False)[key])
@@ -286,6 +286,6 @@ def from_npy(path, *, chunk: int = 4096):
     chunk = positive_int(chunk, "chunk", error=ArgumentError)
     source = _NpyFile(path)
     chunks = (chunk,) + tuple(-1 for _ in source.shape[1:])
-    name = "xpcnn-npy-" + hashlib.sha256(repr(source._token).encode()).hexdigest()[:16]
+    name = "xpcnn-npy-" + hashlib.sha256(repr(source.token).encode()).hexdigest()[:16]
     return da.from_array(source, chunks=chunks, name=name, meta=np.empty((0,) * source.ndim, dtype=source.dtype),
                          fancy=False, asarray=False)

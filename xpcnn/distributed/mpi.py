@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import training
 from ..backend import namespace_of, to_device, to_numpy
 from ..errors import ArgumentTypeError, BackendUnavailableError, DataError, NonFiniteError
 
@@ -448,3 +449,6 @@ def start_evaluate(comm: Communicator, model, y, batch_size: int) -> None:
         "batch_size": batch_size,
         "weights (checksum)": [np.ascontiguousarray(to_numpy(w)) for w in model.get_weights() + model.get_buffers()],
     })
+
+
+training.DISTRIBUTED["mpi"] = sys.modules[__name__]  # what fit / evaluate call with distributed=True

@@ -13,8 +13,8 @@ from .core import Dense, Dropout, Flatten
 from .normalization import BatchNorm1D, BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-for _cls in (Conv2D, Conv2DTranspose, AvgPool2D, MaxPool2D, GlobalAvgPool2D, Dense, ReLU, LeakyReLU, Tanh, Sigmoid, GELU,
-             Flatten, BatchNorm2D, BatchNorm1D, Dropout, Residual):
+for _cls in (Conv2D, Conv2DTranspose, AvgPool2D, MaxPool2D, GlobalAvgPool2D, Dense, ReLU, LeakyReLU, Tanh, Sigmoid,
+             GELU, Flatten, BatchNorm2D, BatchNorm1D, Dropout, Residual):
     register(_cls)
 
 __all__ = [

@@ -143,7 +143,8 @@ class Layer:
         first = next(iter(self.params.values()), None)
         if self.input_shape is None:
             if self.param_specs_or_none(tuple(x.shape[1:])):
-                raise NotBuiltError(f"{type(self).__name__}: not built; build the model first (model.build(input_shape))")
+                raise NotBuiltError(f"{type(self).__name__}: not built; build the model first "
+                                    "(model.build(input_shape))")
             self.geometry = self.plan(tuple(x.shape[1:]))
         xp = namespace(x=x) if first is None else namespace(x=x, parameters=first)
         check_float(xp, "x", x)
@@ -186,8 +187,8 @@ def padding_spec(padding, *, allow: tuple[str, ...] = ()) -> Any:
     if isinstance(padding, str):
         if padding not in allow:
             choices = ", ".join(repr(a) for a in allow)
-            raise ArgumentError(f"padding: expected an int, a pair, ((top, bottom), (left, right)){' or ' if allow else ''}"
-                                f"{choices}, got {padding!r}")
+            raise ArgumentError(f"padding: expected an int, a pair, ((top, bottom), (left, right))"
+                                f"{' or ' if allow else ''}{choices}, got {padding!r}")
         return padding
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
         return tuple(pair(p, "padding", minimum=0) for p in padding)
@@ -239,7 +240,8 @@ def check_config_complete(layer: Layer, where: str) -> None:
     required = [p.name for p in list(inspect.signature(type(layer).__init__).parameters.values())[1:]
                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if required:
-        raise ArgumentError(f"{where} ({type(layer).__name__}): its constructor takes {', '.join(required)} but it defines "
+        raise ArgumentError(f"{where} ({type(layer).__name__}): its constructor takes {', '.join(required)} but it "
+                            "defines "
                             "no get_config(), so a saved model would reload it with the defaults; define get_config() "
                             "returning those arguments")
 

@@ -100,7 +100,7 @@ class Container(Layer):
     def build(self, input_shape, *, rng, backend, dtype):
         self.input_shape = tuple(input_shape)
         out = self.output_shape(self.input_shape)
-        for name, layers in self.branches.items():
+        for layers in self.branches.values():
             shape = self.input_shape
             for layer in layers:
                 shape = layer.build(shape, rng=rng, backend=backend, dtype=dtype)

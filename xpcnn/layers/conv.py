@@ -108,7 +108,8 @@ class Conv2DTranspose(ConvBase):
         for a in range(2):
             if self.output_padding[a] >= max(self.stride[a], self.dilation[a]):
                 raise ArgumentError(f"output_padding: must be smaller than stride or dilation (as PyTorch), got "
-                                    f"output_padding {self.output_padding}, stride {self.stride}, dilation {self.dilation}")
+                                    f"output_padding {self.output_padding}, stride {self.stride}, "
+                                    f"dilation {self.dilation}")
 
     def weight_layout(self, c):
         return (c, self.out_channels // self.groups, *self.kernel_size)
@@ -117,15 +118,16 @@ class Conv2DTranspose(ConvBase):
         return w_shape[0]
 
     def plan(self, input_shape):
-        return conv_transpose2d_geometry((1, *input_shape), self.weight_shape(input_shape[0]), self.stride, self.padding,
-                                         self.output_padding, self.dilation, self.groups)
+        return conv_transpose2d_geometry((1, *input_shape), self.weight_shape(input_shape[0]), self.stride,
+                                         self.padding, self.output_padding, self.dilation, self.groups)
 
     def get_config(self):
         return self.config(padding=list(self.padding), output_padding=list(self.output_padding))
 
     def forward(self, x, training=False):
         self.save_for_backward(x)
-        return conv_transpose2d_kernel(namespace_of(x), x, self.params["weight"], self.params.get("bias"), self.geometry)
+        return conv_transpose2d_kernel(namespace_of(x), x, self.params["weight"], self.params.get("bias"),
+                                       self.geometry)
 
     def backward(self, grad_y):
         (x,) = self.saved
