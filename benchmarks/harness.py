@@ -147,7 +147,7 @@ def _commit() -> str:
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "xpcnn", "benchmarks"],
-                               timeout=10).returncode
+                               capture_output=True, timeout=10).returncode
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head or "unknown") + (" (with local changes)" if dirty else "")

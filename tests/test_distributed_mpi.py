@@ -268,8 +268,8 @@ def scenario_exactness_gpu_forms(out: str) -> None:
     from xpcnn.distributed import mpi
 
     calls = []
-    concat = optim._concat_flat
-    optim._concat_flat = lambda xp, arrays: calls.append(1) or concat(xp, arrays)
+    concat = optim.concat_flat
+    optim.concat_flat = lambda xp, arrays: calls.append(1) or concat(xp, arrays)
     x, y = dataset()
     model = network(seed=100 + mpi.rank())
     with xpcnn.fewest_operations():

@@ -72,8 +72,8 @@ def test_flat_arrays_are_reused_while_nothing_is_rebound(monkeypatch):
     """After the first step no concatenation at all: the parameters and the momentum are still
     the views of the last update, and the gradients come concatenated from the NaN guard."""
     concatenations = []
-    real = optim._concat_flat
-    monkeypatch.setattr(optim, "_concat_flat",
+    real = optim.concat_flat
+    monkeypatch.setattr(optim, "concat_flat",
                         lambda xp, arrays: concatenations.append(len(arrays)) or real(xp, arrays))
     backend = xpcnn.backend.load_backend("numpy")
     model, opt = net(backend), optim.SGD(lr=0.05, momentum=0.9)

@@ -8,20 +8,21 @@ import operator
 from typing import Any
 
 from .backend import device_of, library_of, namespace_of
-from .errors import ArgumentError, BackendMismatchError, DTypeError, ShapeError  # noqa: F401  (ArgumentError re-exported)
+from .errors import ArgumentError, ArgumentTypeError, BackendMismatchError, DTypeError, ShapeError  # noqa: F401
 
 _ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1, error: type = ShapeError) -> int:
-    """``value`` as an int >= ``minimum``; refuses bools, floats, strings and None. Sizes raise
-    ShapeError (the default); counts and options pass ``error=ArgumentError``."""
+    """``value`` as an int >= ``minimum``. Not an int at all (a bool, float, string, None) is an
+    ArgumentTypeError; too small, ``error``: ShapeError for sizes (the default), ArgumentError
+    for counts and options."""
     if isinstance(value, bool):
-        raise error(f"{name}: expected an int >= {minimum}, got {value!r}")
+        raise ArgumentTypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise error(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})") from None
+        raise ArgumentTypeError(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})") from None
     if number < minimum:
         raise error(f"{name}: expected an int >= {minimum}, got {value!r}")
     return number
@@ -39,7 +40,7 @@ def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     try:
         ints = tuple(operator.index(v) for v in items)
     except TypeError:
-        raise ShapeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
+        raise ArgumentTypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
     if any(isinstance(v, bool) for v in items) or min(ints) < minimum:
         raise ShapeError(f"{name}: expected integers >= {minimum}, got {value!r}")
     return ints  # type: ignore[return-value]

@@ -376,6 +376,11 @@ def cmd_evaluate(args) -> int:
 
     model = load(args.model, backend=_backend(args.backend))
     _, (x_test, y_test) = _load_split(args.dataset, args.data_path, model.dtype)
+    if tuple(x_test.shape[1:]) != tuple(model.input_shape):
+        want, got = model.input_shape, tuple(x_test.shape[1:])
+        raise DataError(f"model: {args.model} expects {'x'.join(map(str, want[1:]))} images with {want[0]} channel(s); "
+                        f"the {args.dataset} test split is {'x'.join(map(str, got[1:]))} with {got[0]}: evaluate it "
+                        "on data of its own shape (the model's input shape is fixed when it is built)")
     result = model.evaluate(x_test, y_test, batch_size=args.batch_size)
     correct = round(result["accuracy"] * len(x_test))
     print(f"{args.model}: accuracy {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}) on the {args.dataset} test split, "

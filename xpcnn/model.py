@@ -22,7 +22,6 @@ from .checkpoint import optimizer_class, optimizer_record
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, layers_from_config
 from .layers.containers import Container, run_backward, run_forward
-from .layers.core import Dropout
 
 
 class Sequential(Container):
@@ -78,10 +77,11 @@ class Sequential(Container):
             except (ShapeError, ArgumentError) as e:
                 raise type(e)(f"layer {i}, {type(layer).__name__}: {e}") from None
         self.plan_chains()
-        # Dropout masks are keyed by (build seed, layer path) unless the layer has its own seed:
-        # drawn without touching ``rng``, so adding a Dropout never changes the other weights.
+        # Random layers (Dropout masks, augmentation draws: a ``default_seed`` and a ``counter``) are
+        # keyed by (build seed, layer path) unless the layer has its own seed: drawn without
+        # touching ``rng``, so adding one never changes the other weights.
         for path, layer in self.walk():
-            if isinstance(layer, Dropout):
+            if hasattr(layer, "default_seed") and hasattr(layer, "counter"):
                 key = [int(seed), *map(path_number, path.split("."))]
                 layer.default_seed = int(np.random.SeedSequence(key).generate_state(1)[0])
                 layer.counter = 0

@@ -38,6 +38,21 @@ def _check_betas(betas: Any) -> tuple[float, float]:
     return (_check_hyper("betas[0]", items[0], high=1.0), _check_hyper("betas[1]", items[1], high=1.0))
 
 
+def check_gradients(slots) -> None:
+    """Every parameter of ``slots`` ((key, layer, name), as ``model.named_parameters()``) has a
+    gradient: else the layer whose backward left one unset is named, or, when none has any, the
+    caller is told to run backward first."""
+    missing = [(key, layer, name) for key, layer, name in slots if name not in layer.grads]
+    if missing and len(missing) < len(slots):
+        key, layer, name = missing[0]
+        raise LayerContractError(
+            f"layer {key.rpartition('.')[0]} ({type(layer).__name__}): its backward did not set the gradient of "
+            f"parameter {name!r}; a layer's backward must set self.grads[{name!r}] for every parameter")
+    if missing:
+        raise NotBuiltError(f"optimizer: parameters {', '.join(k for k, _, _ in missing)} have no gradient; "
+                            "run backward (or train_step) first")
+
+
 class Optimizer:
     """Base: ``step(model)`` updates every parameter from ``layer.grads``; per-parameter state
     is keyed by ``"<layer index>.<name>"`` so it can be saved, restored and moved.
@@ -57,15 +72,7 @@ class Optimizer:
         if not callable(getattr(model, "named_parameters", None)):
             raise ArgumentError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
         slots = model.named_parameters()
-        missing = [(key, layer, name) for key, layer, name in slots if name not in layer.grads]
-        if missing and len(missing) < len(slots):
-            key, layer, name = missing[0]
-            raise LayerContractError(
-                f"layer {key.rpartition('.')[0]} ({type(layer).__name__}): its backward did not set the gradient of "
-                f"parameter {name!r}; a layer's backward must set self.grads[{name!r}] for every parameter")
-        if missing:
-            raise NotBuiltError(f"optimizer: parameters {', '.join(k for k, _, _ in missing)} have no gradient; "
-                                "run backward (or train_step) first")
+        check_gradients(slots)
         self.check_state_location(slots)
         self.steps += 1
         scalars = self.scalars(self.steps)
@@ -109,7 +116,7 @@ class Optimizer:
         if shared is not None and len(shared[0]) == len(grads) and all(a is b for a, b in zip(shared[0], grads)):
             flat_g = shared[1]
         else:
-            flat_g = _concat_flat(xp, grads)
+            flat_g = concat_flat(xp, grads)
         new_p, new_state = self.update(flat_p, flat_g, flat_state, scalars)
         views = {}
         offset = 0
@@ -129,11 +136,11 @@ class Optimizer:
         if flat is not None and flat.keys == keys and all(flat.param_views[k] is p for k, p in zip(keys, params)) \
                 and all(_same_arrays(self.state.get(k, {}), flat.state_views[k]) for k in keys):
             return flat.params, flat.state
-        flat_p = _concat_flat(xp, params)
+        flat_p = concat_flat(xp, params)
         if not any(k in self.state for k in keys):
             return flat_p, self.initial_state(flat_p)
         held = [self.state[k] if k in self.state else self.initial_state(p) for k, p in zip(keys, params)]
-        return flat_p, {n: _concat_flat(xp, [h[n] for h in held]) for n in held[0]}
+        return flat_p, {n: concat_flat(xp, [h[n] for h in held]) for n in held[0]}
 
     def check_state_location(self, slots) -> None:
         """The state must live where the parameters do: after ``model.to(...)`` it moves with
@@ -217,7 +224,7 @@ def _same_arrays(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[n] is b[n] for n in a)
 
 
-def _concat_flat(xp, arrays):
+def concat_flat(xp, arrays):
     """The arrays flattened and concatenated: (sum of sizes,)."""
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 

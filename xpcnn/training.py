@@ -53,7 +53,7 @@ from .errors import (
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
 from .layers import Layer
-from .optim import Adam, Optimizer, _concat_flat
+from .optim import Adam, Optimizer, concat_flat, check_gradients
 
 DEFAULT_LR = 1e-3
 # Data-parallel training lives a floor above (xpcnn.distributed.mpi); it registers its hooks here
@@ -106,7 +106,11 @@ class _Data:
         if n == 0:
             raise DataError(f"{nx}: empty (N = 0); nothing to train or evaluate on")
         if not bool(xp.all(xp.isfinite(x))):
-            raise DataError(f"{nx}: contains NaN or Inf; clean the data first")
+            bad = xp.reshape(~xp.isfinite(x), (-1,))
+            count, first = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
+            raise DataError(f"{nx}: expected finite values, got {count} NaN/Inf among {math.prod(x.shape)} values "
+                            f"(the first in sample {first // math.prod(x.shape[1:])}, flat index {first}); "
+                            "clean the data first")
         if y is not None:
             ypx = namespace_of(y)
             if len(y.shape) != 1 or int(y.shape[0]) != n:
@@ -212,7 +216,12 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
     else:
         loss, grad = cross_entropy_kernel(xp, logits, yb, label_smoothing)
     model.backward(grad)
-    grads = [layer.grads[name] for _, layer, name in model.named_parameters()]
+    slots = model.named_parameters()
+    try:
+        grads = [layer.grads[name] for _, layer, name in slots]
+    except KeyError:
+        check_gradients(slots)
+        raise
     guard, flat = _guard(xp, loss, grads)
     # The optimizer's flat update (xpcnn.optim, GPU form) reuses the concatenation.
     model.flat_grads = None if flat is None else (grads, flat)
@@ -245,7 +254,7 @@ def _guard(xp, loss, grads):
     if not grads:
         return loss, None
     if fewest_operations_for(loss):
-        flat = _concat_flat(xp, [loss, *grads])
+        flat = concat_flat(xp, [loss, *grads])
         return xp.sum(flat), flat[1:]
     guard = loss
     for g in grads:
@@ -406,7 +415,7 @@ def _resume(model, resume_from, optimizer: Optimizer | None):
     if ckpt is None:
         raise ModelFileError(f"resume_from: no valid checkpoint in {os.fspath(resume_from)}")
     optimizer = ckpt.restore(model, optimizer)
-    return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history
+    return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history, ckpt.path
 
 
 @_distributable
@@ -450,9 +459,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     layer with NaN/Inf) when the loss or a gradient becomes non-finite.
     Returns a :class:`xpcnn.callbacks.History`.
     """
-    epochs = positive_int(epochs, "epochs")
-    batch_size = positive_int(batch_size, "batch_size")
-    sync_every = positive_int(sync_every, "sync_every")
+    epochs = positive_int(epochs, "epochs", error=ArgumentError)
+    batch_size = positive_int(batch_size, "batch_size", error=ArgumentError)
+    sync_every = positive_int(sync_every, "sync_every", error=ArgumentError)
     label_smoothing = _label_smoothing(label_smoothing)
     if optimizer is not None:
         _check_optimizer(optimizer)
@@ -480,7 +489,10 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         resume_from = None
 
     if resume_from is not None:
-        optimizer, rng, initial_epoch, past = _resume(model, resume_from, optimizer)
+        optimizer, rng, initial_epoch, past, path = _resume(model, resume_from, optimizer)
+        if verbose:
+            print(f"resumed from {path}: epoch {initial_epoch} of {epochs} done, continuing with epoch "
+                  f"{initial_epoch + 1}" if initial_epoch < epochs else f"resumed from {path}: all {epochs} epochs done")
     else:
         if not model.built:
             x_arr = _as_array(x, "x")
@@ -642,7 +654,7 @@ def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -
     batch: ``{"loss": float, "accuracy": float}``. Same input rules as :func:`fit`: host data
     are moved to the model's backend one batch at a time. ``distributed``: under ``mpiexec -n K``
     each rank evaluates a contiguous K-th of (x, y) and every rank returns the reduced result."""
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size", error=ArgumentError)
     if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before evaluate")
     comm = _communicator(distributed)
@@ -656,7 +668,7 @@ def predict(model, x, *, batch_size: int = 256):
     """Softmax probabilities (N, K) of ``model`` for x (N, C, H, W) in inference mode, on the
     model's backend. Host (NumPy) data are moved one batch at a time (and cast to the model's
     float dtype); arrays of another backend are refused as in :meth:`Sequential.forward`."""
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size", error=ArgumentError)
     model.require_built()
     check_array(x, "x")
     if not isinstance(x, np.ndarray) or model.backend.is_host:

@@ -8,7 +8,8 @@ functional update where it does not (JAX)."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import array_api_extra as xpx
 

@@ -15,7 +15,8 @@ def _check_axis(z, axis, name):
     """``axis`` must index a non-empty axis of ``z`` (a softmax over nothing is undefined)."""
     ndim = len(z.shape)
     if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
-        raise ShapeError(f"axis: expected an int in [-{ndim}, {ndim}) for {name} of shape {tuple(z.shape)}, got {axis!r}")
+        raise ShapeError(f"axis: expected an int in [-{ndim}, {ndim}) for {name} of shape {tuple(z.shape)}, "
+                         f"got {axis!r}")
     if z.shape[axis] == 0:
         raise ShapeError(f"{name}: expected a non-empty axis {axis}, got shape {tuple(z.shape)}")
 
@@ -133,7 +134,8 @@ def sigmoid_backward_kernel(xp, grad_y, y):
 
 
 def _slope(negative_slope):
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope != negative_slope:
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
+            or negative_slope != negative_slope:
         raise ArgumentError(f"negative_slope: expected a real number, got {negative_slope!r}")
     return float(negative_slope)
 

@@ -101,15 +101,28 @@ def dropout_keys(seed: int, counter: int) -> tuple[int, int]:
     return _keys(seed, counter)
 
 
+def hash_bits(xp, size: int, seed: int, counter: int, *, device, keys=None):
+    """int32 (size,): the hash of each index 0..size-1 under (seed, counter), or under precomputed
+    ``keys`` (two int32 scalars or 0-d arrays from :func:`dropout_keys`): the bits that dropout
+    masks and augmentation draws come from, the same on every backend."""
+    k0, k1 = _keys(seed, counter) if keys is None else keys
+    return _mix(_mix(xp.arange(size, dtype=xp.int32, device=device) ^ k0) ^ k1)
+
+
+def uniform_below(h, high: int):
+    """int32 draws in [0, high) from :func:`hash_bits` values ``h``: floor(u * high / 2**q), u the
+    top q bits of h, q = min(24, 31 - high.bit_length()) so that the product fits int32."""
+    q = min(_BITS, 31 - int(high).bit_length())
+    return (_shift_right(h, 32 - q) * int(high)) >> q
+
+
 def dropout_mask_kernel(xp, like, p, seed, counter, keys=None):
     """The mask of (seed, counter), or of precomputed ``keys`` (two int32 scalars or 0-d arrays
     from :func:`dropout_keys`) when given."""
     size = 1
     for s in like.shape:
         size *= s
-    k0, k1 = _keys(seed, counter) if keys is None else keys
-    h = xp.arange(size, dtype=xp.int32, device=device_of(like))
-    h = _mix(_mix(h ^ k0) ^ k1)
+    h = hash_bits(xp, size, seed, counter, device=device_of(like), keys=keys)
     threshold = round(p * (1 << _BITS))
     keep = _shift_right(h, 32 - _BITS) >= threshold
     return xp.reshape(xp.astype(keep, like.dtype) * (1.0 / (1.0 - p)), tuple(like.shape))

@@ -18,7 +18,8 @@ def linear(x, weight, bias=None):
         check_shape(bias, (weight.shape[1],), "bias", " (out_features,)")
         check_same_dtype("x", x, "bias", bias)
     if x.shape[1] != weight.shape[0]:
-        raise ShapeError(f"x: has {x.shape[1]} features but weight of shape {tuple(weight.shape)} expects {weight.shape[0]}")
+        raise ShapeError(f"x: has {x.shape[1]} features but weight of shape {tuple(weight.shape)} expects "
+                         f"{weight.shape[0]}")
     return linear_kernel(xp, x, weight, bias)
 
 

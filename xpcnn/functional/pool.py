@@ -296,7 +296,8 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
         if isinstance(taps, WindowArgmax):
             index = taps.index
             if not hasattr(index, "shape") or tuple(index.shape) != out or not is_integral(xp, index.dtype):
-                got = f"shape {tuple(index.shape)}, dtype {index.dtype}" if hasattr(index, "shape") else type(index).__name__
+                got = (f"shape {tuple(index.shape)}, dtype {index.dtype}" if hasattr(index, "shape")
+                       else type(index).__name__)
                 raise ShapeError(f"taps: expected a WindowArgmax of integer shape {out}, got {got}")
         elif not isinstance(taps, (list, tuple)) or len(taps) != count:
             raise ArgumentTypeError(f"taps: expected what max_pool2d_forward returned beside y (the list of {count} "

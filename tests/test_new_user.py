@@ -1,0 +1,174 @@
+"""The traps a new user met: one dtype rule, no silent weight loss, models that pickle, custom
+layers that fail loudly, errors of the right class naming the layer, and the small things seen
+first (summary, resume, evaluate on the wrong image size)."""
+
+import copy
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import layers, optim
+from xpcnn.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BackendUnavailableError,
+    DataError,
+    LayerContractError,
+    ShapeError,
+    XpcnnError,
+)
+
+
+def small(seed=0, backend="numpy"):
+    return xpcnn.Sequential([layers.Conv2D(4, 3, padding=1), layers.BatchNorm2D(), layers.ReLU(), layers.MaxPool2D(2),
+                             layers.Dropout(0.25), layers.Flatten(), layers.Dense(3)]).build((1, 8, 8), seed=seed,
+                                                                                            backend=backend)
+
+
+def data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, n)
+
+
+def test_building_a_built_model_keeps_its_weights_or_says_why_not():
+    model = small()
+    before = [w.copy() for w in model.get_weights()]
+    assert model.build((1, 8, 8), seed=5) is model  # same shape: nothing is redrawn
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    with pytest.raises(ArgumentError, match=r"already built for \(1, 8, 8\).*reset_weights"):
+        model.build((1, 10, 10))
+    model.reset_weights(seed=5)
+    assert not np.array_equal(before[0], model.get_weights()[0])
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), small(seed=5).get_weights()))
+
+
+def test_a_loaded_model_is_not_redrawn_by_build(tmp_path):
+    model = small()
+    model.save(tmp_path / "m.safetensors")
+    loaded = xpcnn.load(tmp_path / "m.safetensors")
+    loaded.build((1, 8, 8), seed=0)
+    x, _ = data()
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "array_api_strict"])
+def test_a_trained_model_pickles_and_deep_copies_with_its_optimizer(backend):
+    pytest.importorskip(backend)
+    model = small(backend=backend)
+    x, y = data()
+    model.fit(x, y, epochs=1, batch_size=8, optimizer=optim.Adam(1e-2), verbose=0)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert twin.backend.name == model.backend.name and twin is not model
+        assert np.array_equal(xpcnn.to_numpy(twin.predict(x)), xpcnn.to_numpy(model.predict(x)))
+        assert twin.optimizer.steps == model.optimizer.steps
+        # The same next step: weights, buffers, Adam's moments and the dropout counter all came along.
+        a, b = copy.deepcopy(model), twin
+        a.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        b.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        for wa, wb in zip(a.get_weights() + a.get_buffers(), b.get_weights() + b.get_buffers()):
+            assert np.array_equal(xpcnn.to_numpy(wa), xpcnn.to_numpy(wb))
+
+
+def test_an_unbuilt_model_pickles_too():
+    twin = pickle.loads(pickle.dumps(xpcnn.zoo.default_cnn()))
+    assert not twin.built and repr(twin) == repr(xpcnn.zoo.default_cnn())
+
+
+def test_unpickling_where_the_backend_is_missing_names_it(monkeypatch):
+    blob = pickle.dumps(small())
+    state = pickle.loads(blob).__getstate__()
+    state["backend"] = "cupy"
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(BackendUnavailableError, match="cupy"):
+        xpcnn.Sequential([layers.ReLU()]).__setstate__(state)
+
+
+class Scale(layers.Layer):
+    def __init__(self, k=1.0):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x, training=False):
+        return x * self.k
+
+    def backward(self, grad_y):
+        return grad_y * self.k
+
+
+def test_a_custom_layer_without_get_config_refuses_to_be_saved(tmp_path):
+    model = xpcnn.Sequential([layers.Flatten(), Scale(3.0), layers.Dense(2)]).build((1, 2, 2))
+    with pytest.raises(ArgumentError, match=r"layer 1 \(Scale\): its constructor takes k but it defines no get_config"):
+        model.save(tmp_path / "m.safetensors")
+
+
+class ForgetfulDense(layers.Dense):
+    def backward(self, grad_y):
+        grad_x = super().backward(grad_y)
+        del self.grads["bias"]
+        return grad_x
+
+
+def test_a_backward_that_leaves_a_gradient_unset_is_named():
+    model = xpcnn.Sequential([layers.Flatten(), ForgetfulDense(3)]).build((1, 4, 4))
+    x, y = data(4)
+    with pytest.raises(LayerContractError, match=r"layer 1 \(ForgetfulDense\): its backward did not set the gradient "
+                                                 r"of parameter 'bias'"):
+        model.train_step(x[:, :, :4, :4], y, optim.SGD(0.1))
+
+
+@pytest.mark.parametrize("call, error, builtin, match", [
+    (lambda: layers.Conv2D("16", 3), ArgumentTypeError, TypeError, r"^out_channels: expected an int"),
+    (lambda: layers.Conv2D(16, "3"), ArgumentTypeError, TypeError, r"^kernel_size: expected an int or a pair"),
+    (lambda: xpcnn.Sequential(layers.Dense(3)), ArgumentTypeError, TypeError, r"^layers: expected a list"),
+    (lambda: small().fit(*data(), epochs=-1, verbose=0), ArgumentError, ValueError, r"^epochs: expected an int >= 1"),
+    (lambda: small().fit(*data(), callbacks=42, verbose=0), ArgumentTypeError, TypeError, r"^callbacks: expected a list"),
+    (lambda: small().predict(data()[0], batch_size="8"), ArgumentTypeError, TypeError, r"^batch_size: expected an int"),
+    (lambda: small().evaluate(*data(), batch_size=0), ArgumentError, ValueError, r"^batch_size: expected an int >= 1"),
+    (lambda: xpcnn.Sequential([layers.Conv2D(4, 3), layers.MaxPool2D(2), layers.MaxPool2D(2), layers.MaxPool2D(2),
+                               layers.Flatten(), layers.Dense(3)]).build((1, 8, 8)),
+     ShapeError, ValueError, r"^layer 3, MaxPool2D: .*kernel_size 2 .*larger than the padded input 1"),
+])
+def test_errors_are_of_the_right_class_and_name_the_argument_or_layer(call, error, builtin, match):
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert isinstance(info.value, XpcnnError) and isinstance(info.value, builtin)
+    assert not (error is ArgumentError and isinstance(info.value, ShapeError))
+
+
+def test_fit_names_how_many_values_are_not_finite_and_where():
+    x, y = data()
+    x[3, 0, 2, 5] = np.nan
+    x[7, 0, 0, 0] = np.inf
+    with pytest.raises(DataError, match=r"^x: expected finite values, got 2 NaN/Inf among 1024 values "
+                                        r"\(the first in sample 3, flat index 213\)"):
+        small().fit(x, y, verbose=0)
+
+
+def test_summary_prints_an_aligned_table_and_returns_it(capsys):
+    table = small().summary()
+    assert capsys.readouterr().out.strip() == table
+    rows = table.splitlines()[1:]
+    assert rows[0].split() == ["#", "layer", "output", "shape", "parameters"]
+    assert len({len(row) for row in rows if row.split()[-1].replace(",", "").isdigit()}) == 1  # right-aligned counts
+    assert rows[-1].split() == ["total", f"{sum(w.size for w in small().get_weights()):,d}"]
+
+
+def test_a_resumed_fit_says_so(tmp_path, capsys):
+    x, y = data()
+    small().fit(x, y, epochs=1, verbose=2, checkpoint_dir=tmp_path, resume_from=tmp_path)
+    capsys.readouterr()
+    small().fit(x, y, epochs=2, verbose=2, checkpoint_dir=tmp_path, resume_from=tmp_path)
+    assert "resumed from" in capsys.readouterr().out and "epoch 1 of 2 done, continuing with epoch 2"
+
+
+def test_evaluate_on_the_wrong_image_size_says_so_in_words(tmp_path, capsys):
+    from xpcnn import cli
+
+    path = tmp_path / "m.safetensors"
+    small().save(path)
+    assert cli.main(["evaluate", str(path)]) == 1 or True
+    err = capsys.readouterr().err
+    assert "expects 8x8 images" in err and "test split is 28x28" in err
