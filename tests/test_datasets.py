@@ -153,8 +153,8 @@ def test_mnist5k_not_gzip_is_refused(dirs, tmp_path):
 
 
 def test_unknown_source_lists_valid_ones():
-    for bad in ("cifar10", None, 5):
-        with pytest.raises(ArgumentError, match=rf"^source: expected one of mnist5k, mnist, got {bad!r}"):
+    for bad in ("cifar100", None, 5):
+        with pytest.raises(ArgumentError, match=rf"^source: expected one of mnist5k, mnist, cifar10, got {bad!r}"):
             load_data(bad)
 
 

@@ -254,6 +254,14 @@ case("xpcnn.layers.BatchNorm1D", "eps", lambda: layers.BatchNorm1D(eps="small"))
 case("xpcnn.layers.Dropout", "p", lambda: layers.Dropout(1.5))
 case("xpcnn.layers.Dropout", "p", lambda: layers.Dropout("half"))
 case("xpcnn.layers.Dropout", "seed", lambda: layers.Dropout(0.5, seed=-1))
+case("xpcnn.layers.RandomFlip", "mode", lambda: layers.RandomFlip("diagonal"))
+case("xpcnn.layers.RandomFlip", "seed", lambda: layers.RandomFlip(seed=1.5))
+case("xpcnn.layers.RandomCrop", "size", lambda: layers.RandomCrop(0))
+case("xpcnn.layers.RandomCrop", "padding", lambda: layers.RandomCrop(4, padding=-1))
+case("xpcnn.layers.RandomTranslation", "height_factor", lambda: layers.RandomTranslation(1.5, 0.1))
+case("xpcnn.layers.RandomTranslation", "width_factor", lambda: layers.RandomTranslation(0.1, "a"))
+case("xpcnn.layers.Normalize", "mean", lambda: layers.Normalize([], 1.0))
+case("xpcnn.layers.Normalize", "std", lambda: layers.Normalize(0.0, -1.0))
 case("xpcnn.layers.Residual", "block", lambda: layers.Residual("not a layer"))
 case("xpcnn.layers.Residual", "block", lambda: layers.Residual([]))
 case("xpcnn.layers.Residual", "shortcut", lambda: layers.Residual([layers.ReLU()], shortcut=3))
@@ -283,6 +291,10 @@ LAYER_SETUPS = {
     "BatchNorm1D": (layers.BatchNorm1D, (4,)),
     "Dropout": (layers.Dropout, (4,)),
     "Residual": (lambda: layers.Residual([layers.Dense(4)]), (4,)),
+    "RandomFlip": (layers.RandomFlip, (1, 8, 8)),
+    "RandomCrop": (lambda: layers.RandomCrop(6, padding=1), (1, 8, 8)),
+    "RandomTranslation": (lambda: layers.RandomTranslation(0.2, 0.2), (1, 8, 8)),
+    "Normalize": (lambda: layers.Normalize(0.5, 0.2), (1, 8, 8)),
 }
 
 
@@ -295,7 +307,8 @@ def built_layer(name: str):
 
 def layer_classes() -> list[str]:
     return sorted(name for name, obj in ENTRY_POINTS.items() if name.startswith("xpcnn.layers.")
-                  and inspect.isclass(obj) and issubclass(obj, layers.Layer) and obj not in (layers.Layer, layers.Container))  # the two bases
+                  and inspect.isclass(obj) and issubclass(obj, layers.Layer)
+                  and obj not in (layers.Layer, layers.Container))  # the two bases
 
 
 # optim
@@ -398,7 +411,9 @@ case("xpcnn.functional.dropout_backward", "mask", lambda: F.dropout_backward(Z, 
 
 # datasets
 for _name in ("load_data", "load_mnist"):
-    case(f"xpcnn.datasets.{_name}", "source", lambda _n=_name: getattr(xpcnn.datasets, _n)("cifar10"))
+    case(f"xpcnn.datasets.{_name}", "source", lambda _n=_name: getattr(xpcnn.datasets, _n)("cifar100"))
+    case(f"xpcnn.datasets.{_name}", "path", lambda _n=_name: getattr(xpcnn.datasets, _n)("cifar10"))
+    case(f"xpcnn.datasets.{_name}", "path", lambda _n=_name: getattr(xpcnn.datasets, _n)("cifar10", MISSING_DIR))
     case(f"xpcnn.datasets.{_name}", "path", lambda _n=_name: getattr(xpcnn.datasets, _n)("mnist", MISSING_DIR))
     case(f"xpcnn.datasets.{_name}", "path", lambda _n=_name: getattr(xpcnn.datasets, _n)("mnist5k", 3))
 PIXELS = np.zeros((2, 4, 4), np.uint8)
@@ -406,6 +421,22 @@ for _name in ("preprocess", "to_float_images"):
     case(f"xpcnn.datasets.{_name}", "images", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS.reshape(2, 4, 2, 2)))
     case(f"xpcnn.datasets.{_name}", "images", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS.astype(float)))
     case(f"xpcnn.datasets.{_name}", "dtype", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS, "int8"))
+case("xpcnn.datasets.image_folder", "path", lambda: xpcnn.datasets.image_folder(MISSING_DIR))
+case("xpcnn.datasets.image_folder", "path", lambda: xpcnn.datasets.image_folder(3))
+case("xpcnn.datasets.image_folder", "image_size", lambda: xpcnn.datasets.image_folder(_files.name, image_size=(0, 3)))
+case("xpcnn.datasets.image_folder", "color", lambda: xpcnn.datasets.image_folder(_files.name, color="cmyk"))
+case("xpcnn.datasets.image_folder", "on_error", lambda: xpcnn.datasets.image_folder(_files.name, on_error="ignore"))
+case("xpcnn.datasets.image_folder", "subset", lambda: xpcnn.datasets.image_folder(_files.name, subset="training"))
+case("xpcnn.datasets.image_folder", "seed", lambda: xpcnn.datasets.image_folder(_files.name, seed=-1))
+case("xpcnn.datasets.image_folder", "validation_split",
+     lambda: xpcnn.datasets.image_folder(_files.name, validation_split=1.5, subset="training"))
+case("xpcnn.datasets.ArrayDataset", "x", lambda: xpcnn.datasets.ArrayDataset([[1.0]]))
+case("xpcnn.datasets.ArrayDataset", "y", lambda: xpcnn.datasets.ArrayDataset(X, np.zeros(3, np.int64)))
+case("xpcnn.datasets.ArrayDataset", "class_names", lambda: xpcnn.datasets.ArrayDataset(X, class_names="ab"))
+case("xpcnn.datasets.NpyDataset", "x_path", lambda: xpcnn.datasets.NpyDataset(3))
+case("xpcnn.datasets.NpyDataset", "x_path", lambda: xpcnn.datasets.NpyDataset(MISSING_DIR / "x.npy"))
+case("xpcnn.datasets.Prefetcher", "dataset", lambda: xpcnn.datasets.Prefetcher(X))
+case("xpcnn.datasets.Prefetcher", "workers", lambda: xpcnn.datasets.Prefetcher(xpcnn.datasets.ArrayDataset(X), 0))
 case("xpcnn.datasets.check_batch_size", "batch_size", lambda: xpcnn.datasets.check_batch_size(0))
 case("xpcnn.datasets.iterate_batches", "n", lambda: xpcnn.datasets.iterate_batches(-1, 2, shuffle=False))
 case("xpcnn.datasets.iterate_batches", "batch_size", lambda: xpcnn.datasets.iterate_batches(10, 2.0, shuffle=False))

@@ -15,6 +15,7 @@ metadata (all strings) holds::
     dtype           "float32" | "float64"
     input_shape     JSON list, e.g. [1, 28, 28]
     content_sha256  digest of every tensor's name, dtype, shape and bytes (detects corruption)
+    class_names     JSON list of the class names (only when the model has them: fit on a dataset)
     xpcnn_version   the writer's version (information only)
 
 Checkpoints are the same format with ``kind = "checkpoint"``, extra tensors under
@@ -39,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import safetensors.numpy
 
-from .version import __version__
 from .errors import ArgumentError, ArgumentTypeError, ModelFileError
+from .version import __version__
 
 FORMAT = "xpcnn"
 FORMAT_VERSION = 2
@@ -70,7 +70,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise ArgumentError(f"path: the directory {os.fspath(directory)} does not exist (for {os.fspath(path)}); create it first")
+        raise ArgumentError(
+            f"path: the directory {os.fspath(directory)} does not exist (for {os.fspath(path)}); create it first"
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -115,7 +117,8 @@ def content_digest(tensors: dict[str, np.ndarray]) -> str:
 
 
 def encode(tensors: dict[str, np.ndarray], *, kind: str, config: dict[str, Any], dtype: str,
-           input_shape: tuple[int, ...], metadata: dict[str, str] | None = None) -> bytes:
+           input_shape: tuple[int, ...], metadata: dict[str, str] | None = None,
+           class_names: list[str] | None = None) -> bytes:
     """safetensors bytes of host ``tensors`` with the validated xpcnn metadata fields (plus
     extra string ``metadata`` for checkpoints, which may not override the reserved keys)."""
     if kind not in KINDS:
@@ -131,6 +134,8 @@ def encode(tensors: dict[str, np.ndarray], *, kind: str, config: dict[str, Any],
         "content_sha256": content_digest(all_tensors),
         "xpcnn_version": _version(),
     }
+    if class_names is not None:
+        meta["class_names"] = json.dumps(list(class_names))
     for key, value in (metadata or {}).items():
         if key in meta:
             raise ArgumentError(f"metadata: key {key!r} is reserved")
@@ -151,7 +156,9 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), directory / name) for name in os.listdir(directory) if (m := CHECKPOINT_NAME.match(name))]
+    found = [
+        (int(m.group(1)), directory / name) for name in os.listdir(directory) if (m := CHECKPOINT_NAME.match(name))
+    ]
     return sorted(found)
 
 
@@ -217,7 +224,9 @@ def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], d
     byte range (contiguous, in order, covering the data exactly) before decoding anything.
     """
     if len(data) < 8:
-        raise ModelFileError(f"{where}: not a model file: {len(data)} bytes is shorter than a safetensors header{_sniff(data)}")
+        raise ModelFileError(
+            f"{where}: not a model file: {len(data)} bytes is shorter than a safetensors header{_sniff(data)}"
+        )
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len < 2 or header_len > _MAX_HEADER or 8 + header_len > len(data):
         raise ModelFileError(
@@ -232,33 +241,45 @@ def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], d
     if not isinstance(header, dict):
         raise ModelFileError(f"{where}: header: expected a JSON object, got {type(header).__name__}")
     metadata = header.pop("__metadata__", None)
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise ModelFileError(f"{where}: header: expected __metadata__ to be an object of strings")
     body = memoryview(data)[8 + header_len :]
     entries = []
     for name, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise ModelFileError(f"{where}: tensor {name!r}: expected keys dtype, shape, data_offsets, got {entry!r:.200}")
+            raise ModelFileError(
+                f"{where}: tensor {name!r}: expected keys dtype, shape, data_offsets, got {entry!r:.200}"
+            )
         dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
             raise ModelFileError(f"{where}: tensor {name!r}: expected dtype F32 or F64, got {entry['dtype']!r:.50}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_size(s) for s in shape):
-            raise ModelFileError(f"{where}: tensor {name!r}: shape must be a list of at most 8 non-negative ints, got {shape!r:.200}")
+            raise ModelFileError(
+                f"{where}: tensor {name!r}: shape must be a list of at most 8 non-negative ints, got {shape!r:.200}"
+            )
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
             raise ModelFileError(f"{where}: tensor {name!r}: data_offsets must be [begin, end], got {offsets!r:.200}")
         begin, end = offsets
         if end - begin != math.prod(shape) * dtype.itemsize:
-            raise ModelFileError(f"{where}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {entry['dtype']}")
+            raise ModelFileError(
+                f"{where}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {entry['dtype']}"
+            )
         entries.append((begin, end, name, dtype, tuple(shape)))
     entries.sort()
     position = 0
     for begin, end, name, _, _ in entries:
         if begin != position:
-            raise ModelFileError(f"{where}: tensor {name!r}: data starts at byte {begin}, expected {position} (overlap or gap)")
+            raise ModelFileError(
+                f"{where}: tensor {name!r}: data starts at byte {begin}, expected {position} (overlap or gap)"
+            )
         position = end
     if position != len(body):
-        raise ModelFileError(f"{where}: tensor data is {len(body)} bytes, the header describes {position} (truncated or padded)")
+        raise ModelFileError(
+            f"{where}: tensor data is {len(body)} bytes, the header describes {position} (truncated or padded)"
+        )
     tensors = {
         name: np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
         for begin, end, name, dtype, shape in entries
@@ -273,12 +294,18 @@ def _is_size(v: Any) -> bool:
 def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     """The validated header fields: format, version, kind, config, dtype, input_shape."""
     if metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{where}: metadata format: expected {FORMAT!r}, got {metadata.get('format')!r:.80} (not an xpcnn model file)")
+        raise ModelFileError(
+            f"{where}: metadata format: expected {FORMAT!r}, got {metadata.get('format')!r:.80} "
+            "(not an xpcnn model file)"
+        )
     version = metadata.get("format_version", "")
     if not version.isdigit() or len(version) > 6:
         raise ModelFileError(f"{where}: metadata format_version: expected an integer, got {version!r:.80}")
     if int(version) > FORMAT_VERSION:
-        raise ModelFileError(f"{where}: written by a newer xpcnn (format version {version}); this xpcnn reads version {FORMAT_VERSION}; upgrade xpcnn")
+        raise ModelFileError(
+            f"{where}: written by a newer xpcnn (format version {version}); "
+            f"this xpcnn reads version {FORMAT_VERSION}; upgrade xpcnn"
+        )
     if int(version) < 1:
         raise ModelFileError(f"{where}: metadata format_version: expected >= 1, got {version}")
     kind = metadata.get("kind")
@@ -297,4 +324,8 @@ def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     digest = metadata.get("content_sha256")
     if not isinstance(digest, str) or len(digest) != 64:
         raise ModelFileError(f"{where}: metadata content_sha256: expected a SHA-256 hex digest, got {digest!r:.80}")
-    return {"kind": kind, "dtype": dtype, "input_shape": tuple(input_shape), "config": config, "version": int(version)}
+    names = parse_json(metadata.get("class_names", "null"), "metadata class_names", where)
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ModelFileError(f"{where}: metadata class_names: expected a list of strings, got {names!r:.200}")
+    return {"kind": kind, "dtype": dtype, "input_shape": tuple(input_shape), "config": config, "version": int(version),
+            "class_names": names}

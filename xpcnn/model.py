@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
@@ -59,8 +60,8 @@ class Sequential(Container):
             if shape == self.input_shape and dtype == self.dtype:
                 return self
             raise ArgumentError(f"input_shape: the model is already built for {self.input_shape} ({self.dtype}) and "
-                                f"holds its weights; got {shape} ({dtype}). Use model.reset_weights(seed=...) to redraw "
-                                "them, model.to(...) to move them, or a new model for another shape")
+                                f"holds its weights; got {shape} ({dtype}). Use model.reset_weights(seed=...) to "
+                                "redraw them, model.to(...) to move them, or a new model for another shape")
         target = current_backend() if backend is None else resolve_target(backend)
         target.check_dtype(dtype)
         for container in [self, *(layer for _, layer in self.walk() if isinstance(layer, Container))]:
@@ -144,8 +145,8 @@ class Sequential(Container):
     def _set_arrays(self, arrays, slots, attr: str, argument: str) -> None:
         self.require_built()
         if isinstance(arrays, (str, bytes, dict)) or not hasattr(arrays, "__iter__"):
-            raise ArgumentTypeError(f"{argument}: expected a list of {len(slots)} arrays (as get_{argument}() returns), "
-                                    f"got {type(arrays).__name__}")
+            raise ArgumentTypeError(f"{argument}: expected a list of {len(slots)} arrays "
+                                    f"(as get_{argument}() returns), got {type(arrays).__name__}")
         arrays = list(arrays)
         if len(arrays) != len(slots):
             raise ShapeError(f"{argument}: expected {len(slots)} arrays ({', '.join(k for k, _, _ in slots)}), "
@@ -230,7 +231,7 @@ class Sequential(Container):
         all_tensors = self.state_tensors()
         all_tensors.update(tensors or {})
         return fileformat.encode(all_tensors, kind=kind, config=self.get_config(), dtype=self.dtype,
-                                 input_shape=self.input_shape, metadata=metadata)
+                                 input_shape=self.input_shape, metadata=metadata, class_names=self.class_names)
 
     def save(self, path) -> None:
         """Write the architecture, dtype, weights and buffers to ``path`` (safetensors, atomic);
@@ -282,7 +283,9 @@ class Sequential(Container):
         xp = namespace(x=x) if first is None else namespace(x=x, model_parameters=first)
         if len(x.shape) != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(self.input_shape) else ""
-            raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}")
+            raise ShapeError(
+                f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}"
+            )
         if x.shape[0] == 0:
             raise DataError("x: the batch is empty (N = 0)")
         x = training.as_model_dtype(xp, x, self.dtype, "x")

@@ -37,6 +37,7 @@ from . import functional as F
 from . import layers, optim
 from .backend import device_of, dtype_name, load_backend, namespace_of, resolve_target, to_numpy
 from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
+from .functional.dropout import hash_bits, uniform_below
 from .model import Sequential
 from .testing import ALL_BACKENDS, DTYPES, TOLERANCES, ParityResult, Tolerance, check_parity
 
@@ -401,6 +402,61 @@ def _dropout_cases() -> list[OpCase]:
             OpCase("dropout", "dropout + backward with that mask on 2x3x5x5", inputs, run, torch)]
 
 
+_AUG_SEED, _AUG_COUNTER = 11, 3
+
+
+def _augment_cases() -> list[OpCase]:
+    """The augmentation layers in training mode at (seed 11, counter 3) on 3x2x6x7 images, and
+    Normalize. The reference takes the per-image draws from the same hash (on NumPy), moves the
+    pixels with torch (flip; zero pad then slice at the drawn offsets) and differentiates with
+    autograd: every backend must draw the same offsets and move the same pixels."""
+    def draws(n, *highs):
+        bits = np.reshape(hash_bits(np, 2 * n, _AUG_SEED, _AUG_COUNTER, device="cpu"), (n, 2))
+        return [uniform_below(bits[:, k], high).tolist() for k, high in enumerate(highs)]
+
+    def case(name, description, make, out_hw, reference):
+        def inputs(rng):
+            return rng.standard_normal((3, 2, 6, 7)), rng.standard_normal((3, 2, *out_hw))
+
+        def run(x, g):
+            layer = make()
+            if hasattr(layer, "counter"):
+                layer.counter = _AUG_COUNTER
+            return {"y": layer.forward(x, training=True), "grad_x": layer.backward(g)}
+
+        def torch(x, g):
+            (X,) = _leaves(x)
+            y = reference(X, _torch())
+            y.backward(_torch().tensor(g))
+            return _host_outputs({"y": y, "grad_x": X.grad})
+
+        return OpCase(name, description, inputs, run, torch)
+
+    def flip(X, torch):
+        v, h = draws(len(X), 2, 2)
+        dims = [[d for d, f in ((1, v[n]), (2, h[n])) if f] for n in range(len(X))]
+        return torch.stack([X[n].flip(dims[n]) if dims[n] else X[n] for n in range(len(X))])
+
+    def shifted(X, torch, pad, rows, cols, hw):  # an hw window at (rows[n], cols[n]) of X zero-padded by pad
+        P = torch.nn.functional.pad(X, (pad[1], pad[1], pad[0], pad[0]))
+        return torch.stack([P[n, :, rows[n]:rows[n] + hw[0], cols[n]:cols[n] + hw[1]] for n in range(len(X))])
+
+    def translate(X, torch):  # at most floor(0.34 * 6) = 2 rows and floor(0.3 * 7) = 2 columns
+        rows, cols = draws(len(X), 5, 5)
+        return shifted(X, torch, (2, 2), [4 - r for r in rows], [4 - c for c in cols], (6, 7))
+
+    mean, std = [0.5, -1.0], [2.0, 0.25]
+    return [case("random_flip", "RandomFlip('both') + backward: the same flips on every backend (torch.flip)",
+                 lambda: layers.RandomFlip("both", seed=_AUG_SEED), (6, 7), flip),
+            case("random_crop", "RandomCrop((4, 5), padding=1) + backward: torch's zero pad, then the drawn crop",
+                 lambda: layers.RandomCrop((4, 5), padding=1, seed=_AUG_SEED), (4, 5),
+                 lambda X, torch: shifted(X, torch, (1, 1), *draws(len(X), 5, 5), (4, 5))),
+            case("random_translation", "RandomTranslation(0.34, 0.3) + backward: whole-pixel shifts, zero fill",
+                 lambda: layers.RandomTranslation(0.34, 0.3, seed=_AUG_SEED), (6, 7), translate),
+            case("normalize", "Normalize(mean, std) per channel + backward", lambda: layers.Normalize(mean, std),
+                 (6, 7), lambda X, torch: (X - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])]
+
+
 # ---------------------------------------------------------------- whole-model cases
 
 _MODEL_INPUT = (1, 12, 12)
@@ -585,6 +641,7 @@ def parity_cases() -> list[OpCase]:
         _global_avg_pool_case(),
         _batch_norm_case(),
         *_dropout_cases(),
+        *_augment_cases(),
         _train_step_case(),
         _train_run_case(),
         _fit_evaluate_case(),

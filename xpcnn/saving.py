@@ -39,7 +39,9 @@ def architecture(config: dict[str, Any], where: str) -> Sequential:
         raise ModelFileError(f"{where}: config: cannot rebuild the architecture ({e})") from None
 
 
-def decode(data: bytes, where: str = "<bytes>") -> tuple[Sequential, dict[str, Any], list[np.ndarray], list[np.ndarray | None]]:
+def decode(
+    data: bytes, where: str = "<bytes>"
+) -> tuple[Sequential, dict[str, Any], list[np.ndarray], list[np.ndarray | None]]:
     """(unbuilt model, header fields, weights, buffers) from model or checkpoint file bytes, all
     checked; buffers absent from a version-1 file are None (they keep their initial values)."""
     tensors, metadata = fileformat.parse(data, where)
@@ -47,7 +49,8 @@ def decode(data: bytes, where: str = "<bytes>") -> tuple[Sequential, dict[str, A
     if fileformat.content_digest(tensors) != metadata["content_sha256"]:
         raise ModelFileError(f"{where}: content checksum mismatch: the tensor data is corrupted")
     if fields["kind"] != "checkpoint" and any(k.startswith("optimizer/") for k in tensors):
-        raise ModelFileError(f"{where}: optimizer tensors in a model file: {sorted(k for k in tensors if k.startswith('optimizer/'))[:3]}")
+        stray = sorted(k for k in tensors if k.startswith("optimizer/"))
+        raise ModelFileError(f"{where}: optimizer tensors in a model file: {stray[:3]}")
     model = architecture(fields["config"], where)
     weights, buffers = model_arrays(model, tensors, fields, where, allow_missing_buffers=True)
     return model, fields, weights, buffers
@@ -57,6 +60,7 @@ def build_from(model: Sequential, fields: dict[str, Any], weights, buffers, back
     """Build ``model`` on ``backend`` (default: the selected one) and install the arrays."""
     target: Backend = current_backend() if backend is None else resolve_target(backend)
     model.build(fields["input_shape"], dtype=fields["dtype"], backend=target)
+    model.class_names = fields.get("class_names")
     model.set_weights(weights)
     if buffers:
         current = model.get_buffers()

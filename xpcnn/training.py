@@ -39,6 +39,7 @@ from ._validate import check_array, namespace, positive_int
 from .backend import device_of, dtype_name, fewest_operations_for, library_of, namespace_of, to_device, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
 from .datasets.batches import iterate_batches
+from .datasets.protocol import Prefetcher, check_class_names, is_dataset
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -147,6 +148,62 @@ class _Data:
     def ready(self, pair: tuple[Any, Any]) -> tuple[Any, Any]:
         return self.backend.ready(pair[0]), self.backend.ready(pair[1])
 
+    def close(self) -> None:
+        """Nothing to release (a dataset's threads are: :class:`_DatasetData`)."""
+
+
+class _DatasetData:
+    """A dataset (:mod:`xpcnn.datasets.protocol`) decoded in a thread pool (:class:`Prefetcher`).
+    ``batch(idx, prefetch=True)`` starts decoding and returns a future that :meth:`ready` turns
+    into (x, y) on the model's backend, x in its dtype, each batch checked on the host first."""
+
+    def __init__(self, model, ds, name: str = "x", labels: bool = True) -> None:
+        self.n, self.name, self.labels, self.y = len(ds), name, labels, None
+        if self.n == 0:
+            raise DataError(f"{name}: the dataset is empty (len 0); nothing to train or evaluate on")
+        self.class_names = check_class_names(ds.class_names, f"{name}.class_names")
+        self.classes = model.output_shape()[-1]
+        if self.class_names is not None and len(self.class_names) != self.classes:
+            raise LabelError(f"{name}: the dataset has {len(self.class_names)} classes, the model {self.classes} "
+                             "outputs")
+        if labels and self.class_names and model.class_names and self.class_names != list(model.class_names):
+            raise LabelError(f"{name}: the dataset's classes {self.class_names} are not the model's "
+                             f"{list(model.class_names)} (set model.class_names = None to train on other classes)")
+        self.loader, self.input_shape = Prefetcher(ds), tuple(model.input_shape)
+        self.backend, self.dtype = model.backend, model.dtype
+
+    def batch(self, idx: np.ndarray, *, prefetch: bool = False):
+        pair = (self.loader.submit(idx), None)
+        return pair if prefetch else self.ready(pair)
+
+    def ready(self, pair):
+        x, y = pair[0].result()
+        name = self.name
+        x = as_model_dtype(np, _as_array(x, f"{name}.batch(...)[0]"), self.dtype, f"{name}.batch(...)[0]")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"{name}: a batch has samples of shape {tuple(x.shape[1:])}, the model takes "
+                             f"{self.input_shape}")
+        if not np.isfinite(x).all():
+            raise DataError(f"{name}: a batch holds NaN or Inf; clean the data first")
+        if self.labels and (y is None or not np.issubdtype(np.asarray(y).dtype, np.integer)):
+            raise LabelError(f"{name}: the dataset's batch gave no integer labels; fit and evaluate need labelled data")
+        if self.labels and (len(y) != len(x) or np.min(y) < 0 or np.max(y) >= self.classes):
+            raise LabelError(f"{name}: expected {len(x)} labels in [0, {self.classes - 1}] (the model has "
+                             f"{self.classes} outputs), got {len(y)} from {np.min(y)} to {np.max(y)}")
+        return to_device(x, self.backend), None if y is None else to_device(np.asarray(y, dtype=np.int64), self.backend)
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def _data(model, x, y, labels: bool = True):
+    """:class:`_DatasetData` for a dataset (``y`` must then be None), else :class:`_Data`."""
+    if not is_dataset(x):
+        return _Data(model, x, y)
+    if y is not None:
+        raise ArgumentTypeError("y: expected None with a dataset (it gives its own labels)")
+    return _DatasetData(model, x, labels=labels)
+
 
 def as_model_dtype(xp, x: Any, dtype: str, name: str) -> Any:
     """``x`` in the model's float ``dtype``: the one dtype rule of every entry point (``fit``,
@@ -189,6 +246,8 @@ def _take(a: Any, idx: np.ndarray) -> Any:
 def _validation(model, validation_data) -> _Data | None:
     if validation_data is None:
         return None
+    if is_dataset(validation_data):
+        return _DatasetData(model, validation_data, "validation_data")
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise ArgumentTypeError(f"validation_data: expected a pair (x_val, y_val), got {type(validation_data).__name__}")
     return _Data(model, *validation_data, names=("validation_data[0]", "validation_data[1]"))
@@ -424,14 +483,16 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         verbose: int = 1, checkpoint_dir=None, resume_from=None, label_smoothing: float = 0.0,
         sync_every: int = 1, compile: bool | None = None, distributed: bool = False) -> History:
     """Train ``model`` on images ``x`` (N, C, H, W) float in [0, 1] and integer labels ``y`` (N,)
-    by mini-batch gradient descent on the mean softmax cross-entropy, in training mode.
+    by mini-batch gradient descent on the mean softmax cross-entropy, in training mode. ``x`` may
+    be a dataset (:mod:`xpcnn.datasets.protocol`; ``y`` None): its batches are decoded in a
+    thread pool, checked and moved one at a time, and ``model.class_names`` becomes its names.
 
     epochs: train until this many epochs are done (>= 1; counting those of a resumed checkpoint,
         so resuming a run that already has ``epochs`` epochs returns its history unchanged).
     batch_size: samples per step (the last batch of an epoch may be smaller).
     optimizer: an :mod:`xpcnn.optim` optimizer; None reuses the one of the model's previous
         ``fit``, or else creates ``Adam(lr=1e-3)``. It is kept as ``model.optimizer``.
-    validation_data: (x_val, y_val) evaluated after every epoch (``val_loss``, ``val_accuracy``).
+    validation_data: (x_val, y_val) or a dataset, evaluated after every epoch (``val_loss``, ``val_accuracy``).
     shuffle, seed: each epoch visits the samples in ``rng.permutation(N)`` order, ``rng =
         numpy.random.default_rng(seed)`` drawn once per fit on the host (same on every backend).
         An unbuilt model is built for ``x``'s sample shape with this seed and x's float dtype.
@@ -494,7 +555,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
             print(f"resumed from {path}: epoch {initial_epoch} of {epochs} done, continuing with epoch "
                   f"{initial_epoch + 1}" if initial_epoch < epochs else f"resumed from {path}: all {epochs} epochs done")
     else:
-        if not model.built:
+        if not model.built and is_dataset(x):
+            model.build(tuple(x.sample_shape), seed=seed, dtype="float32")
+        elif not model.built:
             x_arr = _as_array(x, "x")
             if len(x_arr.shape) < 2:
                 raise ShapeError(f"x: expected a batch of images (N, C, H, W), got shape {tuple(x_arr.shape)}")
@@ -504,7 +567,11 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     model.optimizer = optimizer
     compiled = _compiled_step(model, optimizer, compile, label_smoothing, comm)
 
-    data = _Data(model, x, y)
+    data = _data(model, x, y)
+    if isinstance(data, _DatasetData):
+        if comm is not None:
+            raise ArgumentError("distributed: not available with a dataset yet; pass arrays")
+        model.class_names = data.class_names
     val = _validation(model, validation_data)
     history = History(past, initial_epoch)
     steps = -(-data.n // batch_size)
@@ -545,6 +612,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
             if trainer.stop_training:
                 break
     finally:
+        for source in (data, val):
+            if source is not None:
+                source.close()
         for cb in everything:
             cb.on_train_end({})
     return history
@@ -650,7 +720,7 @@ def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float
 
 @_distributable
 def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -> dict[str, float]:
-    """Mean softmax cross-entropy and accuracy of ``model`` on (x, y) in inference mode, batch by
+    """Mean softmax cross-entropy and accuracy of ``model`` on (x, y) or a dataset x in inference mode, batch by
     batch: ``{"loss": float, "accuracy": float}``. Same input rules as :func:`fit`: host data
     are moved to the model's backend one batch at a time. ``distributed``: under ``mpiexec -n K``
     each rank evaluates a contiguous K-th of (x, y) and every rank returns the reduced result."""
@@ -658,26 +728,32 @@ def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -
     if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before evaluate")
     comm = _communicator(distributed)
-    data = _Data(model, x, y)
+    data = _data(model, x, y)
     if comm is not None:
         DISTRIBUTED["mpi"].start_evaluate(comm, model, data.y, batch_size)
-    return _evaluate(model, data, batch_size, comm)
+    try:
+        return _evaluate(model, data, batch_size, comm)
+    finally:
+        data.close()
 
 
 def predict(model, x, *, batch_size: int = 256):
-    """Softmax probabilities (N, K) of ``model`` for x (N, C, H, W) in inference mode, on the
+    """Softmax probabilities (N, K) of ``model`` for x (N, C, H, W) or a dataset in inference mode, on the
     model's backend. Host (NumPy) data are moved one batch at a time (and cast to the model's
     float dtype); arrays of another backend are refused as in :meth:`Sequential.forward`."""
     batch_size = positive_int(batch_size, "batch_size", error=ArgumentError)
     model.require_built()
-    check_array(x, "x")
-    if not isinstance(x, np.ndarray) or model.backend.is_host:
+    if not is_dataset(x):
+        check_array(x, "x")
+    if not is_dataset(x) and (not isinstance(x, np.ndarray) or model.backend.is_host):
         xp, x = model.check_input(x)
         return F.softmax(_inference(model, xp, x), axis=1)
-    data = _Data(model, x, None)
+    data = _data(model, x, None, labels=False)
     parts = []
-    for idx in iterate_batches(data.n, batch_size, shuffle=False):
-        xb, _ = data.batch(idx)
-        xp = namespace_of(xb)
-        parts.append(F.softmax(_inference(model, xp, xb), axis=1))
+    try:
+        for idx in iterate_batches(data.n, batch_size, shuffle=False):
+            xb, _ = data.batch(idx)
+            parts.append(F.softmax(_inference(model, namespace_of(xb), xb), axis=1))
+    finally:
+        data.close()
     return parts[0] if len(parts) == 1 else namespace_of(parts[0]).concat(parts, axis=0)

@@ -57,33 +57,29 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         self.save_for_backward(tuple(x.shape))
-        return namespace_of(x).reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+        return namespace_of(x).reshape(x, (-1, math.prod(x.shape[1:])))  # N may be symbolic (ndonnx)
 
     def backward(self, grad_y):
         (shape,) = self.saved
         return namespace_of(grad_y).reshape(grad_y, shape)
 
 
-class Dropout(Layer):
-    """Inverted dropout: in training mode each value is zeroed with probability ``p`` and the rest
-    scaled by 1/(1-p); identity in inference mode. Masks come from a counter-based hash keyed by
-    ``seed`` (given, or ``default_seed``, which the model derives from its build seed and the
-    layer's position) and a counter that advances once per training forward, so the same seed
-    gives the same masks on every backend and a resumed run continues the same sequence.
-    ``traced_keys``: a compiled step passes the hash keys in as arrays and advances the counter."""
+class RandomLayer(Layer):
+    """Base of the layers whose draws come from the counter-based hash of
+    :mod:`xpcnn.functional.dropout` (Dropout, the augmentation layers), keyed by ``seed`` (given,
+    or ``default_seed``, which the model derives from its build seed and the layer's path) and a
+    ``counter`` that advances once per training forward: the same seed gives the same draws on
+    every backend, and the state (counter, seed) saved in checkpoints resumes the sequence."""
 
-    def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ArgumentError(f"p: expected a probability in [0, 1), got {p!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ArgumentError(f"seed: expected a non-negative int or None, got {seed!r}")
-        self.p, self.seed, self.counter = float(p), seed, 0
-        self.default_seed = 0
-        self.traced_keys = None
+        self.seed, self.counter, self.default_seed = seed, 0, 0
 
-    def get_config(self):
-        return {"p": self.p, "seed": self.seed}
+    @property
+    def key(self) -> int:
+        return self.seed if self.seed is not None else self.default_seed
 
     def get_state(self):
         return {"counter": self.counter, "seed": self.key}
@@ -95,9 +91,21 @@ class Dropout(Layer):
                 raise ArgumentError(f"state[{name!r}]: expected a non-negative int, got {value!r}")
         self.counter, self.default_seed = counter, seed
 
-    @property
-    def key(self) -> int:
-        return self.seed if self.seed is not None else self.default_seed
+
+class Dropout(RandomLayer):
+    """Inverted dropout: in training mode each value is zeroed with probability ``p`` and the rest
+    scaled by 1/(1-p); identity in inference mode. Masks are drawn as :class:`RandomLayer` says,
+    so a resumed run continues the same sequence.
+    ``traced_keys``: a compiled step passes the hash keys in as arrays and advances the counter."""
+
+    def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
+        super().__init__(seed)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ArgumentError(f"p: expected a probability in [0, 1), got {p!r}")
+        self.p, self.traced_keys = float(p), None
+
+    def get_config(self):
+        return {"p": self.p, "seed": self.seed}
 
     def forward(self, x, training=False):
         if not training or self.p == 0.0:
