@@ -428,11 +428,12 @@ def test_batches_order_drawn_at_call():
     np.testing.assert_array_equal(next(it), np.random.default_rng(3).permutation(10))
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "4", None])
-def test_batch_size_must_be_positive_int(bad):
-    with pytest.raises(ArgumentError, match=r"batch_size: expected an int >= 1"):
+@pytest.mark.parametrize("bad, error", [(0, ArgumentError), (-1, ArgumentError), (2.0, ArgumentTypeError),
+                                        (True, ArgumentTypeError), ("4", ArgumentTypeError), (None, ArgumentTypeError)])
+def test_batch_size_must_be_positive_int(bad, error):
+    with pytest.raises(error, match=r"batch_size: expected an int >= 1"):
         iterate_batches(10, bad, shuffle=False)
-    assert issubclass(ArgumentError, ValueError)
+    assert issubclass(ArgumentError, ValueError) and issubclass(ArgumentTypeError, TypeError)
 
 
 def test_shuffle_needs_a_generator():

@@ -9,7 +9,7 @@ import pytest
 import xpcnn
 from xpcnn import layers, optim, training, zoo
 from xpcnn.callbacks import Callback, LambdaCallback, NotebookLogger, ProgressBar
-from xpcnn.errors import DataError, DTypeError, LabelError, NonFiniteError, NotBuiltError, ShapeError
+from xpcnn.errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, LabelError, NonFiniteError, NotBuiltError, ShapeError
 from tests.tolerances import FLOAT64_RTOL
 
 
@@ -153,7 +153,7 @@ def test_same_training_on_every_backend(target):
     (lambda x, y: (x[:, 0], y), ShapeError, "preprocess"),
     (lambda x, y: (x[:, :, :5], y), ShapeError, r"x: expected shape \(N, 1, 10, 10\)"),
     (lambda x, y: (x[:0], y[:0]), DataError, "empty"),
-    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y), DataError, "NaN or Inf"),
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y), DataError, r"got 1 NaN/Inf among 2000 values \(the first in sample 0, flat index 7\)"),
     (lambda x, y: (x, y[:-1]), LabelError, r"y: expected integer labels of shape \(20,\)"),
     (lambda x, y: (x, y.astype(float)), LabelError, "integer"),
     (lambda x, y: (x, y + 3), LabelError, r"\[0, 2\]"),
@@ -167,9 +167,9 @@ def test_fit_refuses_bad_input(mutate, error, match):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(batch_size=0), ShapeError, "batch_size"),
-    (dict(batch_size=2.5), ShapeError, "batch_size"),
-    (dict(epochs=-1), ShapeError, "epochs"),
+    (dict(batch_size=0), ArgumentError, "batch_size"),
+    (dict(batch_size=2.5), ArgumentTypeError, "batch_size"),
+    (dict(epochs=-1), ArgumentError, "epochs"),
     (dict(optimizer="adam"), TypeError, "optimizer"),
     (dict(callbacks=[print]), TypeError, r"callbacks\[0\]"),
     (dict(validation_data=np.zeros(3)), TypeError, "validation_data"),
