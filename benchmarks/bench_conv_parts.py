@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 # (N, C, O, H, first layer?)
 LAYERS = [(64, 1, 32, 28, True), (64, 32, 64, 14, False), (64, 16, 16, 28, False), (64, 32, 32, 14, False),

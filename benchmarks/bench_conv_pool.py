@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 # (N, C, O, H, (pool kernel, stride)): the shapes above with a 2x2 pool; these overlap their windows.
 OVERLAPPING = [(64, 1, 16, 28, (3, 1)), (64, 3, 5, 28, (3, 1)), (64, 16, 64, 14, (3, 2)), (64, 32, 8, 14, (3, 1)),

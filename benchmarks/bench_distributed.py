@@ -216,7 +216,8 @@ def main(argv=None) -> int:
     contenders = {"1 process": me, f"{args.ranks} ranks": [mpiexec, "-n", str(args.ranks), *me]}
     import numpy as np
 
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    utc = datetime.timezone(datetime.timedelta(0))  # datetime.UTC is Python 3.11+
+    now = datetime.datetime.now(utc).isoformat(timespec="seconds")
     print(f"{now}  {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), numpy {np.__version__}, "
           f"Python {platform.python_version()}, 1 BLAS thread per process")
     before = busy_cpus()

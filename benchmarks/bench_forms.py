@@ -12,12 +12,8 @@ behind keeping the CPU forms on a CPU.
 3. A stride-1 convolution's input gradient (``xpcnn.functional.conv.conv2d_input_grad_kernel``):
    the fold of kh*kw slice additions (CPU) against grad_y's columns times the flipped weight
    (GPU), for the 3x3 layers of the benchmark networks at batch 64, float32.
-4. Not a two-form choice but one of layout: one sample's Dense weight gradient, the outer
-   product x^T grad_y (``xpcnn.functional.linear._outer``), and the SGD update that reads it,
-   for the notebook network's Dense (2704 -> 10). Each form gives the same (exact) products;
-   the broadcast along the long axis is laid out transposed against the weight.
 
-Microseconds (1, 2, 4) or milliseconds (3) per call, the best of 5 rounds of many calls, the two
+Microseconds (1, 2) or milliseconds (3) per call, the best of 5 rounds of many calls, the two
 forms alternating by round; ratio > 1: the CPU form is faster.
 """
 
@@ -30,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 NETS = [("notebook", 1), ("notebook", 64), ("default", 64), ("deep", 64), ("resnet8", 64)]
 # (N, C, O, H, padding): the default network's second conv, the deep network's two, resnet8's stages.
@@ -109,32 +105,6 @@ def input_grad_forms(rng, n, c, o, h, pad):
     return columns, fold
 
 
-def outer_forms(rng):
-    """(name, layout, gradient, update) for each way to write x^T grad_y of x (1, 2704) and
-    grad_y (1, 10); asserts they give the same numbers."""
-    import numpy as np
-
-    from xpcnn.functional.linear import _outer
-
-    x = rng.standard_normal((1, 2704)).astype(np.float32)
-    grad_y = rng.standard_normal((1, 10)).astype(np.float32)
-    weight = rng.standard_normal((2704, 10)).astype(np.float32)
-    forms = [
-        ("broadcast (grad_y^T * x)^T", lambda: np.matrix_transpose(np.matrix_transpose(grad_y) * x)),
-        ("np.matmul(x^T, grad_y)", lambda: np.matmul(np.matrix_transpose(x), grad_y)),
-        ("np.tensordot(x, grad_y, axes=(0, 0))", lambda: np.tensordot(x, grad_y, axes=([0], [0]))),
-        ("np.dot(x^T, grad_y) (xpcnn on NumPy)", lambda: _outer(np, x, grad_y)),
-    ]
-    expected = forms[0][1]()
-    rows = []
-    for name, outer in forms:
-        grad = outer()
-        assert np.array_equal(grad, expected), name
-        layout = "as weight" if grad.flags.c_contiguous else "transposed"
-        rows.append((name, layout, outer, lambda grad=grad: weight - 0.05 * grad))
-    return rows
-
-
 def main(argv=None) -> int:
     args, env, load = harness.start_kernel_bench(__doc__, argv)
     import numpy as np
@@ -174,12 +144,6 @@ def main(argv=None) -> int:
         diff = float(np.max(np.abs(columns() - fold())) / np.max(np.abs(fold())))
         print(f"{f'{n}, {c} -> {o}, {h}, {pad}':<22} {gpu * 1e3:>19.2f} {cpu * 1e3:>16.2f} {gpu / cpu:>6.2f}x"
               f"   (relative difference {diff:.1e})")
-    print("\n4. one sample's Dense weight gradient (2704 x 10) and the SGD update p - lr * g, us per call, float32 on "
-          "NumPy")
-    print(f"{'outer product form':<38} {'layout':>12} {'gradient':>9} {'update':>7} {'both':>6}")
-    for name, layout, outer, update in outer_forms(rng):
-        grad_t, update_t = best_of([outer, update], 5000)
-        print(f"{name:<38} {layout:>12} {grad_t * 1e6:>9.1f} {update_t * 1e6:>7.1f} {(grad_t + update_t) * 1e6:>6.1f}")
     harness.print_load(load, env)
     return 0
 

@@ -32,7 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # this process and its children are xpcnn's (README: allocator)
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 SIZES = [28, 56, 112]

@@ -35,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # this process is xpcnn's (README: allocator)
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 NETS = ("notebook", "deep")
 BATCH = 64
@@ -49,7 +49,7 @@ def jit_workload(net, images_u8, labels, batch):
     model = harness.build_xpcnn(net, backend="jax")
     x = xpcnn.to_device(harness.to_float(images_u8), "jax")
     y = xpcnn.to_device(labels, "jax")
-    batches = harness._batches(x, y, batch)
+    batches = harness.cycled_batches(x, y, batch)
     step = jit.make_step(model, optim.SGD(lr=harness.LR))
     t0 = time.perf_counter()
     step.train(*next(batches))
@@ -95,7 +95,7 @@ def jax_reference_workload(net, images_u8, labels, batch):
         value, grads = jax.value_and_grad(loss)(p, x, y)
         return [w - harness.LR * g for w, g in zip(p, grads)], value
 
-    batches = harness._batches(jnp.asarray(harness.to_float(images_u8)), jnp.asarray(labels), batch)
+    batches = harness.cycled_batches(jnp.asarray(harness.to_float(images_u8)), jnp.asarray(labels), batch)
     params = [weights]
 
     def run():

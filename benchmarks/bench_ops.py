@@ -34,7 +34,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 SCENARIOS = [("train", "notebook", 1), ("train", "notebook", 64), ("train", "deep", 64), ("train", "default", 64),
              ("train", "resnet8", 64), ("infer", "notebook", 1000)]

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 # The default network's two pools, the deep network's second, and resnet-style 3x3 stride 2.
 SHAPES = [((64, 16, 28, 28), 2, None), ((64, 32, 14, 14), 2, None), ((64, 64, 14, 14), 2, None),

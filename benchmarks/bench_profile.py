@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # as bench_train.py
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 NETS = ("deep", "default", "resnet8")  # --nets may add "notebook"
 
@@ -42,6 +42,8 @@ def timed(layer, method: str, name: str, times: dict):
 
 def profile(net: str, batch: int, steps: int, images, labels) -> tuple[list, float, float, float | None]:
     """(rows of (layer label, forward ms, backward ms), rest ms, xpcnn step ms, PyTorch step ms or None)."""
+    from xpcnn.layers.fused import fused_pair
+
     model = harness.build_xpcnn(net)
     work = harness.xpcnn_workload(model, images, labels, batch)
     labels_of = []
@@ -51,9 +53,9 @@ def profile(net: str, batch: int, steps: int, images, labels) -> tuple[list, flo
     for i, layer in enumerate(layers):
         label = f"{i:>2} {type(layer).__name__}"
         # A pair the model runs as one op (Conv2D+AvgPool2D, ReLU+MaxPool2D) is one row.
-        if i + 1 < len(layers) and layer._fuses_with(layers[i + 1]):
+        if i + 1 < len(layers) and fused_pair(layer, layers[i + 1]) is not None:
             label += f"+{type(layers[i + 1]).__name__}"
-        elif i > 0 and layers[i - 1]._fuses_with(layer):
+        elif i > 0 and fused_pair(layers[i - 1], layer) is not None:
             continue
         labels_of.append(label)
         for method, kind in (("run_forward", "fwd"), ("run_backward", "bwd"), ("_forward_fused", "fwd"),

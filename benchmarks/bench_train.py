@@ -49,7 +49,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XPCNN_MALLOC", "keep")  # this process and its children are xpcnn's (README: allocator)
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 EPOCH_RSS_TARGET_MB = 250
 

@@ -56,6 +56,7 @@ from collections.abc import Callable
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UTC = datetime.timezone(datetime.timedelta(0))  # datetime.UTC is Python 3.11+
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler: no log lines between the tables
 if ROOT not in sys.path:  # this checkout's xpcnn, and the notebook oracle in tests/
     sys.path.insert(0, ROOT)
@@ -126,7 +127,7 @@ def environment(threads: int, backend: str, torch_device: str | None) -> dict:
     except ImportError:
         pass
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -297,7 +298,7 @@ def load_images(image_size: int = 28, n: int | None = None):
 
         (xa, ya), (xb, yb) = load_data("mnist5k")
         images, labels = np.concatenate([xa, xb]), np.concatenate([ya, yb]).astype(np.int64)
-    except Exception as exc:  # noqa: BLE001 -- any loader failure: measure on stand-in data
+    except Exception as exc:  # any loader failure: measure on stand-in data
         print(f"note: mnist5k unavailable ({exc}); using random images", file=sys.stderr)
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (5000, 28, 28), dtype=np.uint8)
@@ -425,7 +426,7 @@ class Workload:
     train: bool = True
 
 
-def _batches(x, y, batch):
+def cycled_batches(x, y, batch):
     """Consecutive (x, y) slices of ``batch`` rows, cycled forever (views: no copies)."""
     n = (len(y) // batch) * batch
     if n == 0:
@@ -453,7 +454,7 @@ def xpcnn_workload(model, images_u8, labels, batch, *, train=True, backend="nump
 
     x = xpcnn.to_device(to_float(images_u8), backend)
     y = xpcnn.to_device(labels, backend)
-    batches = _batches(x, y, batch)
+    batches = cycled_batches(x, y, batch)
     opt = optim.SGD(lr=lr)
     library, _, device = backend.partition(":")
     sync = _sync_for(library, device or None)
@@ -479,7 +480,7 @@ def torch_workload(net, images_u8, labels, batch, *, train=True, device="cpu", l
 
     x = torch.from_numpy(to_float(images_u8)).to(device)
     y = torch.from_numpy(labels).to(device)
-    batches = _batches(x, y, batch)
+    batches = cycled_batches(x, y, batch)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     sync = _sync_for("torch", device)
     if train:

@@ -31,15 +31,16 @@ import time
 
 import numpy as np
 
+# The oracle lives with the tests: tests/notebook_reference.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import xpcnn
+from tests.notebook_reference import NotebookCNN
+from xpcnn import optim, zoo
+from xpcnn.callbacks import LambdaCallback
+from xpcnn.datasets import load_data, preprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the oracle lives with the tests: tests/notebook_reference.py
-
-from tests.notebook_reference import NotebookCNN  # noqa: E402
-
-import xpcnn  # noqa: E402
-from xpcnn import optim, zoo  # noqa: E402
-from xpcnn.callbacks import LambdaCallback  # noqa: E402
-from xpcnn.datasets import load_data, preprocess  # noqa: E402
 
 
 def notebook_code(seed: int, epochs: int, train, test) -> tuple[list[float], float]:
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
     train, test = (x_train, y_train), (x_test, y_test)
     images = args.epochs * len(x_train)
     lines = [
-        f"# python benchmarks/notebook_code_accuracy.py --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}",
+        f"# python benchmarks/notebook_code_accuracy.py --seeds {' '.join(map(str, args.seeds))} "
+        f"--epochs {args.epochs}",
         f"# {time.strftime('%Y-%m-%d')}, xpcnn {xpcnn.__version__}, Python {platform.python_version()}, "
         f"NumPy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs (shared), OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', '(unset)')}",

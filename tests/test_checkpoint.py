@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model():
-    return xpcnn.Sequential([layers.Conv2D(4, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(10)])
+    return xpcnn.Sequential(
+        [layers.Conv2D(4, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(10)]
+    )
 
 
 def tiny_data(n=96, seed=0):
@@ -69,7 +71,9 @@ def test_checkpoint_contents_and_pruning(tmp_path):
     ckpt = checkpoint.latest(tmp_path)
     assert ckpt.epoch == 5 and ckpt.optimizer_record["class"] == "Adam"
     assert ckpt.optimizer_record["steps"] == model.optimizer.steps == 5 * 6
-    assert set(ckpt.optimizer_tensors) == {f"optimizer/{k}/{s}" for k in ("0.weight", "0.bias", "4.weight", "4.bias") for s in "mv"}
+    assert set(ckpt.optimizer_tensors) == {
+        f"optimizer/{k}/{s}" for k in ("0.weight", "0.bias", "4.weight", "4.bias") for s in "mv"
+    }
     assert len(ckpt.history["loss"]) == 5 and len(ckpt.history["val_accuracy"]) == 5
     assert ckpt.fit_args == {"batch_size": 16, "shuffle": True, "seed": 5}
     # a checkpoint is a model file too, and a directory loads its newest checkpoint
@@ -102,7 +106,9 @@ def test_resume_from_the_checkpoint_dir_itself_starts_then_continues(tmp_path):
 def test_resume_refuses_another_architecture(tmp_path):
     train(1, tmp_path)
     x, y = tiny_data()
-    other = xpcnn.Sequential([layers.Conv2D(5, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(10)])
+    other = xpcnn.Sequential(
+        [layers.Conv2D(5, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(10)]
+    )
     with pytest.raises(ModelFileError, match="different architecture"):
         other.fit(x, y, epochs=2, verbose=0, resume_from=tmp_path)
 
@@ -229,9 +235,10 @@ def rewrite_metadata(path, target, **changes):
     return target
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -249,7 +256,8 @@ def test_damaged_checkpoint_metadata_is_refused_cleanly(checkpoint_file, tmp_pat
 @pytest.mark.parametrize("key, value, match", [
     ("optimizer", '{"class": "Evil", "hyper": {}, "steps": 1, "state": {}}', "unknown class"),
     ("optimizer", '{"class": "SGD", "hyper": {"lr": -1}, "steps": 1, "state": {}}', "hyper"),
-    ("optimizer", '{"class": "SGD", "hyper": {"lr": 0.1}, "steps": 1, "state": {"9.weight": ["momentum"]}}', "is missing|not a parameter"),
+    ("optimizer", '{"class": "SGD", "hyper": {"lr": 0.1}, "steps": 1, "state": {"9.weight": ["momentum"]}}',
+     "is missing|not a parameter"),
     ("rng", '{"bit_generator": "MT19937", "state": {}}', "PCG64"),
     ("rng", '{"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0, "uinteger": 0}', "rng"),
     ("epoch", "0", "epoch"),

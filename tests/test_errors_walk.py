@@ -32,7 +32,7 @@ from xpcnn import functional as F
 from xpcnn import layers, optim
 from xpcnn.errors import XpcnnError
 
-MODULES_BY_NAME = ("callbacks", "interop", "dask", "testing", "parity", "notebook")
+MODULES_BY_NAME = ("callbacks", "interop", "dask", "testing", "parity", "notebook", "export")
 
 
 # --- discovery -------------------------------------------------------------------------------------
@@ -247,6 +247,7 @@ case("xpcnn.layers.Dense", "bias", lambda: layers.Dense(3, bias=None))
 case("xpcnn.layers.Dense", "weight_init", lambda: layers.Dense(3, weight_init="nope"))
 case("xpcnn.layers.LeakyReLU", "negative_slope", lambda: layers.LeakyReLU("0.1"))
 case("xpcnn.layers.LeakyReLU", "negative_slope", lambda: layers.LeakyReLU(float("nan")))
+case("xpcnn.layers.GELU", "approximate", lambda: layers.GELU("erf"))
 case("xpcnn.layers.BatchNorm2D", "momentum", lambda: layers.BatchNorm2D(momentum=1.5))
 case("xpcnn.layers.BatchNorm2D", "eps", lambda: layers.BatchNorm2D(eps=-1e-5))
 case("xpcnn.layers.BatchNorm1D", "momentum", lambda: layers.BatchNorm1D(momentum=-0.1))
@@ -531,6 +532,16 @@ case("xpcnn.parity.run_case", "dtype", lambda: parity.run_case(parity.parity_cas
 case("xpcnn.parity.run_case", "backends", lambda: parity.run_case(parity.parity_cases()[0], "numpy", "float64"))
 case("xpcnn.parity.reference_dropout_mask", "p", lambda: parity.reference_dropout_mask((2, 3), 1.5, 0, 0))
 case("xpcnn.testing.is_gpu_backend", "spec", lambda: testing.is_gpu_backend(3))
+
+# xpcnn.export: ONNX (the onnx extra, in the test extra too)
+export = importlib.import_module("xpcnn.export")
+case("xpcnn.export.onnx_model", "output",
+     lambda: export.onnx_model(xpcnn.zoo.get("default").build((1, 28, 28)), output="x"))
+case("xpcnn.export.onnx_model", "method",
+     lambda: export.onnx_model(xpcnn.zoo.get("default").build((1, 28, 28)), method="jit"))
+case("xpcnn.export.to_onnx", "model", lambda: export.to_onnx(xpcnn.zoo.get("default"), "unused.onnx"))
+case("xpcnn.export.from_onnx", "path", lambda: export.from_onnx(__file__), or_shows=__file__)
+case("xpcnn.export.OnnxModel", "path", lambda: export.OnnxModel("no such file.onnx"), or_shows="no such file.onnx")
 
 # xpcnn.notebook: the weight converters
 nb = importlib.import_module("xpcnn.notebook")

@@ -13,9 +13,9 @@ import pytest
 
 import xpcnn
 from xpcnn import interop, layers
-from xpcnn.layers import fused
 from xpcnn.functional import conv_pool, pool
 from xpcnn.functional.conv import conv2d_geometry
+from xpcnn.layers import fused
 
 from .tolerances import FLOAT32_ATOL, FLOAT32_RTOL, FLOAT64_RTOL
 

@@ -44,7 +44,8 @@ def test_same_seed_same_weights_on_every_backend():
     assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
 
 
-@pytest.mark.parametrize("opt", [optim.SGD(lr=0.05), optim.SGD(lr=0.02, momentum=0.9, nesterov=True), optim.Adam(lr=1e-3)],
+@pytest.mark.parametrize("opt",
+                         [optim.SGD(lr=0.05), optim.SGD(lr=0.02, momentum=0.9, nesterov=True), optim.Adam(lr=1e-3)],
                          ids=["sgd", "nesterov", "adam"])
 def test_training_step_lowers_loss_on_a_fixed_batch_float32_stays_float32(opt):
     model = notebook_net().build((1, 28, 28), seed=0, dtype="float32", backend="numpy")
@@ -131,7 +132,8 @@ def test_training_matches_torch_optim_step_for_step(name):
         "sgd": (lambda: optim.SGD(0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
         "sgd_nesterov_wd": (lambda: optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
                             lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-        "adam_wd": (lambda: optim.Adam(1e-2, weight_decay=1e-3), lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3)),
+        "adam_wd": (lambda: optim.Adam(1e-2, weight_decay=1e-3),
+                    lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3)),
     }[name]
     rng = np.random.default_rng(0)
     x, y = rng.random((16, 1, 12, 12)), rng.integers(0, 10, 16)

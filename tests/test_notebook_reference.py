@@ -248,7 +248,8 @@ def test_layout_converters_take_any_backend_and_refuse_bad_shapes():
         np.testing.assert_array_equal(u, v)
     with pytest.raises(ShapeError, match=r"weight: expected 4 \* P \* P rows .* got 99"):
         to_xpcnn_weights(kernels, weight[:99], bias)
-    with pytest.raises(ShapeError, match=r"weights\[0\]: expected a conv weight \(C, 1, kh, kw\), got shape \(4, 3, 3\)"):
+    with pytest.raises(ShapeError,
+                       match=r"weights\[0\]: expected a conv weight \(C, 1, kh, kw\), got shape \(4, 3, 3\)"):
         from_xpcnn_weights([kernels, W, b])
     with pytest.raises(ShapeError, match="expected \\[conv, W, b\\] \\(3 arrays\\), got 2"):
         from_xpcnn_weights([conv, W])

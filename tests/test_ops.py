@@ -44,7 +44,9 @@ def conv_configs(draw, max_size=16, max_batch=4, max_channels=5):
     dilation = draw(pairs(st.integers(1, 2), st.integers(1, 2)))
     padding = draw(pairs(st.integers(0, 2), st.integers(0, 2)))
     stride = draw(pairs(st.integers(1, 3), st.integers(1, 3)))
-    size = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), max_size)) for k, d, p in zip(kernel, dilation, padding))
+    size = tuple(
+        draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), max_size)) for k, d, p in zip(kernel, dilation, padding)
+    )
     return dict(
         n=draw(st.integers(1, max_batch)), c=draw(st.integers(1, max_channels)), o=draw(st.integers(1, max_channels)),
         size=size, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
@@ -107,7 +109,9 @@ def check(name, got, expected, like):
     assert got.shape == expected.shape, f"{name}: shape {got.shape}, PyTorch {expected.shape}"
     scale = np.abs(expected).max() if expected.size else 0.0
     err = np.abs(got - expected).max() if expected.size else 0.0
-    assert err <= FLOAT64_RTOL * scale, f"{name}: max abs error {err:.3g} vs PyTorch, relative {err / scale if scale else err:.3g}"
+    assert err <= FLOAT64_RTOL * scale, (
+        f"{name}: max abs error {err:.3g} vs PyTorch, relative {err / scale if scale else err:.3g}"
+    )
 
 
 def autograd(torch, fn, grad_y, *arrays):
@@ -142,7 +146,9 @@ def test_conv2d_matches_torch(torch, backend, cfg):
     geom = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"])
     y_shape = torch.nn.functional.conv2d(torch.as_tensor(x), torch.as_tensor(w), **geom).shape
     g = rng.standard_normal(tuple(y_shape))
-    y_ref, (gx_ref, gw_ref, gb_ref) = autograd(torch, lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **geom), g, x, w, b)
+    y_ref, (gx_ref, gw_ref, gb_ref) = autograd(
+        torch, lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **geom), g, x, w, b
+    )
 
     X, W, B, G = on(backend, x, w, b, g)
     with Unchanged(X, W, B, G):
@@ -247,7 +253,8 @@ def test_softmax_and_log_softmax_match_torch(torch, backend, cfg, log, axis):
 
 
 @torch_settings
-@given(n=st.integers(1, 4), fin=st.integers(1, 40), fout=st.integers(1, 12), bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(n=st.integers(1, 4), fin=st.integers(1, 40), fout=st.integers(1, 12), bias=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
 def test_linear_matches_torch(torch, backend, n, fin, fout, bias, seed):
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal((n, fin)), rng.standard_normal((fin, fout))
@@ -274,7 +281,9 @@ def test_cross_entropy_matches_torch(torch, backend, cfg):
     z = rng.standard_normal((cfg["n"], cfg["k"])) * 4 + cfg["shift"]
     z[0, 0] += 2 * cfg["shift"]  # one logit far from the rest: log-sum-exp must stay finite
     labels = rng.integers(0, cfg["k"], cfg["n"])
-    loss_ref, (gz_ref,) = autograd(torch, lambda z: torch.nn.functional.cross_entropy(z, torch.as_tensor(labels)), 1.0, z)
+    loss_ref, (gz_ref,) = autograd(
+        torch, lambda z: torch.nn.functional.cross_entropy(z, torch.as_tensor(labels)), 1.0, z
+    )
     Z, Y = on(backend, z, labels)
     with Unchanged(Z, Y):
         loss, gz = F.cross_entropy_with_grad(Z, Y)
@@ -328,7 +337,8 @@ def test_activations_and_loss_finite_differences(backend, cfg):
     fd(lambda z: F.softmax(z, axis=1), Z, lambda g, z: F.softmax_backward(g, F.softmax(z, axis=1), axis=1))
     fd(lambda z: F.log_softmax(z, axis=1), Z, lambda g, z: F.log_softmax_backward(g, F.log_softmax(z, axis=1), axis=1))
     fd(lambda z: F.cross_entropy(z, Y), Z, lambda g, z: g * F.cross_entropy_backward(z, Y))
-    (X,) = on(backend, rng.choice([-1.0, 1.0], z.shape) * (0.1 + np.abs(rng.standard_normal(z.shape))))  # away from ReLU's kink
+    # away from ReLU's kink
+    (X,) = on(backend, rng.choice([-1.0, 1.0], z.shape) * (0.1 + np.abs(rng.standard_normal(z.shape))))
     fd(F.relu, X, F.relu_backward)
 
 

@@ -45,7 +45,7 @@ def run(backend, make_opt, fewest, steps=3, between=None):
             model.train_step(x, y, opt)
             if between is not None:
                 between(i, model, opt)
-    assert (opt._flat is not None) == fewest
+    assert opt.updates_flat == fewest
     return snapshot(model, opt)
 
 
@@ -120,4 +120,4 @@ def test_a_rule_of_its_own_is_applied_per_parameter():
     x, y = data(backend)
     with xpcnn.fewest_operations():
         model.train_step(x, y, opt)
-    assert opt._flat is None
+    assert not opt.updates_flat

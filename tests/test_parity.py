@@ -267,7 +267,9 @@ def test_whole_training_parity(digits, matrix_backend, dtype):
         if dtype == "float64":
             assert max(per_array) <= FLOAT64_RTOL, f"relative errors {per_array} vs {name}"
         else:
-            assert overall <= FLOAT32_TRAINING_RTOL, f"float32 weights differ from {name}'s by {overall:.3g} of the largest"
+            assert overall <= FLOAT32_TRAINING_RTOL, (
+                f"float32 weights differ from {name}'s by {overall:.3g} of the largest"
+            )
 
 
 # ---------------------------------------------------------------- `xpcnn parity`
@@ -279,7 +281,9 @@ def _parity_cli(argv):
 
 def test_parity_command_prints_the_table_against_both_references(capsys):
     pytest.importorskip("torch")
-    code = _parity_cli(["--backend", "numpy", "--backend", "array_api_strict:device1", "--op", "relu", "--op", "conv2d"])
+    code = _parity_cli(
+        ["--backend", "numpy", "--backend", "array_api_strict:device1", "--op", "relu", "--op", "conv2d"]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "against PyTorch float64 autograd and xpcnn on NumPy float64" in out
@@ -303,8 +307,8 @@ def test_parity_command_exits_non_zero_on_a_failure(monkeypatch, capsys):
     def off_on_strict(x):
         return x * (1 + 1e-3) if library_of(x) == "array_api_strict" else x
 
-    broken = parity.OpCase("broken", "differs on array_api_strict", lambda rng: (rng.standard_normal(4),), off_on_strict,
-                           lambda x: {"out": x})
+    broken = parity.OpCase("broken", "differs on array_api_strict", lambda rng: (rng.standard_normal(4),),
+                           off_on_strict, lambda x: {"out": x})
     monkeypatch.setattr(parity, "parity_cases", lambda: [broken])
     assert _parity_cli(["--backend", "numpy", "--backend", "array_api_strict"]) == 1
     out = capsys.readouterr().out

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import xpcnn
+from tests.tolerances import FINITE_DIFF_ROUNDING_ULPS, FINITE_DIFF_RTOL, FINITE_DIFF_STEP, FLOAT64_RTOL, rtol_for
 from xpcnn import functional as F
 from xpcnn import layers
 from xpcnn.backend import load_backend
 from xpcnn.errors import ShapeError
-from tests.tolerances import FINITE_DIFF_ROUNDING_ULPS, FINITE_DIFF_RTOL, FINITE_DIFF_STEP, FLOAT64_RTOL, rtol_for
 
 try:
     import torch
@@ -219,7 +219,8 @@ def directional_check(evaluate, point: dict, analytic: dict, rng) -> None:
         scale = max(abs(dot), float(np.linalg.norm(analytic[name])))
         rounding = FINITE_DIFF_ROUNDING_ULPS * ulp * max(size_plus, size_minus) / (2 * h)
         assert abs(numeric - dot) <= FINITE_DIFF_RTOL * scale + rounding, (
-            f"{name}: <grad, v> = {dot!r}, finite difference {numeric!r} (scale {scale:.3g}, rounding floor {rounding:.3g})"
+            f"{name}: <grad, v> = {dot!r}, finite difference {numeric!r} "
+            f"(scale {scale:.3g}, rounding floor {rounding:.3g})"
         )
 
 
@@ -300,7 +301,7 @@ def test_softmax_and_cross_entropy_gradients_match_finite_differences(n, k, seed
     for forward, backward in ((F.softmax, F.softmax_backward), (F.log_softmax, F.log_softmax_backward)):
         y = forward(z, axis=1)
         g = rng.standard_normal(y.shape)
-        directional_check(lambda q: weighted(forward(q["z"], axis=1), g), {"z": z},
+        directional_check(lambda q, forward=forward, g=g: weighted(forward(q["z"], axis=1), g), {"z": z},
                           {"z": backward(g, y, axis=1)}, rng)
     loss, grad = F.cross_entropy_with_grad(z, labels)
     directional_check(lambda q: loss_value(F.cross_entropy(q["z"], labels)), {"z": z}, {"z": grad}, rng)
@@ -323,7 +324,9 @@ def test_softmax_and_cross_entropy_finite_at_huge_logits(n, k, seed, scale, dtyp
 @given(cfg=conv_configs(), pool=st.integers(1, 2), units=st.integers(2, 5), seed=st.integers(0, 2**16))
 def test_model_parameter_gradients_match_finite_differences(cfg, pool, units, seed):
     """A whole Sequential: loss_and_grad's parameter gradients against finite differences of the loss."""
-    model = xpcnn.Sequential([make_conv(cfg), layers.MaxPool2D(pool), layers.ReLU(), layers.Flatten(), layers.Dense(units)])
+    model = xpcnn.Sequential(
+        [make_conv(cfg), layers.MaxPool2D(pool), layers.ReLU(), layers.Flatten(), layers.Dense(units)]
+    )
     shape = (cfg["c"], cfg["h"], cfg["w"])
     oh, ow = expected_hw(cfg, cfg["stride"])
     assume(oh >= pool and ow >= pool)
@@ -400,7 +403,9 @@ def test_no_input_mutated_and_dtype_preserved(case, seed):
         np.testing.assert_array_equal(host(a), before, err_msg=f"{type(layer).__name__} modified {name}")
     for name, out in {"y": y, "grad_x": grad_x, **{f"grad {k}": v for k, v in layer.grads.items()}}.items():
         assert xpcnn.backend.library_of(out) == library, name
-        assert xpcnn.backend.dtype_name(out.dtype) == dtype, f"{type(layer).__name__}: {dtype} in, {name} is {out.dtype}"
+        assert xpcnn.backend.dtype_name(out.dtype) == dtype, (
+            f"{type(layer).__name__}: {dtype} in, {name} is {out.dtype}"
+        )
     assert tuple(grad_x.shape) == tuple(x.shape)
     assert set(layer.grads) == set(layer.params)
     assert all(tuple(layer.grads[k].shape) == tuple(layer.params[k].shape) for k in layer.params)
@@ -414,8 +419,9 @@ def test_functional_ops_do_not_mutate_and_keep_dtype(n, k, dtype, seed):
     labels = rng.integers(0, k, n)
     g = rng.standard_normal((n, k)).astype(dtype)
     before = [a.copy() for a in (z, labels, g)]
-    outs = [F.softmax(z), F.log_softmax(z), F.softmax_backward(g, F.softmax(z)), F.log_softmax_backward(g, F.log_softmax(z)),
-            *F.cross_entropy_with_grad(z, labels), F.relu(z), F.relu_backward(g, z)]
+    outs = [F.softmax(z), F.log_softmax(z), F.softmax_backward(g, F.softmax(z)),
+            F.log_softmax_backward(g, F.log_softmax(z)), *F.cross_entropy_with_grad(z, labels), F.relu(z),
+            F.relu_backward(g, z)]
     for a, b in zip((z, labels, g), before):
         np.testing.assert_array_equal(a, b)
     assert all(o.dtype == np.dtype(dtype) for o in outs)

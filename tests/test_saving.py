@@ -14,13 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xpcnn
+from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
 from xpcnn import fileformat, layers
 from xpcnn.errors import ModelFileError, NotBuiltError, XpcnnError
-from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
 
 
 def small_model(dtype="float32", seed=0):
-    model = xpcnn.Sequential([layers.Conv2D(3, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(4)])
+    model = xpcnn.Sequential(
+        [layers.Conv2D(3, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(4)]
+    )
     return model.build((1, 8, 8), seed=seed, dtype=dtype, backend="numpy")
 
 
@@ -311,12 +313,15 @@ def test_fuzz_load_raises_only_model_file_errors(tmp_path, changes):
     assert model.built and np.isfinite(xpcnn.to_numpy(model.predict(images()))).all()
 
 
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(meta=st.dictionaries(st.sampled_from(["config", "input_shape", "dtype", "format_version", "kind"]),
-                            st.one_of(st.text(max_size=40), st.builds(json.dumps, st.recursive(
-                                st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                                max_leaves=12))), min_size=1))
+                            st.one_of(st.text(max_size=40), st.builds(json.dumps, _JSON_VALUES)), min_size=1))
 def test_fuzz_metadata_values(tmp_path, meta):
     header, body = header_and_body(_FUZZ_BYTES)
     header["__metadata__"].update(meta)
@@ -354,5 +359,5 @@ def test_a_file_without_batchnorm_buffers_loads_them_at_their_initial_values(tmp
     # a current (version 2) file must carry its buffers: missing ones are a defect
     tensors, metadata = fileformat.parse(model.to_bytes())
     kept = {k: v for k, v in tensors.items() if not k.endswith("running_var")}
-    refuses(tmp_path, safetensors.numpy.save(kept, metadata=dict(metadata, content_sha256=fileformat.content_digest(kept))),
-            "missing")
+    resealed = dict(metadata, content_sha256=fileformat.content_digest(kept))
+    refuses(tmp_path, safetensors.numpy.save(kept, metadata=resealed), "missing")

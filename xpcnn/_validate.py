@@ -8,7 +8,7 @@ import operator
 from typing import Any
 
 from .backend import device_of, library_of, namespace_of
-from .errors import ArgumentError, ArgumentTypeError, BackendMismatchError, DTypeError, ShapeError  # noqa: F401
+from .errors import ArgumentError, ArgumentTypeError, BackendMismatchError, DTypeError, ShapeError
 
 _ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
 
@@ -22,7 +22,9 @@ def positive_int(value: Any, name: str, *, minimum: int = 1, error: type = Shape
     try:
         number = operator.index(value)
     except TypeError:
-        raise ArgumentTypeError(f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})") from None
+        raise ArgumentTypeError(
+            f"{name}: expected an int >= {minimum}, got {value!r} ({type(value).__name__})"
+        ) from None
     if number < minimum:
         raise error(f"{name}: expected an int >= {minimum}, got {value!r}")
     return number
@@ -41,7 +43,9 @@ def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
         ints = tuple(operator.index(v) for v in items)
     except TypeError:
         raise ArgumentTypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
-    if any(isinstance(v, bool) for v in items) or min(ints) < minimum:
+    if any(isinstance(v, bool) for v in items):
+        raise ArgumentTypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if min(ints) < minimum:
         raise ShapeError(f"{name}: expected integers >= {minimum}, got {value!r}")
     return ints  # type: ignore[return-value]
 

@@ -25,7 +25,8 @@ import numbers
 import os
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from . import checkpoint
 from ._validate import positive_int
@@ -122,7 +123,9 @@ class ProgressBar(Callback):
         self._seen += logs["size"]
         if self._bar is not None:
             if step % 10 == 0:
-                self._bar.set_postfix(loss=f"{self._loss / self._seen:.4f}", accuracy=f"{self._correct / self._seen:.4f}", refresh=False)
+                self._bar.set_postfix(
+                    loss=f"{self._loss / self._seen:.4f}", accuracy=f"{self._correct / self._seen:.4f}", refresh=False
+                )
             self._bar.update(1)
 
     def on_epoch_end(self, epoch, logs):
@@ -153,14 +156,14 @@ class NotebookLogger(Callback):
         self.print = print_fn
 
     def on_epoch_begin(self, epoch, logs):
-        self.print("Epoch {} ->".format(epoch + 1))
+        self.print(f"Epoch {epoch + 1} ->")
         self._loss = 0
         self._accuracy = 0
 
     def on_batch_end(self, step, logs):
         if step % self.every == 0:
-            self.print("Step {}. For the last {} steps: average loss {}, accuracy {}".format(
-                step + 1, self.every, self._loss / self.every, self._accuracy))
+            self.print(f"Step {step + 1}. For the last {self.every} steps: "
+                       f"average loss {self._loss / self.every}, accuracy {self._accuracy}")
             self._loss = 0
             self._accuracy = 0
         self._loss += logs["loss"]
@@ -339,7 +342,8 @@ class EarlyStopping(Callback):
         if self.restore_best_weights and self.best_weights is not None:
             self.trainer.model.set_weights(self.best_weights)
             if self.verbose:
-                print(f"restored the weights of the end of epoch {self.best_epoch + 1} (best {self.monitor})", flush=True)
+                print(f"restored the weights of the end of epoch {self.best_epoch + 1} (best {self.monitor})",
+                      flush=True)
 
 
 class LambdaCallback(Callback):

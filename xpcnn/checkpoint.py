@@ -36,7 +36,8 @@ import numpy as np
 from . import fileformat
 from .backend import to_numpy
 from .errors import ArgumentTypeError, ModelFileError, XpcnnError
-from .fileformat import checkpoint_name, list_checkpoints  # noqa: F401  (part of this module's API)
+from .fileformat import checkpoint_name as checkpoint_name  # re-exported: part of this module's API
+from .fileformat import list_checkpoints as list_checkpoints
 from .optim import OPTIMIZERS, Optimizer
 
 KEEP = 3
@@ -132,11 +133,21 @@ class Checkpoint:
         checkpoint says when it is not built yet); returns the optimizer (a new one of the saved
         class when ``optimizer`` is None). The model must have the checkpoint's architecture."""
         where = os.fspath(self.path)
-        saved = {"layers": self.config["layers"], "input_shape": list(self.fields["input_shape"]), "dtype": self.fields["dtype"]}
+        saved = {
+            "layers": self.config["layers"],
+            "input_shape": list(self.fields["input_shape"]),
+            "dtype": self.fields["dtype"],
+        }
         if model.built:
-            mine = {"layers": model.get_config()["layers"], "input_shape": list(model.input_shape), "dtype": model.dtype}
+            mine = {
+                "layers": model.get_config()["layers"],
+                "input_shape": list(model.input_shape),
+                "dtype": model.dtype,
+            }
             if mine != saved:
-                raise ModelFileError(f"resume_from: {where} was written by a different model (architecture, input shape or dtype)")
+                raise ModelFileError(
+                    f"resume_from: {where} was written by a different model (architecture, input shape or dtype)"
+                )
         else:
             mine = [{"type": type(layer).__name__, "config": layer.get_config()} for layer in model.layers]
             if mine != saved["layers"]:
@@ -159,7 +170,10 @@ class Checkpoint:
                 f"{type(optimizer).__name__}; pass optimizer=None to use the saved one"
             )
         state = {
-            key: {name: model.backend.asarray(self.optimizer_tensors[f"optimizer/{key}/{name}"], dtype=model.dtype) for name in names}
+            key: {
+                name: model.backend.asarray(self.optimizer_tensors[f"optimizer/{key}/{name}"], dtype=model.dtype)
+                for name in names
+            }
             for key, names in self.optimizer_record["state"].items()
         }
         optimizer.load_state_dict({"steps": self.optimizer_record["steps"], "state": state})
@@ -175,7 +189,9 @@ def model_arrays(model, tensors: dict[str, np.ndarray], fields: dict[str, Any], 
     try:
         param_shapes, buffer_shapes = model.state_shapes(fields["input_shape"])
     except (XpcnnError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{where}: the architecture does not fit input_shape {list(fields['input_shape'])} ({e})") from None
+        raise ModelFileError(
+            f"{where}: the architecture does not fit input_shape {list(fields['input_shape'])} ({e})"
+        ) from None
     own = {k: v for k, v in tensors.items() if not k.startswith("optimizer/")}
     expected = {**param_shapes, **buffer_shapes}
     missing = sorted(set(expected) - set(own))
@@ -183,14 +199,18 @@ def model_arrays(model, tensors: dict[str, np.ndarray], fields: dict[str, Any], 
         missing = [k for k in missing if k not in buffer_shapes]
     unexpected = sorted(set(own) - set(expected))
     if missing or unexpected:
-        raise ModelFileError(f"{where}: parameters do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelFileError(
+            f"{where}: parameters do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     want = np.dtype(fields["dtype"])
     for key, shape in expected.items():
         if key not in own:
             continue
         a = own[key]
         if a.shape != shape:
-            raise ModelFileError(f"{where}: parameter {key}: expected shape {shape} for this architecture, got {a.shape}")
+            raise ModelFileError(
+                f"{where}: parameter {key}: expected shape {shape} for this architecture, got {a.shape}"
+            )
         if a.dtype != want:
             raise ModelFileError(f"{where}: parameter {key}: expected dtype {want} (metadata dtype), got {a.dtype}")
         if not np.isfinite(a).all():
@@ -238,7 +258,8 @@ def _check_record(record: Any, tensors: dict[str, np.ndarray], where: str) -> No
         raise _fail(where, f"optimizer: unexpected tensors {sorted(set(tensors) - listed)[:3]}")
 
 
-def _check_optimizer(record: dict[str, Any], tensors: dict[str, np.ndarray], shapes: dict[str, tuple], dtype: str, where: str) -> None:
+def _check_optimizer(record: dict[str, Any], tensors: dict[str, np.ndarray], shapes: dict[str, tuple], dtype: str,
+                     where: str) -> None:
     """The optimizer state against the model's parameters: keys, shapes and dtype."""
     for key, names in record["state"].items():
         if key not in shapes:
@@ -246,7 +267,10 @@ def _check_optimizer(record: dict[str, Any], tensors: dict[str, np.ndarray], sha
         for name in names:
             a = tensors[f"optimizer/{key}/{name}"]
             if a.shape != shapes[key] or a.dtype != np.dtype(dtype):
-                raise _fail(where, f"optimizer state optimizer/{key}/{name}: expected {dtype} {shapes[key]}, got {a.dtype} {a.shape}")
+                raise _fail(
+                    where,
+                    f"optimizer state optimizer/{key}/{name}: expected {dtype} {shapes[key]}, got {a.dtype} {a.shape}",
+                )
 
 
 def _check_rng(state: Any, where: str) -> dict[str, Any]:
@@ -264,7 +288,8 @@ def _check_history(history: Any, epoch: int, where: str) -> dict[str, list[float
         raise _fail(where, "history: expected an object")
     for key, values in history.items():
         if (not isinstance(values, list) or len(values) > epoch
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values)):
             raise _fail(where, f"history {key!r:.40}: expected at most {epoch} finite numbers")
     return history
 
@@ -286,7 +311,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
     record = fileformat.parse_json(metadata.get("optimizer", ""), "metadata optimizer", where)
     _check_record(record, extra, where)
     rng_state = _check_rng(fileformat.parse_json(metadata.get("rng", ""), "metadata rng", where), where)
-    history = _check_history(fileformat.parse_json(metadata.get("history", "{}"), "metadata history", where), epoch, where)
+    history_record = fileformat.parse_json(metadata.get("history", "{}"), "metadata history", where)
+    history = _check_history(history_record, epoch, where)
     fit_args = fileformat.parse_json(metadata.get("fit", "{}"), "metadata fit", where)
     layer_states = fileformat.parse_json(metadata.get("layers", "{}"), "metadata layers", where)
     if not isinstance(fit_args, dict):

@@ -67,6 +67,11 @@ class Optimizer:
         self.steps = 0
         self._flat = None  # see _step_flat
 
+    @property
+    def updates_flat(self) -> bool:
+        """Whether the last step updated every parameter as one flat array (the GPU form)."""
+        return self._flat is not None
+
     def step(self, model) -> None:
         """One update of all of ``model``'s parameters from their gradients."""
         if not callable(getattr(model, "named_parameters", None)):
@@ -316,4 +321,5 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
 _ELEMENTWISE_RULES = (SGD.update, Adam.update, AdamW.update)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,9 @@ TOLERANCES = {
 def is_gpu_backend(spec: str) -> bool:
     """True for names that need a CUDA device: ``cupy[:i]`` and ``torch:cuda[:i]``."""
     if not isinstance(spec, str):
-        raise ArgumentTypeError(f"spec: expected a backend name such as 'cupy' or 'torch:cuda', got {type(spec).__name__}")
+        raise ArgumentTypeError(
+            f"spec: expected a backend name such as 'cupy' or 'torch:cuda', got {type(spec).__name__}"
+        )
     return needs_cuda(spec)
 
 
@@ -195,7 +198,9 @@ def _load(spec: str | Backend) -> Backend:
 def _check_output(name: str, value: Any, ref: Any, *, library: str, device: Any, dtype: str) -> list[str]:
     """Problems with one output's type, library, device, dtype and shape (values come after)."""
     if ref is None or value is None:
-        return [] if ref is None and value is None else [f"{name}: got {value!r}, the reference gave {type(ref).__name__}"]
+        if ref is None and value is None:
+            return []
+        return [f"{name}: got {value!r}, the reference gave {type(ref).__name__}"]
     if not _is_array(ref):
         if _is_array(value):
             return [f"{name}: got an array, the reference gave a Python {type(ref).__name__}"]
@@ -255,7 +260,9 @@ def check_parity(
         default.relative_to if relative_to is None else relative_to,
     )
     host = [_cast(_host(a), dtype) for a in args]
-    reference = _flatten_outputs((reference or fn)(*[np.array(a, dtype=np.float64) if _is_float(a) else _host(a) for a in host]))
+    reference = _flatten_outputs(
+        (reference or fn)(*[np.array(a, dtype=np.float64) if _is_float(a) else _host(a) for a in host])
+    )
     reference = {k: (None if v is None else to_numpy(v) if _is_array(v) else v) for k, v in reference.items()}
 
     results = []
@@ -386,7 +393,9 @@ def gradcheck(
     """
     rng = np.random.default_rng(seed)
     if not callable(layer_or_fn) and not hasattr(layer_or_fn, "backward"):
-        raise ArgumentTypeError(f"layer_or_fn: expected a built xpcnn layer or a function, got {type(layer_or_fn).__name__}")
+        raise ArgumentTypeError(
+            f"layer_or_fn: expected a built xpcnn layer or a function, got {type(layer_or_fn).__name__}"
+        )
     layer = None if callable(layer_or_fn) and not hasattr(layer_or_fn, "backward") else layer_or_fn
     for name, value in (("eps", eps), ("rtol", rtol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -394,7 +403,9 @@ def gradcheck(
     inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     for i, a in enumerate(inputs):
         if a is not None and not hasattr(a, "dtype"):
-            raise ArgumentTypeError(f"x: expected an array or a tuple of arrays, got {type(a).__name__} at position {i}")
+            raise ArgumentTypeError(
+                f"x: expected an array or a tuple of arrays, got {type(a).__name__} at position {i}"
+            )
         if a is not None and dtype_name(a.dtype) != "float64":
             raise DTypeError(f"x: input {i} is {dtype_name(a.dtype)}; finite differences need float64 "
                              "(build the layer / cast the inputs with dtype='float64')")
@@ -447,7 +458,7 @@ def gradcheck(
         if ana.shape != host.shape:
             raise AssertionError(f"gradcheck: gradient of {key} has shape {ana.shape}, the input {host.shape}")
 
-        def loss_at(delta):
+        def loss_at(delta, key=key, host=host, place=place):
             return loss_with(key, to_device(host + delta, place))
 
         if host.size <= max_elements:
