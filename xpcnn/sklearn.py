@@ -1,7 +1,8 @@
 """A scikit-learn classifier around an xpcnn network: Pipelines, grid searches, cross-validation.
 
 ``CNNClassifier`` follows scikit-learn's estimator conventions (constructor arguments stored as
-given and checked in ``fit``, fitted attributes ending in ``_``, ``clone``, pickling). Samples are
+given and checked in ``fit``, fitted attributes ending in ``_``, ``clone``, pickling: the fitted
+network pickles as :class:`xpcnn.Sequential` does, its arrays as safetensors bytes). Samples are
 images: ``X`` of shape (N, C, H, W), (N, H, W) or a flat table (N, D) reshaped to ``image_shape``.
 With ``sklearn.set_config(array_api_dispatch=True)`` (and ``SCIPY_ARRAY_API=1`` set before
 scikit-learn is imported), non-NumPy inputs train on their own library and device, and the
@@ -28,8 +29,10 @@ except ImportError as e:  # absent, or older than 1.6 (no validate_data)
     raise ImportError(f"xpcnn.sklearn needs scikit-learn >= 1.6 ({e}); install it with: "
                       "pip install 'xpcnn[sklearn]'") from e
 
-from xpcnn import Sequential, layers, namespace_of, optim, saving, to_device, to_numpy, zoo
-from xpcnn.callbacks import EarlyStopping
+from . import layers, optim, zoo
+from .backend import namespace_of, to_device, to_numpy
+from .callbacks import EarlyStopping, LearningRateScheduler, cosine_schedule
+from .model import Sequential
 
 __all__ = ["CNNClassifier", "auto_network"]
 
@@ -38,17 +41,19 @@ OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": lambda lr: optim.
 
 def auto_network(image_shape: tuple[int, int, int], n_classes: int) -> Sequential:
     """The unbuilt network ``model="auto"`` picks for samples of ``image_shape`` (C, H, W) and
-    ``n_classes`` outputs (N, n_classes). Images of 8x8 and up: padded 3x3 convolutions (32, 32),
-    2x2 max pool, a padded 3x3 convolution (64), 2x2 max pool, Dense; smaller samples, down to
-    (1, 1, 1): Flatten -> Dense(64) -> ReLU -> Dense."""
+    ``n_classes`` outputs (N, n_classes). Images of 8x8 and up: two padded 3x3 convolutions (32),
+    2x2 max pool, a padded 3x3 convolution (64), 2x2 max pool, each convolution followed by
+    BatchNorm and ReLU, then Dropout(0.3) and Dense; smaller samples, down to (1, 1, 1):
+    Flatten -> Dense(64) -> ReLU -> Dense."""
     _, h, w = image_shape
-    if min(h, w) >= 8:
-        return Sequential([
-            layers.Conv2D(32, 3, padding=1), layers.ReLU(), layers.Conv2D(32, 3, padding=1), layers.ReLU(),
-            layers.MaxPool2D(2), layers.Conv2D(64, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
-            layers.Flatten(), layers.Dense(n_classes),
-        ])
-    return Sequential([layers.Flatten(), layers.Dense(64), layers.ReLU(), layers.Dense(n_classes)])
+    if min(h, w) < 8:
+        return Sequential([layers.Flatten(), layers.Dense(64), layers.ReLU(), layers.Dense(n_classes)])
+
+    def conv(channels):
+        return [layers.Conv2D(channels, 3, padding=1), layers.BatchNorm2D(), layers.ReLU()]
+
+    return Sequential([*conv(32), *conv(32), layers.MaxPool2D(2), *conv(64), layers.MaxPool2D(2),
+                       layers.Flatten(), layers.Dropout(0.3), layers.Dense(n_classes)])
 
 
 def _dispatched_namespace(X):
@@ -82,6 +87,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     epochs, batch_size: passes over the data in ``fit`` (``partial_fit`` runs one), samples per step.
     optimizer: "adam", "adamw", "sgd" (momentum 0.9) with ``learning_rate``, or an
         ``xpcnn.optim`` optimizer (copied at every fit; its own learning rate is used).
+    lr_schedule: "cosine" (the rate falls from the initial one towards 0 over ``epochs``, as
+        PyTorch's CosineAnnealingLR) or "constant"; ``partial_fit`` keeps the initial rate.
     validation_fraction, early_stopping, n_iter_no_change: with ``early_stopping``, hold out that
         stratified fraction and stop after ``n_iter_no_change`` epochs without a lower validation
         loss, keeping the best epoch's weights.
@@ -89,7 +96,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     backend: an xpcnn backend name ("numpy", "torch", "cupy:1", ...); None: the library and device
         of X under array-API dispatch, else xpcnn's selected backend.
     dtype: "float32" or "float64", the network's float type (X is cast to it).
-    verbose: 0 silent, 1 or 2 one line per epoch (``xpcnn`` fit's verbose).
+    verbose: ``Sequential.fit``'s: 0 silent, 1 a progress bar on a terminal (else a line per epoch),
+        2 a line per epoch.
 
     Fitted: ``classes_`` (n_classes,), ``n_features_in_`` (D), ``image_shape_`` (C, H, W),
     ``model_`` (the built :class:`xpcnn.Sequential`), ``n_iter_`` (epochs run), ``loss_curve_``
@@ -97,14 +105,15 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, model="auto", *, image_shape=None, epochs=10, batch_size=32, optimizer="adam",
-                 learning_rate=1e-3, validation_fraction=0.1, early_stopping=False, n_iter_no_change=5,
-                 random_state=None, backend=None, dtype="float32", verbose=0):
+                 learning_rate=1e-3, lr_schedule="cosine", validation_fraction=0.1, early_stopping=False,
+                 n_iter_no_change=5, random_state=None, backend=None, dtype="float32", verbose=0):
         self.model = model
         self.image_shape = image_shape
         self.epochs = epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.n_iter_no_change = n_iter_no_change
@@ -125,27 +134,27 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         type; returns self."""
         X, y, shape, xp = self._validate(X, y, reset=True)
         self._start(X, shape, xp, unique_labels(y))
-        return self._train(X, y, xp, self.epochs, early_stopping=self.early_stopping)
+        return self._train(X, y, xp, self.epochs, whole_fit=True)
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y), continuing the network (and its optimizer) of earlier calls.
         ``classes`` (n_classes,): every label, required on the first call. Returns self."""
         first = not hasattr(self, "model_")
         X, y, shape, xp = self._validate(X, y, reset=first)
-        if first and classes is None:
+        given = None if classes is None else unique_labels(classes)
+        if first and given is None:
             raise ValueError("classes: pass every label there can be (classes=...) on the first call to partial_fit")
-        if classes is not None:
-            classes = unique_labels(classes)
-            if not first and not np.array_equal(classes, self.classes_):
-                raise ValueError(f"classes: {classes.tolist()} differs from classes_ {self.classes_.tolist()} "
-                                 "given at the first call to partial_fit")
-        if first:
-            self._start(X, shape, xp, classes)
-        unseen = np.setdiff1d(y, self.classes_)
+        known = given if first else self.classes_
+        if given is not None and not np.array_equal(given, known):
+            raise ValueError(f"classes: {given.tolist()} differs from classes_ {known.tolist()} given at the first "
+                             "call to partial_fit")
+        unseen = np.setdiff1d(y, known)
         if unseen.size:
-            raise ValueError(f"y: labels {unseen.tolist()} are not in classes_ {self.classes_.tolist()} "
+            raise ValueError(f"y: labels {unseen.tolist()} are not in classes_ {known.tolist()} "
                              "(set by classes= at the first call to partial_fit); fit anew to add classes")
-        return self._train(X, y, xp, 1, early_stopping=False)
+        if first:
+            self._start(X, shape, xp, known)
+        return self._train(X, y, xp, 1, whole_fit=False)
 
     def _validate(self, X, y, reset: bool):
         """(X as (N, D) in the network's dtype, y (N,) on the host, X's image shape or None, X's
@@ -160,22 +169,21 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return X, to_numpy(y), shape, xp
 
     def _start(self, X, shape, xp, classes) -> None:
-        """Set the fitted attributes and build a new network for X (N, D)."""
+        """Build a new network for X (N, D) and the labels ``classes``; set the fitted attributes."""
         if len(classes) < 2:
             raise ValueError(f"y: a classifier needs at least 2 classes, got 1 class ({classes[0]!r})")
-        self.classes_ = classes
-        self.image_shape_ = self._resolve_shape(self.n_features_in_, shape)
-        seeds = check_random_state(self.random_state).randint(np.iinfo(np.int32).max, size=2)
-        self._seed = int(seeds[1])
-        self._namespace = "numpy" if xp is None else xp.__name__
-        net = self._network(len(classes))
+        image_shape = self._resolve_shape(int(X.shape[1]), shape)
+        build_seed, seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max, size=2)
         backend = self.backend if self.backend is not None or xp is None else array_api_compat.device(X)
-        self.model_ = net.build(self.image_shape_, seed=int(seeds[0]), dtype=self.dtype, backend=backend)
-        outputs = tuple(self.model_.predict(np.zeros((1, *self.image_shape_), self.dtype)).shape[1:])
+        model = self._network(image_shape, len(classes)).build(image_shape, seed=int(build_seed), dtype=self.dtype,
+                                                               backend=backend)
+        outputs = tuple(model.predict(np.zeros((1, *image_shape), self.dtype)).shape[1:])
         if outputs != (len(classes),):
             raise ValueError(f"model: the network outputs {outputs} per sample; expected ({len(classes)},), "
                              "one logit per class")
-        self.n_iter_, self.loss_curve_ = 0, []
+        self.classes_, self.image_shape_, self.model_, self.n_iter_, self.loss_curve_ = \
+            classes, image_shape, model, 0, []
+        self._seed, self._namespace = int(seed), "numpy" if xp is None else xp.__name__
 
     def _resolve_shape(self, d: int, shape):
         if self.image_shape is not None:
@@ -190,9 +198,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         side = math.isqrt(d)
         return (1, side, side) if side * side == d else (1, 1, d)
 
-    def _network(self, n_classes: int) -> Sequential:
+    def _network(self, image_shape, n_classes: int) -> Sequential:
         if isinstance(self.model, str):
-            net = auto_network(self.image_shape_, n_classes) if self.model == "auto" else \
+            net = auto_network(image_shape, n_classes) if self.model == "auto" else \
                 zoo.NETWORKS[self.model](n_classes) if self.model in zoo.NETWORKS else zoo.get(self.model)
         elif callable(self.model):
             net = self.model(n_classes)
@@ -211,23 +219,28 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                              f"got {self.optimizer!r}")
         return OPTIMIZERS[self.optimizer](self.learning_rate)
 
-    def _train(self, X, y, xp, epochs: int, early_stopping: bool):
-        """Run ``epochs`` epochs of the network on X (N, D) and labels y (N,); returns self."""
+    def _train(self, X, y, xp, epochs: int, whole_fit: bool):
+        """Run ``epochs`` epochs of the network on X (N, D) and labels y (N,), with ``fit``'s
+        early stopping and learning-rate schedule when ``whole_fit``; returns self."""
         X = (xp or np).reshape(X, (X.shape[0], *self.image_shape_))
         y = np.searchsorted(self.classes_, y)
-        validation, callbacks = None, None
-        if early_stopping:
+        optimizer = self.model_.optimizer if self.n_iter_ and self.model_.optimizer else self._make_optimizer()
+        validation, callbacks, lr = None, [], optimizer.lr
+        if whole_fit and self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule: expected 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if whole_fit and self.lr_schedule == "cosine":
+            callbacks.append(LearningRateScheduler(cosine_schedule(lr, epochs)))
+        if whole_fit and self.early_stopping:
             if not 0 < self.validation_fraction < 1:
                 raise ValueError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction!r}")
             train, val = train_test_split(np.arange(len(y)), test_size=self.validation_fraction, stratify=y,
                                           random_state=self._seed)
-            X, validation = _take(X, train, xp), (_take(X, val, xp), y[val])
-            y = y[train]
-            callbacks = [EarlyStopping(patience=self.n_iter_no_change, restore_best_weights=True)]
-        optimizer = self.model_.optimizer if self.n_iter_ and self.model_.optimizer else self._make_optimizer()
+            X, validation, y = _take(X, train, xp), (_take(X, val, xp), y[val]), y[train]
+            callbacks.append(EarlyStopping(patience=self.n_iter_no_change, restore_best_weights=True))
         history = self.model_.fit(X, y, epochs=epochs, batch_size=self.batch_size, optimizer=optimizer,
                                   validation_data=validation, seed=(self._seed + self.n_iter_) % 2**31,
                                   verbose=self.verbose, callbacks=callbacks)
+        optimizer.lr = lr  # a later partial_fit goes on at the initial rate, not the schedule's last
         self.loss_curve_ = self.loss_curve_ + [float(v) for v in history["loss"]]
         self.n_iter_ += len(history["loss"])
         return self
@@ -239,10 +252,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         dispatch or None, X's device)."""
         check_is_fitted(self)
         xp = _dispatched_namespace(X)
-        if sklearn.get_config()["array_api_dispatch"] and (xp.__name__ if xp else "numpy") != self._namespace:
+        name = "numpy" if xp is None else xp.__name__
+        if sklearn.get_config()["array_api_dispatch"] and name != self._namespace:
             raise ValueError(f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace as "
-                             f"those passed to fit(): fitted on {self._namespace}, got "
-                             f"{xp.__name__ if xp else 'numpy'}; move X with xpcnn.to_device")
+                             f"those passed to fit(): fitted on {self._namespace}, got {name}; move X with "
+                             "xpcnn.to_device")
         X, _ = _flatten(X)
         X = validate_data(self, X, reset=False, dtype=getattr(xp or np, self.model_.dtype))
         images = (xp or np).reshape(X, (X.shape[0], *self.image_shape_))
@@ -260,21 +274,6 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         proba, xp, device = self._outputs(X, "predict")
         labels = self.classes_[np.argmax(to_numpy(proba), axis=1)]
         return labels if xp is None or labels.dtype.kind not in "biuf" else to_device(labels, device)
-
-    # ---------------------------------------------------------------- pickling
-
-    def __getstate__(self):
-        """The fitted network travels as its model file bytes (safetensors) and backend name."""
-        state = dict(super().__getstate__())  # object.__getstate__ hands back __dict__ itself
-        if "model_" in state:
-            state["model_"] = (str(self.model_.backend), self.model_.to_bytes())
-        return state
-
-    def __setstate__(self, state):
-        if isinstance(state.get("model_"), tuple):
-            backend, data = state["model_"]
-            state = {**state, "model_": saving.build_from(*saving.decode(data, "<pickled CNNClassifier>"), backend)}
-        super().__setstate__(state)
 
 
 def _take(X, idx: np.ndarray, xp):
