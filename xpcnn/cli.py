@@ -1,10 +1,13 @@
-"""``python -m xpcnn`` (or ``xpcnn``): train | evaluate | predict | info | parity | bench.
+"""``python -m xpcnn`` (or ``xpcnn``): train | evaluate | predict | export | info | parity | bench.
 
     python -m xpcnn train                      # default CNN, Adam, mnist5k, prints held-out accuracy
     python -m xpcnn train --model notebook     # the notebook's network, per-image SGD, its log lines
     python -m xpcnn train --save model.safetensors --plot plots/
     python -m xpcnn evaluate model.safetensors
     python -m xpcnn predict model.safetensors digit.png
+    python -m xpcnn train --data photos/ --image-size 64 64 --augment flip,crop --save m.safetensors
+    python -m xpcnn predict m.safetensors new_photo.jpg more_photos/   # prints class names
+    python -m xpcnn export model.safetensors model.onnx   # then: python -m xpcnn predict model.onnx digit.png
     python -m xpcnn info                       # version, backends and devices
 
 Exit status: 0 success, 1 an xpcnn error, 2 bad usage (a bad option or path, checked before any
@@ -49,10 +52,14 @@ from .callbacks import (
     step_schedule,
 )
 from .checkpoint import latest
-from .datasets import load_data, preprocess
+from .datasets import image_folder, load_data, preprocess
+from .datasets.folder import SUFFIXES
+from .datasets.folder import read_image as read_color_image
 from .distributed import mpi
 from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeError, XpcnnError
 from .fileformat import list_checkpoints
+from .layers import RandomCrop, RandomFlip
+from .model import Sequential
 from .saving import load
 from .version import __version__
 
@@ -90,7 +97,7 @@ _seed = _number(int, "a non-negative integer", low=0, strict=False)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpcnn", description="xpcnn: a CNN library on the Python Array API (NumPy, CuPy, torch, ...).")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,info,parity,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,info,parity,bench}")
 
     train = sub.add_parser("train", help="train a CNN on MNIST and print the held-out accuracy")
     train.add_argument("--model", default="default", metavar="NAME",
@@ -105,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", choices=("mnist5k", "mnist"), default="mnist5k",
                        help="mnist5k: 4000/1000 offline subset (default); mnist: the full 60000/10000")
     train.add_argument("--data-path", help="directory (mnist) or mnist_5k.csv.gz file (mnist5k) to read instead")
+    train.add_argument("--data", metavar="DIR", help="train on an image folder DIR/<class name>/<images> instead of "
+                       "MNIST (needs Pillow); --validation-split of each class is held out")
+    train.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                       help="with --data: resize every image to H x W (bilinear); without it they must be one size")
+    train.add_argument("--color", choices=("rgb", "gray"), default="rgb", help="with --data: 3 channels or 1")
+    train.add_argument("--validation-split", type=_positive_float, default=0.2, metavar="F",
+                       help="with --data: the fraction of each class held out, in (0, 1) (default 0.2)")
+    train.add_argument("--augment", default="", metavar="LIST",
+                       help="with --data: comma-separated flip (RandomFlip horizontal), crop (RandomCrop to the image "
+                            "size, padding 1/8 of it), put before the network")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32; notebook float64")
     train.add_argument("--save", metavar="PATH", help="write the trained model here (safetensors)")
     train.add_argument("--plot", metavar="DIR", help="write training curves and first-layer kernels as PNG here (needs matplotlib)")
@@ -137,10 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="classify an image file (needs Pillow)")
     predict.add_argument("model", help="model file (or checkpoint directory)")
-    predict.add_argument("image", help="image file (PNG, JPEG, ...); converted to grayscale and resized to the model's input")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files (PNG, JPEG, ...) or folders of them, resized to the model's input; one line "
+                              "each: the class (its name when the model has class names) and its probability")
     predict.add_argument("--backend")
     predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                          help="MNIST digits are white on black; 'auto' inverts images whose background is light")
+
+    export = sub.add_parser("export", help="write a saved model as an ONNX graph (needs the onnx extra)")
+    export.add_argument("model", help="model file (or checkpoint directory)")
+    export.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to write (docs/export.md)")
+    export.add_argument("--output", choices=("logits", "probabilities"), default="logits",
+                        help="what the graph returns (default logits)")
+    export.add_argument("--dtype", choices=("float32", "float64"),
+                        help="the graph's float type (default the model's; onnxruntime has no float64 convolution)")
 
     sub.add_parser("info", help="version, backends with availability or the reason, devices")
     for name in DELEGATED:
@@ -240,17 +267,38 @@ def _network(name: str):
     return zoo.get(name)
 
 
+def _folder(args):
+    """--data: ((training subset, None), (held-out subset, None)) of the image folder, and the unbuilt
+    network for its classes with the --augment layers first."""
+    if not 0 < args.validation_split < 1:
+        raise UsageError(f"--validation-split: expected a fraction in (0, 1), got {args.validation_split}")
+    chosen = [a for a in args.augment.split(",") if a]
+    if set(chosen) - {"flip", "crop"}:
+        raise UsageError(f"--augment: expected a comma-separated list of flip, crop; got {args.augment!r}")
+    subsets = [image_folder(args.data, image_size=args.image_size, color=args.color, seed=args.seed or 0,
+                            validation_split=args.validation_split, subset=s) for s in ("training", "validation")]
+    size = subsets[0].sample_shape[1:]
+    augment = {"flip": RandomFlip("horizontal"), "crop": RandomCrop(size, padding=max(1, min(size) // 8))}
+    net = zoo.NETWORKS[args.model](len(subsets[0].class_names))
+    return (subsets[0], None), (subsets[1], None), Sequential([*(augment[a] for a in chosen), *net.layers])
+
+
 def cmd_train(args) -> int:
 
     _check_paths(args)
     model = _network(args.model)
+    if not args.data and (args.image_size or args.augment):
+        raise UsageError("--image-size and --augment apply to an image folder: add --data DIR")
+    folder = _folder(args) if args.data else None
+    if folder is not None:
+        model = folder[2]
     if _backend(args.backend) is not None:
         set_backend(args.backend)
     quiet = _other_rank(args)
     if quiet:
         args.save = args.plot = None
     with _thread_limit(args.threads), contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        return _train(args, model)
+        return _train(args, model, folder)
 
 
 def _other_rank(args) -> bool:
@@ -315,16 +363,18 @@ def _schedule_callbacks(args, settings: dict) -> list:
     return callbacks
 
 
-def _train(args, model) -> int:
+def _train(args, model, folder=None) -> int:
 
 
     keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
     settings = _settings(args)
     start = time.perf_counter()
     resume_from = _resume_point(args, model, settings) if args.resume else None
-    (x_train, y_train), (x_test, y_test) = _load_split(args.dataset, args.data_path, settings["dtype"])
+    (x_train, y_train), (x_test, y_test) = folder[:2] if folder else _load_split(args.dataset, args.data_path,
+                                                                                 settings["dtype"])
     if resume_from is None:
-        model.build(x_train.shape[1:], seed=settings["seed"], dtype=settings["dtype"])
+        shape = x_train.sample_shape if folder else x_train.shape[1:]
+        model.build(shape, seed=settings["seed"], dtype=settings["dtype"])
     optimizer = None if resume_from else _optimizer(settings["optimizer"], settings["lr"])
     callbacks = _schedule_callbacks(args, settings)
     verbose = args.verbose
@@ -333,7 +383,8 @@ def _train(args, model) -> int:
         verbose = 2 if verbose else 0
     schedule = "" if settings["lr_schedule"] == "none" else f" ({settings['lr_schedule']} schedule)"
     training = f"{settings['optimizer']} lr {settings['lr']:g}{schedule}, seed {settings['seed']}"
-    print(f"xpcnn {__version__}: {args.model} network on {get_backend()} ({settings['dtype']}), {args.dataset}: "
+    print(f"xpcnn {__version__}: {args.model} network on {get_backend()} ({settings['dtype']}), "
+          f"{args.data or args.dataset}: "
           f"{len(x_train)} training / {len(x_test)} held-out images; {training}, batch {settings['batch_size']}, "
           f"{settings['epochs']} epoch(s)", flush=True)
     ran = []
@@ -342,7 +393,8 @@ def _train(args, model) -> int:
     try:
         history = model.fit(
             x_train, y_train, epochs=settings["epochs"], batch_size=settings["batch_size"], optimizer=optimizer,
-            validation_data=(x_test, y_test), seed=settings["seed"], verbose=verbose, callbacks=callbacks,
+            validation_data=x_test if folder else (x_test, y_test), seed=settings["seed"], verbose=verbose,
+            callbacks=callbacks,
             checkpoint_dir=args.checkpoint_dir, resume_from=resume_from, distributed=args.distributed,
         )
     except KeyboardInterrupt:
@@ -417,13 +469,34 @@ def cmd_predict(args) -> int:
 
 
 
-    model = load(args.model, backend=_backend(args.backend))
-    pixels = read_image(args.image, model.input_shape, args.invert)
-    x = to_device(preprocess(pixels, model.dtype), model.backend)
-    probs = to_numpy(model.predict(x))[0]
-    order = np.argsort(-probs)
-    print(f"{args.image}: {int(order[0])} (probability {probs[order[0]]:.3f}); next: "
-          + ", ".join(f"{int(k)} ({probs[k]:.3f})" for k in order[1:3]))
+    model = _export().OnnxModel(args.model) if args.model.endswith(".onnx") else \
+        load(args.model, backend=_backend(args.backend))
+    color = "rgb" if model.input_shape[0] == 3 else "gray"
+    for item in map(Path, args.images):
+        for path in sorted(f for f in item.rglob("*") if f.suffix.lower() in SUFFIXES) if item.is_dir() else [item]:
+            pixels = read_color_image(path, color, model.input_shape[1:]) if model.class_names \
+                else read_image(path, model.input_shape, args.invert)
+            x = to_device(pixels[None].astype(model.dtype) / np.dtype(model.dtype).type(255), model.backend)
+            probs = to_numpy(model.predict(x))[0]
+            order, names = np.argsort(-probs), model.class_names or [str(k) for k in range(len(probs))]
+            print(f"{path}: {names[order[0]]} (probability {probs[order[0]]:.3f}); next: "
+                  + ", ".join(f"{names[k]} ({probs[k]:.3f})" for k in order[1:3]))
+    return 0
+
+
+def _export():
+    """xpcnn.export, or an error saying which package to install."""
+    try:
+        return importlib.import_module("xpcnn.export")
+    except ImportError as e:
+        raise DataError(f"ONNX export needs {e.name or 'onnx'}: pip install 'xpcnn[onnx]'") from None
+
+
+def cmd_export(args) -> int:
+    model = load(args.model, backend="numpy")
+    _export().to_onnx(model, args.onnx, output=args.output, dtype=args.dtype)
+    print(f"{args.onnx}: {args.output} of {args.model} ({args.dtype or model.dtype}, ONNX opset 17); "
+          f"run it with: xpcnn predict {args.onnx} IMAGE")
     return 0
 
 
@@ -495,7 +568,8 @@ def delegate(command: str, argv: list[str]) -> int:
     return int(module.run(parser.parse_args(argv)) or 0)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+            "info": cmd_info}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -62,3 +62,8 @@ class LayerNotImplementedError(XpcnnError, NotImplementedError):
 
 class LayerContractError(XpcnnError, RuntimeError):
     """A layer broke the layer contract (a backward that left a parameter's gradient unset)."""
+
+
+class ExportError(XpcnnError, ValueError):
+    """A model cannot be written as (or read back from) an ONNX graph: the message names the
+    layer or graph node and why."""

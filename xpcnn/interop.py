@@ -337,7 +337,7 @@ def _torch_layer(torch, layer: Layer, path: str, dtype):
     if kind is LeakyReLU:
         return nn.LeakyReLU(layer.negative_slope)
     if kind is GELU:
-        return nn.GELU(approximate="tanh")
+        return nn.GELU(approximate=layer.approximate)
     if kind is MaxPool2D:
         return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
     if kind is AvgPool2D:

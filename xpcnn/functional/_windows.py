@@ -20,11 +20,17 @@ def pad2d(xp: Any, x: Any, padding, value: float = 0.0) -> Any:
     """(..., H, W) -> (..., top + H + bottom, left + W + right) filled with ``value``;
     ``padding`` is ((top, bottom), (left, right)).
 
-    A fresh array with the input set into its middle (the standard has no pad)."""
+    A fresh array with the input set into its middle (the standard has no pad); with a symbolic
+    batch (ndonnx), whose arrays cannot be made by shape, strips of ``value`` concatenated."""
     (top, bottom), (left, right) = padding
     if not (top or bottom or left or right):
         return x
     *lead, h, w = x.shape
+    if None in lead:
+        strip = xp.full_like(x[..., :1, :], value)
+        x = xp.concat([strip] * top + [x] + [strip] * bottom, axis=-2)
+        strip = xp.full_like(x[..., :, :1], value)
+        return xp.concat([strip] * left + [x] + [strip] * right, axis=-1)
     out = xp.full((*lead, top + h + bottom, left + w + right), value, dtype=x.dtype, device=device_of(x))
     return xpx.at(out, (..., slice(top, top + h), slice(left, left + w))).set(x, xp=xp)
 

@@ -106,27 +106,27 @@ def channel_matrix(xp, y, groups):
     return xp.reshape(xp.permute_dims(y, (1, 0, 2, 3)), (groups, o // groups, n * oh * ow))
 
 
-def from_channel_matrix(xp, m, n, out_hw):
-    """Inverse of :func:`channel_matrix`: (G, O/G, N*OH*OW) -> (N, O, OH, OW). The (O, N, OH, OW)
-    memory is seen as (N, O, OH, OW): a view, no copy; later ops read it strided."""
-    g, og = m.shape[:2]
-    return xp.permute_dims(xp.reshape(m, (g * og, n, *out_hw)), (1, 0, 2, 3))
+def from_channel_matrix(xp, m, channels, out_hw):
+    """Inverse of :func:`channel_matrix`: (G, O/G, N*OH*OW) -> (N, O, OH, OW), O = ``channels``. The
+    (O, N, OH, OW) memory is seen as (N, O, OH, OW): a view, no copy; later ops read it strided.
+    N is never read (-1): it may be symbolic (a graph traced with ndonnx)."""
+    return xp.permute_dims(xp.reshape(m, (channels, -1, *out_hw)), (1, 0, 2, 3))
 
 
 def columns(xp, x, kernel, geometry: ConvGeometry, *, flipped: bool = False):
     """im2col: x (N, C, H, W) -> columns (G, kh*kw*C/G, N*OH*OW), tap-major rows within each group;
     ``flipped``: the taps in reverse kernel order (the columns of a 180-degree rotated kernel)."""
-    n, c = x.shape[:2]
+    c = x.shape[1]
     g = geometry.groups
     # (C, N, H, W) split into groups, with a tap axis of size 1; padding it makes the one copy,
     # each tap is then a strided slice, and concatenating the taps along that axis is the
     # columns (np.stack would add the axis to each tap, one more call per tap).
-    x_gcn = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (g, 1, c // g, n, *x.shape[2:]))
+    x_gcn = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (g, 1, c // g, -1, *x.shape[2:]))
     taps = taps_of(pad2d(xp, x_gcn, geometry.padding), kernel, geometry.stride, geometry.dilation, geometry.out_hw)
     if flipped:
         taps = taps[::-1]
     oh, ow = geometry.out_hw
-    return xp.reshape(xp.concat(taps, axis=1), (g, len(taps) * (c // g), n * oh * ow))
+    return xp.reshape(xp.concat(taps, axis=1), (g, len(taps) * (c // g), -1))
 
 
 def fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):
@@ -151,7 +151,7 @@ def conv2d_kernel(xp, x, weight, bias, geometry: ConvGeometry) -> tuple[Any, Any
     y = xp.matmul(weight_matrix(xp, weight, g), cols)
     if bias is not None:
         y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return from_channel_matrix(xp, y, x.shape[0], geometry.out_hw), cols
+    return from_channel_matrix(xp, y, weight.shape[0], geometry.out_hw), cols
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1) -> tuple[Any, Any]:
@@ -215,12 +215,11 @@ def input_grad_by_columns(xp, grad_y, weight, geometry: ConvGeometry, size: tupl
     g = geometry.groups
     padding = tuple((d * (k - 1) - before, d * (k - 1) - after)
                     for d, k, (before, after) in zip(geometry.dilation, (kh, kw), geometry.padding))
-    n = grad_y.shape[0]
     adjoint = ConvGeometry((1, 1), padding, geometry.dilation, g, size)
     cols = columns(xp, grad_y, (kh, kw), adjoint, flipped=True)
     w_t = xp.permute_dims(xp.reshape(weight, (g, o // g, cg, kh, kw)), (0, 2, 3, 4, 1))  # (G, C/G, kh, kw, O/G)
     grad = xp.matmul(xp.reshape(w_t, (g, cg, kh * kw * (o // g))), cols)
-    return from_channel_matrix(xp, grad, n, size)
+    return from_channel_matrix(xp, grad, g * cg, size)
 
 
 def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True, cols=None,
@@ -325,7 +324,7 @@ def conv_transpose2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvTransp
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:
-        grad_x = from_channel_matrix(xp, xp.matmul(weight_matrix(xp, weight, g), cols), x.shape[0], conv.out_hw)
+        grad_x = from_channel_matrix(xp, xp.matmul(weight_matrix(xp, weight, g), cols), weight.shape[0], conv.out_hw)
     return grad_x, grad_weight, grad_bias
 
 

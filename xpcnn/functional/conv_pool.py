@@ -53,12 +53,11 @@ def conv2d_avg_pool2d_kernel(xp, x, weight, bias, conv: ConvGeometry, pool: Pool
     """avg_pool2d(conv2d(x, weight, bias)) on checked inputs, ``fuses(...)``:
     x (N, C, H, W) -> (y (N, O, PH, PW), the pooled columns (G, kh*kw*C/G, N*PH*PW) for the backward)."""
     g = conv.groups
-    n = x.shape[0]
     pooled = pooled_columns(xp, x, tuple(weight.shape[2:]), conv, pool)
     y = xp.matmul(weight_matrix(xp, weight, g), pooled)
     if bias is not None:
         y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return from_channel_matrix(xp, y, n, pool.out_hw), pooled
+    return from_channel_matrix(xp, y, weight.shape[0], pool.out_hw), pooled
 
 
 def pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array_api_compat
+
 from .._validate import check_float, check_grad, check_ndim, check_nonempty, check_same_dtype, check_shape, namespace
 from ..errors import ShapeError
 
@@ -40,10 +42,10 @@ def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
 
 
 def linear_backward_kernel(xp, grad_y, x, weight, *, bias, input_grad):
-    if x.shape[0] == 1:
-        # One sample: the outer product by tensordot, which NumPy's matmul (K = 1) is slower at
-        # (docs/performance.md).
-        grad_weight = xp.tensordot(x, grad_y, axes=([0], [0]))
+    if x.shape[0] == 1 and array_api_compat.is_numpy_namespace(xp):
+        # One sample: NumPy's matmul of a K = 1 product does not reach BLAS, its dot does; the
+        # products are exact, so the numbers are the same (docs/performance.md).
+        grad_weight = xp.dot(xp.matrix_transpose(x), grad_y)
     else:
         grad_weight = xp.matmul(x.T, grad_y)
     grad_bias = xp.sum(grad_y, axis=0) if bias else None

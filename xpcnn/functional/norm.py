@@ -112,7 +112,7 @@ def batch_norm_kernel(xp, x, weight, bias, running_mean, running_var, *, trainin
     themselves when not updated)."""
     axes, shape = _axes(x)
     channels = x.shape[1]
-    count = math.prod(x.shape) // channels
+    count = math.prod(x.shape) // channels if training else 1  # only batch statistics use it; N may be symbolic
     if training:
         # xp.var: one operation, where the mean of the centred square takes two.
         mean, var = xp.mean(x, axis=axes, keepdims=True), xp.var(x, axis=axes, keepdims=True)

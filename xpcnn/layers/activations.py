@@ -7,6 +7,7 @@ import math
 from ..backend import namespace_of
 from ..errors import ArgumentError
 from ..functional.activation import (
+    GELU_FORMS,
     gelu_backward_kernel,
     gelu_kernel,
     leaky_relu_backward_kernel,
@@ -79,6 +80,19 @@ class Sigmoid(Elementwise):
 
 
 class GELU(Elementwise):
-    """GELU with PyTorch's ``approximate="tanh"``: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
+    """GELU as PyTorch's: ``approximate="tanh"`` (the default) 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)));
+    ``"none"`` the exact x Φ(x) = 0.5 x (1 + erf(x / √2))."""
 
     kernel, gradient = staticmethod(gelu_kernel), staticmethod(gelu_backward_kernel)
+
+    def __init__(self, approximate: str = "tanh") -> None:
+        super().__init__()
+        if approximate not in GELU_FORMS:
+            raise ArgumentError(f"approximate: expected 'tanh' or 'none' (exact), got {approximate!r}")
+        self.approximate = approximate
+
+    def get_config(self):
+        return {"approximate": self.approximate}
+
+    def options(self):
+        return (self.approximate,)
