@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from xpcnn import functional as F
-from xpcnn.errors import ArgumentError, ShapeError
+from xpcnn.errors import ArgumentError, ArgumentTypeError, ShapeError
 from xpcnn.functional.pool import pool_geometry
 
 from .test_ops import Unchanged, autograd, check, on, pool_input
@@ -159,5 +159,5 @@ def test_pool_padding_more_than_half_the_kernel_is_refused(padding):
 
 @pytest.mark.parametrize("padding", [((1, 0), (0,)), ((1, 0), (0, -1)), "same", (1, (0, 1))])
 def test_pool_padding_bad_forms_are_refused(padding):
-    with pytest.raises((ArgumentError, ShapeError), match="padding"):
+    with pytest.raises((ArgumentError, ArgumentTypeError, ShapeError), match="padding"):
         pool_geometry((1, 1, 8, 8), 3, 1, padding)

@@ -26,10 +26,10 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from .. import layers
-from ..version import __version__
 from ..backend import to_numpy
 from ..errors import ArgumentError, ExportError, ModelFileError
 from ..model import Sequential
+from ..version import __version__
 
 ELEMENT_TYPES = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}
 # onnxruntime's CPU provider has no double kernel for these: a float64 graph with one would not run.
