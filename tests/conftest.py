@@ -8,7 +8,7 @@ Which backends the backend-parametrised tests run on:
 
 By default the ``backend_name`` / ``backend`` fixtures take every backend of
 xpcnn.testing.ALL_BACKENDS, and the parity matrix (``matrix_backend_name`` /
-``matrix_backend``, tests/test_parity.py) every one of xpcnn.parity.MATRIX_BACKENDS (JAX
+``matrix_backend``, tests/test_parity.py) every one of tests/parity_matrix.py MATRIX_BACKENDS (JAX
 too). Names are ``numpy``, ``array_api_strict[:device]``, ``torch[:device]``, ``jax`` and
 ``cupy[:index]``; anything else is a usage error. A default backend that is not installed or
 has no device is *skipped* with the reason xpcnn gives (``BackendUnavailableError``), so a
@@ -28,8 +28,9 @@ from hypothesis import settings
 
 from xpcnn.backend import BACKENDS, load_backend
 from xpcnn.errors import BackendUnavailableError
-from xpcnn.parity import MATRIX_BACKENDS
 from xpcnn.testing import ALL_BACKENDS, is_gpu_backend
+
+from .parity_matrix import MATRIX_BACKENDS
 
 # The suite is deterministic by default (the same Hypothesis examples on every run, no
 # wall-clock deadlines on a busy CI machine); XPCNN_HYPOTHESIS=explore draws new ones. Test

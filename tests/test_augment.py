@@ -1,7 +1,7 @@
 """Augmentation layers: RandomFlip, RandomCrop, RandomTranslation and Normalize against torch's
 flips and zero-pad-and-slice, their adjoints by finite differences, the same draws on every
 backend, inference behaviour, model files and exact resume of the draws. (The per-backend rows
-against PyTorch autograd are in xpcnn.parity's catalogue: random_flip, random_crop,
+against PyTorch autograd are in tests/parity_matrix.py's catalogue: random_flip, random_crop,
 random_translation, normalize.)"""
 
 import numpy as np

@@ -32,7 +32,7 @@ from xpcnn import functional as F
 from xpcnn import layers, optim
 from xpcnn.errors import XpcnnError
 
-MODULES_BY_NAME = ("callbacks", "interop", "dask", "testing", "parity", "notebook", "export")
+MODULES_BY_NAME = ("callbacks", "interop", "dask", "testing", "notebook", "export")
 
 
 # --- discovery -------------------------------------------------------------------------------------
@@ -93,8 +93,8 @@ def takes_arguments(obj: object) -> bool:
 
 CASES: dict[str, list[tuple[str, Callable[[], object], str | None]]] = {}
 # Records xpcnn returns and never takes back: there is no input of the user's to check.
-RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult", "xpcnn.parity.Row",
-                 "xpcnn.functional.WindowArgmax", "xpcnn.layers.Param", "xpcnn.layers.Buffer"}
+RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult", "xpcnn.functional.WindowArgmax",
+                 "xpcnn.layers.Param", "xpcnn.layers.Buffer"}
 
 
 def case(entry: str, argument: str, call: Callable[[], object], *, or_shows: str | None = None) -> None:
@@ -524,13 +524,6 @@ case("xpcnn.testing.gradcheck", "eps",
      lambda: testing.gradcheck(F.relu, X.astype(np.float64), backward=F.relu_backward, eps=0.0))
 case("xpcnn.testing.gradcheck", "backward", lambda: testing.gradcheck(F.relu, X.astype(np.float64)))
 case("xpcnn.testing.gradcheck", "layer_or_fn", lambda: testing.gradcheck("relu", X.astype(np.float64)))
-parity = importlib.import_module("xpcnn.parity")
-case("xpcnn.parity.OpCase", "run",
-     lambda: parity.OpCase("relu", "relu", inputs=lambda r: (X,), run="relu", torch=print))
-case("xpcnn.parity.run_case", "case", lambda: parity.run_case("relu", ["numpy"], "float64"))
-case("xpcnn.parity.run_case", "dtype", lambda: parity.run_case(parity.parity_cases()[0], ["numpy"], "int8"))
-case("xpcnn.parity.run_case", "backends", lambda: parity.run_case(parity.parity_cases()[0], "numpy", "float64"))
-case("xpcnn.parity.reference_dropout_mask", "p", lambda: parity.reference_dropout_mask((2, 3), 1.5, 0, 0))
 case("xpcnn.testing.is_gpu_backend", "spec", lambda: testing.is_gpu_backend(3))
 
 # xpcnn.export: ONNX (the onnx extra, in the test extra too)

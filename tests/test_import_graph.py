@@ -20,7 +20,7 @@ FLOORS = [
     ["training"],
     ["model"],
     ["saving", "interop", "zoo"],
-    ["parity", "export"],
+    ["export"],
     ["distributed"],
     ["dask", "sklearn"],
     ["cli"],

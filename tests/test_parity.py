@@ -1,4 +1,4 @@
-"""The parity matrix: every case of xpcnn.parity's catalogue (each op forward and backward, a
+"""The parity matrix: every case of tests/parity_matrix.py's catalogue (each op forward and backward, a
 whole train_step, a short training run, fit + evaluate) on each backend of the matrix x
 {float32, float64}, against PyTorch float64 autograd (the independent reference) and against
 xpcnn on NumPy float64 (cross-backend parity); and whole-training parity over one epoch of 1000
@@ -19,10 +19,11 @@ import pytest
 
 import xpcnn
 from xpcnn import functional as F
-from xpcnn import layers, optim, parity, testing
+from xpcnn import layers, optim, testing
 from xpcnn.backend import dtype_name, library_of
 from xpcnn.datasets import load_data, preprocess
 
+from . import parity_matrix as parity
 from .tolerances import (
     FINITE_DIFF_RTOL,
     FINITE_DIFF_STEP,

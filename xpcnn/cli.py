@@ -70,7 +70,7 @@ TRAIN_DEFAULTS = {
     "notebook": dict(optimizer="sgd", lr=0.05, batch_size=1, epochs=4, dtype="float64", lr_schedule="none"),
     "resnet8": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=8, dtype="float32", lr_schedule="cosine"),
 }
-DELEGATED = {"parity": "xpcnn.parity", "bench": "benchmarks.harness"}
+DELEGATED = {"parity": "tests.parity_matrix", "bench": "benchmarks.harness"}
 # The benchmark harness is tooling kept in a source checkout's benchmarks/ folder, not in the package.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -548,14 +548,14 @@ def cmd_info(args) -> int:
 def delegate(command: str, argv: list[str]) -> int:
     """Run ``xpcnn parity`` / ``xpcnn bench`` through their modules' add_arguments / run."""
     module_name = DELEGATED[command]
-    if command == "bench" and os.path.isfile(os.path.join(CHECKOUT, "benchmarks", "harness.py")):
+    if os.path.isfile(os.path.join(CHECKOUT, *module_name.split(".")[:-1], module_name.split(".")[-1] + ".py")):
         sys.path.insert(0, CHECKOUT)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         missing = e.name or str(e)
         if missing in (module_name, module_name.split(".")[0]):
-            where = " (it runs from a source checkout of xpcnn: benchmarks/harness.py)" if command == "bench" else ""
+            where = f" (it runs from a source checkout of xpcnn: {module_name.replace('.', '/')}.py)"
             print(f"error: 'xpcnn {command}' is not available: this installation has no {module_name} module{where}",
                   file=sys.stderr)
         else:

@@ -13,7 +13,7 @@ A row PASSes when both agree within the project's tolerances (tests/tolerances.p
 :data:`xpcnn.testing.TOLERANCES`). A backend that cannot run here is SKIPped with its reason,
 unless it was asked for with ``--backend``: then it FAILs, since a requested run that proves
 nothing must not look green. Exits 1 when anything FAILs. Standalone:
-``python -m xpcnn.parity --backend numpy --backend cupy --dtype float32``.
+``python -m tests.parity_matrix --backend numpy --backend cupy --dtype float32``.
 
 The catalogue lives here (and is imported by tests/test_parity.py); PyTorch is imported only
 to compute the references.
@@ -29,17 +29,17 @@ import math
 import platform
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import functional as F
-from . import layers, optim
-from .backend import device_of, dtype_name, load_backend, namespace_of, resolve_target, to_numpy
-from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
-from .functional.dropout import hash_bits, uniform_below
-from .model import Sequential
-from .testing import ALL_BACKENDS, DTYPES, TOLERANCES, ParityResult, Tolerance, check_parity
+from xpcnn import functional as F
+from xpcnn import layers, optim
+from xpcnn.backend import device_of, dtype_name, load_backend, namespace_of, resolve_target, to_numpy
+from xpcnn.errors import ArgumentError, ArgumentTypeError, BackendUnavailableError
+from xpcnn.functional.dropout import hash_bits, uniform_below
+from xpcnn.model import Sequential
+from xpcnn.testing import ALL_BACKENDS, DTYPES, TOLERANCES, ParityResult, Tolerance, check_parity
 
 __all__ = ["MATRIX_BACKENDS", "REFERENCES", "OpCase", "Row", "parity_cases", "run_case", "reference_dropout_mask"]
 
@@ -107,6 +107,7 @@ def _distinct(rng: np.random.Generator, shape: tuple[int, ...], gap: float = 0.0
 def _conv_like_case(name: str, description: str, geom: dict, inputs, forward, backward) -> OpCase:
     """An OpCase for conv2d or conv_transpose2d (``name``, also torch's function name): y and the
     gradients of x, the weight and the bias, with the options ``geom``."""
+
     def run(x, w, b, g):
         gx, gw, gb = backward(g, x, w, **geom)
         return {"y": forward(x, w, b, **geom), "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
@@ -127,16 +128,22 @@ def _conv_case() -> OpCase:
         b = rng.standard_normal(4)
         return x, w, b, rng.standard_normal((2, 4, 4, 11))
 
-    return _conv_like_case("conv2d", "conv2d + backward, 2x3x9x8, 4 filters 3x2, stride (2,1), pad (1,2), dilation (2,1)",
-                           dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1)), inputs, F.conv2d, F.conv2d_backward)
+    return _conv_like_case(
+        "conv2d",
+        "conv2d + backward, 2x3x9x8, 4 filters 3x2, stride (2,1), pad (1,2), dilation (2,1)",
+        dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+        inputs,
+        F.conv2d,
+        F.conv2d_backward,
+    )
 
 
 def _conv_avg_pool_case() -> OpCase:
     """The fused conv + average pool (``xpcnn.functional.conv_pool``: the pooled columns from the
     tap-shifted averaging matrices) with stride, padding, dilation, groups and overlapping windows."""
-    from .functional import conv_pool
-    from .functional.conv import conv2d_geometry
-    from .functional.pool import pool_geometry
+    from xpcnn.functional import conv_pool
+    from xpcnn.functional.conv import conv2d_geometry
+    from xpcnn.functional.pool import pool_geometry
 
     geom = dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=2)
 
@@ -152,8 +159,9 @@ def _conv_avg_pool_case() -> OpCase:
         if not conv_pool.fuses(pool):  # the case exists to check the fused op
             raise AssertionError("conv2d_avg_pool2d: this geometry no longer runs fused")
         y, pooled = conv_pool.conv2d_avg_pool2d_kernel(xp, x, w, b, conv, pool)
-        gx, gw, gb = conv_pool.conv2d_avg_pool2d_backward_kernel(xp, g, x, w, conv, pool, bias=True, pooled=pooled,
-                                                                 input_grad=True)
+        gx, gw, gb = conv_pool.conv2d_avg_pool2d_backward_kernel(
+            xp, g, x, w, conv, pool, bias=True, pooled=pooled, input_grad=True
+        )
         return {"y": y, "grad_x": gx, "grad_weight": gw, "grad_bias": gb}
 
     def torch(x, w, b, g):
@@ -163,8 +171,14 @@ def _conv_avg_pool_case() -> OpCase:
         y.backward(_torch().tensor(g))
         return _host_outputs({"y": y, "grad_x": X.grad, "grad_weight": W.grad, "grad_bias": B.grad})
 
-    return OpCase("conv2d_avg_pool2d", "conv2d then avg_pool2d as one op, 2x4x11x12, 6 filters 3x3 in 2 groups, stride "
-                  "(1,2), pad (2,1), dilation (2,1); pool 3 stride 2", inputs, run, torch)
+    return OpCase(
+        "conv2d_avg_pool2d",
+        "conv2d then avg_pool2d as one op, 2x4x11x12, 6 filters 3x3 in 2 groups, stride "
+        "(1,2), pad (2,1), dilation (2,1); pool 3 stride 2",
+        inputs,
+        run,
+        torch,
+    )
 
 
 def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, out_hw, description: str) -> OpCase:
@@ -178,9 +192,14 @@ def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, 
 
     def run(x, g):
         if is_max:
-            return {"y": F.max_pool2d_forward(x, kernel, stride, padding, method=method)[0],
-                    "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding, method=method)}
-        return {"y": F.avg_pool2d(x, kernel, stride, padding), "grad_x": F.avg_pool2d_backward(g, x, kernel, stride, padding)}
+            return {
+                "y": F.max_pool2d_forward(x, kernel, stride, padding, method=method)[0],
+                "grad_x": F.max_pool2d_backward(g, x, kernel, stride, padding, method=method),
+            }
+        return {
+            "y": F.avg_pool2d(x, kernel, stride, padding),
+            "grad_x": F.avg_pool2d_backward(g, x, kernel, stride, padding),
+        }
 
     def torch(x, g):
         (X,) = _leaves(x)
@@ -192,8 +211,16 @@ def _pool_case(name: str, kernel: int, stride: int | None, padding: int, shape, 
     return OpCase(name, description, inputs, run, torch)
 
 
-def _unary_case(name: str, description: str, shape, scale: float, zeros_every: int | None, *,
-                backward_takes_output: bool, torch_op: Callable) -> OpCase:
+def _unary_case(
+    name: str,
+    description: str,
+    shape,
+    scale: float,
+    zeros_every: int | None,
+    *,
+    backward_takes_output: bool,
+    torch_op: Callable,
+) -> OpCase:
     """An elementwise or softmax-like op ``F.<name>`` and ``F.<name>_backward``."""
     axis = {"softmax": 1, "log_softmax": 1}.get(name)
 
@@ -226,26 +253,80 @@ def _unary_cases() -> list[OpCase]:
         return _torch().nn.functional
 
     return [
-        _unary_case("relu", "relu + backward on 2x3x5x5 with exact zeros", (2, 3, 5, 5), 1.0, 7,
-                    backward_takes_output=False, torch_op=lambda x: nnf().relu(x)),
-        _unary_case("softmax", "softmax + backward on 4x10 logits, one row shifted by +800", (4, 10), 3.0, None,
-                    backward_takes_output=True, torch_op=lambda x: nnf().softmax(x, dim=1)),
-        _unary_case("log_softmax", "log_softmax + backward on 4x10 logits, one row shifted by +800", (4, 10), 3.0, None,
-                    backward_takes_output=True, torch_op=lambda x: nnf().log_softmax(x, dim=1)),
-        _unary_case("tanh", "tanh + backward on 2x3x4x4 with exact zeros", (2, 3, 4, 4), 3.0, 5,
-                    backward_takes_output=True, torch_op=lambda x: _torch().tanh(x)),
-        _unary_case("sigmoid", "sigmoid + backward on 2x3x4x4 with exact zeros", (2, 3, 4, 4), 3.0, 5,
-                    backward_takes_output=True, torch_op=lambda x: _torch().sigmoid(x)),
-        _unary_case("leaky_relu", "leaky_relu (0.01) + backward on 2x3x4x4 with exact zeros", (2, 3, 4, 4), 3.0, 5,
-                    backward_takes_output=False, torch_op=lambda x: nnf().leaky_relu(x, 0.01)),
-        _unary_case("gelu", "gelu (tanh) + backward on 2x3x4x4 with exact zeros", (2, 3, 4, 4), 3.0, 5,
-                    backward_takes_output=False, torch_op=lambda x: nnf().gelu(x, approximate="tanh")),
+        _unary_case(
+            "relu",
+            "relu + backward on 2x3x5x5 with exact zeros",
+            (2, 3, 5, 5),
+            1.0,
+            7,
+            backward_takes_output=False,
+            torch_op=lambda x: nnf().relu(x),
+        ),
+        _unary_case(
+            "softmax",
+            "softmax + backward on 4x10 logits, one row shifted by +800",
+            (4, 10),
+            3.0,
+            None,
+            backward_takes_output=True,
+            torch_op=lambda x: nnf().softmax(x, dim=1),
+        ),
+        _unary_case(
+            "log_softmax",
+            "log_softmax + backward on 4x10 logits, one row shifted by +800",
+            (4, 10),
+            3.0,
+            None,
+            backward_takes_output=True,
+            torch_op=lambda x: nnf().log_softmax(x, dim=1),
+        ),
+        _unary_case(
+            "tanh",
+            "tanh + backward on 2x3x4x4 with exact zeros",
+            (2, 3, 4, 4),
+            3.0,
+            5,
+            backward_takes_output=True,
+            torch_op=lambda x: _torch().tanh(x),
+        ),
+        _unary_case(
+            "sigmoid",
+            "sigmoid + backward on 2x3x4x4 with exact zeros",
+            (2, 3, 4, 4),
+            3.0,
+            5,
+            backward_takes_output=True,
+            torch_op=lambda x: _torch().sigmoid(x),
+        ),
+        _unary_case(
+            "leaky_relu",
+            "leaky_relu (0.01) + backward on 2x3x4x4 with exact zeros",
+            (2, 3, 4, 4),
+            3.0,
+            5,
+            backward_takes_output=False,
+            torch_op=lambda x: nnf().leaky_relu(x, 0.01),
+        ),
+        _unary_case(
+            "gelu",
+            "gelu (tanh) + backward on 2x3x4x4 with exact zeros",
+            (2, 3, 4, 4),
+            3.0,
+            5,
+            backward_takes_output=False,
+            torch_op=lambda x: nnf().gelu(x, approximate="tanh"),
+        ),
     ]
 
 
 def _linear_case() -> OpCase:
     def inputs(rng):
-        return rng.standard_normal((4, 6)), rng.standard_normal((6, 5)) / math.sqrt(6), rng.standard_normal(5), rng.standard_normal((4, 5))
+        return (
+            rng.standard_normal((4, 6)),
+            rng.standard_normal((6, 5)) / math.sqrt(6),
+            rng.standard_normal(5),
+            rng.standard_normal((4, 5)),
+        )
 
     def run(x, w, b, g):
         gx, gw, gb = F.linear_backward(g, x, w)
@@ -268,8 +349,12 @@ def _cross_entropy_case() -> OpCase:
 
     def run(z, labels):
         loss, grad = F.cross_entropy_with_grad(z, labels)
-        return {"loss": loss, "grad_logits": grad, "loss (unfused)": F.cross_entropy(z, labels),
-                "grad (unfused)": F.cross_entropy_backward(z, labels)}
+        return {
+            "loss": loss,
+            "grad_logits": grad,
+            "loss (unfused)": F.cross_entropy(z, labels),
+            "grad (unfused)": F.cross_entropy_backward(z, labels),
+        }
 
     def torch(z, labels):
         (Z,) = _leaves(z)
@@ -277,8 +362,13 @@ def _cross_entropy_case() -> OpCase:
         loss.backward()
         return _host_outputs({"loss": loss, "grad_logits": Z.grad, "loss (unfused)": loss, "grad (unfused)": Z.grad})
 
-    return OpCase("cross_entropy", "softmax cross-entropy (mean) + gradient, 5x10 logits, one row shifted by -700",
-                  inputs, run, torch)
+    return OpCase(
+        "cross_entropy",
+        "softmax cross-entropy (mean) + gradient, 5x10 logits, one row shifted by -700",
+        inputs,
+        run,
+        torch,
+    )
 
 
 def _conv_transpose_case() -> OpCase:
@@ -287,9 +377,14 @@ def _conv_transpose_case() -> OpCase:
         w = rng.standard_normal((4, 3, 3, 2)) / math.sqrt(3 * 3 * 2)
         return x, w, rng.standard_normal(6), rng.standard_normal((2, 6, 10, 9))
 
-    return _conv_like_case("conv_transpose2d", "conv_transpose2d + backward, 2x4x5x4, groups 2, 3x2 kernel, stride 2, "
-                           "pad (1,0), output_padding 1", dict(stride=2, padding=(1, 0), output_padding=1, groups=2),
-                           inputs, F.conv_transpose2d, F.conv_transpose2d_backward)
+    return _conv_like_case(
+        "conv_transpose2d",
+        "conv_transpose2d + backward, 2x4x5x4, groups 2, 3x2 kernel, stride 2, pad (1,0), output_padding 1",
+        dict(stride=2, padding=(1, 0), output_padding=1, groups=2),
+        inputs,
+        F.conv_transpose2d,
+        F.conv_transpose2d_backward,
+    )
 
 
 def _global_avg_pool_case() -> OpCase:
@@ -311,16 +406,30 @@ def _global_avg_pool_case() -> OpCase:
 def _batch_norm_case() -> OpCase:
     def inputs(rng):
         c = 3
-        return (rng.standard_normal((4, c, 3, 3)) * 2 + 1, rng.standard_normal(c), rng.standard_normal(c),
-                rng.standard_normal(c), rng.uniform(0.5, 2.0, c), rng.standard_normal((4, c, 3, 3)))
+        return (
+            rng.standard_normal((4, c, 3, 3)) * 2 + 1,
+            rng.standard_normal(c),
+            rng.standard_normal(c),
+            rng.standard_normal(c),
+            rng.uniform(0.5, 2.0, c),
+            rng.standard_normal((4, c, 3, 3)),
+        )
 
     def run(x, w, b, mean, var, g):
         out = {}
         for mode, training in (("train", True), ("eval", False)):
             y, saved, new_mean, new_var = F.batch_norm(x, w, b, mean, var, training=training)
             gx, gw, gb = F.batch_norm_backward(g, x, w, saved, training=training)
-            out.update({f"{mode} y": y, f"{mode} running_mean": new_mean, f"{mode} running_var": new_var,
-                        f"{mode} grad_x": gx, f"{mode} grad_weight": gw, f"{mode} grad_bias": gb})
+            out.update(
+                {
+                    f"{mode} y": y,
+                    f"{mode} running_mean": new_mean,
+                    f"{mode} running_var": new_var,
+                    f"{mode} grad_x": gx,
+                    f"{mode} grad_weight": gw,
+                    f"{mode} grad_bias": gb,
+                }
+            )
         return out
 
     def torch(x, w, b, mean, var, g):
@@ -329,15 +438,29 @@ def _batch_norm_case() -> OpCase:
         for mode, training in (("train", True), ("eval", False)):
             X, W, B = _leaves(x, w, b)
             running_mean, running_var = torch.tensor(mean), torch.tensor(var)  # updated in place by torch
-            y = torch.nn.functional.batch_norm(X, running_mean, running_var, W, B, training=training,
-                                               momentum=0.1, eps=1e-5)
+            y = torch.nn.functional.batch_norm(
+                X, running_mean, running_var, W, B, training=training, momentum=0.1, eps=1e-5
+            )
             y.backward(torch.tensor(g))
-            out.update({f"{mode} y": y, f"{mode} running_mean": running_mean, f"{mode} running_var": running_var,
-                        f"{mode} grad_x": X.grad, f"{mode} grad_weight": W.grad, f"{mode} grad_bias": B.grad})
+            out.update(
+                {
+                    f"{mode} y": y,
+                    f"{mode} running_mean": running_mean,
+                    f"{mode} running_var": running_var,
+                    f"{mode} grad_x": X.grad,
+                    f"{mode} grad_weight": W.grad,
+                    f"{mode} grad_bias": B.grad,
+                }
+            )
         return _host_outputs(out)
 
-    return OpCase("batch_norm", "batch_norm + backward on 4x3x3x3, training (with running-stat update) and inference",
-                  inputs, run, torch)
+    return OpCase(
+        "batch_norm",
+        "batch_norm + backward on 4x3x3x3, training (with running-stat update) and inference",
+        inputs,
+        run,
+        torch,
+    )
 
 
 _DROP_P, _DROP_SEED, _DROP_COUNTER = 0.3, 2024, 7
@@ -349,7 +472,9 @@ def reference_dropout_mask(shape: tuple[int, ...], p: float, seed: int, counter:
     SplitMix64(SplitMix64(seed) ^ counter); h = triple32(triple32(index ^ k0) ^ k1); an element
     is kept (value 1 / (1 - p)) when the top 24 bits of h are >= round(p * 2**24), else 0."""
     m32, m64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
-    if not isinstance(shape, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise ArgumentError(f"shape: expected a tuple of sizes >= 0, got {shape!r}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ArgumentError(f"p: expected a drop probability in [0, 1), got {p!r}")
@@ -396,10 +521,17 @@ def _dropout_cases() -> list[OpCase]:
         y.backward(_torch().tensor(g))
         return _host_outputs({"y": y, "grad_x": X.grad})
 
-    return [OpCase("dropout_mask", f"dropout_mask p={_DROP_P}, seed {_DROP_SEED}, counter {_DROP_COUNTER}: the same "
-                   "bits on every backend (reference: the generator's specification in NumPy uint64)", inputs,
-                   run_mask, torch_mask),
-            OpCase("dropout", "dropout + backward with that mask on 2x3x5x5", inputs, run, torch)]
+    return [
+        OpCase(
+            "dropout_mask",
+            f"dropout_mask p={_DROP_P}, seed {_DROP_SEED}, counter {_DROP_COUNTER}: the same "
+            "bits on every backend (reference: the generator's specification in NumPy uint64)",
+            inputs,
+            run_mask,
+            torch_mask,
+        ),
+        OpCase("dropout", "dropout + backward with that mask on 2x3x5x5", inputs, run, torch),
+    ]
 
 
 _AUG_SEED, _AUG_COUNTER = 11, 3
@@ -410,6 +542,7 @@ def _augment_cases() -> list[OpCase]:
     Normalize. The reference takes the per-image draws from the same hash (on NumPy), moves the
     pixels with torch (flip; zero pad then slice at the drawn offsets) and differentiates with
     autograd: every backend must draw the same offsets and move the same pixels."""
+
     def draws(n, *highs):
         bits = np.reshape(hash_bits(np, 2 * n, _AUG_SEED, _AUG_COUNTER, device="cpu"), (n, 2))
         return [uniform_below(bits[:, k], high).tolist() for k, high in enumerate(highs)]
@@ -439,22 +572,43 @@ def _augment_cases() -> list[OpCase]:
 
     def shifted(X, torch, pad, rows, cols, hw):  # an hw window at (rows[n], cols[n]) of X zero-padded by pad
         P = torch.nn.functional.pad(X, (pad[1], pad[1], pad[0], pad[0]))
-        return torch.stack([P[n, :, rows[n]:rows[n] + hw[0], cols[n]:cols[n] + hw[1]] for n in range(len(X))])
+        return torch.stack([P[n, :, rows[n] : rows[n] + hw[0], cols[n] : cols[n] + hw[1]] for n in range(len(X))])
 
     def translate(X, torch):  # at most floor(0.34 * 6) = 2 rows and floor(0.3 * 7) = 2 columns
         rows, cols = draws(len(X), 5, 5)
         return shifted(X, torch, (2, 2), [4 - r for r in rows], [4 - c for c in cols], (6, 7))
 
     mean, std = [0.5, -1.0], [2.0, 0.25]
-    return [case("random_flip", "RandomFlip('both') + backward: the same flips on every backend (torch.flip)",
-                 lambda: layers.RandomFlip("both", seed=_AUG_SEED), (6, 7), flip),
-            case("random_crop", "RandomCrop((4, 5), padding=1) + backward: torch's zero pad, then the drawn crop",
-                 lambda: layers.RandomCrop((4, 5), padding=1, seed=_AUG_SEED), (4, 5),
-                 lambda X, torch: shifted(X, torch, (1, 1), *draws(len(X), 5, 5), (4, 5))),
-            case("random_translation", "RandomTranslation(0.34, 0.3) + backward: whole-pixel shifts, zero fill",
-                 lambda: layers.RandomTranslation(0.34, 0.3, seed=_AUG_SEED), (6, 7), translate),
-            case("normalize", "Normalize(mean, std) per channel + backward", lambda: layers.Normalize(mean, std),
-                 (6, 7), lambda X, torch: (X - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])]
+    return [
+        case(
+            "random_flip",
+            "RandomFlip('both') + backward: the same flips on every backend (torch.flip)",
+            lambda: layers.RandomFlip("both", seed=_AUG_SEED),
+            (6, 7),
+            flip,
+        ),
+        case(
+            "random_crop",
+            "RandomCrop((4, 5), padding=1) + backward: torch's zero pad, then the drawn crop",
+            lambda: layers.RandomCrop((4, 5), padding=1, seed=_AUG_SEED),
+            (4, 5),
+            lambda X, torch: shifted(X, torch, (1, 1), *draws(len(X), 5, 5), (4, 5)),
+        ),
+        case(
+            "random_translation",
+            "RandomTranslation(0.34, 0.3) + backward: whole-pixel shifts, zero fill",
+            lambda: layers.RandomTranslation(0.34, 0.3, seed=_AUG_SEED),
+            (6, 7),
+            translate,
+        ),
+        case(
+            "normalize",
+            "Normalize(mean, std) per channel + backward",
+            lambda: layers.Normalize(mean, std),
+            (6, 7),
+            lambda X, torch: (X - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None],
+        ),
+    ]
 
 
 # ---------------------------------------------------------------- whole-model cases
@@ -463,11 +617,18 @@ _MODEL_INPUT = (1, 12, 12)
 
 
 def _small_model():
-    return Sequential([
-        layers.Conv2D(4, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
-        layers.Conv2D(6, 3), layers.ReLU(), layers.AvgPool2D(2),
-        layers.Flatten(), layers.Dense(10),
-    ])
+    return Sequential(
+        [
+            layers.Conv2D(4, 3, padding=1),
+            layers.ReLU(),
+            layers.MaxPool2D(2),
+            layers.Conv2D(6, 3),
+            layers.ReLU(),
+            layers.AvgPool2D(2),
+            layers.Flatten(),
+            layers.Dense(10),
+        ]
+    )
 
 
 def _model_on(x, weights):
@@ -490,8 +651,16 @@ def _torch_model(weights):
     the same order (a Dense weight is (in, out), a Linear weight (out, in))."""
     torch = _torch()
     nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
-                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(24, 10)).double()
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    ).double()
     keys = [key for key, _, _ in _initial_model().named_parameters()]
     params = dict(net.named_parameters())
     with torch.no_grad():
@@ -531,8 +700,13 @@ def _train_step_case() -> OpCase:
         out.update({f"{key} updated": _as_xpcnn(key, params[key]) for key in keys})
         return out
 
-    return OpCase("train_step", "Sequential.train_step on 8 images 1x12x12: conv, relu, max pool, conv, relu, avg pool, "
-                  "dense; SGD momentum", inputs, run, torch)
+    return OpCase(
+        "train_step",
+        "Sequential.train_step on 8 images 1x12x12: conv, relu, max pool, conv, relu, avg pool, dense; SGD momentum",
+        inputs,
+        run,
+        torch,
+    )
 
 
 def _train_run_case(steps: int = 5) -> OpCase:
@@ -560,8 +734,14 @@ def _train_run_case(steps: int = 5) -> OpCase:
         out.update({key: _as_xpcnn(key, params[key]) for key in keys})
         return out
 
-    return OpCase("train_run", f"{steps} SGD-momentum train_steps on the train_step model: losses and final weights",
-                  inputs, run, torch, training=True)
+    return OpCase(
+        "train_run",
+        f"{steps} SGD-momentum train_steps on the train_step model: losses and final weights",
+        inputs,
+        run,
+        torch,
+        training=True,
+    )
 
 
 _FIT = dict(n=32, epochs=2, batch_size=8, lr=0.05, momentum=0.9, seed=5, eval_batch=12)
@@ -575,8 +755,15 @@ def _fit_evaluate_case() -> OpCase:
 
     def run(x, labels, *weights):
         model = _model_on(x, weights)
-        history = model.fit(x, labels, epochs=epochs, batch_size=batch, seed=_FIT["seed"], verbose=0,
-                            optimizer=optim.SGD(_FIT["lr"], momentum=_FIT["momentum"]))
+        history = model.fit(
+            x,
+            labels,
+            epochs=epochs,
+            batch_size=batch,
+            seed=_FIT["seed"],
+            verbose=0,
+            optimizer=optim.SGD(_FIT["lr"], momentum=_FIT["momentum"]),
+        )
         out = {f"fit {k} epoch {e + 1}": history[k][e] for k in ("loss", "accuracy") for e in range(epochs)}
         out.update({key: layer.params[name] for key, layer, name in model.named_parameters()})
         out.update({f"evaluate {k}": v for k, v in model.evaluate(x, labels, batch_size=_FIT["eval_batch"]).items()})
@@ -597,7 +784,7 @@ def _fit_evaluate_case() -> OpCase:
             order = rng.permutation(n)
             total, correct = 0.0, 0
             for start in range(0, n, batch):
-                idx = torch.tensor(order[start:start + batch])
+                idx = torch.tensor(order[start : start + batch])
                 opt.zero_grad()
                 logits = net(X[idx])
                 loss = torch.nn.functional.cross_entropy(logits, Y[idx])
@@ -616,9 +803,15 @@ def _fit_evaluate_case() -> OpCase:
             out["evaluate accuracy"] = float((logits.argmax(1) == Y).double().mean())
         return out
 
-    return OpCase("fit_evaluate", f"Sequential.fit ({epochs} epochs of {n} images, batch {batch}, shuffled, SGD momentum) "
-                  f"then evaluate: per-epoch loss and accuracy, final weights, evaluate's loss and accuracy",
-                  inputs, run, torch, training=True)
+    return OpCase(
+        "fit_evaluate",
+        f"Sequential.fit ({epochs} epochs of {n} images, batch {batch}, shuffled, SGD momentum) "
+        f"then evaluate: per-epoch loss and accuracy, final weights, evaluate's loss and accuracy",
+        inputs,
+        run,
+        torch,
+        training=True,
+    )
 
 
 def parity_cases() -> list[OpCase]:
@@ -626,14 +819,45 @@ def parity_cases() -> list[OpCase]:
     return [
         _conv_case(),
         _conv_avg_pool_case(),
-        _pool_case("avg_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "avg_pool2d + backward, kernel 3, stride 2, pad 1 (zeros counted)"),
-        _pool_case("avg_pool2d_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4),
-                   "avg_pool2d + backward, kernel 2 = stride (non-overlapping windows), last row dropped"),
-        _pool_case("max_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "max_pool2d + backward, kernel 3, stride 2, pad 1 (-inf)"),
-        _pool_case("max_pool2d_argmax", 3, 2, 1, (2, 3, 9, 8), (5, 4),
-                   "max_pool2d + backward, GPU form (argmax per window), kernel 3, stride 2, pad 1"),
-        _pool_case("max_pool2d_argmax_tiled", 2, None, 0, (2, 3, 9, 8), (4, 4),
-                   "max_pool2d + backward, GPU form, kernel 2 = stride (windows tile), last row dropped"),
+        _pool_case(
+            "avg_pool2d",
+            3,
+            2,
+            1,
+            (2, 3, 9, 8),
+            (5, 4),
+            "avg_pool2d + backward, kernel 3, stride 2, pad 1 (zeros counted)",
+        ),
+        _pool_case(
+            "avg_pool2d_tiled",
+            2,
+            None,
+            0,
+            (2, 3, 9, 8),
+            (4, 4),
+            "avg_pool2d + backward, kernel 2 = stride (non-overlapping windows), last row dropped",
+        ),
+        _pool_case(
+            "max_pool2d", 3, 2, 1, (2, 3, 9, 8), (5, 4), "max_pool2d + backward, kernel 3, stride 2, pad 1 (-inf)"
+        ),
+        _pool_case(
+            "max_pool2d_argmax",
+            3,
+            2,
+            1,
+            (2, 3, 9, 8),
+            (5, 4),
+            "max_pool2d + backward, GPU form (argmax per window), kernel 3, stride 2, pad 1",
+        ),
+        _pool_case(
+            "max_pool2d_argmax_tiled",
+            2,
+            None,
+            0,
+            (2, 3, 9, 8),
+            (4, 4),
+            "max_pool2d + backward, GPU form, kernel 2 = stride (windows tile), last row dropped",
+        ),
         *_unary_cases(),
         _linear_case(),
         _cross_entropy_case(),
@@ -675,27 +899,42 @@ def torch_reference_available() -> str | None:
 def _jax_x64(backends: Sequence[str], dtype: str):
     """JAX's 64-bit mode for the float64 rows of a jax backend, scoped to this block (JAX keeps
     float64 off by default; this module does not flip that process-wide switch)."""
-    if dtype == "float64" and any(str(b).partition(":")[0] == "jax" for b in backends) \
-            and importlib.util.find_spec("jax") is not None:
+    if (
+        dtype == "float64"
+        and any(str(b).partition(":")[0] == "jax" for b in backends)
+        and importlib.util.find_spec("jax") is not None
+    ):
         import jax
 
         return jax.enable_x64(True)
     return contextlib.nullcontext()
 
 
-def run_case(case: OpCase, backends: Sequence[str], dtype: str, *, seed: int = 0, tolerance: Tolerance | None = None,
-             requested: bool = False, references: Sequence[str] = REFERENCES) -> list[Row]:
+def run_case(
+    case: OpCase,
+    backends: Sequence[str],
+    dtype: str,
+    *,
+    seed: int = 0,
+    tolerance: Tolerance | None = None,
+    requested: bool = False,
+    references: Sequence[str] = REFERENCES,
+) -> list[Row]:
     """Rows of one case on ``backends`` in ``dtype``, inputs from ``default_rng(seed)``.
 
     ``requested``: the backends were asked for explicitly, so one that cannot run is a FAIL
     (with its reason), not a SKIP. ``references``: which of "torch" (PyTorch float64 autograd)
     and "numpy" (xpcnn on NumPy float64) to compare with."""
     if not isinstance(case, OpCase):
-        raise ArgumentTypeError(f"case: expected an xpcnn.parity.OpCase (see parity_cases()), got {type(case).__name__}")
+        raise ArgumentTypeError(
+            f"case: expected a tests.parity_matrix.OpCase (see parity_cases()), got {type(case).__name__}"
+        )
     if dtype not in DTYPES:
         raise ArgumentError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if isinstance(backends, str) or not all(isinstance(b, str) for b in backends):
-        raise ArgumentTypeError(f"backends: expected a list of backend names such as ['numpy', 'torch'], got {backends!r}")
+        raise ArgumentTypeError(
+            f"backends: expected a list of backend names such as ['numpy', 'torch'], got {backends!r}"
+        )
     unknown = set(references) - set(REFERENCES)
     if isinstance(references, str) or unknown:
         raise ArgumentError(f"references: expected some of {', '.join(REFERENCES)}, got {references!r}")
@@ -718,8 +957,11 @@ def run_case(case: OpCase, backends: Sequence[str], dtype: str, *, seed: int = 0
             status = "FAIL" if requested else "SKIP"
             reason = ("requested but cannot run here: " if requested else "") + skipped.reason
         else:
-            failed = [f"vs {name}: {r.reason}" for name, r in zip(("torch", "numpy"), (vs_torch, vs_numpy))
-                      if r is not None and r.status == "FAIL"]
+            failed = [
+                f"vs {name}: {r.reason}"
+                for name, r in zip(("torch", "numpy"), (vs_torch, vs_numpy))
+                if r is not None and r.status == "FAIL"
+            ]
             status, reason = ("FAIL", "; ".join(failed)) if failed else ("PASS", "")
         rows.append(Row(case.name, str(backend), dtype, status, vs_torch, vs_numpy, reason))
     return rows
@@ -730,13 +972,21 @@ def run_case(case: OpCase, backends: Sequence[str], dtype: str, *, seed: int = 0
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``parity`` options to ``parser`` (the CLI's subparser, or a standalone one)."""
-    parser.add_argument("--backend", action="append", metavar="NAME",
-                        help=f"backend to check, repeatable (default: all of {', '.join(MATRIX_BACKENDS)}, those that "
-                             "cannot run here skipped); one named here that cannot run FAILs. A device may follow a "
-                             "colon: cupy:1, torch:cuda, array_api_strict:device1")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help=f"backend to check, repeatable (default: all of {', '.join(MATRIX_BACKENDS)}, those that "
+        "cannot run here skipped); one named here that cannot run FAILs. A device may follow a "
+        "colon: cupy:1, torch:cuda, array_api_strict:device1",
+    )
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="dtype to check, repeatable (default: both)")
-    parser.add_argument("--op", action="append", metavar="NAME",
-                        help=f"only these cases, repeatable (default: all of {', '.join(c.name for c in parity_cases())})")
+    parser.add_argument(
+        "--op",
+        action="append",
+        metavar="NAME",
+        help=f"only these cases, repeatable (default: all of {', '.join(c.name for c in parity_cases())})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     return parser
 
@@ -793,7 +1043,10 @@ def run(args: argparse.Namespace) -> int:
     if args.op:
         unknown = sorted(set(args.op) - {c.name for c in cases})
         if unknown:
-            print(f"xpcnn parity: unknown op(s) {', '.join(unknown)}; valid: {', '.join(c.name for c in cases)}", file=sys.stderr)
+            print(
+                f"xpcnn parity: unknown op(s) {', '.join(unknown)}; valid: {', '.join(c.name for c in cases)}",
+                file=sys.stderr,
+            )
             return 2
         cases = [c for c in cases if c.name in args.op]
     no_torch = torch_reference_available()
@@ -802,35 +1055,44 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rows: list[Row] = []
     for case in cases:
-        per_dtype = [run_case(case, backends, dtype, seed=args.seed, requested=bool(args.backend), references=references)
-                     for dtype in dtypes]
+        per_dtype = [
+            run_case(case, backends, dtype, seed=args.seed, requested=bool(args.backend), references=references)
+            for dtype in dtypes
+        ]
         rows += [results[i] for i in range(len(backends)) for results in per_dtype]
     # A backend that cannot run here is one row, not one per op and dtype.
     unusable = {r.backend: r for r in rows if r.status == "SKIP" or r.reason.startswith("requested but")}
     table = [r for r in rows if r.backend not in unusable]
     table += [Row("(all)", b, "(all)", r.status, None, None, r.reason) for b, r in unusable.items()]
 
-    print(f"xpcnn parity: {len(cases)} cases x {len(backends)} backends x {len(dtypes)} dtypes against "
-          f"{' and '.join({'torch': 'PyTorch float64 autograd', 'numpy': 'xpcnn on NumPy float64'}[r] for r in references)} "
-          f"(python {platform.python_version()}, {platform.machine()}, seed {args.seed})")
+    names = {"torch": "PyTorch float64 autograd", "numpy": "xpcnn on NumPy float64"}
+    print(
+        f"xpcnn parity: {len(cases)} cases x {len(backends)} backends x {len(dtypes)} dtypes against "
+        f"{' and '.join(names[r] for r in references)} "
+        f"(python {platform.python_version()}, {platform.machine()}, seed {args.seed})"
+    )
     if no_torch:
         print(f"note: {no_torch}")
     print(format_table(table))
     counts = {s: sum(r.status == s for r in rows) for s in ("PASS", "FAIL", "SKIP")}
-    print(f"\n{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"\n{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     for backend, r in unusable.items():
         print(f"  {r.status} {backend}: {r.reason}")
     for r in rows:
         if r.status == "FAIL" and r.backend not in unusable:
             print(f"  FAIL {r.case} {r.backend} {r.dtype}: {r.reason}")
-    print("rel err = max|err| / max|ref|; a row passes when every output has " + "; ".join(
-        f"{_TOLERANCE_LABELS[name]}: |err| <= {_bound(tol)}" for name, tol in TOLERANCES.items()))
+    print(
+        "rel err = max|err| / max|ref|; a row passes when every output has "
+        + "; ".join(f"{_TOLERANCE_LABELS[name]}: |err| <= {_bound(tol)}" for name, tol in TOLERANCES.items())
+    )
     return 1 if counts["FAIL"] else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xpcnn.parity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.parity_matrix", description=__doc__.split("\n\n")[0])
     return run(add_arguments(parser).parse_args(argv))
 
 
