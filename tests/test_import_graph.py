@@ -23,6 +23,7 @@ FLOORS = [
     ["export"],
     ["distributed"],
     ["dask", "sklearn"],
+    ["cli_train"],
     ["cli"],
     ["__main__"],
     [""],

@@ -7,14 +7,26 @@ import numpy as np
 import pytest
 
 import xpcnn
+from tests.tolerances import FLOAT64_RTOL
 from xpcnn import layers, optim, training, zoo
 from xpcnn.callbacks import Callback, LambdaCallback, NotebookLogger, ProgressBar
-from xpcnn.errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, LabelError, NonFiniteError, NotBuiltError, ShapeError
-from tests.tolerances import FLOAT64_RTOL
+from xpcnn.datasets.feed import ArrayFeed
+from xpcnn.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DataError,
+    DTypeError,
+    LabelError,
+    NonFiniteError,
+    NotBuiltError,
+    ShapeError,
+)
 
 
 def small_model():
-    return xpcnn.Sequential([layers.Conv2D(4, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(3)])
+    return xpcnn.Sequential(
+        [layers.Conv2D(4, 3), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(3)]
+    )
 
 
 def blobs(n=120, seed=0, dtype="float64"):
@@ -65,17 +77,17 @@ def test_epoch_loss_is_the_mean_of_the_batch_losses_and_order_follows_the_seed()
             losses.append((logs["loss"], logs["size"]))
 
     model = built()
-    original = training._Data.batch
+    original = ArrayFeed.batch
 
     def spy_batch(self, idx, **kwargs):
         seen.append(idx.copy())
         return original(self, idx, **kwargs)
 
-    training._Data.batch = spy_batch
+    ArrayFeed.batch = spy_batch
     try:
         history = model.fit(x, y, epochs=2, batch_size=16, seed=11, callbacks=[Spy()], verbose=0)
     finally:
-        training._Data.batch = original
+        ArrayFeed.batch = original
     rng = np.random.default_rng(11)
     expected = [p[i : i + 16] for p in (rng.permutation(40), rng.permutation(40)) for i in (0, 16, 32)]
     assert all(np.array_equal(a, b) for a, b in zip(seen, expected)) and len(seen) == 6
@@ -146,35 +158,45 @@ def test_same_training_on_every_backend(target):
 # ---------------------------------------------------------------- input rules
 
 
-@pytest.mark.parametrize("mutate, error, match", [
-    (lambda x, y: ((x * 255).astype(np.uint8), y), DTypeError, r"uint8.*xpcnn\.datasets\.preprocess"),
-    (lambda x, y: (x.astype(np.int32), y), DTypeError, "x: expected a float32 or float64"),
-    (lambda x, y: (x.astype(np.complex128), y), DTypeError, "x: expected a float32 or float64"),
-    (lambda x, y: (x[:, 0], y), ShapeError, "preprocess"),
-    (lambda x, y: (x[:, :, :5], y), ShapeError, r"x: expected shape \(N, 1, 10, 10\)"),
-    (lambda x, y: (x[:0], y[:0]), DataError, "empty"),
-    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y), DataError, r"got 1 NaN/Inf among 2000 values \(the first in sample 0, flat index 7\)"),
-    (lambda x, y: (x, y[:-1]), LabelError, r"y: expected integer labels of shape \(20,\)"),
-    (lambda x, y: (x, y.astype(float)), LabelError, "integer"),
-    (lambda x, y: (x, y + 3), LabelError, r"\[0, 2\]"),
-    (lambda x, y: (x, y - 1), LabelError, "from -1"),
-    (lambda x, y: ("images", y), DTypeError, "x: expected an array"),
-])
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda x, y: ((x * 255).astype(np.uint8), y), DTypeError, r"uint8.*xpcnn\.datasets\.preprocess"),
+        (lambda x, y: (x.astype(np.int32), y), DTypeError, "x: expected a float32 or float64"),
+        (lambda x, y: (x.astype(np.complex128), y), DTypeError, "x: expected a float32 or float64"),
+        (lambda x, y: (x[:, 0], y), ShapeError, "preprocess"),
+        (lambda x, y: (x[:, :, :5], y), ShapeError, r"x: expected shape \(N, 1, 10, 10\)"),
+        (lambda x, y: (x[:0], y[:0]), DataError, "empty"),
+        (
+            lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y),
+            DataError,
+            r"got 1 NaN/Inf among 2000 values \(the first in sample 0, flat index 7\)",
+        ),
+        (lambda x, y: (x, y[:-1]), LabelError, r"y: expected integer labels of shape \(20,\)"),
+        (lambda x, y: (x, y.astype(float)), LabelError, "integer"),
+        (lambda x, y: (x, y + 3), LabelError, r"\[0, 2\]"),
+        (lambda x, y: (x, y - 1), LabelError, "from -1"),
+        (lambda x, y: ("images", y), DTypeError, "x: expected an array"),
+    ],
+)
 def test_fit_refuses_bad_input(mutate, error, match):
     x, y = mutate(*blobs(20))
     with pytest.raises(error, match=match):
         built().fit(x, y, verbose=0)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(batch_size=0), ArgumentError, "batch_size"),
-    (dict(batch_size=2.5), ArgumentTypeError, "batch_size"),
-    (dict(epochs=-1), ArgumentError, "epochs"),
-    (dict(optimizer="adam"), TypeError, "optimizer"),
-    (dict(callbacks=[print]), TypeError, r"callbacks\[0\]"),
-    (dict(validation_data=np.zeros(3)), TypeError, "validation_data"),
-    (dict(seed="0"), TypeError, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(batch_size=0), ArgumentError, "batch_size"),
+        (dict(batch_size=2.5), ArgumentTypeError, "batch_size"),
+        (dict(epochs=-1), ArgumentError, "epochs"),
+        (dict(optimizer="adam"), TypeError, "optimizer"),
+        (dict(callbacks=[print]), TypeError, r"callbacks\[0\]"),
+        (dict(validation_data=np.zeros(3)), TypeError, "validation_data"),
+        (dict(seed="0"), TypeError, "seed"),
+    ],
+)
 def test_fit_refuses_bad_arguments(kwargs, error, match):
     x, y = blobs(20)
     with pytest.raises(error, match=match):
@@ -221,7 +243,8 @@ def test_nan_guard_names_epoch_step_and_layer_and_skips_the_update():
 @pytest.mark.parametrize("fewest", [False, True], ids=["sum per gradient", "one concatenated sum"])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_nan_guard_catches_a_non_finite_gradient_with_a_finite_loss(fewest, bad):
-    """Both forms of the guard (xpcnn.training._guard: the CPU's and the GPU's)."""
+    """Both forms of the guard (xpcnn.training.nan_guard: the CPU's and the GPU's)."""
+
     class LeakyGradient(layers.Dense):
         def backward(self, grad_y):
             grad_x = super().backward(grad_y)
@@ -232,7 +255,9 @@ def test_nan_guard_catches_a_non_finite_gradient_with_a_finite_loss(fewest, bad)
     before = [w.copy() for w in model.get_weights()]
     x, y = blobs(16)
     with xpcnn.fewest_operations(fewest):
-        with pytest.raises(NonFiniteError, match=r"epoch 1, step 1: the loss is [0-9.]+; layer 1 \(LeakyGradient\) gradient of 'bias'"):
+        with pytest.raises(
+            NonFiniteError, match=r"epoch 1, step 1: the loss is [0-9.]+; layer 1 \(LeakyGradient\) gradient of 'bias'"
+        ):
             model.fit(x, y, epochs=1, batch_size=8, verbose=0)
         with pytest.raises(NonFiniteError, match=r"layer 1 \(LeakyGradient\) gradient of 'bias'"):
             model.train_step(x[:8], y[:8], xpcnn.optim.SGD(lr=0.1))
@@ -244,7 +269,7 @@ def test_nan_guard_ignores_a_mere_overflow_of_its_checksum():
     x, y = np.ones((2, 1, 2, 2), np.float32), np.array([0, 1])
     model.train_step(x, y, xpcnn.optim.SGD(lr=1e-30))  # fills the gradients
     model.layers[1].grads["weight"] = np.full((4, 3), 3e37, np.float32)  # finite, but sums to inf
-    assert training._diagnose(model, x, 1.0) is None
+    assert training.diagnose(model, x, 1.0) is None
 
 
 # ---------------------------------------------------------------- progress output and callbacks
@@ -260,7 +285,9 @@ def test_progress_one_line_per_epoch_when_not_a_terminal(capsys):
     built().fit(x, y, epochs=3, batch_size=8, validation_data=(x, y))
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    assert re.fullmatch(r"epoch 2/3 - [0-9.]+s - loss [0-9.]+ - accuracy [0-9.]+ - val_loss [0-9.]+ - val_accuracy [0-9.]+", lines[1])
+    assert re.fullmatch(
+        r"epoch 2/3 - [0-9.]+s - loss [0-9.]+ - accuracy [0-9.]+ - val_loss [0-9.]+ - val_accuracy [0-9.]+", lines[1]
+    )
 
 
 def test_progress_bar_on_a_terminal():
@@ -281,13 +308,23 @@ def test_verbose_zero_prints_nothing(capsys):
 def test_notebook_logger_prints_the_notebooks_lines():
     x, y = blobs(250)
     lines = []
-    built().fit(x, y, epochs=1, batch_size=1, optimizer=optim.SGD(0.05), verbose=0, shuffle=False,
-                callbacks=[NotebookLogger(print_fn=lines.append)])
+    built().fit(
+        x,
+        y,
+        epochs=1,
+        batch_size=1,
+        optimizer=optim.SGD(0.05),
+        verbose=0,
+        shuffle=False,
+        callbacks=[NotebookLogger(print_fn=lines.append)],
+    )
     assert lines[0] == "Epoch 1 ->"
     assert lines[1] == "Step 1. For the last 100 steps: average loss 0.0, accuracy 0"
     assert len(lines) == 4
     for line in lines[2:]:
-        assert re.fullmatch(r"Step (101|201)\. For the last 100 steps: average loss [0-9.e-]+, accuracy \d+", line), line
+        assert re.fullmatch(r"Step (101|201)\. For the last 100 steps: average loss [0-9.e-]+, accuracy \d+", line), (
+            line
+        )
 
 
 def test_callback_hooks_run_in_order():
@@ -301,8 +338,18 @@ def test_callback_hooks_run_in_order():
         on_train_end=lambda logs: events.append("done"),
     )
     built().fit(x, y, epochs=2, batch_size=10, verbose=0, callbacks=[cb])
-    assert events == ["begin", "epoch0", "step0", "step1", "end0:['accuracy', 'loss']",
-                      "epoch1", "step0", "step1", "end1:['accuracy', 'loss']", "done"]
+    assert events == [
+        "begin",
+        "epoch0",
+        "step0",
+        "step1",
+        "end0:['accuracy', 'loss']",
+        "epoch1",
+        "step0",
+        "step1",
+        "end1:['accuracy', 'loss']",
+        "done",
+    ]
     with pytest.raises(TypeError, match="not a LambdaCallback hook"):
         LambdaCallback(on_step=print)
 
@@ -352,8 +399,16 @@ def test_prefetch_off_cuda_is_a_plain_copy(spec):
 
 
 def _bn_dropout_model():
-    model = xpcnn.Sequential([layers.Conv2D(4, 3), layers.BatchNorm2D(), layers.ReLU(), layers.Dropout(0.5, seed=1),
-                              layers.Flatten(), layers.Dense(3)])
+    model = xpcnn.Sequential(
+        [
+            layers.Conv2D(4, 3),
+            layers.BatchNorm2D(),
+            layers.ReLU(),
+            layers.Dropout(0.5, seed=1),
+            layers.Flatten(),
+            layers.Dense(3),
+        ]
+    )
     return model.build((1, 10, 10), dtype="float64", backend="numpy", seed=0)
 
 

@@ -20,6 +20,7 @@ from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, resolve_target, to_device, to_numpy
 from .checkpoint import optimizer_class, optimizer_record
+from .datasets.feed import as_model_dtype
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, layers_from_config
 from .layers.containers import Container, run_backward, run_forward
@@ -288,7 +289,7 @@ class Sequential(Container):
             )
         if x.shape[0] == 0:
             raise DataError("x: the batch is empty (N = 0)")
-        x = training.as_model_dtype(xp, x, self.dtype, "x")
+        x = as_model_dtype(xp, x, self.dtype, "x")
         if values and not bool(xp.all(xp.isfinite(x))):
             bad = xp.reshape(~xp.isfinite(x), (-1,))
             count, first_bad = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))

@@ -27,8 +27,9 @@ import functools
 import math
 import numbers
 import os
+from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -36,16 +37,14 @@ import numpy as np
 from . import checkpoint, jit
 from . import functional as F
 from ._validate import check_array, namespace, positive_int
-from .backend import device_of, dtype_name, fewest_operations_for, library_of, namespace_of, to_device, to_numpy
+from .backend import fewest_operations_for, namespace_of, to_numpy
 from .callbacks import Callback, History, ModelCheckpoint, ProgressBar
 from .datasets.batches import iterate_batches
-from .datasets.protocol import Prefetcher, check_class_names, is_dataset
+from .datasets.feed import ArrayFeed, DatasetFeed, as_array, feed, float_kind, validation_feed
+from .datasets.protocol import is_dataset
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
-    DataError,
-    DTypeError,
-    LabelError,
     ModelFileError,
     NonFiniteError,
     NotBuiltError,
@@ -54,7 +53,7 @@ from .errors import (
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
 from .layers import Layer
-from .optim import Adam, Optimizer, concat_flat, check_gradients
+from .optim import Adam, Optimizer, check_gradients, concat_flat
 
 DEFAULT_LR = 1e-3
 # Data-parallel training lives a floor above (xpcnn.distributed.mpi); it registers its hooks here
@@ -87,172 +86,6 @@ def default_optimizer() -> Optimizer:
     return Adam(DEFAULT_LR)
 
 
-# ---------------------------------------------------------------- data
-
-
-class _Data:
-    """Validated (x, y) of any backend; ``batch(idx)`` moves one batch to the model's backend."""
-
-    def __init__(self, model, x: Any, y: Any, names: tuple[str, str] = ("x", "y")) -> None:
-        nx, ny = names
-        x, y = _as_array(x, nx), (None if y is None else _as_array(y, ny))
-        self.host = isinstance(x, np.ndarray)
-        xp = namespace_of(x)
-        _float_kind(x, nx)
-        expected = tuple(model.input_shape)
-        if tuple(x.shape[1:]) != expected or len(x.shape) != len(expected) + 1:
-            hint = " (add the channel axis: xpcnn.datasets.preprocess)" if tuple(x.shape[1:]) == expected[1:] else ""
-            raise ShapeError(f"{nx}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
-        n = int(x.shape[0])
-        if n == 0:
-            raise DataError(f"{nx}: empty (N = 0); nothing to train or evaluate on")
-        if not bool(xp.all(xp.isfinite(x))):
-            bad = xp.reshape(~xp.isfinite(x), (-1,))
-            count, first = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
-            raise DataError(f"{nx}: expected finite values, got {count} NaN/Inf among {math.prod(x.shape)} values "
-                            f"(the first in sample {first // math.prod(x.shape[1:])}, flat index {first}); "
-                            "clean the data first")
-        if y is not None:
-            ypx = namespace_of(y)
-            if len(y.shape) != 1 or int(y.shape[0]) != n:
-                raise LabelError(f"{ny}: expected integer labels of shape ({n},) to match {nx}, got shape {tuple(y.shape)}")
-            if not ypx.isdtype(y.dtype, "integral"):
-                raise LabelError(f"{ny}: expected integer class labels, got dtype {y.dtype}")
-            classes = model.output_shape()[-1]
-            low, high = int(ypx.min(y)), int(ypx.max(y))
-            if low < 0 or high >= classes:
-                raise LabelError(f"{ny}: expected labels in [0, {classes - 1}] (the model has {classes} outputs), got values from {low} to {high}")
-        self.x, self.y, self.n = x, y, n
-        self.backend, self.dtype = model.backend, model.dtype
-
-    def batch(self, idx: np.ndarray, *, prefetch: bool = False) -> tuple[Any, Any]:
-        """x[idx], y[idx] on the model's backend, x in the model's dtype (idx: host int64).
-        ``prefetch``: host data start their copy without waiting (see :meth:`Backend.prefetch`);
-        pass the pair through :meth:`ready` before computing with it."""
-        if self.host:
-            xb = self.x[idx]
-            if xb.dtype != self.dtype:
-                xb = xb.astype(self.dtype)
-            if prefetch and self.backend.prefetches:
-                return self.backend.prefetch(xb), None if self.y is None else self.backend.prefetch(self.y[idx])
-            yb = None if self.y is None else to_device(self.y[idx], self.backend)
-            return to_device(xb, self.backend), yb
-        xb = to_device(_take(self.x, idx), self.backend)
-        yb = None if self.y is None else to_device(_take(self.y, idx), self.backend)
-        if dtype_name(xb.dtype) != self.dtype:
-            xp = namespace_of(xb)
-            xb = xp.astype(xb, getattr(xp, self.dtype))
-        return xb, yb
-
-
-    def ready(self, pair: tuple[Any, Any]) -> tuple[Any, Any]:
-        return self.backend.ready(pair[0]), self.backend.ready(pair[1])
-
-    def close(self) -> None:
-        """Nothing to release (a dataset's threads are: :class:`_DatasetData`)."""
-
-
-class _DatasetData:
-    """A dataset (:mod:`xpcnn.datasets.protocol`) decoded in a thread pool (:class:`Prefetcher`).
-    ``batch(idx, prefetch=True)`` starts decoding and returns a future that :meth:`ready` turns
-    into (x, y) on the model's backend, x in its dtype, each batch checked on the host first."""
-
-    def __init__(self, model, ds, name: str = "x", labels: bool = True) -> None:
-        self.n, self.name, self.labels, self.y = len(ds), name, labels, None
-        if self.n == 0:
-            raise DataError(f"{name}: the dataset is empty (len 0); nothing to train or evaluate on")
-        self.class_names = check_class_names(ds.class_names, f"{name}.class_names")
-        self.classes = model.output_shape()[-1]
-        if self.class_names is not None and len(self.class_names) != self.classes:
-            raise LabelError(f"{name}: the dataset has {len(self.class_names)} classes, the model {self.classes} "
-                             "outputs")
-        if labels and self.class_names and model.class_names and self.class_names != list(model.class_names):
-            raise LabelError(f"{name}: the dataset's classes {self.class_names} are not the model's "
-                             f"{list(model.class_names)} (set model.class_names = None to train on other classes)")
-        self.loader, self.input_shape = Prefetcher(ds), tuple(model.input_shape)
-        self.backend, self.dtype = model.backend, model.dtype
-
-    def batch(self, idx: np.ndarray, *, prefetch: bool = False):
-        pair = (self.loader.submit(idx), None)
-        return pair if prefetch else self.ready(pair)
-
-    def ready(self, pair):
-        x, y = pair[0].result()
-        name = self.name
-        x = as_model_dtype(np, _as_array(x, f"{name}.batch(...)[0]"), self.dtype, f"{name}.batch(...)[0]")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{name}: a batch has samples of shape {tuple(x.shape[1:])}, the model takes "
-                             f"{self.input_shape}")
-        if not np.isfinite(x).all():
-            raise DataError(f"{name}: a batch holds NaN or Inf; clean the data first")
-        if self.labels and (y is None or not np.issubdtype(np.asarray(y).dtype, np.integer)):
-            raise LabelError(f"{name}: the dataset's batch gave no integer labels; fit and evaluate need labelled data")
-        if self.labels and (len(y) != len(x) or np.min(y) < 0 or np.max(y) >= self.classes):
-            raise LabelError(f"{name}: expected {len(x)} labels in [0, {self.classes - 1}] (the model has "
-                             f"{self.classes} outputs), got {len(y)} from {np.min(y)} to {np.max(y)}")
-        return to_device(x, self.backend), None if y is None else to_device(np.asarray(y, dtype=np.int64), self.backend)
-
-    def close(self) -> None:
-        self.loader.close()
-
-
-def _data(model, x, y, labels: bool = True):
-    """:class:`_DatasetData` for a dataset (``y`` must then be None), else :class:`_Data`."""
-    if not is_dataset(x):
-        return _Data(model, x, y)
-    if y is not None:
-        raise ArgumentTypeError("y: expected None with a dataset (it gives its own labels)")
-    return _DatasetData(model, x, labels=labels)
-
-
-def as_model_dtype(xp, x: Any, dtype: str, name: str) -> Any:
-    """``x`` in the model's float ``dtype``: the one dtype rule of every entry point (``fit``,
-    ``evaluate``, ``predict``, ``__call__``, ``train_step``). Floating input of the other float
-    dtype is cast; integers and bools are refused, never converted silently."""
-    if dtype_name(x.dtype) == dtype:
-        return x
-    _float_kind(x, name)
-    return xp.astype(x, getattr(xp, dtype))
-
-
-def _float_kind(x: Any, name: str) -> str:
-    """"float32" or "float64", else a DTypeError (uint8 pixels get pointed to preprocess)."""
-    kind = dtype_name(x.dtype)
-    if kind == "uint8":
-        raise DTypeError(
-            f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
-            "xpcnn.datasets.preprocess(images) (x / 255, adds the channel axis)"
-        )
-    if kind not in ("float32", "float64"):
-        raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {kind}")
-    return kind
-
-
-def _as_array(a: Any, name: str) -> Any:
-    if isinstance(a, (list, tuple)):
-        a = np.asarray(a)
-    try:
-        library_of(a)
-    except DTypeError:
-        raise DTypeError(f"{name}: expected an array (NumPy or a backend's), got {type(a).__name__}") from None
-    return a
-
-
-def _take(a: Any, idx: np.ndarray) -> Any:
-    xp = namespace_of(a)
-    return xp.take(a, xp.asarray(idx, device=device_of(a)), axis=0)
-
-
-def _validation(model, validation_data) -> _Data | None:
-    if validation_data is None:
-        return None
-    if is_dataset(validation_data):
-        return _DatasetData(model, validation_data, "validation_data")
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise ArgumentTypeError(f"validation_data: expected a pair (x_val, y_val), got {type(validation_data).__name__}")
-    return _Data(model, *validation_data, names=("validation_data[0]", "validation_data[1]"))
-
-
 def _label_smoothing(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
         raise ArgumentError(f"label_smoothing: expected a number in [0, 1], got {value!r}")
@@ -281,7 +114,7 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
     except KeyError:
         check_gradients(slots)
         raise
-    guard, flat = _guard(xp, loss, grads)
+    guard, flat = nan_guard(xp, loss, grads)
     # The optimizer's flat update (xpcnn.optim, GPU form) reuses the concatenation.
     model.flat_grads = None if flat is None else (grads, flat)
     values = [guard, loss]
@@ -303,7 +136,7 @@ def _gather(xp, values):
     return xp.stack(values)
 
 
-def _guard(xp, loss, grads):
+def nan_guard(xp, loss, grads):
     """(guard, flat gradients or None): ``guard`` is a 0-d array that is non-finite when the
     loss or any gradient holds NaN/Inf. On a GPU (:func:`xpcnn.backend.fewest_operations_for`)
     one reduction over every gradient, flattened and concatenated with the loss: 2
@@ -328,7 +161,7 @@ def _first_non_finite(xp, arrays) -> str | None:
     return None
 
 
-def _diagnose(model, xb, loss_value: float) -> str | None:
+def diagnose(model, xb, loss_value: float) -> str | None:
     """Where the non-finite values start, or None when everything is finite after all (a
     sum that overflowed): parameters, then each layer's output, then each gradient."""
     xp = namespace_of(xb)
@@ -342,15 +175,17 @@ def _diagnose(model, xb, loss_value: float) -> str | None:
             if _first_non_finite(xp, [("output", out)]):
                 return f"layer {i} ({type(layer).__name__}) output is the first non-finite activation"
         largest = float(xp.max(xp.abs(out)))
-        return f"the loss itself overflowed (every layer output is finite; the largest logit magnitude is {largest:.3g})"
+        return ("the loss itself overflowed (every layer output is finite; the largest logit magnitude is "
+                f"{largest:.3g})")
     for key, layer, name in model.named_parameters():
         if _first_non_finite(xp, [(name, layer.grads[name])]):
-            return f"layer {key.rpartition('.')[0]} ({type(layer).__name__}) gradient of '{name}' is the first non-finite gradient"
+            return (f"layer {key.rpartition('.')[0]} ({type(layer).__name__}) gradient of '{name}' is the first "
+                    "non-finite gradient")
     return None
 
 
 def _non_finite(model, xb, loss_value: float, epoch: int, step: int, updated: bool) -> NonFiniteError | None:
-    where = _diagnose(model, xb, loss_value) if not updated else "found when the values were read"
+    where = diagnose(model, xb, loss_value) if not updated else "found when the values were read"
     if where is None:
         return None
     state = ("The weights hold this step's update (values are read every sync_every steps); restore the last checkpoint"
@@ -365,7 +200,8 @@ def _non_finite(model, xb, loss_value: float, epoch: int, step: int, updated: bo
 
 def _check_optimizer(optimizer: Any) -> None:
     if not isinstance(optimizer, Optimizer):
-        raise ArgumentTypeError(f"optimizer: expected an optimizer instance such as xpcnn.optim.SGD(lr=0.01), got {optimizer!r:.80}")
+        raise ArgumentTypeError("optimizer: expected an optimizer instance such as xpcnn.optim.SGD(lr=0.01), "
+                                f"got {optimizer!r:.80}")
 
 
 def _checked_layout(model, x, y):
@@ -447,7 +283,8 @@ def _restore_states(model, states) -> None:
 def _check_checkpoint_dir(checkpoint_dir, resume_from) -> None:
     for name, value in (("checkpoint_dir", checkpoint_dir), ("resume_from", resume_from)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise ArgumentTypeError(f"{name}: expected a directory path (str or os.PathLike), got {type(value).__name__}")
+            raise ArgumentTypeError(f"{name}: expected a directory path (str or os.PathLike), "
+                                    f"got {type(value).__name__}")
     if checkpoint_dir is None:
         return
     if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
@@ -535,7 +372,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ArgumentError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     if callbacks is not None and (isinstance(callbacks, (Callback, str, bytes)) or not hasattr(callbacks, "__iter__")):
-        raise ArgumentTypeError(f"callbacks: expected a list of xpcnn.callbacks.Callback objects, got {callbacks!r:.80}")
+        raise ArgumentTypeError("callbacks: expected a list of xpcnn.callbacks.Callback objects, "
+                                f"got {callbacks!r:.80}")
     callbacks = list(callbacks or [])
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
@@ -553,34 +391,37 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         optimizer, rng, initial_epoch, past, path = _resume(model, resume_from, optimizer)
         if verbose:
             print(f"resumed from {path}: epoch {initial_epoch} of {epochs} done, continuing with epoch "
-                  f"{initial_epoch + 1}" if initial_epoch < epochs else f"resumed from {path}: all {epochs} epochs done")
+                  f"{initial_epoch + 1}" if initial_epoch < epochs
+                  else f"resumed from {path}: all {epochs} epochs done")
     else:
         if not model.built and is_dataset(x):
             model.build(tuple(x.sample_shape), seed=seed, dtype="float32")
         elif not model.built:
-            x_arr = _as_array(x, "x")
+            x_arr = as_array(x, "x")
             if len(x_arr.shape) < 2:
                 raise ShapeError(f"x: expected a batch of images (N, C, H, W), got shape {tuple(x_arr.shape)}")
-            model.build(tuple(x_arr.shape[1:]), seed=seed, dtype=_float_kind(x_arr, "x"))
+            model.build(tuple(x_arr.shape[1:]), seed=seed, dtype=float_kind(x_arr, "x"))
         optimizer = optimizer or model.optimizer or default_optimizer()
         rng, initial_epoch, past = np.random.default_rng(seed), 0, {}
     model.optimizer = optimizer
     compiled = _compiled_step(model, optimizer, compile, label_smoothing, comm)
 
-    data = _data(model, x, y)
-    if isinstance(data, _DatasetData):
+    data = feed(model, x, y)
+    if isinstance(data, DatasetFeed):
         if comm is not None:
             raise ArgumentError("distributed: not available with a dataset yet; pass arrays")
         model.class_names = data.class_names
-    val = _validation(model, validation_data)
+    val = validation_feed(model, validation_data)
     history = History(past, initial_epoch)
     steps = -(-data.n // batch_size)
     if comm is not None:
-        DISTRIBUTED["mpi"].start_fit(comm, model, optimizer, data.y, rng, batch_size=batch_size, epochs=epochs, shuffle=bool(shuffle),
+        DISTRIBUTED["mpi"].start_fit(comm, model, optimizer, data.y, rng, batch_size=batch_size, epochs=epochs,
+                                     shuffle=bool(shuffle),
                       initial_epoch=initial_epoch, label_smoothing=label_smoothing)
         if comm.rank:  # rank 0 alone prints and writes checkpoints
             verbose, checkpoint_dir = 0, None
-    trainer = SimpleNamespace(model=model, optimizer=optimizer, rng=rng, history=history, stop_training=False, params=dict(
+    trainer = SimpleNamespace(model=model, optimizer=optimizer, rng=rng, history=history, stop_training=False,
+                              params=dict(
         epochs=epochs, initial_epoch=initial_epoch, steps=steps, samples=data.n, batch_size=batch_size,
         shuffle=bool(shuffle), seed=int(seed), verbose=verbose))
     # The caller's callbacks first (Keras's order): what they add to an epoch's logs ("lr") reaches
@@ -600,8 +441,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
             for cb in everything:
                 cb.on_epoch_begin(epoch, {})
             with model.backend.activate():  # CuPy launches on the current device: the model's
-                totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every,
-                                    everything, comm, compiled)
+                totals = _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing,
+                                    sync_every, everything, comm, compiled)
             logs = {"loss": totals[0] / data.n, "accuracy": totals[1] / data.n}
             if val is not None:
                 with model.backend.activate():
@@ -632,7 +473,8 @@ def _compiled_step(model, optimizer, compile, label_smoothing, comm) -> jit.Comp
     return None
 
 
-def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks, comm=None,
+def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks,
+               comm=None,
                compiled=None):
     """One pass over the data; returns (summed loss * batch size, correct). The host reads the
     step values every ``sync_every`` steps, all pending steps in one transfer. A ``compiled``
@@ -700,7 +542,7 @@ def _inference(model, xp, xb):
     return jit.forward(model, xb) if model.backend.compiles else model.forward(xb, False)
 
 
-def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float]:
+def _evaluate(model, data: ArrayFeed, batch_size: int, comm=None) -> dict[str, float]:
     total_loss, total_correct = 0.0, 0
     start, stop = (0, data.n) if comm is None else comm.share(data.n)  # each rank its slice
     for idx in iterate_batches(stop - start, batch_size, shuffle=False):
@@ -708,7 +550,7 @@ def _evaluate(model, data: _Data, batch_size: int, comm=None) -> dict[str, float
         xb, yb = data.batch(idx)
         xp = namespace_of(xb)
         logits = _inference(model, xp, xb)
-        loss, _ = cross_entropy_kernel(xp, logits, yb)  # labels were validated once, by _Data
+        loss, _ = cross_entropy_kernel(xp, logits, yb)  # labels were validated once, by ArrayFeed
         correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
         loss_value, correct_value = to_numpy(xp.stack([loss, correct])).tolist()
         total_loss += loss_value * len(idx)
@@ -728,7 +570,7 @@ def evaluate(model, x, y, *, batch_size: int = 256, distributed: bool = False) -
     if not model.built:
         raise NotBuiltError("model: not built; build it or fit it before evaluate")
     comm = _communicator(distributed)
-    data = _data(model, x, y)
+    data = feed(model, x, y)
     if comm is not None:
         DISTRIBUTED["mpi"].start_evaluate(comm, model, data.y, batch_size)
     try:
@@ -748,7 +590,7 @@ def predict(model, x, *, batch_size: int = 256):
     if not is_dataset(x) and (not isinstance(x, np.ndarray) or model.backend.is_host):
         xp, x = model.check_input(x)
         return F.softmax(_inference(model, xp, x), axis=1)
-    data = _data(model, x, None, labels=False)
+    data = feed(model, x, None, labels=False)
     parts = []
     try:
         for idx in iterate_batches(data.n, batch_size, shuffle=False):

@@ -11,9 +11,6 @@ protocol each library's adapter implements (``numpy_adapter``, ``cupy_adapter``,
 device of arrays, and moving them. No array library is imported until a backend is loaded.
 """
 
-import sys
-import types
-
 from . import registry
 from .arrays import (
     constant,
@@ -46,32 +43,5 @@ __all__ = [
     "BACKENDS", "VALID_NAMES", "Backend", "available_backends", "constant", "current_backend", "device_of",
     "dtype_name", "fewest_operations", "fewest_operations_for", "get_backend", "is_traced", "library_of",
     "load_backend", "namespace_of", "needs_cuda", "on_accelerator", "resolve_target", "set_backend", "to_device",
-    "to_numpy", "use_backend",
+    "to_numpy", "use_backend", "registry", "CupyBackend",
 ]
-
-# The names the single-module backend had for its state, which tests read and replace:
-# the loader table and CuPy's loader as they are, the selection and the cache forwarded to
-# the registry (a module attribute can only forward through its module's class).
-_LOADERS = registry.LOADERS
-_load_cupy = CupyBackend.load
-
-
-class _Package(types.ModuleType):
-    @property
-    def _selected(self):
-        return registry.STATE.selected
-
-    @_selected.setter
-    def _selected(self, backend):
-        registry.STATE.selected = backend
-
-    @property
-    def _loaded(self):
-        return registry.STATE.loaded
-
-    @_loaded.setter
-    def _loaded(self, loaded):
-        registry.STATE.loaded = loaded
-
-
-sys.modules[__name__].__class__ = _Package

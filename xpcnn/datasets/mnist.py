@@ -44,19 +44,19 @@ _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
 
 # Full MNIST. Digests of the canonical gzipped IDX files (the ones LeCun published, mirrored
 # unchanged); the same values appear in torchvision's and TensorFlow's MNIST code.
-_IDX_NAMES = {
+IDX_NAMES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-_SHA256 = {
+SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
     "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
     "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
-_MIRRORS = (
+MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
@@ -134,7 +134,7 @@ def cache_dir():
 
 
 def _load_mnist5k(path):
-    source = _mnist5k_csv(path)
+    source = mnist5k_csv(path)
     try:
         raw = source.read_bytes()
     except OSError as exc:
@@ -145,7 +145,7 @@ def _load_mnist5k(path):
     cache = cache_dir() / f"mnist5k-v{_SPLIT_VERSION}-{digest}.npz"
     arrays = _read_cache(cache)
     if arrays is None:
-        images, labels = _parse_mnist5k(raw, source)
+        images, labels = parse_mnist5k(raw, source)
         train, test = split_indices(labels)
         arrays = {
             "x_train": images[train],
@@ -157,7 +157,7 @@ def _load_mnist5k(path):
     return arrays
 
 
-def _mnist5k_csv(path):
+def mnist5k_csv(path):
     if path is not None:
         return path / _CSV_NAME if path.is_dir() else path
     try:
@@ -171,7 +171,7 @@ def _mnist5k_csv(path):
         ) from exc
 
 
-def _parse_mnist5k(raw, where):
+def parse_mnist5k(raw, where):
     """CSV bytes (gzip) -> images uint8 (5000, 28, 28), labels int64 (5000,), validated."""
     try:
         text = gzip.decompress(raw).decode("ascii")
@@ -276,7 +276,7 @@ def _search_dirs(path):
 def _idx_files(directory):
     """{key: path} of the four IDX files in directory (gzipped preferred); None if any is missing."""
     found = {}
-    for key, name in _IDX_NAMES.items():
+    for key, name in IDX_NAMES.items():
         for candidate in (directory / f"{name}.gz", directory / name):
             if candidate.is_file():
                 found[key] = candidate
@@ -398,7 +398,7 @@ def _fetch(url):
 def _download_missing(target, searched):
     """Fetch the gzipped IDX files target lacks, SHA-256 checked, each written atomically."""
     failures = []
-    for name, digest in _SHA256.items():
+    for name, digest in SHA256.items():
         if (target / name).is_file() or (target / name.removesuffix(".gz")).is_file():
             continue
         data = _download_verified(name, digest, failures)
@@ -411,7 +411,7 @@ def _download_missing(target, searched):
 
 
 def _download_verified(name, digest, failures):
-    for mirror in _MIRRORS:
+    for mirror in MIRRORS:
         url = mirror + name
         try:
             data = _fetch(url)
@@ -428,7 +428,7 @@ def _download_verified(name, digest, failures):
 
 def _missing_message(searched, failures):
     where = "\n".join(f"  {d}" for d in searched)
-    names = "\n".join(f"  {name}" for name in _SHA256)
+    names = "\n".join(f"  {name}" for name in SHA256)
     tried = "\n".join(f"  {f}" for f in failures)
     return (
         "full MNIST not found and the download failed:\n"
