@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a network of xpcnn.zoo: 'default' (Conv16-Conv32, Adam; the default), 'notebook' "
                             "(the notebook's, per-image SGD, printing its log lines), 'resnet8' (residual, BatchNorm)")
     train.add_argument("--backend", help="numpy (default), cupy, torch, jax, array_api_strict, auto; 'name:device' too")
-    train.add_argument("--epochs", type=_positive_int, help="epochs (default: 10; notebook 4, resnet8 8)")
-    train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: 64; notebook 1)")
+    train.add_argument("--epochs", type=_positive_int, help="epochs (default: 10; notebook 4, resnet8 12)")
+    train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: 64; notebook 1, resnet8 32)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: Adam 3e-3; notebook SGD 0.05)")
     train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="default: adam; notebook sgd")
     train.add_argument("--seed", type=_seed, help="seed of the initial weights and the shuffles (default 0)")

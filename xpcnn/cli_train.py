@@ -46,7 +46,7 @@ from .version import __version__
 TRAIN_DEFAULTS = {
     "default": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=10, dtype="float32", lr_schedule="none"),
     "notebook": dict(optimizer="sgd", lr=0.05, batch_size=1, epochs=4, dtype="float64", lr_schedule="none"),
-    "resnet8": dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=8, dtype="float32", lr_schedule="cosine"),
+    "resnet8": dict(optimizer="adam", lr=3e-3, batch_size=32, epochs=12, dtype="float32", lr_schedule="cosine"),
 }
 
 
