@@ -31,10 +31,10 @@ def code_lines(text: str) -> int:
 def main(root: Path) -> int:
     sizes = {path: code_lines(path.read_text()) for path in sorted(root.rglob("*.py"))}
     for path, count in sorted(sizes.items(), key=lambda item: item[1]):
-        print(f"{count:6d}  {path}")
+        print(f"{count:6d}  {path.relative_to(root.parent)}")
     total = sum(sizes.values())
     print(f"{total:6d}  total code lines (budget {BUDGET}, at most {PER_FILE} per file)")
-    too_big = [f"{path}: {count}" for path, count in sizes.items() if count > PER_FILE]
+    too_big = [f"{path.relative_to(root.parent)}: {count}" for path, count in sizes.items() if count > PER_FILE]
     if too_big or total > BUDGET:
         print(f"ci/size.py: over budget: total {total} (budget {BUDGET}); files over {PER_FILE}: {too_big or 'none'}",
               file=sys.stderr)
