@@ -4,7 +4,7 @@ behind keeping the CPU forms on a CPU.
 
     python benchmarks/bench_forms.py [--threads 2]     # ~1 minute
 
-1. The training step's NaN guard (``xpcnn.training._guard``): a sum per gradient added up (CPU)
+1. The training step's NaN guard (``xpcnn.training.nan_guard``): a sum per gradient added up (CPU)
    against one sum over the concatenated gradients (GPU), on the gradients of one real step.
 2. The optimizer update (``xpcnn.optim.Optimizer.step``): per parameter (CPU) against one flat
    update over the concatenations (GPU; here without the guard's concatenation to reuse, as
@@ -63,7 +63,7 @@ def guard_form(training, xp, loss, grads, fewest):
 
     def guard():
         with xpcnn.fewest_operations(fewest):
-            return training._guard(xp, loss, grads)
+            return training.nan_guard(xp, loss, grads)
     return guard
 
 

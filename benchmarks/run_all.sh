@@ -30,6 +30,22 @@ run "$R/conv_pool_threads$THREADS.txt" "$PY" benchmarks/bench_conv_pool.py --thr
 run "$R/pool_method_threads$THREADS.txt" "$PY" benchmarks/bench_pool_method.py --threads "$THREADS"
 run "$R/forms_threads$THREADS.txt" "$PY" benchmarks/bench_forms.py --threads "$THREADS"
 run "$R/conv_parts_threads$THREADS.txt" "$PY" benchmarks/bench_conv_parts.py --threads "$THREADS"
+# The figures that keep each form (docs/performance.md): the step, and the operation count,
+# without it (a patch in benchmarks/without/ takes it out).
+: >"$R/without_threads1_cpu.txt"
+for spec in "conv_avg_pool_fusion notebook:1 notebook:64" "max_pool_taps default:64" "linear_outer notebook:1" \
+  "relu_max_pool_fusion default:64 deep:64"; do
+  read -r name workloads <<<"$spec"
+  # shellcheck disable=SC2086  # workloads is a list of words on purpose
+  cmd=(benchmarks/bench_against_commit.py --patch "benchmarks/without/$name.patch" --workloads $workloads
+       --threads 1 --clock cpu --rounds 11)
+  { echo "# python ${cmd[*]}"; "$PY" "${cmd[@]}"; echo; } | tee -a "$R/without_threads1_cpu.txt"
+done
+for name in relu_max_pool_fusion argmax_tiled_backward; do
+  echo "# python benchmarks/bench_ops.py --patch benchmarks/without/$name.patch"
+  "$PY" benchmarks/bench_ops.py --patch "benchmarks/without/$name.patch"
+  echo
+done | tee "$R/without_ops.txt"
 run "$R/growth_threads$THREADS.txt" "$PY" benchmarks/bench_growth.py --threads "$THREADS" --plot "$R" \
   --json "$R/growth_threads$THREADS.json"
 run "$R/allocator.txt" "$PY" benchmarks/bench_allocator.py

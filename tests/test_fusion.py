@@ -89,7 +89,8 @@ def test_sequential_matches_torch_and_fuses_where_expected(net, shape, expected,
     with xpcnn.fewest_operations(fewest):
         model = check_against_torch(net, shape, seed=1)
         assert set(max_pool_forms(model)) <= {"argmax" if fewest else "taps"}
-    assert fused_at(model) == expected
+    # ReLU then MaxPool2D fuses only where the kernels take their fewest-operations forms.
+    assert fused_at(model) == tuple(i for i in expected if fewest or not isinstance(net[i], nn.ReLU))
 
 
 def test_inside_a_residual_block():
@@ -140,10 +141,12 @@ def test_relu_max_pool_ties_go_where_torch_sends_them(fewest):
     xt = torch.tensor(x, requires_grad=True)
     net(xt).backward(torch.from_numpy(grad_y))
     with xpcnn.fewest_operations(fewest):
+        model = interop.from_torch(net, (2, 6, 6), dtype="float64", backend="numpy")
+        model.needs_input_grad = True
         y = model.forward(x, training=True)
         assert max_pool_forms(model) == ["argmax" if fewest else "taps"]
         grad_x = model.backward(grad_y)
-    assert fused_at(model) == (0,)
+    assert fused_at(model) == ((0,) if fewest else ())
     assert np.array_equal(y, net(xt).detach().numpy())
     assert np.array_equal(grad_x, xt.grad.numpy())
 
@@ -181,8 +184,9 @@ def test_every_zoo_network_fused_and_unfused_gives_the_same_numbers(name, model,
     """The rewrite changes no number: output, input gradient, every parameter gradient and the
     BatchNorm statistics of a training step agree within 1e-12 relative (float64)."""
     plain = copy.deepcopy(model)
-    model.build(shape, seed=3, dtype="float64", backend="numpy")
-    plain.build(shape, seed=3, dtype="float64", backend="numpy", fuse=False)
+    with xpcnn.fewest_operations():  # where every fused form is swapped in
+        model.build(shape, seed=3, dtype="float64", backend="numpy")
+        plain.build(shape, seed=3, dtype="float64", backend="numpy", fuse=False)
     assert any(isinstance(layer, (fused.ConvAvgPool, fused.ReLUMaxPool)) for layer in model.chains[""]) \
         or name == "resnet8"  # resnet8 fuses inside nothing: its pools are global
     assert not any(isinstance(layer, (fused.ConvAvgPool, fused.ReLUMaxPool)) for layer in plain.chains[""])

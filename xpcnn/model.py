@@ -78,7 +78,7 @@ class Sequential(Container):
                 out = layer.build(out, rng=rng, backend=backend, dtype=dtype)
             except (ShapeError, ArgumentError) as e:
                 raise type(e)(f"layer {i}, {type(layer).__name__}: {e}") from None
-        self.plan_chains()
+        self.plan_chains(backend, dtype)
         # Random layers (Dropout masks, augmentation draws: a ``default_seed`` and a ``counter``) are
         # keyed by (build seed, layer path) unless the layer has its own seed: drawn without
         # touching ``rng``, so adding one never changes the other weights.

@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from . import checkpoint, jit
@@ -127,12 +126,7 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
 
 
 def _gather(xp, values):
-    """The arrays ``values`` (of one shape) stacked into one array, for a single host read. NumPy's
-    are on the host already: ``np.asarray`` of the list gives the same array ~8x faster than
-    ``np.stack`` (0.5 against 4.4 us for four 0-d arrays: a tenth of a batch-1 step's
-    overhead)."""
-    if array_api_compat.is_numpy_namespace(xp):
-        return np.asarray(values)
+    """The arrays ``values`` (of one shape) stacked into one array, for a single host read."""
     return xp.stack(values)
 
 
@@ -141,8 +135,7 @@ def nan_guard(xp, loss, grads):
     loss or any gradient holds NaN/Inf. On a GPU (:func:`xpcnn.backend.fewest_operations_for`)
     one reduction over every gradient, flattened and concatenated with the loss: 2
     operations, and the concatenation is returned for the optimizer's flat update. On a CPU
-    a sum per gradient, added up: no copy of the gradients (the concatenation copies each):
-    1.13x faster at batch 1, 0.97-1.41x at batch 64 (``benchmarks/bench_forms.py``, section 1)."""
+    a sum per gradient, added up: no copy of the gradients (the concatenation copies each)."""
     if not grads:
         return loss, None
     if fewest_operations_for(loss):

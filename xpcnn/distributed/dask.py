@@ -182,7 +182,7 @@ def _predict_chunk(images: np.ndarray, blob: bytes, digest: str, backend: str | 
     images = np.asarray(images, dtype=model.dtype)
     out = [to_numpy(model.predict(to_device(images[i:i + batch_size], model.backend)))
            for i in range(0, images.shape[0], batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), dtype=model.dtype)
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape()[-1]), dtype=model.dtype)
 
 
 def _evaluate_chunk(images: np.ndarray, labels: np.ndarray, blob: bytes, digest: str, backend: str | None,
@@ -212,7 +212,7 @@ def predict(model, x, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str | No
     batch_size, backend = positive_int(batch_size, "batch_size", error=ArgumentError), _check_backend(backend)
     shipped, digest = _shipped(dask, model)
     x = _images(da, model, x)
-    classes = model.output_shape[-1]
+    classes = model.output_shape()[-1]
     image_axes = "abcdefgh"[:x.ndim - 1]
     return da.blockwise(
         _predict_chunk, "nk", x, "n" + image_axes, shipped, None, digest, None, backend, None, batch_size, None,

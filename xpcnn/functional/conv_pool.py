@@ -2,9 +2,9 @@
 
 Average pooling acts on spatial positions and the convolution's matmul on channels, so the two
 commute: pooling the im2col columns, then multiplying by the weight, gives the same output as
-pooling the convolution's output. The matmul then runs on the pooled positions only (2x2
-pooling: 4x fewer), and the convolution's full-size output is never made. The weight gradient
-is the same identity read backwards: grad_y times the pooled columns.
+pooling the convolution's output. The matmul then runs on the pooled positions only (a
+quarter of them for 2x2 pooling), and the convolution's full-size output is never made. The
+weight gradient is the same identity read backwards: grad_y times the pooled columns.
 
 The pooled columns are made straight from the input, without the im2col columns (kh*kw times
 the input) in between. Pooling is separable, y = A_h^T x A_w, and tap (i, j)'s column is the
