@@ -41,6 +41,7 @@ class Sequential(Container):
         self.seed: int | None = None
         self.class_names: list[str] | None = None
         self.flat_grads = None  # (gradients, their concatenation) from the last step's guard (GPU form)
+        self.slots = None  # the chains they were listed for, parameters, buffers and leaves
         self.needs_input_grad = False  # nobody trains the data
 
     # ---------------------------------------------------------------- building
@@ -89,6 +90,24 @@ class Sequential(Container):
                 layer.counter = 0
         self.input_shape, self.built_output_shape = shape, out
         self.backend, self.dtype, self.seed = backend, dtype, int(seed)
+
+    def named_parameters(self) -> list:
+        """(key, layer, name) for every parameter (see :meth:`Container.named_parameters`), listed
+        once per build: a training step asks for them several times."""
+        if self.slots is None or self.slots[0] is not self.chains:
+            leaves = Container.leaves(self)
+            self.slots = (self.chains,
+                          [(f"{path}.{name}", layer, name) for path, layer in leaves for name in layer.params],
+                          [(f"{path}.{name}", layer, name) for path, layer in leaves for name in layer.buffers], leaves)
+        return self.slots[1]
+
+    def named_buffers(self) -> list:
+        self.named_parameters()
+        return self.slots[2]
+
+    def leaves(self) -> list:
+        self.named_parameters()
+        return self.slots[3]
 
     def reset_weights(self, seed: int = 0) -> Sequential:
         """Redraw every parameter and buffer of a built model from ``seed`` (as a new build would)."""
