@@ -11,9 +11,10 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
+import array_api_compat
 import array_api_extra as xpx
 
-from ..backend import device_of
+from ..backend import device_of, fewest_operations_for
 
 
 def pad2d(xp: Any, x: Any, padding, value: float = 0.0) -> Any:
@@ -60,6 +61,18 @@ def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:
     return [x[index] for index in tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw))]
 
 
+def add_into(xp: Any, x: Any, index, y: Any) -> Any:
+    """``x[index] += y`` on a buffer made here; returns the updated array. In the fewest-operations
+    form, where views write through (CuPy, torch), the slice's own in-place add: one operation;
+    ``xpx.at(x, index).add(y)`` also copies the updated slice back, a second. Elsewhere that
+    functional update."""
+    if fewest_operations_for(x) and (array_api_compat.is_cupy_array(x) or array_api_compat.is_torch_array(x)):
+        view = x[index]
+        view += y
+        return x
+    return xpx.at(x, index).add(y, xp=xp)
+
+
 def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride, dilation, out_hw) -> Any:
     """Adjoint of padding then :func:`taps_of`: sum each tap's (..., OH, OW) gradient into the
     input positions it was read from, then drop the padding -> (..., H, W) with (H, W) = ``size``.
@@ -72,7 +85,7 @@ def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride
     grad = xp.zeros((*first.shape[:-2], top + h + bottom, left + w + right), dtype=first.dtype, device=device_of(first))
     overlapping = kernel[0] * dilation[0] > stride[0] or kernel[1] * dilation[1] > stride[1]
     for index, g in zip(tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw)), taps):
-        grad = xpx.at(grad, index).add(g, xp=xp) if overlapping else xpx.at(grad, index).set(g, xp=xp)
+        grad = add_into(xp, grad, index, g) if overlapping else xpx.at(grad, index).set(g, xp=xp)
     return crop2d(grad, padding, size)
 
 
