@@ -70,8 +70,8 @@ def test_zoo_network_runs_the_same_in_onnxruntime(name, tmp_path):
     x = rng.standard_normal((5, 1, 28, 28)).astype(np.float32)
     assert runtime.class_names == model.class_names and runtime.predict_classes(x) == model.predict_classes(x)
     back = from_onnx(tmp_path / "m.onnx")
-    assert np.array_equal(xpcnn.to_numpy(back.predict(x)), xpcnn.to_numpy(model.predict(x)))
-    assert back.class_names == model.class_names and back.get_config() == model.get_config()
+    assert np.array_equal(xpcnn.to_numpy(back.predict(x)), xpcnn.to_numpy(model.fold_batchnorm().predict(x)))
+    assert back.class_names == model.class_names and back.get_config() == model.fold_batchnorm().get_config()
 
 
 # ---------------------------------------------------------------- random networks
@@ -197,7 +197,7 @@ def test_random_network_runs_the_same_in_onnxruntime(index, tmp_path):
     if index % 10 == 0:
         x = np.random.default_rng(1).standard_normal((3, *model.input_shape)).astype(np.float32)
         assert np.array_equal(xpcnn.to_numpy(from_onnx(tmp_path / "r.onnx").predict(x)),
-                              xpcnn.to_numpy(model.predict(x)))
+                              xpcnn.to_numpy(model.fold_batchnorm().predict(x)))
 
 
 def test_the_random_networks_cover_every_layer_and_option():
@@ -374,14 +374,14 @@ def test_trace_names_the_layer_it_cannot_trace_and_from_onnx_refuses_traced_grap
         from_onnx(tmp_path / "t.onnx")
 
 
-# ---------------------------------------------------------------- docs/export.md
+# ---------------------------------------------------------------- docs/deploy.md
 
 
 def test_the_docs_example_runs(tmp_path, monkeypatch):
     pytest.importorskip("ndonnx")
-    text = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
     monkeypatch.chdir(tmp_path)
-    exec(compile(re.search(r"```python\n(.*?)```", text, re.S).group(1), "docs/export.md", "exec"), {})
+    exec(compile(re.search(r"```python\n(.*?)```", text, re.S).group(1), "docs/deploy.md", "exec"), {})
 
 
 # ---------------------------------------------------------------- the command line

@@ -24,6 +24,7 @@ from .datasets.feed import as_model_dtype
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, layers_from_config
 from .layers.containers import Container, run_backward, run_forward
+from .layers.fold import fold_batchnorm
 
 
 class Sequential(Container):
@@ -332,7 +333,20 @@ class Sequential(Container):
             raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
         _, x = self.check_input(x)
         with self.device_context():
-            return self.forward(x, training)
+            y = self.forward(x, training)
+        if not training:
+            self.release_saved()  # inference keeps no training caches
+        return y
+
+    def fold_batchnorm(self) -> Sequential:
+        """A new built model for inference: every Conv2D followed by a BatchNorm2D (in residual
+        branches too) as one Conv2D whose weight and bias absorb the running statistics; the other
+        layers share this model's arrays. Same outputs at inference within rounding."""
+        self.require_built()
+        folded = fold_batchnorm(self.layers, lambda layers: Sequential(layers).build(
+            self.input_shape, seed=self.seed, dtype=self.dtype, backend=self.backend, fuse=self.fuse))
+        folded.class_names = self.class_names
+        return folded
 
     def loss_and_grad(self, x, y, *, label_smoothing: float = 0.0):
         """Forward (training mode), mean softmax cross-entropy and backward on one batch, filling

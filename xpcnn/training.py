@@ -532,7 +532,9 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 def _inference(model, xp, xb):
     """Inference-mode logits of a checked batch: one compiled function on jax (op by op, JAX
     dispatches and compiles every operation separately), the layers' forward elsewhere."""
-    return jit.forward(model, xb) if model.backend.compiles else model.forward(xb, False)
+    logits = jit.forward(model, xb) if model.backend.compiles else model.forward(xb, False)
+    model.release_saved()  # inference keeps no training caches
+    return logits
 
 
 def _evaluate(model, data: ArrayFeed, batch_size: int, comm=None) -> dict[str, float]:

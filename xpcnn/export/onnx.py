@@ -1,6 +1,6 @@
 """A built Sequential as an ONNX graph written with ``onnx.helper`` (opset 17), and back.
 
-Each layer becomes the operators below (docs/export.md has the table), in the graph's float
+Each layer becomes the operators below (docs/deploy.md has the table), in the graph's float
 dtype, its nodes named ``"<layer path>/<Op>_<k>"``. Parameters and buffers are initializers
 named by their keys (``"3.block.0.weight"``), and ``metadata_props`` keep the architecture
 (``xpcnn_config``), the class names and the xpcnn version, so :func:`from_onnx` rebuilds the
@@ -193,10 +193,11 @@ def chain(g: Graph, stack, prefix: str, x: str) -> str:
 def onnx_model(model: Sequential, *, opset: int = 17, output: str = "logits", dynamic_batch: bool = True,
                dtype: str | None = None, method: str = "hand") -> onnx.ModelProto:
     """The ONNX graph of a built ``model``: input "input" (N, C, H, W), output ``output`` (N, K),
-    logits or softmax probabilities; N symbolic ("N") with ``dynamic_batch``, else 1. ``dtype``:
+    logits or softmax probabilities; N symbolic ("N") with ``dynamic_batch``, else 1. The graph is
+    of ``model.fold_batchnorm()`` (and its config is what :func:`from_onnx` rebuilds). ``dtype``:
     the graph's float dtype (default the model's). ``method``: "hand" (written here, opset
     ``opset``) or "trace" (xpcnn's layer code run on ndonnx, ndonnx's opset: :mod:`.trace`)."""
-    model.require_built()
+    model = model.fold_batchnorm()  # each Conv2D + BatchNorm2D as one Conv: fewer nodes, same numbers
     dtype = model.dtype if dtype is None else dtype
     for name, value, valid in (("dtype", dtype, ELEMENT_TYPES), ("output", output, OUTPUTS), ("opset", opset, OPSETS),
                                ("method", method, METHODS)):
