@@ -309,7 +309,8 @@ class Sequential(Container):
             )
         if x.shape[0] == 0:
             raise DataError("x: the batch is empty (N = 0)")
-        x = as_model_dtype(xp, x, self.dtype, "x")
+        if first is None or x.dtype != first.dtype:
+            x = as_model_dtype(xp, x, self.dtype, "x")
         if values and not bool(xp.all(xp.isfinite(x))):
             bad = xp.reshape(~xp.isfinite(x), (-1,))
             count, first_bad = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
