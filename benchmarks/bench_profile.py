@@ -4,9 +4,8 @@
 
 For the deep, default and resnet8 networks at batch 64 (benchmarks/harness.py: mnist5k,
 float32, SGD lr 0.05): after a warm-up, ``--steps`` calls of ``model.train_step`` with a clock
-around each top-level layer's forward and backward (``run_forward`` / ``run_backward``; a
-residual block counts as one layer; a pair of layers the model runs as one op, Conv2D+AvgPool2D
-or ReLU+MaxPool2D, is one row), then the same number of PyTorch steps. Each figure is the
+around each layer the model runs (``forward`` / ``backward`` of ``model.chains[""]``: a residual
+block counts as one layer; a pair the model runs fused, :mod:`xpcnn.layers.fused`, is one row), then the same number of PyTorch steps. Each figure is the
 median over the steps, in milliseconds; "rest" is the step minus its layers (loss, optimizer
 update, checks), per step. The clocks themselves cost a few microseconds per layer.
 """
@@ -42,28 +41,17 @@ def timed(layer, method: str, name: str, times: dict):
 
 def profile(net: str, batch: int, steps: int, images, labels) -> tuple[list, float, float, float | None]:
     """(rows of (layer label, forward ms, backward ms), rest ms, xpcnn step ms, PyTorch step ms or None)."""
-    from xpcnn.layers.fused import fused_pair
-
     model = harness.build_xpcnn(net)
     work = harness.xpcnn_workload(model, images, labels, batch)
     labels_of = []
     per_step = collections.defaultdict(list)
     times = collections.defaultdict(float)
-    layers = model.layers
-    for i, layer in enumerate(layers):
+    # What the model runs: its layers with the fused forms swapped in at build (one row each).
+    for i, layer in enumerate(model.chains[""]):
         label = f"{i:>2} {type(layer).__name__}"
-        # A pair the model runs as one op (Conv2D+AvgPool2D, ReLU+MaxPool2D) is one row.
-        if i + 1 < len(layers) and fused_pair(layer, layers[i + 1]) is not None:
-            label += f"+{type(layers[i + 1]).__name__}"
-        elif i > 0 and fused_pair(layers[i - 1], layer) is not None:
-            continue
         labels_of.append(label)
-        for method, kind in (("run_forward", "fwd"), ("run_backward", "bwd"), ("_forward_fused", "fwd"),
-                             ("_backward_fused", "bwd")):
-            if hasattr(layer, method):
-                timed(layer, method, (label, kind), times)
-            elif method.startswith("run_"):
-                raise harness.Unavailable(f"{type(layer).__name__} has no {method}: the layer API changed")
+        for method, kind in (("forward", "fwd"), ("backward", "bwd")):
+            timed(layer, method, (label, kind), times)
     for _ in range(3):
         work.step()
     step_ms, rest_ms = [], []
