@@ -6,7 +6,8 @@ For the deep, default and resnet8 networks at batch 64 (benchmarks/harness.py: m
 float32, SGD lr 0.05): after a warm-up, ``--steps`` calls of ``model.train_step`` with a clock
 around each layer the model runs (``forward`` / ``backward`` of ``model.chains[""]``: a residual
 block counts as one layer; a pair the model runs fused, :mod:`xpcnn.layers.fused`, is one row),
-then the same number of PyTorch steps. Each figure is the median over the steps, in milliseconds; "rest" is the step minus its layers (loss, optimizer
+then the same number of PyTorch steps. Each figure is the median over the steps, in
+milliseconds; "rest" is the step minus its layers (loss, optimizer
 update, checks), per step. The clocks themselves cost a few microseconds per layer.
 """
 

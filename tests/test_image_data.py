@@ -245,7 +245,7 @@ def test_cli_trains_on_a_folder_and_predicts_class_names(tmp_path, capsys):
                      "--verbose", "0", "--save", str(model)]) == 0
     out = capsys.readouterr().out
     assert f"{root}: 8 training / 2 held-out images" in out and "held-out accuracy" in out
-    assert cli.main(["predict", str(model), str(root / "c1"), str(root / "c0" / "00.png")]) == 0
+    assert cli.main(["predict", str(model), str(root / "c1"), str(root / "c0" / "00.png"), "--top", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 6 and all(re.match(r".*\.png: c[01] \(probability [0-9.]+\); next: c[01] ", line)
                                    for line in lines)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import plot
 from .backend import (
     available_backends,
     current_backend,
@@ -36,7 +37,7 @@ from .backend import (
     to_numpy,
 )
 from .cli_train import UsageError, backend_option, cmd_train, load_split
-from .datasets.folder import SUFFIXES
+from .datasets.folder import SUFFIXES, ImageFolder, image_folder
 from .datasets.folder import read_image as read_color_image
 from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeError, XpcnnError
 from .saving import load
@@ -124,11 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data-parallel over MPI ranks: mpiexec -n K python -m xpcnn train --distributed; rank 0 "
                             "alone prints, checkpoints, saves and plots (docs/distributed.md; pip install -e '.[mpi]')")
 
-    evaluate = sub.add_parser("evaluate", help="accuracy and loss of a saved model on the MNIST test split")
+    evaluate = sub.add_parser("evaluate", help="accuracy, loss, per-class precision and recall and the confusion "
+                              "matrix of a saved model on the MNIST test split or an image folder")
     evaluate.add_argument("model", help="model file (or checkpoint directory)")
     evaluate.add_argument("--backend", help="backend to run on (default: the selected one, numpy)")
     evaluate.add_argument("--dataset", choices=("mnist5k", "mnist"), default="mnist5k")
     evaluate.add_argument("--data-path")
+    evaluate.add_argument("--data", metavar="DIR", help="evaluate on the image folder DIR/<class name>/<images> "
+                          "instead (resized to the model's input; its classes must be among the model's)")
+    evaluate.add_argument("--plot", metavar="FILE", help="draw the confusion matrix to FILE (PNG; needs matplotlib)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
 
     predict = sub.add_parser("predict", help="classify an image file (needs Pillow)")
@@ -137,12 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image files (PNG, JPEG, ...) or folders of them, resized to the model's input; one line "
                               "each: the class (its name when the model has class names) and its probability")
     predict.add_argument("--backend")
+    predict.add_argument("--top", type=_positive_int, default=1, metavar="K",
+                         help="print the K most probable classes of each image (default 1)")
     predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                          help="MNIST digits are white on black; 'auto' inverts images whose background is light")
 
     export = sub.add_parser("export", help="write a saved model as an ONNX graph (needs the onnx extra)")
     export.add_argument("model", help="model file (or checkpoint directory)")
-    export.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to write (docs/export.md)")
+    export.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to write (docs/deploy.md)")
     export.add_argument("--output", choices=("logits", "probabilities"), default="logits",
                         help="what the graph returns (default logits)")
     export.add_argument("--dtype", choices=("float32", "float64"),
@@ -157,21 +164,70 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- evaluate / predict
 
 
-def cmd_evaluate(args) -> int:
+def _class_folder(model, path: str):
+    """The image folder ``path`` for ``model``: resized to its input, labels renumbered to its
+    classes (``model.class_names``, else "0", "1", ...); a class it lacks is a DataError."""
+    names = model.class_names or [str(k) for k in range(model.output_shape()[-1])]
+    c, h, w = model.input_shape
+    ds = image_folder(path, image_size=(h, w), color="rgb" if c == 3 else "gray")
+    unknown = [name for name in ds.class_names if name not in names]
+    if unknown:
+        raise DataError(f"--data: {Path(path) / unknown[0]}: the class {unknown[0]!r} is not one of the model's "
+                        f"classes ({', '.join(names)})")
+    index = np.array([names.index(name) for name in ds.class_names], dtype=np.int64)
+    return ImageFolder(ds.files, index[ds.labels], names, ds.sample_shape, ds.color, ds.resize, ds.skipped)
 
+
+def class_report(y_true, y_pred, names) -> tuple[str, np.ndarray]:
+    """Per-class precision and recall and the confusion matrix (K, K) (rows: true class, columns:
+    predicted) of int labels ``y_true`` and predictions ``y_pred`` (N,); K = len(names).
+    Returns (the table as text, the matrix)."""
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(counts, (y_true, y_pred), 1)
+    right, width = np.diag(counts), max(7, *map(len, names))
+
+    def ratio(num, den):
+        return f"{num / den:9.3f}" if den else f"{'-':>9}"
+
+    lines = [f"{'class':<{width}}  precision    recall  images"]
+    lines += [f"{name:<{width}}  {ratio(right[k], counts[:, k].sum())} {ratio(right[k], counts[k].sum())}  "
+              f"{counts[k].sum():6d}" for k, name in enumerate(names)]
+    lines += ["confusion matrix (rows: true class, columns: predicted class):",
+              " " * width + "".join(f" {name:>{width}}" for name in names)]
+    lines += [f"{name:<{width}}" + "".join(f" {c:>{width}}" for c in row) for name, row in zip(names, counts)]
+    return "\n".join(lines), counts
+
+
+def cmd_evaluate(args) -> int:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     model = load(args.model, backend=backend_option(args.backend))
+    if args.data:
+        _evaluate(model, _class_folder(model, args.data), None, args, f"the images of {args.data}")
+        return 0
     _, (x_test, y_test) = load_split(args.dataset, args.data_path, model.dtype)
     if tuple(x_test.shape[1:]) != tuple(model.input_shape):
         want, got = model.input_shape, tuple(x_test.shape[1:])
         raise DataError(f"model: {args.model} expects {'x'.join(map(str, want[1:]))} images with {want[0]} channel(s); "
                         f"the {args.dataset} test split is {'x'.join(map(str, got[1:]))} with {got[0]}: evaluate it "
                         "on data of its own shape (the model's input shape is fixed when it is built)")
-    result = model.evaluate(x_test, y_test, batch_size=args.batch_size)
-    correct = round(result["accuracy"] * len(x_test))
-    print(f"{args.model}: accuracy {100 * result['accuracy']:.2f}% ({correct}/{len(x_test)}) on the {args.dataset} "
-          "test split, "
-          f"loss {result['loss']:.4f} ({model.backend}, {model.dtype})")
+    _evaluate(model, x_test, y_test, args, f"the {args.dataset} test split")
     return 0
+
+
+def _evaluate(model, x, y, args, what: str) -> None:
+    """Print accuracy and loss of ``model`` on (x, y) or a dataset x, the per-class table and
+    confusion matrix (:func:`class_report`), and draw it with --plot."""
+    result = model.evaluate(x, y, batch_size=args.batch_size)
+    correct = round(result["accuracy"] * len(x))
+    print(f"{args.model}: accuracy {100 * result['accuracy']:.2f}% ({correct}/{len(x)}) on {what}, "
+          f"loss {result['loss']:.4f} ({model.backend}, {model.dtype})")
+    predicted = to_numpy(model.predict(x, batch_size=args.batch_size)).argmax(axis=1)
+    names = model.class_names or [str(k) for k in range(model.output_shape()[-1])]
+    table, counts = class_report(np.asarray(x.labels if y is None else y), predicted, names)
+    print(table)
+    if args.plot:
+        print(f"wrote {plot.confusion_matrix(counts, names, args.plot)}")
 
 
 def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
@@ -213,8 +269,9 @@ def cmd_predict(args) -> int:
             x = to_device(pixels[None].astype(model.dtype) / np.dtype(model.dtype).type(255), model.backend)
             probs = to_numpy(model.predict(x))[0]
             order, names = np.argsort(-probs), model.class_names or [str(k) for k in range(len(probs))]
-            print(f"{path}: {names[order[0]]} (probability {probs[order[0]]:.3f}); next: "
-                  + ", ".join(f"{names[k]} ({probs[k]:.3f})" for k in order[1:3]))
+            print(f"{path}: {names[order[0]]} (probability {probs[order[0]]:.3f})" + "".join(
+                ("; next: " if i == 1 else ", ") + f"{names[k]} ({probs[k]:.3f})"
+                for i, k in enumerate(order[1:args.top], 1)))
     return 0
 
 

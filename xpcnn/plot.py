@@ -77,6 +77,28 @@ def first_layer_kernels(model, path: str | os.PathLike) -> Path:
     return path
 
 
+def confusion_matrix(counts, class_names, path: str | os.PathLike) -> Path:
+    """The confusion matrix ``counts`` (K, K) (rows: true class, columns: predicted; K =
+    len(class_names)) as a heat map with each cell's count, to ``path`` (PNG)."""
+    counts = np.asarray(counts)
+    size = 2.5 + 0.5 * len(class_names)
+    fig = _figure(size, size)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(counts, cmap="Blues", interpolation="nearest")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=90)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    high = counts.max() / 2
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > high else "black", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
 def save_all(history, model, directory: str | os.PathLike) -> list[Path]:
     """``curves.png`` and ``kernels.png`` in ``directory`` (created); returns their paths."""
     directory = Path(directory)
