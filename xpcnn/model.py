@@ -311,7 +311,7 @@ class Sequential(Container):
             raise DataError("x: the batch is empty (N = 0)")
         if first is None or x.dtype != first.dtype:
             x = as_model_dtype(xp, x, self.dtype, "x")
-        if values and not bool(xp.all(xp.isfinite(x))):
+        if values and not self.backend.lazy and not bool(xp.all(xp.isfinite(x))):
             bad = xp.reshape(~xp.isfinite(x), (-1,))
             count, first_bad = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
             raise DataError(f"x: expected finite values, got {count} NaN/Inf among {math.prod(x.shape)} values in the "

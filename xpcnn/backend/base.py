@@ -37,6 +37,8 @@ class Backend:
     supports_nccl: ClassVar[bool] = False
     #: What ``xpcnn info`` says about the dtypes it can hold; empty when nothing limits them.
     dtype_note: ClassVar[str] = ""
+    #: Whether its arrays may hold no values to read (ndonnx: graph nodes): nothing reads them on the host.
+    lazy: ClassVar[bool] = False
     #: ``owns(x)``: whether ``x`` is an array of this library (a ``jax.jit`` tracer counts as a JAX array).
     owns: ClassVar[Callable[[Any], bool]]
     #: ``on_accelerator(x)``: whether array ``x`` of this library lives on a GPU.

@@ -18,12 +18,13 @@ from ..errors import ArgumentError, BackendUnavailableError
 from .base import Backend
 from .cupy_adapter import CupyBackend
 from .jax_adapter import JaxBackend
+from .ndonnx_adapter import NdonnxBackend
 from .numpy_adapter import NumpyBackend
 from .strict_adapter import StrictBackend
 from .torch_adapter import TorchBackend
 
 ADAPTERS: dict[str, type[Backend]] = {a.name: a for a in (NumpyBackend, CupyBackend, TorchBackend, JaxBackend,
-                                                          StrictBackend)}
+                                                          StrictBackend, NdonnxBackend)}
 BACKENDS = tuple(ADAPTERS)
 VALID_NAMES = (*BACKENDS, "auto")
 # Every load goes through this table, so a test can wrap one loader and count its calls.
@@ -107,9 +108,7 @@ def resolve_target(target: Any) -> Backend:
     for adapter in ADAPTERS.values():
         if adapter.owns_device(target):
             return load_backend(adapter.spec(target))
-    raise ArgumentError(
-        f"target: expected a backend name or a device object of numpy/cupy/torch/jax/array_api_strict, got {target!r}"
-    )
+    raise ArgumentError(f"target: expected a backend name or a device object of {'/'.join(ADAPTERS)}, got {target!r}")
 
 
 def current_backend() -> Backend:
