@@ -33,7 +33,7 @@ def test_use_backend_restores_previous_selection():
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names are numpy, cupy, torch, jax, array_api_strict, auto"):
+    with pytest.raises(ValueError, match="valid names are numpy, cupy, torch, jax, array_api_strict, ndonnx, auto"):
         xpcnn.set_backend("tensorflow")
 
 
@@ -114,7 +114,7 @@ def test_env_variable_picks_backend():
 
 def test_available_backends_reports_every_name():
     report = xpcnn.available_backends()
-    assert set(report) == {"numpy", "cupy", "torch", "jax", "array_api_strict"}
+    assert set(report) == {"numpy", "cupy", "torch", "jax", "array_api_strict", "ndonnx"}
     assert report["numpy"] == "available"
     assert all(v == "available" or len(v) > 10 for v in report.values())
 

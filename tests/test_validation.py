@@ -420,7 +420,7 @@ def test_build_seed(bad):
 # backend.py raises plain ValueError here (DESIGN: "an unknown name raises ValueError listing the
 # valid ones"); the message names the argument and every valid name.
 
-VALID = "valid names are numpy, cupy, torch, jax, array_api_strict, auto"
+VALID = "valid names are numpy, cupy, torch, jax, array_api_strict, ndonnx, auto"
 
 
 def test_unknown_backend_names():

@@ -23,7 +23,7 @@ from .checkpoint import optimizer_class, optimizer_record
 from .datasets.feed import as_model_dtype
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, layers_from_config
-from .layers.containers import Container, run_backward, run_forward
+from .layers.containers import Container, run_backward, run_forward, run_traced
 from .layers.fold import fold_batchnorm
 
 
@@ -321,6 +321,11 @@ class Sequential(Container):
     def forward(self, x, training: bool = False):
         """Logits (N, K) of a batch already checked (:meth:`check_input`); each layer keeps what
         its backward needs. ``training=True`` runs training-mode layers (dropout, batch statistics)."""
+        if self.backend.lazy:  # arrays without values (ndonnx): a graph of the unfused layers
+            if training:
+                raise ArgumentError(f"training: the {self.backend.name} backend builds inference graphs only; train "
+                                    f"on another backend, then model.to({self.backend.name!r})")
+            return run_traced(self.layers, "", x, self.input_shape)
         return run_forward(self.chains[""], x, training)
 
     def backward(self, grad_y):

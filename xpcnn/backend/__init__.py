@@ -7,8 +7,9 @@ data are created.
 
 ``registry``: names, ``XPCNN_BACKEND``, loading and selection. ``base``: :class:`Backend`, the
 protocol each library's adapter implements (``numpy_adapter``, ``cupy_adapter``,
-``torch_adapter``, ``jax_adapter``, ``strict_adapter``). ``arrays``: namespace, library and
-device of arrays, and moving them. No array library is imported until a backend is loaded.
+``torch_adapter``, ``jax_adapter``, ``strict_adapter``, ``ndonnx_adapter``: inference only).
+``arrays``: namespace, library and device of arrays, and moving them.
+No array library is imported until a backend is loaded.
 """
 
 from . import registry

@@ -18,26 +18,8 @@ import ndonnx
 import numpy as np
 
 from ..backend import to_numpy
-from ..errors import ExportError
 from ..functional import softmax
-from ..layers import Residual
-
-
-def run(stack, prefix: str, x, shape: tuple[int, ...]):
-    """``x`` (N, *shape), an ndonnx array, through the layers of ``stack`` in inference mode."""
-    for i, layer in enumerate(stack):
-        path = f"{prefix}{i}"
-        try:
-            y = (run(layer.block, f"{path}.block.", x, shape) + run(layer.shortcut, f"{path}.shortcut.", x, shape)
-                 if type(layer) is Residual else layer.forward(x, training=False))
-        except ExportError:
-            raise
-        except (TypeError, ValueError, IndexError) as e:  # what a size that is not a number raises
-            raise ExportError(f"layer {path} ({type(layer).__name__}): cannot be traced through ndonnx with a symbolic "
-                              f"batch ({type(e).__name__}: {e}); export with method='hand'") from None
-        shape = tuple(layer.output_shape(shape))
-        x = ndonnx.reshape(y, (-1, *shape))
-    return x
+from ..layers.containers import run_traced
 
 
 def traced_model(model, *, output: str, dynamic_batch: bool, dtype: str):
@@ -49,5 +31,5 @@ def traced_model(model, *, output: str, dynamic_batch: bool, dtype: str):
             arrays = getattr(layer, kind)
             arrays[name] = ndonnx.asarray(np.asarray(to_numpy(arrays[name]), dtype=dtype))
     x = ndonnx.argument(shape=("N" if dynamic_batch else 1, *model.input_shape), dtype=getattr(ndonnx, dtype))
-    y = run(twin.layers, "", x, model.input_shape)
+    y = run_traced(twin.layers, "", x, model.input_shape)
     return ndonnx.build({"input": x}, {output: softmax(y, axis=1) if output == "probabilities" else y})

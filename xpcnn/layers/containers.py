@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..backend import fewest_operations_for
-from ..errors import ArgumentTypeError, ShapeError
+from ..backend import fewest_operations_for, namespace_of
+from ..errors import ArgumentTypeError, ExportError, ShapeError
 from .base import Layer, describe, layers_from_config
 from .fused import rewrite
 
@@ -185,3 +185,24 @@ class Residual(Container):
 
     def __repr__(self) -> str:
         return f"Residual(block={self.block!r}, shortcut={self.shortcut or None!r})"
+
+
+def run_traced(stack: list[Layer], prefix: str, x, shape: tuple[int, ...]):
+    """``x`` (N, *shape) through the built ``stack`` at inference, for a lazy array library whose
+    arrays are graph nodes with a symbolic batch (ndonnx): the layers without fused forms, each
+    output's shape restated with a reshape (ndonnx forgets a matmul result's static sizes once one
+    is symbolic). ExportError names a layer that needs the batch size as a number."""
+    for i, layer in enumerate(stack):
+        path = f"{prefix}{i}"
+        try:
+            y = (run_traced(layer.block, f"{path}.block.", x, shape) +
+                 run_traced(layer.shortcut, f"{path}.shortcut.", x, shape)
+                 if type(layer) is Residual else layer.forward(x, training=False))
+        except ExportError:
+            raise
+        except (TypeError, ValueError, IndexError) as e:  # what a size that is not a number raises
+            raise ExportError(f"layer {path} ({type(layer).__name__}): cannot be traced through ndonnx with a symbolic "
+                              f"batch ({type(e).__name__}: {e}); export with method='hand'") from None
+        shape = tuple(layer.output_shape(shape))
+        x = namespace_of(y).reshape(y, (-1, *shape))
+    return x
