@@ -4,7 +4,6 @@ names in the model file), the CLI on a folder and docs/data.md's examples."""
 
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ import xpcnn
 from xpcnn import cli, layers
 from xpcnn.datasets import ArrayDataset, NpyDataset, Prefetcher, image_folder
 from xpcnn.errors import DataError, DTypeError, LabelError
+
+from .docs_blocks import python_blocks, run_blocks
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -253,11 +254,7 @@ def test_cli_trains_on_a_folder_and_predicts_class_names(tmp_path, capsys):
 
 
 def test_docs_data_examples_run(tmp_path, monkeypatch, capsys):
-    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 2
+    assert len(python_blocks("data.md")) >= 2
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "docs/data.md", "exec"), namespace)
+    run_blocks("data.md", {})
     assert "accuracy" in capsys.readouterr().out

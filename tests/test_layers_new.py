@@ -2,8 +2,6 @@
 statistics), Dropout (reproducible masks on every backend, across a checkpoint resume), Residual
 (shapes, names, files, devices), custom layers, and which calls run in training mode."""
 
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import xpcnn
 from xpcnn import layers, optim
 from xpcnn.errors import ArgumentError, ModelFileError, ShapeError
 
+from .docs_blocks import python_blocks, run_blocks
 from .tolerances import FLOAT64_RTOL
 
 torch = pytest.importorskip("torch")
@@ -326,14 +325,11 @@ def test_inference_calls_keep_running_statistics_and_training_calls_move_them():
 
 def test_docs_layers_examples_run(tmp_path, monkeypatch, capsys):
     """The Python blocks of docs/layers.md, in order, in one namespace (they build on each other)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "layers.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 4
+    assert len(python_blocks("layers.md")) >= 4
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     try:
-        for block in blocks:
-            exec(compile(block, "docs/layers.md", "exec"), namespace)
+        run_blocks("layers.md", namespace)
     finally:
         for name in ("Swish", "ChannelScale"):
             layers.LAYERS.pop(name, None)

@@ -5,11 +5,9 @@ array-API dispatch (in a subprocess: scikit-learn reads SCIPY_ARRAY_API at impor
 import importlib
 import os
 import pickle
-import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +26,8 @@ except ImportError:
 import xpcnn
 from xpcnn import layers
 from xpcnn.sklearn import CNNClassifier
+
+from .docs_blocks import python_blocks
 
 # Array-API dispatch needs SCIPY_ARRAY_API before scikit-learn is imported; one BLAS / OpenMP thread
 # each, as in this process (single_threads).
@@ -221,8 +221,7 @@ def test_docs_sklearn_examples_run():
     """docs/sklearn.md's Python blocks in order, in one fresh process (dispatch needs SCIPY_ARRAY_API
     before scikit-learn is imported): Pipeline, GridSearchCV(n_jobs=2), cross_val_score, torch input."""
     pytest.importorskip("torch")
-    text = (Path(__file__).parents[1] / "docs" / "sklearn.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = python_blocks("sklearn.md")
     assert len(blocks) == 2
     checks = [textwrap.dedent(c) for c in ("""
         assert pipe.score(X, y) > 0.8 and search.best_score_ > 0.5, (pipe.score(X, y), search.best_score_)

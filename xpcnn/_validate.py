@@ -30,6 +30,13 @@ def positive_int(value: Any, name: str, *, minimum: int = 1, error: type = Shape
     return number
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value`` if it is True or False, else an ArgumentError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
 def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; checks integers >= ``minimum``."""
     # Layers pass already-normalised pairs on every call: accept them in one cheap test.

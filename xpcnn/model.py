@@ -20,7 +20,7 @@ from . import fileformat, training
 from ._validate import check_array, namespace, sample_shape
 from .backend import Backend, current_backend, resolve_target, to_device, to_numpy
 from .checkpoint import optimizer_class, optimizer_record
-from .datasets.feed import as_model_dtype
+from .datasets.feed import as_model_dtype, non_finite
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, layers_from_config
 from .layers.containers import Container, run_backward, run_forward, run_traced
@@ -311,9 +311,9 @@ class Sequential(Container):
             raise DataError("x: the batch is empty (N = 0)")
         if first is None or x.dtype != first.dtype:
             x = as_model_dtype(xp, x, self.dtype, "x")
-        if values and not self.backend.lazy and not bool(xp.all(xp.isfinite(x))):
-            bad = xp.reshape(~xp.isfinite(x), (-1,))
-            count, first_bad = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
+        found = non_finite(xp, x) if values and not self.backend.lazy else None
+        if found:
+            count, first_bad = found
             raise DataError(f"x: expected finite values, got {count} NaN/Inf among {math.prod(x.shape)} values in the "
                             f"batch (the first at flat index {first_bad}); clean or mask the data")
         return xp, x

@@ -35,9 +35,9 @@ class ArrayFeed:
         n = int(x.shape[0])
         if n == 0:
             raise DataError(f"{nx}: empty (N = 0); nothing to train or evaluate on")
-        if not bool(xp.all(xp.isfinite(x))):
-            bad = xp.reshape(~xp.isfinite(x), (-1,))
-            count, first = int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
+        found = non_finite(xp, x)
+        if found:
+            count, first = found
             raise DataError(f"{nx}: expected finite values, got {count} NaN/Inf among {math.prod(x.shape)} values "
                             f"(the first in sample {first // math.prod(x.shape[1:])}, flat index {first}); "
                             "clean the data first")
@@ -134,6 +134,15 @@ def feed(model, x, y, labels: bool = True):
     if y is not None:
         raise ArgumentTypeError("y: expected None with a dataset (it gives its own labels)")
     return DatasetFeed(model, x, labels=labels)
+
+
+def non_finite(xp, x: Any) -> tuple[int, int] | None:
+    """(how many values of ``x`` are NaN/Inf, the flat index of the first), or None when all are
+    finite: one reduction when they are (a host read), the rest only to name them."""
+    if bool(xp.all(xp.isfinite(x))):
+        return None
+    bad = xp.reshape(~xp.isfinite(x), (-1,))
+    return int(xp.sum(xp.astype(bad, xp.int64))), int(xp.argmax(xp.astype(bad, xp.int8)))
 
 
 def as_model_dtype(xp, x: Any, dtype: str, name: str) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-from .._validate import Padding, check_float, check_grad, check_ndim, conv_padding, is_integral, namespace, pair
+from .._validate import Padding, check_float, check_grad, check_ndim, conv_padding, flag, is_integral, namespace, pair
 from ..backend import constant, device_of, fewest_operations_for
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, place2d, taps_of
@@ -35,12 +35,6 @@ class PoolGeometry(NamedTuple):
     dilation: tuple[int, int]
     divisor: tuple[tuple[int, ...], tuple[int, ...]] | None
     out_hw: tuple[int, int]
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ArgumentError(f"{name}: expected True or False, got {value!r}")
-    return value
 
 
 def _pool_size(size, kernel, stride, before, after, dilation, ceil_mode, name) -> int:
@@ -81,8 +75,8 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, name
     stride = kernel if stride is None else pair(stride, "stride")
     dilation = pair(dilation, "dilation")
     pad = conv_padding(padding, kernel, stride, dilation, strings=False)
-    ceil_mode = _flag(ceil_mode, "ceil_mode")
-    count_include_pad = _flag(count_include_pad, "count_include_pad")
+    ceil_mode = flag(ceil_mode, "ceil_mode")
+    count_include_pad = flag(count_include_pad, "count_include_pad")
     if any(p > k // 2 for sides, k in zip(pad, kernel) for p in sides):
         raise ShapeError(f"padding: each side must be at most half the kernel size {kernel}, got {pad} (as PyTorch)")
     sizes = tuple(x_shape[2:4])

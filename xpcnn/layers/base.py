@@ -24,7 +24,7 @@ import inspect
 from typing import Any, NamedTuple
 
 from .. import init as initializers
-from .._validate import check_array, check_float, namespace, pair
+from .._validate import check_array, check_float, conv_padding, flag, namespace
 from ..backend import Backend
 from ..errors import (
     ArgumentError,
@@ -142,7 +142,7 @@ class Layer:
         check_array(x, "x")
         first = next(iter(self.params.values()), None)
         if self.input_shape is None:
-            if self.param_specs_or_none(tuple(x.shape[1:])):
+            if self.needs_build(tuple(x.shape[1:])):
                 raise NotBuiltError(f"{type(self).__name__}: not built; build the model first "
                                     "(model.build(input_shape))")
             self.geometry = self.plan(tuple(x.shape[1:]))
@@ -155,13 +155,13 @@ class Layer:
             raise ShapeError(f"x: expected shape {expected}, got {tuple(x.shape)}")
         return self.forward(x, training=training)
 
-    def param_specs_or_none(self, sample) -> dict:
-        """The parameter declarations for ``sample``, or a non-empty marker when they cannot be
-        computed for it (the layer needs a build)."""
+    def needs_build(self, sample) -> bool:
+        """Whether the layer has parameters for samples of shape ``sample`` (or cannot say for
+        it): then it runs only once built."""
         try:
-            return self.param_specs(sample)
+            return bool(self.param_specs(sample))
         except (ValueError, TypeError, IndexError):
-            return {"?": None}
+            return True
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -176,23 +176,14 @@ def init_name(init) -> Any:
     return init if isinstance(init, str) else getattr(init, "__name__", "custom")
 
 
-def flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ArgumentError(f"{name}: expected True or False, got {value!r}")
-    return value
-
-
-def padding_spec(padding, *, allow: tuple[str, ...] = ()) -> Any:
-    """``padding`` as one of the strings in ``allow``, a pair (ph, pw), or ((top, bottom), (left, right))."""
+def padding_spec(padding, kernel, stride, dilation, *, strings: bool) -> Any:
+    """``padding`` in the form it was given (kept for the config): "same" / "valid" (``strings``),
+    (ph, pw) or ((top, bottom), (left, right)); checked by :func:`conv_padding`."""
+    sides = conv_padding(padding, kernel, stride, dilation, strings=strings)
     if isinstance(padding, str):
-        if padding not in allow:
-            choices = ", ".join(repr(a) for a in allow)
-            raise ArgumentError(f"padding: expected an int, a pair, ((top, bottom), (left, right))"
-                                f"{' or ' if allow else ''}{choices}, got {padding!r}")
         return padding
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
-        return tuple(pair(p, "padding", minimum=0) for p in padding)
-    return pair(padding, "padding", minimum=0)
+    nested = isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding)
+    return sides if nested else (sides[0][0], sides[1][0])
 
 
 def json_padding(padding) -> Any:

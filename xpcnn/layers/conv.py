@@ -65,9 +65,7 @@ class Conv2D(ConvBase):
     def __init__(self, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups=1, bias: bool = True,
                  weight_init="he_normal", bias_init="zeros") -> None:
         super().__init__(out_channels, kernel_size, stride, dilation, groups, bias, weight_init, bias_init)
-        self.padding = padding_spec(padding, allow=("same", "valid"))
-        if self.padding == "same" and self.stride != (1, 1):
-            raise ArgumentError(f"padding: 'same' needs stride 1 (as PyTorch), got stride {self.stride}")
+        self.padding = padding_spec(padding, self.kernel_size, self.stride, self.dilation, strings=True)
 
     def weight_layout(self, c):
         return (self.out_channels, c // self.groups, *self.kernel_size)

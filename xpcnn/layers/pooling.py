@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._validate import pair, sample_shape
+from .._validate import flag, pair, sample_shape
 from ..backend import namespace_of
 from ..errors import ShapeError
 from ..functional.pool import (
@@ -12,7 +12,7 @@ from ..functional.pool import (
     max_pool2d_kernel,
     pool_geometry,
 )
-from .base import Layer, flag, json_padding, padding_spec
+from .base import Layer, json_padding, padding_spec
 
 
 class Pool2D(Layer):
@@ -25,7 +25,7 @@ class Pool2D(Layer):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
-        self.padding = padding_spec(padding)
+        self.padding = padding_spec(padding, self.kernel_size, self.stride, (1, 1), strings=False)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
         pool_geometry((1, 1, *self.largest_input()), self.kernel_size, self.stride, self.padding,
                       name=type(self).__name__, ceil_mode=self.ceil_mode)
