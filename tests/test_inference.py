@@ -18,7 +18,8 @@ def randomized(model, rng):
 
 
 def holding(model):
-    """Paths of every layer the model runs (nested, fused forms in ``chains`` too) that keeps saved values."""
+    """Paths of every layer the model runs (nested, fused forms in ``chains`` and their parts too) that keeps
+    saved values."""
     seen, out = [], []
     stack = [("", model)]
     while stack:
@@ -26,6 +27,7 @@ def holding(model):
         seen.append(layer)
         if layer.saved_values:
             out.append(path or type(layer).__name__)
+        stack += [(f"{path}.parts[{i}]", part) for i, part in enumerate(getattr(layer, "parts", ()))]
         if isinstance(layer, layers.Container):
             stack += [(f"{path}.{name}[{i}]", sub) for name, subs in (*layer.branches.items(), *layer.chains.items())
                       for i, sub in enumerate(subs)]

@@ -22,9 +22,15 @@ from .backend import Backend, current_backend, resolve_target, to_device, to_num
 from .checkpoint import optimizer_class, optimizer_record
 from .datasets.feed import as_model_dtype, non_finite
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
-from .layers.base import check_config_complete, describe, flag, layers_from_config
+from .layers.base import check_config_complete, describe, flag, inference, layers_from_config
 from .layers.containers import Container, run_backward, run_forward, run_traced
 from .layers.fold import fold_batchnorm
+
+# Inference on a CPU runs a large batch in slices of as many images as keep the largest
+# activation within this many elements: the same few blocks of memory serve every slice, from
+# the process's heap and the caches, where a whole batch would take fresh pages each call.
+# docs/performance.md.
+INFERENCE_SLICE = 1 << 18
 
 
 class Sequential(Container):
@@ -36,6 +42,7 @@ class Sequential(Container):
         super().__init__({"": self.layer_list(layers, "layers")})
         self.layers = self.branches[""]
         self.built_output_shape: tuple[int, ...] | None = None
+        self.inference_slice = 1  # images per slice at inference on a CPU, set at build
         self.backend: Backend | None = None
         self.dtype: str | None = None
         self.optimizer = None
@@ -73,13 +80,15 @@ class Sequential(Container):
         return self
 
     def _draw(self, shape: tuple[int, ...], seed: int, backend: Backend, dtype: str) -> None:
-        out = shape
+        out, largest = shape, math.prod(shape)
         rng = np.random.default_rng(seed)
         for i, layer in enumerate(self.layers):
             try:
                 out = layer.build(out, rng=rng, backend=backend, dtype=dtype)
             except (ShapeError, ArgumentError) as e:
                 raise type(e)(f"layer {i}, {type(layer).__name__}: {e}") from None
+            largest = max(largest, math.prod(out))
+        self.inference_slice = max(1, INFERENCE_SLICE // largest)
         self.plan_chains(backend, dtype)
         # Random layers (Dropout masks, augmentation draws: a ``default_seed`` and a ``counter``) are
         # keyed by (build seed, layer path) unless the layer has its own seed: drawn without
@@ -338,11 +347,8 @@ class Sequential(Container):
         if not isinstance(training, bool):
             raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
         _, x = self.check_input(x)
-        with self.device_context():
-            y = self.forward(x, training)
-        if not training:
-            self.release_saved()  # inference keeps no training caches
-        return y
+        with self.device_context(), contextlib.nullcontext() if training else inference():
+            return self.forward(x, training)
 
     def fold_batchnorm(self) -> Sequential:
         """A new built model for inference: every Conv2D followed by a BatchNorm2D (in residual

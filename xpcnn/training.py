@@ -52,6 +52,7 @@ from .errors import (
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
 from .layers import Layer
+from .layers.base import inference
 from .optim import Adam, Optimizer, check_gradients, concat_flat
 
 DEFAULT_LR = 1e-3
@@ -530,10 +531,17 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 
 
 def _inference(model, xp, xb):
-    """Inference-mode logits of a checked batch: one compiled function on jax (op by op, JAX
-    dispatches and compiles every operation separately), the layers' forward elsewhere."""
-    logits = jit.forward(model, xb) if model.backend.compiles else model.forward(xb, False)
-    model.release_saved()  # inference keeps no training caches
+    """Inference-mode logits of a checked batch, keeping nothing for a backward: one compiled
+    function on jax (op by op, JAX dispatches and compiles every operation separately); on a CPU
+    a large batch in slices (:data:`xpcnn.model.INFERENCE_SLICE`); the layers' forward elsewhere."""
+    n, step = xb.shape[0], model.inference_slice
+    with inference():
+        if model.backend.compiles:
+            logits = jit.forward(model, xb)
+        elif isinstance(n, int) and n > step and not fewest_operations_for(xb):
+            logits = xp.concat([model.forward(xb[i : i + step, ...], False) for i in range(0, n, step)], axis=0)
+        else:
+            logits = model.forward(xb, False)
     return logits
 
 

@@ -71,7 +71,10 @@ def log_softmax_backward(grad_y, y, axis=-1):
 def softmax(z, axis=-1):
     """exp(z) / sum(exp(z)) with the max subtracted first (no overflow)."""
     xp = namespace(z=z)
-    return xp.exp(log_softmax(z, axis=axis))
+    check_float(xp, "z", z)
+    _check_axis(z, axis, "z")
+    e = xp.exp(z - xp.max(z, axis=axis, keepdims=True))
+    return e / xp.sum(e, axis=axis, keepdims=True)
 
 
 def softmax_backward(grad_y, y, axis=-1):

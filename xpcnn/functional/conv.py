@@ -144,14 +144,15 @@ def fold(xp, grad_cols, kernel, geometry: ConvGeometry, x_shape):
 # ---------------------------------------------------------------- conv2d
 
 
-def conv2d_kernel(xp, x, weight, bias, geometry: ConvGeometry) -> tuple[Any, Any]:
-    """The forward math on checked inputs: (y (N, O, OH, OW), cols for the backward)."""
+def conv2d_kernel(xp, x, weight, bias, geometry: ConvGeometry, *, keep_columns: bool = True) -> tuple[Any, Any]:
+    """The forward math on checked inputs: (y (N, O, OH, OW), the columns for the backward, or None
+    without ``keep_columns``)."""
     g = geometry.groups
     cols = columns(xp, x, weight.shape[2:], geometry)
     y = xp.matmul(weight_matrix(xp, weight, g), cols)
     if bias is not None:
         y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return from_channel_matrix(xp, y, weight.shape[0], geometry.out_hw), cols
+    return from_channel_matrix(xp, y, weight.shape[0], geometry.out_hw), cols if keep_columns else None
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1) -> tuple[Any, Any]:

@@ -20,6 +20,8 @@ first.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 from typing import Any, NamedTuple
 
@@ -34,6 +36,22 @@ from ..errors import (
     NotBuiltError,
     ShapeError,
 )
+
+
+# False inside ``inference()``: forwards keep nothing for a backward. A context variable, so
+# another thread's or task's training is untouched.
+_KEEPS_SAVED = contextvars.ContextVar("xpcnn_keeps_saved", default=True)
+
+
+@contextlib.contextmanager
+def inference():
+    """Inside this block ``save_for_backward`` keeps nothing (as ``torch.inference_mode``): each
+    activation is freed once the next layer has read it, and no backward can follow."""
+    token = _KEEPS_SAVED.set(False)
+    try:
+        yield
+    finally:
+        _KEEPS_SAVED.reset(token)
 
 
 class Param(NamedTuple):
@@ -124,8 +142,9 @@ class Layer:
         raise LayerNotImplementedError(f"{type(self).__name__}: a layer must override backward(grad_y)")
 
     def save_for_backward(self, *values) -> None:
-        """Keep ``values`` (arrays, shapes) from a forward for the backward: ``self.saved``."""
-        self.saved_values = values
+        """Keep ``values`` (arrays, shapes) from a forward for the backward: ``self.saved``
+        (nothing inside :func:`inference`)."""
+        self.saved_values = values if _KEEPS_SAVED.get() else ()
 
     @property
     def saved(self) -> tuple:

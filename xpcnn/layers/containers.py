@@ -115,13 +115,6 @@ class Container(Layer):
         self.chains = {name: rewrite(layers, few) if self.fuse else list(layers)
                        for name, layers in self.branches.items()}
 
-    def release_saved(self) -> None:
-        """Drop what every nested layer's last forward kept, fused forms included: an inference
-        forward leaves no training caches behind."""
-        for layer in {id(layer): layer for layers in (*self.branches.values(), *self.chains.values())
-                      for layer in layers}.values():
-            layer.release_saved() if isinstance(layer, Container) else layer.save_for_backward()
-
     def get_state(self):
         states = {path: layer.get_state() for path, layer in self.children()}
         return {k: v for k, v in states.items() if v}

@@ -81,7 +81,8 @@ class Conv2D(ConvBase):
         return self.config(padding=json_padding(self.padding))
 
     def forward(self, x, training=False):
-        y, cols = conv2d_kernel(namespace_of(x), x, self.params["weight"], self.params.get("bias"), self.geometry)
+        y, cols = conv2d_kernel(namespace_of(x), x, self.params["weight"], self.params.get("bias"), self.geometry,
+                                keep_columns=training)
         self.save_for_backward(x, cols)
         return y
 

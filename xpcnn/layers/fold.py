@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import copy
 
-from ..backend import namespace_of
 from .base import Layer
 from .containers import Container, Residual
 from .conv import Conv2D
+from .fused import folded_weight_and_bias
 from .normalization import BatchNorm2D
-
-
-def folded_weight_and_bias(conv: Conv2D, bn: BatchNorm2D) -> tuple:
-    """The weight (out, in / groups, kh, kw) and bias (out,) of ``bn(conv(x))`` as one Conv2D."""
-    w, b = conv.params["weight"], conv.params.get("bias")
-    xp = namespace_of(w)
-    scale = bn.params["weight"] / xp.sqrt(bn.buffers["running_var"] + bn.eps)
-    shift = bn.params["bias"] - bn.buffers["running_mean"] * scale
-    return w * xp.reshape(scale, (-1, 1, 1, 1)), shift if b is None else b * scale + shift
 
 
 def unbuilt_folded(layers: list[Layer], sources: list) -> list[Layer]:

@@ -7,6 +7,8 @@ on their own; nothing here reads or writes their saved values.
 
 - Conv2D then AvgPool2D: :mod:`xpcnn.functional.conv_pool` (pooling commutes with the conv's
   matmul), when every pool window averages its full size (:func:`~xpcnn.functional.conv_pool.fuses`).
+- Conv2D then BatchNorm2D: in training the two as they are (batch statistics); at inference one
+  convolution whose weight and bias are the pair's, folded (:func:`folded_weight_and_bias`).
 - ReLU then MaxPool2D: max pooling then ReLU on the pooled values (both monotone, so they commute),
   where the kernels take their fewest-operations forms (a GPU, or :func:`xpcnn.fewest_operations`
   at build): there it saves operations; on a CPU it does not pay.
@@ -16,12 +18,16 @@ Why each pays is in docs/performance.md.
 
 from __future__ import annotations
 
+import copy
+
 from ..backend import namespace_of
+from ..functional.conv import conv2d_kernel
 from ..functional.conv_pool import conv2d_avg_pool2d_backward_kernel, conv2d_avg_pool2d_kernel, fuses
 from ..functional.pool import relu_max_pool2d_backward_kernel, relu_max_pool2d_kernel
 from .activations import ReLU
 from .base import Layer, weight_and_bias
 from .conv import Conv2D
+from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, MaxPool2D
 
 
@@ -50,6 +56,51 @@ class ConvAvgPool(Layer):
         return grad_x
 
 
+def folded_weight_and_bias(conv: Conv2D, bn: BatchNorm2D) -> tuple:
+    """The weight (out, in / groups, kh, kw) and bias (out,) of ``bn(conv(x))`` at inference as one
+    Conv2D (PyTorch's ``fuse_conv_bn_eval``)."""
+    w, b = conv.params["weight"], conv.params.get("bias")
+    xp = namespace_of(w)
+    scale = bn.params["weight"] / xp.sqrt(bn.buffers["running_var"] + bn.eps)
+    shift = bn.params["bias"] - bn.buffers["running_mean"] * scale
+    return w * xp.reshape(scale, (-1, 1, 1, 1)), shift if b is None else b * scale + shift
+
+
+class ConvBatchNorm(Layer):
+    """``bn(conv(x))`` for a built Conv2D and the BatchNorm2D after it: (N, C, H, W) ->
+    (N, out_channels, OH, OW). Training runs the pair as it is, through shallow copies that share
+    its parameter, gradient and buffer dicts and keep their own saved values; inference runs one
+    convolution with the normalisation folded in, so the normalised output is never made."""
+
+    def __init__(self, conv: Conv2D, bn: BatchNorm2D) -> None:
+        self.parts = (copy.copy(conv), copy.copy(bn))
+        super().__init__()
+        self.params, self.grads = conv.params, conv.grads
+        self.input_shape, self.geometry = conv.input_shape, conv.geometry
+
+    def forward(self, x, training=False):
+        conv, bn = self.parts
+        if training:
+            self.saved_values = ()  # the parts keep what the backward needs
+            return bn.forward(conv.forward(x, True), True)
+        self.save_for_backward(x)
+        w, b = folded_weight_and_bias(conv, bn)
+        return conv2d_kernel(namespace_of(x), x, w, b, self.geometry, keep_columns=False)[0]
+
+    def backward(self, grad_y):
+        conv, bn = self.parts
+        if self.saved_values:  # after an inference forward: the pair's backward needs the unfolded values
+            bn.forward(conv.forward(self.saved_values[0], False), False)
+        conv.needs_input_grad = self.needs_input_grad
+        return conv.backward(bn.backward(grad_y))
+
+    def save_for_backward(self, *values) -> None:
+        """Keep ``values``; the parts' saved values are dropped (no values: nothing is kept)."""
+        super().save_for_backward(*values)
+        for part in self.parts:
+            part.save_for_backward()
+
+
 class ReLUMaxPool(Layer):
     """``max_pool2d(relu(x))`` computed as ``relu(max_pool2d(x))``: (N, C, H, W) -> (N, C, PH, PW)."""
 
@@ -72,6 +123,8 @@ def fused_pair(first: Layer, second: Layer, fewest_operations: bool = False) -> 
     themselves fuse: a subclass may change either op."""
     if type(first) is Conv2D and type(second) is AvgPool2D and fuses(second.geometry):
         return ConvAvgPool(first, second)
+    if type(first) is Conv2D and type(second) is BatchNorm2D:
+        return ConvBatchNorm(first, second)
     if type(first) is ReLU and type(second) is MaxPool2D and fewest_operations:
         return ReLUMaxPool(first, second)
     return None
