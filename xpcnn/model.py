@@ -16,9 +16,17 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from . import fileformat, training
+from . import fileformat, jit, training
 from ._validate import check_array, namespace, sample_shape
-from .backend import Backend, current_backend, resolve_target, to_device, to_numpy
+from .backend import (
+    Backend,
+    current_backend,
+    fewest_operations_for,
+    namespace_of,
+    resolve_target,
+    to_device,
+    to_numpy,
+)
 from .checkpoint import optimizer_class, optimizer_record
 from .datasets.feed import as_model_dtype, non_finite
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
@@ -336,6 +344,19 @@ class Sequential(Container):
                                     f"on another backend, then model.to({self.backend.name!r})")
             return run_traced(self.layers, "", x, self.input_shape)
         return run_forward(self.chains[""], x, training)
+
+    def infer(self, x):
+        """Inference-mode logits (N, K) of a checked batch (:meth:`check_input`), keeping nothing for a
+        backward: one compiled function on jax (op by op, JAX dispatches and compiles every operation
+        separately); on a CPU a large batch in slices (``INFERENCE_SLICE``); the layers' forward elsewhere."""
+        n, step = x.shape[0], self.inference_slice
+        with inference():
+            if self.backend.compiles:
+                return jit.forward(self, x)
+            if isinstance(n, int) and n > step and not fewest_operations_for(x):
+                return namespace_of(x).concat([self.forward(x[i : i + step, ...], False) for i in range(0, n, step)],
+                                              axis=0)
+            return self.forward(x, False)
 
     def backward(self, grad_y):
         """Back-propagate grad_y (N, K) of the last forward through every layer (setting every

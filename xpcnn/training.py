@@ -52,7 +52,6 @@ from .errors import (
 )
 from .functional.loss import check_label_layout, check_labels, cross_entropy_counted_kernel, cross_entropy_kernel
 from .layers import Layer
-from .layers.base import inference
 from .optim import Adam, Optimizer, check_gradients, concat_flat
 
 DEFAULT_LR = 1e-3
@@ -530,21 +529,6 @@ def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_sm
 # ---------------------------------------------------------------- evaluate and predict
 
 
-def _inference(model, xp, xb):
-    """Inference-mode logits of a checked batch, keeping nothing for a backward: one compiled
-    function on jax (op by op, JAX dispatches and compiles every operation separately); on a CPU
-    a large batch in slices (:data:`xpcnn.model.INFERENCE_SLICE`); the layers' forward elsewhere."""
-    n, step = xb.shape[0], model.inference_slice
-    with inference():
-        if model.backend.compiles:
-            logits = jit.forward(model, xb)
-        elif isinstance(n, int) and n > step and not fewest_operations_for(xb):
-            logits = xp.concat([model.forward(xb[i : i + step, ...], False) for i in range(0, n, step)], axis=0)
-        else:
-            logits = model.forward(xb, False)
-    return logits
-
-
 def _evaluate(model, data: ArrayFeed, batch_size: int, comm=None) -> dict[str, float]:
     total_loss, total_correct = 0.0, 0
     start, stop = (0, data.n) if comm is None else comm.share(data.n)  # each rank its slice
@@ -552,7 +536,7 @@ def _evaluate(model, data: ArrayFeed, batch_size: int, comm=None) -> dict[str, f
         idx = idx + start
         xb, yb = data.batch(idx)
         xp = namespace_of(xb)
-        logits = _inference(model, xp, xb)
+        logits = model.infer(xb)
         loss, _ = cross_entropy_kernel(xp, logits, yb)  # labels were validated once, by ArrayFeed
         correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, logits.dtype))
         loss_value, correct_value = to_numpy(xp.stack([loss, correct])).tolist()
@@ -591,14 +575,14 @@ def predict(model, x, *, batch_size: int = 256):
     if not is_dataset(x):
         check_array(x, "x")
     if not is_dataset(x) and (not isinstance(x, np.ndarray) or model.backend.is_host):
-        xp, x = model.check_input(x)
-        return F.softmax(_inference(model, xp, x), axis=1)
+        _, x = model.check_input(x)
+        return F.softmax(model.infer(x), axis=1)
     data = feed(model, x, None, labels=False)
     parts = []
     try:
         for idx in iterate_batches(data.n, batch_size, shuffle=False):
             xb, _ = data.batch(idx)
-            parts.append(F.softmax(_inference(model, namespace_of(xb), xb), axis=1))
+            parts.append(F.softmax(model.infer(xb), axis=1))
     finally:
         data.close()
     return parts[0] if len(parts) == 1 else namespace_of(parts[0]).concat(parts, axis=0)

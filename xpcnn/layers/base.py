@@ -37,7 +37,6 @@ from ..errors import (
     ShapeError,
 )
 
-
 # False inside ``inference()``: forwards keep nothing for a backward. A context variable, so
 # another thread's or task's training is untouched.
 _KEEPS_SAVED = contextvars.ContextVar("xpcnn_keeps_saved", default=True)
