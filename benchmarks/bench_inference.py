@@ -3,9 +3,11 @@ onnxruntime on the exported graph, and PyTorch (``interop.to_torch``, eval, no_g
 
     python benchmarks/bench_inference.py                  # against 0614e3b, before issue 22
     python benchmarks/bench_inference.py --before HEAD~3 --rounds 5
+    python benchmarks/bench_inference.py --patch benchmarks/without/inference_slices.patch
 
 Each contender runs in its own process (the two xpcnn packages never meet; the earlier commit
-is checked out with ``git worktree``), with one thread (BLAS, onnxruntime's and PyTorch's
+is checked out with ``git worktree``; with ``--patch``, this checkout's xpcnn/ is copied and
+the patch applied instead, to measure what one form is worth), with one thread (BLAS, onnxruntime's and PyTorch's
 pools), timed in the process's CPU time so the other processes of a shared machine barely move
 it. The processes take turns workload by workload for ``--rounds`` rounds; each turn times
 ``--calls`` calls of softmax probabilities for one batch (after one warm-up call) and keeps the
@@ -91,13 +93,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="0614e3b", help="the earlier commit (default: before issue 22)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--patch", help="compare with this checkout with PATCH applied instead of --before")
     args = parser.parse_args(argv)
     env = environment(1, "numpy", None)
     print(f"# bench_inference: {json.dumps(env)}")
     tmp = tempfile.mkdtemp()
     before = os.path.join(tmp, "before")
-    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", before, args.before], check=True,
-                   capture_output=True)
+    if args.patch:
+        args.before = os.path.basename(args.patch)
+        shutil.copytree(os.path.join(ROOT, "xpcnn"), os.path.join(before, "xpcnn"))
+        subprocess.run(["git", "apply", os.path.abspath(args.patch)], cwd=before, check=True)
+    else:
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", before, args.before], check=True,
+                       capture_output=True)
     contenders = {"xpcnn": ("xpcnn", ROOT), f"xpcnn@{args.before}": ("xpcnn", before),
                   "onnxruntime": ("onnxruntime", ROOT), "torch": ("torch", ROOT)}
     child_env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -122,7 +130,8 @@ def main(argv=None) -> None:
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()  # a finished child's CPU time is ours (RUSAGE_CHILDREN), not the machine's other load
-        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before], check=False)
+        if not args.patch:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     report(seconds, list(procs), args.before, checks)
     print_load(load, env)
@@ -131,12 +140,12 @@ def main(argv=None) -> None:
 def report(seconds: dict, names: list[str], before: str, checks: dict) -> None:
     old = f"xpcnn@{before}"
     print("\nimages/s (median over rounds of each turn's median call; 1 thread, process CPU time)")
-    print(f"{'network':<8} {'batch':>5} " + " ".join(f"{n:>16}" for n in names)
+    print(f"{'network':<8} {'batch':>5} " + " ".join(f"{n:>{max(16, len(n))}}" for n in names)
           + f" {'xpcnn/old':>10} {'ort/old':>8} {'ort/xpcnn':>9} {'torch/xpcnn':>11}")
     for net, batch in WORKLOADS:
         rate = {n: batch / statistics.median(seconds[n, (net, batch)]) for n in names}
         agree = max(checks[net, batch]) - min(checks[net, batch])
-        print(f"{net:<8} {batch:>5} " + " ".join(f"{rate[n]:>16.1f}" for n in names)
+        print(f"{net:<8} {batch:>5} " + " ".join(f"{rate[n]:>{max(16, len(n))}.1f}" for n in names)
               + f" {rate['xpcnn'] / rate[old]:>10.2f} {rate['onnxruntime'] / rate[old]:>8.2f}"
               + f" {rate['onnxruntime'] / rate['xpcnn']:>9.2f} {rate['torch'] / rate['xpcnn']:>11.2f}"
               + f"   (outputs agree to {agree:.1e})")
