@@ -70,8 +70,9 @@ def discover() -> dict[str, object]:
             continue
         _add(found, f"xpcnn.{name}", module)
     for name, obj in vars(xpcnn.Sequential).items():
-        # forward / backward are the layer contract, run on checked batches; __call__ checks.
-        if (not name.startswith("_") or name == "__call__") and name not in ("forward", "backward"):
+        # forward / backward are the layer contract and infer their inference form, run on checked batches;
+        # __call__ and predict check.
+        if (not name.startswith("_") or name == "__call__") and name not in ("forward", "infer", "backward"):
             found[f"xpcnn.Sequential.{name}"] = obj.fget if isinstance(obj, property) else obj
     return found
 

@@ -66,7 +66,9 @@ def random_net():
 def test_fold_batchnorm_gives_the_same_outputs(name):
     rng = np.random.default_rng(1)
     net = random_net() if name == "random" else zoo.get(name)
-    model = randomized(net.build((1, 12, 12) if name == "random" else (1, 28, 28), seed=3, dtype="float64"), rng)
+    # Unfused: model(x) normalises after the conv (built fused, inference would fold too).
+    model = randomized(net.build((1, 12, 12) if name == "random" else (1, 28, 28), seed=3, dtype="float64",
+                                 fuse=False), rng)
     folded = model.fold_batchnorm()
     x = rng.standard_normal((7, *model.input_shape))
     want, got = xpcnn.to_numpy(model(x)), xpcnn.to_numpy(folded(x))
@@ -83,7 +85,56 @@ def test_fold_batchnorm_gives_the_same_outputs(name):
 
 def test_fold_batchnorm_float32_within_rounding():
     rng = np.random.default_rng(2)
-    model = randomized(zoo.get("resnet8").build((1, 28, 28), seed=4), rng)
+    model = randomized(zoo.get("resnet8").build((1, 28, 28), seed=4, fuse=False), rng)
     x = rng.random((9, 1, 28, 28), dtype=np.float32)
     want, got = xpcnn.to_numpy(model(x)), xpcnn.to_numpy(model.fold_batchnorm()(x))
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def twins(name, dtype="float64"):
+    """The same randomized network built fused (the default) and unfused."""
+    shape = (1, 12, 12) if name == "random" else (1, 28, 28)
+    built = [randomized((random_net() if name == "random" else zoo.get(name)).build(shape, seed=3, dtype=dtype,
+                                                                                    fuse=fuse), np.random.default_rng(1))
+             for fuse in (True, False)]
+    assert any(type(layer).__name__ == "ConvBatchNorm" for chain in built[0].chains.values() for layer in chain) or \
+        name != "random"
+    return built
+
+
+@pytest.mark.parametrize("name", ["resnet8", "random"])
+def test_conv_batchnorm_runs_folded_at_inference_and_as_the_pair_in_training(name):
+    fused, plain = twins(name)
+    x = np.random.default_rng(5).standard_normal((6, *fused.input_shape))
+    want = xpcnn.to_numpy(plain(x))
+    assert np.abs(xpcnn.to_numpy(fused(x)) - want).max() <= 1e-12 * np.abs(want).max()
+    # A backward may follow an inference forward outside inference(): the pair's own gradients.
+    for model in (fused, plain):
+        model.needs_input_grad = True
+    grads = []
+    for model in (fused, plain):
+        y = model.forward(x, training=False)
+        grad_x = xpcnn.to_numpy(model.backward(np.ones_like(y)))
+        grads.append([grad_x] + [xpcnn.to_numpy(layer.grads[n]) for _, layer, n in model.named_parameters()])
+    for got, want in zip(*grads, strict=True):
+        assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
+    # Training: the pair as it is (batch statistics, running statistics moved the same).
+    for model in (fused, plain):
+        model.forward(x, training=True)
+    assert all(np.array_equal(a, b) for a, b in zip(fused.get_buffers(), plain.get_buffers()))
+
+
+def test_inference_keeps_nothing_and_slices_give_the_same_outputs():
+    model = zoo.get("resnet8").build((1, 28, 28), seed=0, dtype="float64")
+    x = np.random.default_rng(0).random((37, 1, 28, 28))
+    with layers.inference():
+        whole = xpcnn.to_numpy(model.forward(x))
+    assert holding(model) == []
+    model.forward(x)
+    assert holding(model)  # outside inference() a forward keeps what a backward needs
+    assert 1 < model.inference_slice < 37  # the slices below are the model's own rule's
+    model.inference_slice = 5
+    probabilities = xpcnn.to_numpy(model.predict(x))
+    assert holding(model) == []
+    e = np.exp(whole - whole.max(axis=1, keepdims=True))
+    assert np.abs(probabilities - e / e.sum(axis=1, keepdims=True)).max() <= 1e-12

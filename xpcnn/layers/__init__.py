@@ -7,7 +7,7 @@ One module per family; :mod:`~xpcnn.layers.base` holds the contract a custom lay
 
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .augment import Normalize, RandomCrop, RandomFlip, RandomTranslation
-from .base import LAYERS, Buffer, Layer, Param, layer_from_config, layers_from_config, register
+from .base import LAYERS, Buffer, Layer, Param, inference, layer_from_config, layers_from_config, register
 from .containers import Container, Residual
 from .conv import Conv2D, Conv2DTranspose
 from .core import Dense, Dropout, Flatten
@@ -20,7 +20,7 @@ for _cls in (Conv2D, Conv2DTranspose, AvgPool2D, MaxPool2D, GlobalAvgPool2D, Den
     register(_cls)
 
 __all__ = [
-    "Layer", "Param", "Buffer", "Container", "register", "LAYERS", "layer_from_config", "layers_from_config",
+    "Layer", "Param", "Buffer", "Container", "register", "inference", "LAYERS", "layer_from_config", "layers_from_config",
     "Conv2D", "Conv2DTranspose", "AvgPool2D", "MaxPool2D", "GlobalAvgPool2D", "Dense", "Flatten", "Dropout",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "BatchNorm1D", "BatchNorm2D", "Residual",
     "RandomFlip", "RandomCrop", "RandomTranslation", "Normalize",
