@@ -20,7 +20,8 @@ for _cls in (Conv2D, Conv2DTranspose, AvgPool2D, MaxPool2D, GlobalAvgPool2D, Den
     register(_cls)
 
 __all__ = [
-    "Layer", "Param", "Buffer", "Container", "register", "inference", "LAYERS", "layer_from_config", "layers_from_config",
+    "Layer", "Param", "Buffer", "Container", "register", "inference", "LAYERS", "layer_from_config",
+    "layers_from_config",
     "Conv2D", "Conv2DTranspose", "AvgPool2D", "MaxPool2D", "GlobalAvgPool2D", "Dense", "Flatten", "Dropout",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "BatchNorm1D", "BatchNorm2D", "Residual",
     "RandomFlip", "RandomCrop", "RandomTranslation", "Normalize",
