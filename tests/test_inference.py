@@ -18,8 +18,7 @@ def randomized(model, rng):
 
 
 def holding(model):
-    """Paths of every layer the model runs (nested, fused forms in ``chains`` and their parts too) that keeps
-    saved values."""
+    """Paths of every layer the model runs (nested, fused forms in ``chains`` too) that keeps saved values."""
     seen, out = [], []
     stack = [("", model)]
     while stack:
@@ -27,7 +26,6 @@ def holding(model):
         seen.append(layer)
         if layer.saved_values:
             out.append(path or type(layer).__name__)
-        stack += [(f"{path}.parts[{i}]", part) for i, part in enumerate(getattr(layer, "parts", ()))]
         if isinstance(layer, layers.Container):
             stack += [(f"{path}.{name}[{i}]", sub) for name, subs in (*layer.branches.items(), *layer.chains.items())
                       for i, sub in enumerate(subs)]
@@ -137,3 +135,15 @@ def test_inference_keeps_nothing_and_slices_give_the_same_outputs():
     assert holding(model) == []
     e = np.exp(whole - whole.max(axis=1, keepdims=True))
     assert np.abs(probabilities - e / e.sum(axis=1, keepdims=True)).max() <= 1e-12
+
+
+def test_conv_batchnorm_trains_with_the_pair_as_it_is_now():
+    fused, plain = twins("resnet8")
+    for model in (fused, plain):
+        model.layers[1].momentum = 0.5  # set after build: the fused pair follows it
+    x = np.random.default_rng(6).standard_normal((4, 1, 28, 28))
+    for model in (fused, plain):
+        model.forward(x, training=True)
+    assert all(np.array_equal(a, b) for a, b in zip(fused.get_buffers(), plain.get_buffers()))
+    conv, bn = fused.layers[:2]
+    assert conv.saved_values == () and bn.saved_values == ()  # nothing written into the originals

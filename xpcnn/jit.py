@@ -235,8 +235,6 @@ def _every_layer(model) -> list:
     found = {id(layer): layer for _, layer in model.walk()}
     for container in [model, *(layer for layer in found.values() if isinstance(layer, Container))]:
         found.update({id(layer): layer for chain in container.chains.values() for layer in chain})
-        found.update({id(part): part for chain in container.chains.values() for layer in chain
-                      for part in getattr(layer, "parts", ())})
     return list(found.values())
 
 

@@ -68,37 +68,36 @@ def folded_weight_and_bias(conv: Conv2D, bn: BatchNorm2D) -> tuple:
 
 class ConvBatchNorm(Layer):
     """``bn(conv(x))`` for a built Conv2D and the BatchNorm2D after it: (N, C, H, W) ->
-    (N, out_channels, OH, OW). Training runs the pair as it is, through shallow copies that share
-    its parameter, gradient and buffer dicts and keep their own saved values; inference runs one
-    convolution with the normalisation folded in, so the normalised output is never made."""
+    (N, out_channels, OH, OW). Training runs the pair as it is; inference runs one convolution
+    with the normalisation folded in, so the normalised output is never made."""
 
     def __init__(self, conv: Conv2D, bn: BatchNorm2D) -> None:
-        self.parts = (copy.copy(conv), copy.copy(bn))
         super().__init__()
+        self.pair = (conv, bn)
         self.params, self.grads = conv.params, conv.grads
         self.input_shape, self.geometry = conv.input_shape, conv.geometry
 
     def forward(self, x, training=False):
-        conv, bn = self.parts
+        conv, bn = self.pair
         if training:
-            self.saved_values = ()  # the parts keep what the backward needs
+            # Shallow copies of the pair as it is now (a momentum set after build counts): they
+            # share its dicts and keep this forward's values, the originals' stay untouched.
+            conv, bn = copy.copy(conv), copy.copy(bn)
+            self.save_for_backward(conv, bn)
             return bn.forward(conv.forward(x, True), True)
         self.save_for_backward(x)
         w, b = folded_weight_and_bias(conv, bn)
         return conv2d_kernel(namespace_of(x), x, w, b, self.geometry, keep_columns=False)[0]
 
     def backward(self, grad_y):
-        conv, bn = self.parts
-        if self.saved_values:  # after an inference forward: the pair's backward needs the unfolded values
-            bn.forward(conv.forward(self.saved_values[0], False), False)
+        saved = self.saved
+        if len(saved) == 1:  # after an inference forward: the pair's backward needs its unfolded values
+            conv, bn = (copy.copy(layer) for layer in self.pair)
+            bn.forward(conv.forward(saved[0], False), False)
+        else:
+            conv, bn = saved
         conv.needs_input_grad = self.needs_input_grad
         return conv.backward(bn.backward(grad_y))
-
-    def save_for_backward(self, *values) -> None:
-        """Keep ``values``; the parts' saved values are dropped (no values: nothing is kept)."""
-        super().save_for_backward(*values)
-        for part in self.parts:
-            part.save_for_backward()
 
 
 class ReLUMaxPool(Layer):
