@@ -147,3 +147,13 @@ def test_conv_batchnorm_trains_with_the_pair_as_it_is_now():
     assert all(np.array_equal(a, b) for a, b in zip(fused.get_buffers(), plain.get_buffers()))
     conv, bn = fused.layers[:2]
     assert conv.saved_values == () and bn.saved_values == ()  # nothing written into the originals
+
+
+def test_moving_a_model_drops_what_every_layer_kept():
+    model = zoo.get("resnet8").build((1, 28, 28), seed=0, dtype="float64")
+    model.forward(np.random.default_rng(0).random((2, 1, 28, 28)), training=True)
+    nested = [layer for _, residual in model.walk() if isinstance(residual, layers.Residual)
+              for chain in residual.chains.values() for layer in chain if type(layer).__name__ == "ConvBatchNorm"]
+    assert nested and all(layer.saved_values for layer in nested)  # fused forms in the residual branches
+    model.to("array_api_strict")
+    assert holding(model) == []

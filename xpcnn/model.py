@@ -231,8 +231,9 @@ class Sequential(Container):
         for _, layer in self.walk():
             layer.grads.clear()
             layer.save_for_backward()
-        for layer in self.chains[""]:
-            layer.save_for_backward()
+        for container in [self, *(layer for _, layer in self.walk() if isinstance(layer, Container))]:
+            for layer in (layer for chain in container.chains.values() for layer in chain):
+                layer.save_for_backward()  # the fused forms' too, nested ones included
         if self.optimizer is not None:
             self.optimizer.map_state(lambda a: to_device(a, backend))
         self.backend = backend
