@@ -121,9 +121,10 @@ def test_conv_batchnorm_runs_folded_at_inference_and_as_the_pair_in_training(nam
     assert all(np.array_equal(a, b) for a, b in zip(fused.get_buffers(), plain.get_buffers()))
 
 
-def test_inference_keeps_nothing_and_slices_give_the_same_outputs():
-    model = zoo.get("resnet8").build((1, 28, 28), seed=0, dtype="float64")
-    x = np.random.default_rng(0).random((37, 1, 28, 28))
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
+def test_inference_keeps_nothing_and_slices_give_the_same_outputs(backend):
+    model = zoo.get("resnet8").build((1, 28, 28), seed=0, dtype="float64", backend=backend)
+    x = xpcnn.to_device(np.random.default_rng(0).random((37, 1, 28, 28)), backend)
     with layers.inference():
         whole = xpcnn.to_numpy(model.forward(x))
     assert holding(model) == []
@@ -157,3 +158,14 @@ def test_moving_a_model_drops_what_every_layer_kept():
     assert nested and all(layer.saved_values for layer in nested)  # fused forms in the residual branches
     model.to("array_api_strict")
     assert holding(model) == []
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
+def test_predict_runs_batch_size_images_per_forward_whatever_the_array(backend):
+    model = zoo.get("default").build((1, 28, 28), seed=0, dtype="float64", backend=backend)
+    x = xpcnn.to_device(np.random.default_rng(0).random((20, 1, 28, 28)), backend)
+    whole = xpcnn.to_numpy(model.predict(x))
+    seen, forward = [], model.forward
+    model.forward = lambda xb, training=False: seen.append(xb.shape[0]) or forward(xb, training)
+    parts = xpcnn.to_numpy(model.predict(x, batch_size=7))
+    assert seen == [7, 7, 6] and np.abs(parts - whole).max() <= 1e-12

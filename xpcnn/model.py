@@ -355,8 +355,8 @@ class Sequential(Container):
             if self.backend.compiles:
                 return jit.forward(self, x)
             if isinstance(n, int) and n > step and not fewest_operations_for(x):
-                return namespace_of(x).concat([self.forward(x[i : i + step, ...], False) for i in range(0, n, step)],
-                                              axis=0)
+                return namespace_of(x).concat([self.forward(x[i : min(i + step, n), ...], False)
+                                               for i in range(0, n, step)], axis=0)
             return self.forward(x, False)
 
     def backward(self, grad_y):
@@ -395,9 +395,9 @@ class Sequential(Container):
             return training.train_step(self, x, y, optimizer, label_smoothing=label_smoothing)
 
     def predict(self, x, *, batch_size: int = 256):
-        """Softmax probabilities (N, K) for x (N, C, H, W) or a dataset, in inference mode. Arrays of
-        the model's backend stay there; host (NumPy) input is moved batch by batch and the result
-        returned on the model's backend."""
+        """Softmax probabilities (N, K) for x (N, C, H, W) or a dataset, in inference mode,
+        ``batch_size`` images per forward. Arrays of the model's backend stay there; host (NumPy)
+        input is moved batch by batch and the result returned on the model's backend."""
         with self.device_context():
             return training.predict(self, x, batch_size=batch_size)
 
