@@ -32,7 +32,7 @@ from .backend import namespace_of
 from .errors import ArgumentError, NonFiniteError
 from .functional.dropout import dropout_keys
 from .functional.loss import cross_entropy_kernel
-from .layers import Container, Dropout
+from .layers import Dropout
 from .optim import Optimizer
 
 
@@ -229,15 +229,6 @@ class _dropout_keys:
             layer.traced_keys = None
 
 
-def _every_layer(model) -> list:
-    """Every layer a forward or backward of ``model`` touches: the nested layers and the fused
-    forms its containers run."""
-    found = {id(layer): layer for _, layer in model.walk()}
-    for container in [model, *(layer for layer in found.values() if isinstance(layer, Container))]:
-        found.update({id(layer): layer for chain in container.chains.values() for layer in chain})
-    return list(found.values())
-
-
 class _bound:
     """``with _bound(model, params, buffers):`` the layers hold ``params`` / ``buffers`` (tracers)
     inside the block; after it, every layer has its own arrays and attributes back."""
@@ -248,7 +239,7 @@ class _bound:
     def __enter__(self):
         model = self.model
         # What a forward / backward leaves on a layer besides params and buffers (tracers, here).
-        self.layers = [(layer, dict(layer.grads), layer.saved_values) for layer in _every_layer(model)]
+        self.layers = [(layer, dict(layer.grads), layer.saved_values) for layer in model.run_layers()]
         self.originals = [(layer.params, name, layer.params[name]) for _, layer, name in model.named_parameters()]
         self.originals += [(layer.buffers, name, layer.buffers[name]) for _, layer, name in model.named_buffers()]
         for key, layer, name in model.named_parameters():

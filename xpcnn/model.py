@@ -228,12 +228,9 @@ class Sequential(Container):
             layer.params[name] = to_device(layer.params[name], backend)
         for _, layer, name in self.named_buffers():
             layer.buffers[name] = to_device(layer.buffers[name], backend)
-        for _, layer in self.walk():
+        for layer in self.run_layers():  # the fused forms too
             layer.grads.clear()
             layer.save_for_backward()
-        for container in [self, *(layer for _, layer in self.walk() if isinstance(layer, Container))]:
-            for layer in (layer for chain in container.chains.values() for layer in chain):
-                layer.save_for_backward()  # the fused forms' too, nested ones included
         if self.optimizer is not None:
             self.optimizer.map_state(lambda a: to_device(a, backend))
         self.backend = backend
@@ -346,18 +343,24 @@ class Sequential(Container):
             return run_traced(self.layers, "", x, self.input_shape)
         return run_forward(self.chains[""], x, training)
 
-    def infer(self, x):
+    def infer(self, x, batch_size: int | None = None):
         """Inference-mode logits (N, K) of a checked batch (:meth:`check_input`), keeping nothing for a
-        backward: one compiled function on jax (op by op, JAX dispatches and compiles every operation
-        separately); on a CPU a large batch in slices (``INFERENCE_SLICE``); the layers' forward elsewhere."""
-        n, step = x.shape[0], self.inference_slice
+        backward, at most ``batch_size`` images per forward (all by default): one compiled function on
+        jax (op by op, JAX dispatches and compiles every operation separately), the layers' forward
+        elsewhere; on a CPU a large batch in slices (``INFERENCE_SLICE``)."""
+        n = x.shape[0]
+        if not isinstance(n, int):  # a symbolic batch (ndonnx) is one graph
+            n = step = 0
+        else:
+            step = min(batch_size or n, n)
+            if not self.backend.compiles and not fewest_operations_for(x):
+                step = min(step, self.inference_slice)
+        run = (lambda b: jit.forward(self, b)) if self.backend.compiles else (lambda b: self.forward(b, False))
         with inference():
-            if self.backend.compiles:
-                return jit.forward(self, x)
-            if isinstance(n, int) and n > step and not fewest_operations_for(x):
-                return namespace_of(x).concat([self.forward(x[i : min(i + step, n), ...], False)
-                                               for i in range(0, n, step)], axis=0)
-            return self.forward(x, False)
+            if n <= step:
+                return run(x)
+            # Exact stops: array-api-strict rejects a slice running past the end.
+            return namespace_of(x).concat([run(x[i : min(i + step, n), ...]) for i in range(0, n, step)], axis=0)
 
     def backward(self, grad_y):
         """Back-propagate grad_y (N, K) of the last forward through every layer (setting every

@@ -59,6 +59,14 @@ class Container(Layer):
             if isinstance(layer, Container):
                 yield from ((f"{path}.{sub}", inner) for sub, inner in layer.walk())
 
+    def run_layers(self) -> list[Layer]:
+        """Every layer a forward or backward touches, once each: the nested layers and the fused
+        forms the containers run in their place."""
+        found = {id(layer): layer for _, layer in self.walk()}
+        for container in [self, *(layer for layer in found.values() if isinstance(layer, Container))]:
+            found.update({id(layer): layer for chain in container.chains.values() for layer in chain})
+        return list(found.values())
+
     def leaves(self) -> list[tuple[str, Layer]]:
         """(path, layer) of every nested layer that is not a container."""
         return [(path, layer) for path, layer in self.walk() if not isinstance(layer, Container)]
