@@ -18,8 +18,8 @@ from .registry import ADAPTERS, resolve_target
 
 # Per array type: (library name, its adapter or None for another Array API library, namespace).
 # Looking these up once per type keeps namespace_of cheap, which matters at batch size 1 where
-# every op calls it. NumPy arrays get NumPy itself: NumPy >= 2.1 implements the standard, and
-# skipping array-api-compat's wrapper saves a Python call layer on every operation.
+# every op calls it. Each adapter names its namespace; NumPy's is NumPy itself (NumPy >= 2.1
+# implements the standard), which skips array-api-compat's wrapper on every operation.
 _TYPE_INFO: dict[type, tuple[str, type[Backend] | None, ModuleType]] = {}
 
 
@@ -28,7 +28,7 @@ def _type_info(x: Any, name: str = "x") -> tuple[str, type[Backend] | None, Modu
     if info is None:
         adapter = next((a for a in ADAPTERS.values() if a.owns(x)), None)
         if adapter is not None:
-            info = (adapter.name, adapter, np if adapter.is_host else array_api_compat.array_namespace(x))
+            info = (adapter.name, adapter, adapter.namespace(x))
         elif hasattr(x, "__array_namespace__"):
             info = (x.__array_namespace__().__name__, None, array_api_compat.array_namespace(x))
         else:

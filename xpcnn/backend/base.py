@@ -41,6 +41,8 @@ class Backend:
     lazy: ClassVar[bool] = False
     #: ``owns(x)``: whether ``x`` is an array of this library (a ``jax.jit`` tracer counts as a JAX array).
     owns: ClassVar[Callable[[Any], bool]]
+    #: ``namespace(x)``: the Array API namespace xpcnn computes with for array ``x`` of this library.
+    namespace: ClassVar[Callable[[Any], ModuleType]] = staticmethod(array_api_compat.array_namespace)
     #: ``on_accelerator(x)``: whether array ``x`` of this library lives on a GPU.
     on_accelerator: ClassVar[Callable[[Any], bool]] = staticmethod(lambda x: False)
     #: ``to_numpy(x)``: a NumPy copy of array ``x`` of this library, on the host.

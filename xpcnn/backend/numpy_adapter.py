@@ -1,5 +1,6 @@
 """NumPy: the default backend, on the host."""
 
+from types import ModuleType
 from typing import Any
 
 import array_api_compat
@@ -9,8 +10,37 @@ from ..errors import ArgumentError
 from .base import Backend
 
 
+def _reshape(x: Any, /, shape: tuple[int, ...], *, copy: bool | None = None) -> Any:
+    return x.reshape(shape) if copy is None and type(x) is np.ndarray else np.reshape(x, shape, copy=copy)
+
+
+def _permute_dims(x: Any, /, axes: tuple[int, ...]) -> Any:
+    return x.transpose(axes) if type(x) is np.ndarray else np.permute_dims(x, axes)
+
+
+class _NumPy(ModuleType):
+    """NumPy's own functions, looked up in NumPy for names loaded lazily."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+def numpy_namespace() -> ModuleType:
+    """NumPy (which implements the Array API standard) with ``reshape`` and ``permute_dims`` as
+    the array's own methods: NumPy's module functions pass through a Python wrapper and a
+    dispatch on every call, a share of a forward on a batch of one image that
+    docs/performance.md measures."""
+    xp = _NumPy("xpcnn.backend.numpy", np.__doc__)
+    xp.__dict__.update((name, value) for name, value in vars(np).items() if not name.startswith("__"))
+    xp.reshape, xp.permute_dims = _reshape, _permute_dims
+    return xp
+
+
+NUMPY = numpy_namespace()
+
+
 class NumpyBackend(Backend):
-    """NumPy on the CPU, with NumPy itself as its namespace."""
+    """NumPy on the CPU, with NumPy itself as its namespace (:func:`numpy_namespace`)."""
 
     name = "numpy"
     is_host = True
@@ -19,9 +49,10 @@ class NumpyBackend(Backend):
     def load(cls, device: str | None) -> Backend:
         if device not in (None, "cpu"):
             raise ArgumentError(f"backend 'numpy': the only device is 'cpu', got {device!r}")
-        return cls(np, "cpu")
+        return cls(NUMPY, "cpu")
 
     owns = staticmethod(array_api_compat.is_numpy_array)
+    namespace = staticmethod(lambda x: NUMPY)
 
     @classmethod
     def owns_device(cls, device: Any) -> bool:

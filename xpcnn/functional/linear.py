@@ -42,7 +42,7 @@ def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
 
 
 def linear_backward_kernel(xp, grad_y, x, weight, *, bias, input_grad):
-    if x.shape[0] == 1 and array_api_compat.is_numpy_namespace(xp):
+    if x.shape[0] == 1 and array_api_compat.is_numpy_array(x):
         # One sample: NumPy's matmul of a K = 1 product does not reach BLAS, its dot does; the
         # products are exact, so the numbers are the same (docs/performance.md).
         grad_weight = xp.dot(xp.matrix_transpose(x), grad_y)
