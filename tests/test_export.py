@@ -289,6 +289,59 @@ def test_float64_exports_as_float64_or_says_which_op_cannot(tmp_path):
     check_parity(cnn, tmp_path / "c.onnx", np.random.default_rng(10), dtype="float32", tolerance=1e-5)
 
 
+def test_float64_attributes_are_constants_in_float64(tmp_path):
+    # ONNX's epsilon and alpha attributes are float32: eps = 0.1 against a small variance and a
+    # slope of 0.1 rounded to float32 were 1e-8 away; as float64 constants they are exact.
+    model = randomize(xpcnn.Sequential([layers.Flatten(), layers.Dense(5), layers.BatchNorm1D(eps=0.1),
+                                        layers.LeakyReLU(0.1), layers.Dense(3)])
+                      .build((1, 2, 3), dtype="float64"), np.random.default_rng(30))
+    model.set_buffers([b * 1e-3 if key.endswith("var") else b
+                       for (key, _, _), b in zip(model.named_buffers(), model.get_buffers())])
+    assert check_parity(model, tmp_path / "m.onnx", np.random.default_rng(31), tolerance=1e-12) <= 1e-12
+    with pytest.raises(ExportError, match=r"layer 3 \(LeakyReLU\).*PRelu before opset 16.*opset=16"):
+        to_onnx(model, tmp_path / "m13.onnx", opset=13)
+    check_parity(model, tmp_path / "m13.onnx", np.random.default_rng(32), opset=13, dtype="float32")
+
+
+def test_conv_transpose_whose_output_rows_are_all_output_padding(tmp_path):
+    # Padding 1 crops the only row of the uncropped output; output_padding 2 adds two rows of
+    # bias: PyTorch's output is the bias alone, and the ConvTranspose node alone would have no row.
+    torch = pytest.importorskip("torch")
+    layer = layers.Conv2DTranspose(2, 1, stride=3, padding=1, output_padding=2)
+    model = randomize(xpcnn.Sequential([layer, layers.Flatten()]).build((1, 1, 2)), np.random.default_rng(33))
+    assert layer.geometry.out_hw == (1, 4)
+    check_parity(model, tmp_path / "m.onnx", np.random.default_rng(34))
+    x = np.random.default_rng(35).standard_normal((3, 1, 1, 2)).astype(np.float32)
+    w, b = (torch.from_numpy(xpcnn.to_numpy(a)) for a in (layer.params["weight"], layer.params["bias"]))
+    expected = torch.nn.functional.conv_transpose2d(torch.from_numpy(x), w, b, stride=3, padding=1, output_padding=2)
+    np.testing.assert_allclose(OnnxModel(tmp_path / "m.onnx").run(x), expected.reshape(3, -1).numpy(), atol=1e-6)
+
+
+def test_folding_a_folded_model_changes_nothing_and_from_onnx_reads_it(tmp_path):
+    block = [layers.Conv2D(2, 1), layers.BatchNorm2D(), layers.BatchNorm2D()]
+    model = randomize(xpcnn.Sequential([layers.Conv2D(2, 3), layers.BatchNorm2D(), layers.BatchNorm2D(),
+                                        layers.Residual(block), layers.Flatten(), layers.Dense(3)]).build((1, 5, 5)),
+                      np.random.default_rng(36))
+    folded = model.fold_batchnorm()
+    assert [type(layer).__name__ for layer in folded.layers] == ["Conv2D", "Residual", "Flatten", "Dense"]
+    assert folded.fold_batchnorm().get_config() == folded.get_config()
+    x = np.random.default_rng(37).standard_normal((4, 1, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(xpcnn.to_numpy(folded(x)), xpcnn.to_numpy(model(x)), rtol=1e-5, atol=1e-5)
+    check_parity(model, tmp_path / "m.onnx", np.random.default_rng(38))
+    back = from_onnx(tmp_path / "m.onnx")
+    assert np.array_equal(xpcnn.to_numpy(back.predict(x)), xpcnn.to_numpy(folded.predict(x)))
+
+
+def test_onnx_model_refuses_an_empty_batch(tmp_path):
+    from xpcnn.errors import DataError
+
+    to_onnx(xpcnn.Sequential([layers.Flatten(), layers.Dense(3)]).build((1, 2, 2)), tmp_path / "m.onnx")
+    runtime = OnnxModel(tmp_path / "m.onnx")
+    for call in (runtime.run, runtime.predict):
+        with pytest.raises(DataError, match=r"x: the batch is empty"):
+            call(np.zeros((0, 1, 2, 2), np.float32))
+
+
 def test_fixed_batch_and_opset_13(tmp_path):
     model = randomize(zoo.get("default").build((1, 28, 28)), np.random.default_rng(11))
     to_onnx(model, tmp_path / "m.onnx", dynamic_batch=False, opset=13)

@@ -32,18 +32,19 @@ from ..model import Sequential
 from ..version import __version__
 
 ELEMENT_TYPES = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}
-# onnxruntime's CPU provider has no double kernel for these: a float64 graph with one would not run.
-NO_DOUBLE_KERNEL = ("Conv", "ConvTranspose", "AveragePool", "Erf")
+# onnxruntime's CPU provider has no double kernel for these (None), or none before that opset: a
+# float64 graph with one would not run.
+DOUBLE_KERNEL_SINCE = {"Conv": None, "ConvTranspose": None, "AveragePool": None, "Erf": None, "PRelu": 16}
 OUTPUTS = ("logits", "probabilities")
 OPSETS = range(13, 18)  # ReduceMean takes its axes as an attribute up to opset 17
 METHODS = ("hand", "trace")
 
 
 class Graph:
-    """The nodes and initializers being written, in ``dtype``; ``where`` names the layer at hand."""
+    """The nodes and initializers being written, in ``dtype`` for ``opset``; ``where`` names the layer at hand."""
 
-    def __init__(self, dtype: str) -> None:
-        self.dtype, self.nodes, self.initializers, self.where = dtype, [], [], ""
+    def __init__(self, dtype: str, opset: int) -> None:
+        self.dtype, self.opset, self.nodes, self.initializers, self.where = dtype, opset, [], [], ""
 
     def constant(self, name: str, value, dtype=None) -> str:
         array = np.asarray(to_numpy(value), dtype=dtype or self.dtype)
@@ -51,9 +52,11 @@ class Graph:
         return name
 
     def node(self, op: str, inputs, path: str, **attributes) -> str:
-        if self.dtype == "float64" and op in NO_DOUBLE_KERNEL:
-            raise ExportError(f"{self.where}: onnxruntime has no float64 kernel for ONNX {op}, so a float64 graph "
-                              "with it would not run; export in float32: to_onnx(model, path, dtype='float32') "
+        since = DOUBLE_KERNEL_SINCE.get(op, 0)
+        if self.dtype == "float64" and (since is None or self.opset < since):
+            before, fix = ("", "export") if since is None else (f" before opset {since}", f"opset={since} or export")
+            raise ExportError(f"{self.where}: onnxruntime has no float64 kernel for ONNX {op}{before}, so a float64 "
+                              f"graph with it would not run; {fix} in float32: to_onnx(model, path, dtype='float32') "
                               "(xpcnn export --dtype float32)")
         name = f"{path}/{op}_{len(self.nodes)}"
         self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attributes))
@@ -84,13 +87,23 @@ def conv_transpose(g: Graph, layer: layers.Conv2DTranspose, path: str, x: str) -
     (ph, pw), (oh, ow) = layer.padding, layer.output_padding
     kept = (min(oh, ph), min(ow, pw))
     extra = [oh - kept[0], ow - kept[1]]
+    out_hw = layer.geometry.out_hw
+    # Where that leaves the convolution no rows (or columns) of its own, the whole uncropped
+    # output, padded by the extra rows, then the output's window of it.
+    whole = any(out_hw[a] - extra[a] <= 0 for a in range(2))
+    begin = (0, 0) if whole else (ph, pw)
+    end = (0, 0) if whole else (ph - kept[0], pw - kept[1])
     weight, *bias = g.arrays(layer, path)
     y = g.node("ConvTranspose", [x, weight, *([] if any(extra) else bias)], path,
                kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-               pads=[ph, pw, ph - kept[0], pw - kept[1]], dilations=list(layer.dilation), group=layer.groups)
+               pads=[*begin, *end], dilations=list(layer.dilation), group=layer.groups)
     if not any(extra):
         return y
     y = g.node("Pad", [y, g.constant(f"{path}.pads", [0, 0, 0, 0, 0, 0, *extra], np.int64)], path)
+    if whole:
+        ints = {name: g.constant(f"{path}.{name}", value, np.int64) for name, value in
+                (("starts", [ph, pw]), ("ends", [ph + out_hw[0], pw + out_hw[1]]), ("axes", [2, 3]))}
+        y = g.node("Slice", [y, ints["starts"], ints["ends"], ints["axes"]], path)
     if not bias:
         return y
     axes = g.constant(f"{path}.bias_axes", [1, 2], np.int64)
@@ -149,16 +162,26 @@ def residual(g: Graph, layer: layers.Residual, path: str, x: str) -> str:
                   path)
 
 
+def batchnorm(g: Graph, layer, path: str, x: str) -> str:
+    """ONNX's epsilon is a float32 attribute: the variance plus eps is a node in the graph's dtype instead."""
+    gamma, beta, mean, var = g.arrays(layer, path)
+    var = g.node("Add", [var, g.constant(f"{path}.eps", layer.eps)], path)
+    return g.node("BatchNormalization", [x, gamma, beta, mean, var], path, epsilon=0.0)
+
+
+def leaky_relu(g: Graph, layer, path: str, x: str) -> str:
+    """PRelu with the slope a constant in the graph's dtype (LeakyRelu's alpha is a float32 attribute)."""
+    return g.node("PRelu", [x, g.constant(f"{path}.slope", layer.negative_slope)], path)
+
+
 def identity(g: Graph, layer, path: str, x: str) -> str:
     return x
 
 
 def single(op: str, **attributes):
-    """A layer that is one ONNX operator on its input, its parameters and buffers; an attribute
-    given as a string is read from the layer (LeakyReLU's "negative_slope"), else fixed."""
+    """A layer that is one ONNX operator on its input, its parameters and buffers."""
     def emit(g: Graph, layer, path: str, x: str) -> str:
-        options = {k: getattr(layer, v) if isinstance(v, str) else v for k, v in attributes.items()}
-        return g.node(op, [x, *g.arrays(layer, path)], path, **options)
+        return g.node(op, [x, *g.arrays(layer, path)], path, **attributes)
 
     return emit
 
@@ -169,9 +192,7 @@ EMITTERS = {
     "Residual": residual, "RandomCrop": random_crop, "Normalize": normalize, "Dropout": identity,
     "RandomFlip": identity, "RandomTranslation": identity, "Dense": single("Gemm"),
     "Flatten": single("Flatten", axis=1), "ReLU": single("Relu"), "Tanh": single("Tanh"), "Sigmoid": single("Sigmoid"),
-    "LeakyReLU": single("LeakyRelu", alpha="negative_slope"),
-    "BatchNorm1D": single("BatchNormalization", epsilon="eps"),
-    "BatchNorm2D": single("BatchNormalization", epsilon="eps"),
+    "LeakyReLU": leaky_relu, "BatchNorm1D": batchnorm, "BatchNorm2D": batchnorm,
     "GlobalAvgPool2D": single("ReduceMean", axes=[2, 3], keepdims=0),
 }
 
@@ -208,7 +229,7 @@ def onnx_model(model: Sequential, *, opset: int = 17, output: str = "logits", dy
 
         proto = traced_model(model, output=output, dynamic_batch=dynamic_batch, dtype=dtype)
     else:
-        g = Graph(dtype)
+        g = Graph(dtype, opset)
         y = chain(g, model.layers, "", "input")
         g.nodes.append(helper.make_node("Softmax" if output == "probabilities" else "Identity", [y], [output],
                                         name=f"output/{output}", **({"axis": 1} if output == "probabilities" else {})))
@@ -236,7 +257,7 @@ def to_onnx(model: Sequential, path, *, opset: int = 17, output: str = "logits",
 
 # Every operator the writer emits: a node of another kind is named first in a foreign graph.
 EMITTED = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Mul", "Add", "Erf", "Tanh", "Pad", "Slice", "Sub",
-           "Div", "Unsqueeze", "Gemm", "Flatten", "Relu", "LeakyRelu", "Sigmoid", "BatchNormalization", "ReduceMean",
+           "Div", "Unsqueeze", "Gemm", "Flatten", "Relu", "PRelu", "Sigmoid", "BatchNormalization", "ReduceMean",
            "Softmax", "Identity"}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime
 
 from ..backend import to_numpy
-from ..errors import ExportError, ShapeError
+from ..errors import DataError, ExportError, ShapeError
 
 DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 
@@ -44,14 +44,17 @@ class OnnxModel:
         x = np.asarray(to_numpy(x), dtype=self.dtype)
         if x.shape[1:] != self.input_shape:
             raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
-        step = self.batch if isinstance(self.batch, int) else max(len(x), 1)
-        parts = [self.session.run(None, {self.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=self.dtype)
+        if len(x) == 0:
+            raise DataError("x: the batch is empty (N = 0)")
+        step = self.batch if isinstance(self.batch, int) else len(x)
+        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + step]})[0]
+                               for i in range(0, len(x), step)])
 
     def predict(self, x, *, batch_size: int = 256) -> np.ndarray:
         """Softmax probabilities (N, K) for x (N, C, H, W), ``batch_size`` images per run."""
-        parts = [self.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        y = np.concatenate(parts)
+        if len(x) == 0:
+            raise DataError("x: the batch is empty (N = 0)")
+        y = np.concatenate([self.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         if self.output == "probabilities":
             return y
         e = np.exp(y - y.max(axis=1, keepdims=True))

@@ -17,19 +17,22 @@ from .normalization import BatchNorm2D
 
 
 def unbuilt_folded(layers: list[Layer], sources: list) -> list[Layer]:
-    """New unbuilt layers for the built ``layers``, each Conv2D followed by a BatchNorm2D as one
-    Conv2D with a bias (in Residual branches too); ``sources`` gets (new layer, conv or layer, bn or None)."""
+    """New unbuilt layers for the built ``layers``, each Conv2D followed by BatchNorm2D layers as
+    one Conv2D with a bias (in Residual branches too; all the BatchNorm2D layers in a row, so
+    folding a folded model changes nothing); ``sources`` gets (new layer, conv or layer, the
+    BatchNorm2D layers folded into it)."""
     out, i = [], 0
     while i < len(layers):
-        layer, bn = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-        bn = bn if type(layer) is Conv2D and type(bn) is BatchNorm2D else None
+        layer, bns = layers[i], []
+        while type(layer) is Conv2D and type(next(iter(layers[i + 1 + len(bns):]), None)) is BatchNorm2D:
+            bns.append(layers[i + 1 + len(bns)])
         if type(layer) is Residual:
             twin = Residual(unbuilt_folded(layer.block, sources), unbuilt_folded(layer.shortcut, sources) or None)
         else:
-            twin = Conv2D(**{**layer.get_config(), "bias": True}) if bn else copy.deepcopy(layer)
-            sources.append((twin, layer, bn))
+            twin = Conv2D(**{**layer.get_config(), "bias": True}) if bns else copy.deepcopy(layer)
+            sources.append((twin, layer, bns))
         out.append(twin)
-        i += 2 if bn else 1
+        i += 1 + len(bns)
     return out
 
 
@@ -39,9 +42,12 @@ def fold_batchnorm(layers: list[Layer], build):
     inference within rounding."""
     sources = []
     model = build(unbuilt_folded(layers, sources))
-    for twin, layer, bn in sources:
-        if bn is not None:
-            twin.params["weight"], twin.params["bias"] = folded_weight_and_bias(layer, bn)
+    for twin, layer, bns in sources:
+        if bns:
+            w, b = layer.params["weight"], layer.params.get("bias")
+            for bn in bns:
+                w, b = folded_weight_and_bias(w, b, bn)
+            twin.params["weight"], twin.params["bias"] = w, b
             continue
         pairs = zip(twin.leaves(), layer.leaves()) if isinstance(layer, Container) else [((0, twin), (0, layer))]
         for (_, new), (_, old) in pairs:

@@ -56,10 +56,9 @@ class ConvAvgPool(Layer):
         return grad_x
 
 
-def folded_weight_and_bias(conv: Conv2D, bn: BatchNorm2D) -> tuple:
+def folded_weight_and_bias(w, b, bn: BatchNorm2D) -> tuple:
     """The weight (out, in / groups, kh, kw) and bias (out,) of ``bn(conv(x))`` at inference as one
-    Conv2D (PyTorch's ``fuse_conv_bn_eval``)."""
-    w, b = conv.params["weight"], conv.params.get("bias")
+    Conv2D, given the convolution's weight ``w`` and bias ``b`` or None (PyTorch's ``fuse_conv_bn_eval``)."""
     xp = namespace_of(w)
     scale = bn.params["weight"] / xp.sqrt(bn.buffers["running_var"] + bn.eps)
     shift = bn.params["bias"] - bn.buffers["running_mean"] * scale
@@ -86,7 +85,7 @@ class ConvBatchNorm(Layer):
             self.save_for_backward(conv, bn)
             return bn.forward(conv.forward(x, True), True)
         self.save_for_backward(x)
-        w, b = folded_weight_and_bias(conv, bn)
+        w, b = folded_weight_and_bias(conv.params["weight"], conv.params.get("bias"), bn)
         return conv2d_kernel(namespace_of(x), x, w, b, self.geometry, keep_columns=False)[0]
 
     def backward(self, grad_y):
