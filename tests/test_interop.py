@@ -60,6 +60,9 @@ CASES = {
     "activations": (lambda: [nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.LeakyReLU(0.2), nn.GELU(approximate="tanh")],
                     (2, 3, 3)),
     "leaky_negative": (lambda: [nn.LeakyReLU(0.3), nn.Conv2d(2, 2, 1), nn.LeakyReLU()], (2, 3, 3)),
+    "gelu_exact": (lambda: [nn.GELU(), nn.Conv2d(2, 2, 1), nn.GELU(approximate="none")], (2, 3, 3)),
+    "padded_conv": (lambda: [interop.PaddedConv2d(2, 3, (3, 2), pads=(0, 1, 2, 0), stride=(2, 1)), nn.ReLU(),
+                             interop.PaddedConv2d(3, 2, 3, pads=(1, 1, 0, 2), bias=False)], (2, 7, 6)),
     "maxpool": (lambda: [nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), nn.MaxPool2d(2)], (2, 8, 9)),
     "avgpool": (lambda: [nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
                          nn.AvgPool2d(2, padding=1)], (2, 8, 9)),
@@ -164,6 +167,27 @@ def test_options_are_carried_both_ways():
     assert type(back[6]) is nn.Flatten
 
 
+def test_padding_whose_sides_differ_goes_to_torch():
+    # torch's modules pad both sides alike: a Conv2D becomes PaddedConv2d (same parameter keys), a
+    # pool nn.ConstantPad2d then the pool in floor mode (ceil_mode's extension in the pads).
+    model = xpcnn.Sequential([layers.Conv2D(3, 3, padding=((1, 1), (1, 1))),
+                              layers.Conv2D(3, 3, padding=((2, 0), (0, 1))),
+                              layers.MaxPool2D(3, 2, ((1, 0), (0, 1)), ceil_mode=True),
+                              layers.AvgPool2D(2, 1, ((0, 1), (1, 0))), layers.Flatten()])
+    model.build((2, 9, 8), seed=2, dtype="float64", backend="numpy")
+    net = interop.to_torch(model)
+    assert type(net[0]) is nn.Conv2d and net[0].padding == (1, 1) and type(net[1]) is interop.PaddedConv2d
+    assert [type(m) for m in net[2]] == [nn.ConstantPad2d, nn.MaxPool2d] and net[2][0].value == -float("inf")
+    assert {k for k, _ in net.named_parameters()} == {key for key, _, _ in model.named_parameters()}
+    x = batch((2, 9, 8))
+    assert_close("asymmetric padding", torch_forward(net, x, False), model(x))
+    back = interop.from_torch(net[:2], (2, 9, 8), dtype="float64", backend="numpy")
+    assert back.layers[1].padding == ((2, 0), (0, 1))
+    counted = xpcnn.Sequential([layers.AvgPool2D(2, 1, ((0, 1), (1, 0)), count_include_pad=False)])
+    with pytest.raises(ArgumentError, match=r"layer 0 \(AvgPool2D\) with padding .* counts fewer cells"):
+        interop.to_torch(counted.build((1, 4, 4), backend="numpy"))
+
+
 def test_residual_becomes_torch_residual_and_back():
     model = xpcnn.Sequential([layers.Residual([layers.Conv2D(3, 3, padding=1), layers.ReLU()]),
                               layers.Residual([layers.Conv2D(4, 1)], [layers.Conv2D(4, 1, bias=False)])])
@@ -182,7 +206,6 @@ def test_residual_becomes_torch_residual_and_back():
     (lambda: [residual(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.ELU()))], "0.block.1", "ELU"),
     (lambda: [residual(nn.Sequential(nn.ReLU()), nn.Sequential(nn.Upsample(scale_factor=1)))], "0.shortcut.0",
      "Upsample"),
-    (lambda: [nn.Conv2d(1, 2, 3), nn.GELU()], "1", "approximate='tanh'"),
     (lambda: [nn.AdaptiveAvgPool2d(1), nn.ReLU()], "0", "followed by nn.Flatten"),
     (lambda: [nn.AdaptiveAvgPool2d(2), nn.Flatten()], "0", "AdaptiveAvgPool2d(1)"),
     (lambda: [nn.BatchNorm2d(1, momentum=None)], "0", "momentum=None"),
@@ -191,7 +214,7 @@ def test_residual_becomes_torch_residual_and_back():
     (lambda: [nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")], "0", "padding_mode='reflect'"),
     (lambda: [nn.MaxPool2d(2, dilation=2)], "0", "dilation"),
     (lambda: [nn.Flatten(0)], "0", "start_dim=1"),
-], ids=["nested", "in-block", "in-shortcut", "gelu-exact", "adaptive-no-flatten", "adaptive-2", "bn-cumulative",
+], ids=["nested", "in-block", "in-shortcut", "adaptive-no-flatten", "adaptive-2", "bn-cumulative",
         "bn-no-affine", "bn-no-stats", "reflect-padding", "pool-dilation", "flatten-dim0"])
 def test_unsupported_modules_are_named_with_their_path(modules, path, what):
     net = nn.Sequential(*modules())

@@ -72,6 +72,13 @@ def test_a_trained_model_pickles_and_deep_copies_with_its_optimizer(backend):
             assert np.array_equal(xpcnn.to_numpy(wa), xpcnn.to_numpy(wb))
 
 
+def test_a_copy_keeps_the_unfused_layers_of_fuse_false():
+    model = xpcnn.zoo.get("notebook").build((1, 8, 8), seed=0, dtype="float64", fuse=False)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert twin.fuse is False
+        assert [type(layer) for layer in twin.chains[""]] == [type(layer) for layer in model.chains[""]]
+
+
 def test_an_unbuilt_model_pickles_too():
     twin = pickle.loads(pickle.dumps(xpcnn.zoo.default_cnn()))
     assert not twin.built and repr(twin) == repr(xpcnn.zoo.default_cnn())

@@ -9,14 +9,16 @@ Module <-> layer (PyTorch semantics on both sides, options carried over):
 ==================================================  ==============================================
 torch                                               xpcnn
 ==================================================  ==============================================
-``Conv2d`` (any groups, padding int/pair/"same")    ``Conv2D`` (weight as is)
+``Conv2d`` (any groups, padding int/pair/"same")    ``Conv2D`` (weight as is; sides that differ:
+                                                    ``PaddedConv2d``, its input padded first)
 ``ConvTranspose2d``                                 ``Conv2DTranspose`` (weight as is)
 ``BatchNorm2d`` / ``BatchNorm1d`` (momentum, eps)   ``BatchNorm2D`` / ``BatchNorm1D`` + running stats
 ``Linear``                                          ``Dense`` (weight transposed: xpcnn's is (in, out))
 ``ReLU`` ``Tanh`` ``Sigmoid`` ``LeakyReLU``         the layer of the same name (slope carried)
-``GELU(approximate="tanh")``                        ``GELU`` (exact GELU is refused)
+``GELU`` (approximate "none" or "tanh")             ``GELU`` (the same approximate)
 ``MaxPool2d`` / ``AvgPool2d``                       ``MaxPool2D`` / ``AvgPool2D`` (ceil_mode,
-                                                    count_include_pad)
+                                                    count_include_pad; sides that differ: a
+                                                    ``ConstantPad2d`` first, to_torch only)
 ``AdaptiveAvgPool2d(1)`` then ``Flatten()``         ``GlobalAvgPool2D`` (it already returns (N, C))
 ``Dropout(p)`` / ``Flatten()``                      ``Dropout(p)`` / ``Flatten()``
 ``TorchResidual(block, shortcut)``                  ``Residual(block, shortcut)``
@@ -99,9 +101,31 @@ def _residual_class():
     return _cache["TorchResidual"]
 
 
+def _padded_conv_class():
+    """PaddedConv2d, defined once on first use: ``nn.Conv2d`` run on its input zero-padded first by
+    ``pads`` (left, right, top, bottom), for a Conv2D whose sides differ (``nn.Conv2d`` pads both
+    sides of an axis alike). Its parameters keep nn.Conv2d's names."""
+    torch = _torch()
+    if "PaddedConv2d" not in _cache:
+        class PaddedConv2d(torch.nn.Conv2d):
+            def __init__(self, *args, pads, **options) -> None:
+                super().__init__(*args, padding=0, **options)
+                self.pads = tuple(pads)
+
+            def forward(self, x):
+                return super().forward(torch.nn.functional.pad(x, self.pads))
+
+            def extra_repr(self) -> str:
+                return f"{super().extra_repr()}, pads={self.pads}"
+
+        PaddedConv2d.__module__, PaddedConv2d.__qualname__ = __name__, "PaddedConv2d"
+        _cache["PaddedConv2d"] = PaddedConv2d
+    return _cache["PaddedConv2d"]
+
+
 def __getattr__(name: str):
-    if name == "TorchResidual":
-        return _residual_class()
+    if name in ("TorchResidual", "PaddedConv2d"):
+        return _residual_class() if name == "TorchResidual" else _padded_conv_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -175,7 +199,7 @@ class _Converter:
             identity = type(m.shortcut) is nn.Identity
             shortcut = None if identity else self.convert_list(m.shortcut, f"{path}.shortcut") or None
             return Residual(block, shortcut)
-        if kind in (nn.Conv2d, nn.ConvTranspose2d):
+        if kind in (nn.Conv2d, nn.ConvTranspose2d, _cache.get("PaddedConv2d")):
             return self.conv(m, path)
         if kind in (nn.BatchNorm2d, nn.BatchNorm1d):
             return self.batch_norm(m, path)
@@ -190,10 +214,7 @@ class _Converter:
         if kind is nn.LeakyReLU:
             return LeakyReLU(m.negative_slope)
         if kind is nn.GELU:
-            if m.approximate != "tanh":
-                raise self.refuse(path, m, f"is the exact (erf) GELU (approximate={m.approximate!r}); xpcnn's GELU is "
-                                           "PyTorch's approximate='tanh': use nn.GELU(approximate='tanh')")
-            return GELU()
+            return GELU(approximate=m.approximate)
         if kind in (nn.MaxPool2d, nn.AvgPool2d):
             return self.pool(m, path)
         if kind is nn.Dropout:
@@ -204,7 +225,7 @@ class _Converter:
                                            "xpcnn's Flatten is start_dim=1, end_dim=-1")
             return Flatten()
         raise self.refuse(path, m, "is not supported by xpcnn.interop.from_torch; supported: Conv2d, ConvTranspose2d, "
-                                   "BatchNorm1d/2d, Linear, ReLU, Tanh, Sigmoid, LeakyReLU, GELU(approximate='tanh'), "
+                                   "BatchNorm1d/2d, Linear, ReLU, Tanh, Sigmoid, LeakyReLU, GELU, "
                                    "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1)+Flatten, Dropout, Flatten, "
                                    "xpcnn.interop.TorchResidual, nested nn.Sequential")
 
@@ -212,8 +233,10 @@ class _Converter:
         if m.padding_mode != "zeros":
             raise self.refuse(path, m, f"pads with padding_mode={m.padding_mode!r}; xpcnn pads with zeros only")
         bias = m.bias is not None
-        if type(m) is self.nn.Conv2d:
-            padding = m.padding if isinstance(m.padding, str) else tuple(m.padding)
+        if type(m) is not self.nn.ConvTranspose2d:
+            left, right, top, bottom = getattr(m, "pads", (0, 0, 0, 0))
+            padding = m.padding if isinstance(m.padding, str) else \
+                ((top, bottom), (left, right)) if hasattr(m, "pads") else tuple(m.padding)
             layer = Conv2D(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=padding,
                            dilation=tuple(m.dilation), groups=m.groups, bias=bias)
         else:
@@ -311,7 +334,9 @@ def _torch_layer(torch, layer: Layer, path: str, dtype):
         options = dict(stride=layer.stride, dilation=layer.dilation, groups=layer.groups, bias=layer.bias, dtype=dtype)
         shape = (layer.input_shape[0], layer.out_channels, layer.kernel_size)
         if kind is Conv2D:
-            module = nn.Conv2d(*shape, padding=layer.padding, **options)
+            padding, pads = _torch_padding(layer)
+            module = nn.Conv2d(*shape, padding=padding, **options) if pads is None else \
+                _padded_conv_class()(*shape, pads=pads, **options)
         else:
             module = nn.ConvTranspose2d(*shape, padding=layer.padding, output_padding=layer.output_padding, **options)
         _copy(torch, module.weight, layer.params["weight"], dtype)
@@ -338,11 +363,8 @@ def _torch_layer(torch, layer: Layer, path: str, dtype):
         return nn.LeakyReLU(layer.negative_slope)
     if kind is GELU:
         return nn.GELU(approximate=layer.approximate)
-    if kind is MaxPool2D:
-        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
-    if kind is AvgPool2D:
-        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
-                            count_include_pad=layer.count_include_pad)
+    if kind in (MaxPool2D, AvgPool2D):
+        return _torch_pool(nn, layer, path)
     if kind is GlobalAvgPool2D:
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     if kind is Dropout:
@@ -351,6 +373,34 @@ def _torch_layer(torch, layer: Layer, path: str, dtype):
         return nn.Flatten()
     raise ArgumentError(f"model: layer {path} ({kind.__module__}.{kind.__name__}) has no torch equivalent in "
                         "xpcnn.interop.to_torch (custom layers cannot be converted)")
+
+
+def _torch_padding(layer: Layer) -> tuple:
+    """(the padding a torch module takes, None) for a layer whose sides match, else (0, the pads
+    (left, right, top, bottom) to apply first)."""
+    padding = layer.padding
+    if isinstance(padding, str) or not isinstance(padding[0], (tuple, list)):
+        return padding, None
+    (top, bottom), (left, right) = padding
+    return ((top, left), None) if (top, left) == (bottom, right) else (0, (left, right, top, bottom))
+
+
+def _torch_pool(nn, layer, path: str):
+    """MaxPool2d / AvgPool2d; with sides that differ, the padding first (-inf for the maximum) and the
+    pool in floor mode, its bottom / right padding extended for ``ceil_mode`` as the layer's geometry
+    has it. An average whose windows then count fewer cells has no torch form."""
+    (padding, pads), maximum = _torch_padding(layer), type(layer) is MaxPool2D
+    window = (layer.kernel_size, layer.stride, padding)
+    pool = nn.MaxPool2d(*window, ceil_mode=layer.ceil_mode and pads is None) if maximum else \
+        nn.AvgPool2d(*window, ceil_mode=layer.ceil_mode and pads is None, count_include_pad=layer.count_include_pad)
+    if pads is None:
+        return pool
+    if not maximum and layer.geometry.divisor is not None:
+        raise ArgumentError(f"model: layer {path} (AvgPool2D) with padding {layer.padding} counts fewer cells in some "
+                            "windows (count_include_pad=False or ceil_mode), which no torch module computes after "
+                            "an explicit pad; use equal sides or count_include_pad=True without ceil_mode")
+    (top, bottom), (left, right) = layer.geometry.padding
+    return nn.Sequential(nn.ConstantPad2d((left, right, top, bottom), -float("inf") if maximum else 0.0), pool)
 
 
 def to_torch(model: Sequential):

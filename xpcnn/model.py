@@ -279,7 +279,7 @@ class Sequential(Container):
         safetensors bytes, the backend's name and the optimizer's state. Nothing else."""
         state = {"config": self.get_config(), "class_names": self.class_names}
         if self.built:
-            state.update(backend=str(self.backend), seed=self.seed, layer_states=self.layer_states(),
+            state.update(backend=str(self.backend), seed=self.seed, fuse=self.fuse, layer_states=self.layer_states(),
                          arrays=safetensors.numpy.save(self.state_tensors()))
             if self.optimizer is not None:
                 record, tensors = optimizer_record(self.optimizer, self)
@@ -292,7 +292,7 @@ class Sequential(Container):
         if "arrays" not in state:
             return
         self.build(state["config"]["input_shape"], seed=state["seed"], dtype=state["config"]["dtype"],
-                   backend=state["backend"])
+                   backend=state["backend"], fuse=state.get("fuse", True))
         arrays = safetensors.numpy.load(state["arrays"])
         for key, layer, name in self.named_parameters():
             layer.params[name] = self.backend.asarray(arrays[key], dtype=self.dtype)
