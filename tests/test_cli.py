@@ -2,6 +2,7 @@
 dispatch, and clean errors (exit status 1 with a message, never a traceback)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -208,6 +209,75 @@ def test_predict_command(trained, tmp_path, capsys):
     assert out.split(": ")[1].startswith(f"{int(probs.argmax())} (probability {probs.max():.3f})")
     assert cli.main(["predict", str(model_path), str(tmp_path / "dark_on_light.png")]) == 0
     assert "probability" in capsys.readouterr().out
+
+
+@pytest.fixture
+def untrained_model(tmp_path):
+    """A saved default network (1, 28, 28) without class names: what predict and export read."""
+    path = tmp_path / "m.safetensors"
+    xpcnn.zoo.get("default").build((1, 28, 28)).save(path)
+    return path
+
+
+def test_predict_on_a_folder_without_images_is_a_usage_error(untrained_model, tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    assert cli.main(["predict", str(untrained_model), str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: IMAGE: no image in the folder {tmp_path / 'empty'} or its subfolders (read: "
+                          "files ending in .png, .jpg") and "Traceback" not in err, err
+
+
+def test_evaluate_and_export_check_their_output_paths_before_any_work(untrained_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("the model was read despite a bad output path"))
+    (tmp_path / "d.onnx").mkdir()
+    missing = tmp_path / "missing"
+    cases = [
+        (["evaluate", str(untrained_model), "--plot", str(missing / "c.png")],
+         f"--plot: the directory {missing} does not exist; create it first"),
+        (["evaluate", str(untrained_model), "--plot", str(tmp_path)], f"--plot: {tmp_path} is a directory"),
+        (["export", str(untrained_model), str(missing / "m.onnx")],
+         f"MODEL.onnx: the directory {missing} does not exist; create it first"),
+        (["export", str(untrained_model), str(tmp_path / "d.onnx")],
+         f"MODEL.onnx: {tmp_path / 'd.onnx'} is a directory"),
+        # xpcnn predict reads a model as ONNX by its suffix: an export named otherwise could not be read back
+        (["export", str(untrained_model), str(tmp_path / "m.txt")],
+         f"MODEL.onnx: expected a file name ending in .onnx, got {tmp_path / 'm.txt'}"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and "Errno" not in err, (argv, err)
+    assert not (tmp_path / "m.txt").exists()
+
+
+def test_train_on_images_of_several_sizes_names_the_image_size_flag(tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    for name, size in (("a", 8), ("b", 12)):
+        (tmp_path / name).mkdir()
+        for k in range(2):
+            Image.new("RGB", (size, size)).save(tmp_path / name / f"{k}.png")
+    assert cli.main(["train", "--data", str(tmp_path), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "image sizes differ" in err and "pass --image-size H W to resize" in err and "image_size=" not in err, err
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_predict_into_a_closed_pipe_is_quiet(untrained_model, tmp_path, unbuffered):
+    """xpcnn predict ... | head: the reader is gone before the output is written (its end of the
+    pipe closed first, so the test does not race); no 'Broken pipe' message, exit status 1."""
+    Image = pytest.importorskip("PIL.Image")
+    for k in range(3):
+        Image.new("L", (28, 28)).save(tmp_path / f"{k}.png")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "xpcnn", "predict", str(untrained_model), str(tmp_path)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 def test_predict_without_pillow_says_what_to_install(trained, tmp_path, monkeypatch, capsys):

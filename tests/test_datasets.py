@@ -370,10 +370,12 @@ def test_preprocess_shapes_range_dtype():
 def test_preprocess_refuses_bad_input():
     with pytest.raises(DTypeError, match=r"^images: expected uint8 .*got float32"):
         preprocess(np.zeros((2, 28, 28), np.float32))
-    with pytest.raises(ShapeError, match=r"^images: expected \(N, H, W\) or \(N, 1, H, W\), got shape \(28, 28\)"):
+    with pytest.raises(ShapeError, match=r"^images: expected \(N, H, W\) or \(N, C, H, W\), got shape \(28, 28\)"):
         preprocess(np.zeros((28, 28), np.uint8))
-    with pytest.raises(ShapeError, match=r"^images: .*got shape \(2, 3, 28, 28\)"):
-        preprocess(np.zeros((2, 3, 28, 28), np.uint8))
+    with pytest.raises(ShapeError, match=r"^images: .*got shape \(2, 1, 3, 28, 28\)"):
+        preprocess(np.zeros((2, 1, 3, 28, 28), np.uint8))
+    rgb = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)  # CIFAR-10's layout keeps its channels
+    assert np.array_equal(preprocess(rgb), rgb / np.float32(255)) and preprocess(rgb).dtype == np.float32
     for bad in ("int32", None, "float16", 3):
         with pytest.raises(DTypeError, match=rf"^dtype: expected 'float32' or 'float64', got {bad!r}"):
             preprocess(np.zeros((2, 28, 28), np.uint8), dtype=bad)

@@ -420,7 +420,7 @@ for _name in ("load_data", "load_mnist"):
     case(f"xpcnn.datasets.{_name}", "path", lambda _n=_name: getattr(xpcnn.datasets, _n)("mnist5k", 3))
 PIXELS = np.zeros((2, 4, 4), np.uint8)
 for _name in ("preprocess", "to_float_images"):
-    case(f"xpcnn.datasets.{_name}", "images", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS.reshape(2, 4, 2, 2)))
+    case(f"xpcnn.datasets.{_name}", "images", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS[:, None, None]))
     case(f"xpcnn.datasets.{_name}", "images", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS.astype(float)))
     case(f"xpcnn.datasets.{_name}", "dtype", lambda _n=_name: getattr(xpcnn.datasets, _n)(PIXELS, "int8"))
 case("xpcnn.datasets.image_folder", "path", lambda: xpcnn.datasets.image_folder(MISSING_DIR))

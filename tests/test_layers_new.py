@@ -2,13 +2,14 @@
 statistics), Dropout (reproducible masks on every backend, across a checkpoint resume), Residual
 (shapes, names, files, devices), custom layers, and which calls run in training mode."""
 
+import pickle
 
 import numpy as np
 import pytest
 
 import xpcnn
 from xpcnn import layers, optim
-from xpcnn.errors import ArgumentError, ModelFileError, ShapeError
+from xpcnn.errors import ArgumentError, ShapeError
 
 from .docs_blocks import python_blocks, run_blocks
 from .tolerances import FLOAT64_RTOL
@@ -275,11 +276,12 @@ def test_custom_layer_trains_saves_and_loads_once_registered(tmp_path, registere
     assert np.array_equal(loaded.predict(x), model.predict(x))
 
 
-def test_unregistered_custom_layer_fails_to_load_saying_to_register(tmp_path):
+def test_unregistered_custom_layer_refuses_to_be_saved_or_pickled_saying_to_register(tmp_path):
     model = xpcnn.Sequential([layers.Flatten(), Cube(), layers.Dense(3)]).build((1, 2, 2), backend="numpy")
-    model.save(tmp_path / "cube.safetensors")
-    with pytest.raises(ModelFileError, match=r"unknown layer type 'Cube'.*xpcnn\.layers\.register"):
-        xpcnn.load(tmp_path / "cube.safetensors")
+    for write in (lambda: model.save(tmp_path / "cube.safetensors"), lambda: pickle.dumps(model)):
+        with pytest.raises(ArgumentError, match=r"layer 1 \(Cube\): its class is not registered.*layers\.register"):
+            write()
+    assert not (tmp_path / "cube.safetensors").exists()
 
 
 def test_a_layer_without_forward_says_what_to_override():

@@ -16,7 +16,9 @@ from xpcnn.errors import (
     ArgumentTypeError,
     BackendUnavailableError,
     DataError,
+    LabelError,
     LayerContractError,
+    NotBuiltError,
     ShapeError,
     XpcnnError,
 )
@@ -36,13 +38,55 @@ def data(n=16, seed=0):
 def test_building_a_built_model_keeps_its_weights_or_says_why_not():
     model = small()
     before = [w.copy() for w in model.get_weights()]
-    assert model.build((1, 8, 8), seed=5) is model  # same shape: nothing is redrawn
-    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    with pytest.raises(ArgumentError, match=r"already built for \(1, 8, 8\).*reset_weights"):
+    assert model.build((1, 8, 8)) is model and model.build((1, 8, 8), seed=0, backend="numpy") is model
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # as it was built: nothing redrawn
+    with pytest.raises(ArgumentError, match=r"^input_shape: .*built with input_shape \(1, 8, 8\).*reset_weights"):
         model.build((1, 10, 10))
+    for options, name in ((dict(seed=5), "seed"), (dict(dtype="float64"), "dtype")):
+        with pytest.raises(ArgumentError, match=rf"^{name}: the model is already built with {name} "):
+            model.build((1, 8, 8), **options)
     model.reset_weights(seed=5)
     assert not np.array_equal(before[0], model.get_weights()[0])
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), small(seed=5).get_weights()))
+
+
+def test_layers_of_a_built_model_keep_their_weights_in_a_new_one():
+    # Transfer learning as in Keras: the trained layers, shared, under a new head.
+    base = small()
+    x, y = data()
+    base.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    trained, before = [w.copy() for w in base.get_weights()], base.predict(x)
+    head = xpcnn.Sequential(base.layers[:-1] + [layers.Dense(3)]).build((1, 8, 8), seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(head.get_weights()[:-2], trained[:-2]))
+    assert np.array_equal(base.predict(x), before)  # building the new model left the old one alone
+    assert np.array_equal(head.get_weights()[-2], small(seed=7).get_weights()[-2])  # the head drawn as in a new model
+    with pytest.raises(ArgumentError, match=r"^layers: layer 0 \(Conv2D\) is already built.*\(1, 8, 8\).*\(1, 9, 9\)"):
+        xpcnn.Sequential(base.layers[:-1] + [layers.Dense(3)]).build((1, 9, 9))
+    assert np.array_equal(base.predict(x), before)
+
+
+def test_one_layer_object_in_two_places_is_refused():
+    tanh = layers.Tanh()
+    with pytest.raises(ArgumentError, match=r"^layers: layer 2 \(Tanh\) is the same object as layer 0"):
+        xpcnn.Sequential([tanh, layers.Flatten(), tanh])
+    with pytest.raises(ArgumentError, match=r"layer 1\.block\.0 \(Tanh\) is the same object as layer 0"):
+        xpcnn.Sequential([tanh, layers.Residual([tanh])])
+
+
+def test_labels_missing_and_a_forgotten_super_init_are_named():
+    model, (x, _) = small(), data()
+    for call in (lambda: model.fit(x, epochs=1, verbose=0), lambda: model.evaluate(x)):
+        with pytest.raises(LabelError, match=r"^y: expected the labels \(N,\) of x, got None"):
+            call()
+
+    class NoSuper(layers.Layer):
+        def __init__(self, k=2.0):
+            self.k = k
+
+    with pytest.raises(LayerContractError, match=r"^layers\[1\] \(NoSuper\): .*call super\(\).__init__\(\)"):
+        xpcnn.Sequential([layers.Flatten(), NoSuper()])
+    with pytest.raises(NotBuiltError, match=r"^layer_or_fn: the Dense is not built"):
+        xpcnn.testing.gradcheck(layers.Dense(2), np.zeros((2, 3)))
 
 
 def test_a_loaded_model_is_not_redrawn_by_build(tmp_path):

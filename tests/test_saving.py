@@ -5,6 +5,7 @@ including a Hypothesis fuzz of corrupted bytes."""
 import json
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 import xpcnn
 from tests.tolerances import FLOAT32_ATOL, FLOAT32_RTOL
 from xpcnn import fileformat, layers
-from xpcnn.errors import ModelFileError, NotBuiltError, XpcnnError
+from xpcnn.errors import ArgumentError, ModelFileError, NotBuiltError, XpcnnError
 
 
 def small_model(dtype="float32", seed=0):
@@ -141,6 +142,15 @@ def test_atomic_write_fsyncs_before_rename(tmp_path, monkeypatch):
     fileformat.write_atomic(tmp_path / "f.bin", b"data")
     assert calls[:2] == ["fsync", "replace"]
     assert (tmp_path / "f.bin").read_bytes() == b"data"
+
+
+def test_saving_to_a_directory_or_into_a_missing_one_is_a_clear_error(tmp_path):
+    model = small_model()
+    with pytest.raises(ArgumentError, match=re.escape(f"path: {tmp_path} is a directory; expected a file path")):
+        model.save(tmp_path)
+    with pytest.raises(ArgumentError, match=re.escape(f"path: the directory {tmp_path / 'missing'} does not exist")):
+        model.save(tmp_path / "missing" / "m.safetensors")
+    assert os.listdir(tmp_path) == []  # no temporary file left behind
 
 
 # ---------------------------------------------------------------- refusals

@@ -43,6 +43,8 @@ from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeErro
 from .saving import load
 from .version import __version__
 
+# Errors of the Python API name its arguments; where the CLI has a flag for one, the message names the flag.
+FLAG_WORDING = {"image_size=(H, W)": "--image-size H W"}
 DELEGATED = {"parity": "tests.parity_matrix", "bench": "benchmarks.harness"}
 # The benchmark harness is tooling kept in a source checkout's benchmarks/ folder, not in the package.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------- evaluate / predict
+# ---------------------------------------------------------------- evaluate / predict / export
+
+
+def _output_file(path: str, flag: str) -> None:
+    """The output file ``path`` of ``flag`` can be written (checked before any work): it is not a
+    directory, and its directory exists and may be written in."""
+    parent = Path(path).parent
+    if Path(path).is_dir():
+        raise UsageError(f"{flag}: {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise UsageError(f"{flag}: the directory {parent} does not exist; create it first or write elsewhere")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write in {parent} (permission denied); choose another path")
 
 
 def _class_folder(model, path: str):
@@ -199,8 +213,10 @@ def class_report(y_true, y_pred, names) -> tuple[str, np.ndarray]:
 
 
 def cmd_evaluate(args) -> int:
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
+    if args.plot:
+        _output_file(args.plot, "--plot")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     model = load(args.model, backend=backend_option(args.backend))
     if args.data:
         _evaluate(model, _class_folder(model, args.data), None, args, f"the images of {args.data}")
@@ -256,22 +272,25 @@ def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
 
 
 def cmd_predict(args) -> int:
-
-
-
-    model = _export().OnnxModel(args.model) if args.model.endswith(".onnx") else \
+    files = []
+    for item in map(Path, args.images):
+        found = sorted(f for f in item.rglob("*") if f.suffix.lower() in SUFFIXES) if item.is_dir() else [item]
+        if not found:
+            raise UsageError(f"IMAGE: no image in the folder {item} or its subfolders (read: files ending in "
+                             f"{', '.join(SUFFIXES)})")
+        files += found
+    model = _export().OnnxModel(args.model) if args.model.lower().endswith(".onnx") else \
         load(args.model, backend=backend_option(args.backend))
     color = "rgb" if model.input_shape[0] == 3 else "gray"
-    for item in map(Path, args.images):
-        for path in sorted(f for f in item.rglob("*") if f.suffix.lower() in SUFFIXES) if item.is_dir() else [item]:
-            pixels = read_color_image(path, color, model.input_shape[1:]) if model.class_names \
-                else read_image(path, model.input_shape, args.invert)
-            x = to_device(pixels[None].astype(model.dtype) / np.dtype(model.dtype).type(255), model.backend)
-            probs = to_numpy(model.predict(x))[0]
-            order, names = np.argsort(-probs), model.class_names or [str(k) for k in range(len(probs))]
-            print(f"{path}: {names[order[0]]} (probability {probs[order[0]]:.3f})" + "".join(
-                ("; next: " if i == 1 else ", ") + f"{names[k]} ({probs[k]:.3f})"
-                for i, k in enumerate(order[1:args.top], 1)))
+    for path in files:
+        pixels = read_color_image(path, color, model.input_shape[1:]) if model.class_names \
+            else read_image(path, model.input_shape, args.invert)
+        x = to_device(pixels[None].astype(model.dtype) / np.dtype(model.dtype).type(255), model.backend)
+        probs = to_numpy(model.predict(x))[0]
+        order, names = np.argsort(-probs), model.class_names or [str(k) for k in range(len(probs))]
+        print(f"{path}: {names[order[0]]} (probability {probs[order[0]]:.3f})" + "".join(
+            ("; next: " if i == 1 else ", ") + f"{names[k]} ({probs[k]:.3f})"
+            for i, k in enumerate(order[1:args.top], 1)))
     return 0
 
 
@@ -284,6 +303,9 @@ def _export():
 
 
 def cmd_export(args) -> int:
+    if not args.onnx.lower().endswith(".onnx"):  # xpcnn predict reads a model as ONNX by this suffix
+        raise UsageError(f"MODEL.onnx: expected a file name ending in .onnx, got {args.onnx}")
+    _output_file(args.onnx, "MODEL.onnx")
     model = load(args.model, backend="numpy")
     _export().to_onnx(model, args.onnx, output=args.output, dtype=args.dtype)
     print(f"{args.onnx}: {args.output} of {args.model} ({args.dtype or model.dtype}, ONNX opset 17); "
@@ -384,12 +406,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a closed pipe is seen here, not as Python exits
+        return code
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except XpcnnError as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e)
+        for words, flag in FLAG_WORDING.items():
+            message = message.replace(words, flag)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # a reader that stopped early (xpcnn predict ... | head): quiet, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:  # a disk that filled up, a file that vanished: the message says which
         print(f"error: {e}", file=sys.stderr)

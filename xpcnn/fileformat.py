@@ -68,7 +68,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent
+    if path.is_dir():
+        raise ArgumentError(f"path: {os.fspath(path)} is a directory; expected a file path (a new or existing file)")
     if not directory.is_dir():
         raise ArgumentError(
             f"path: the directory {os.fspath(directory)} does not exist (for {os.fspath(path)}); create it first"

@@ -21,6 +21,7 @@ from ._validate import check_array, namespace, sample_shape
 from .backend import (
     Backend,
     current_backend,
+    device_of,
     fewest_operations_for,
     namespace_of,
     resolve_target,
@@ -28,7 +29,7 @@ from .backend import (
     to_numpy,
 )
 from .checkpoint import optimizer_class, optimizer_record
-from .datasets.feed import as_model_dtype, non_finite
+from .datasets.feed import as_model_dtype, non_finite, shape_hint
 from .errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, NotBuiltError, ShapeError
 from .layers.base import check_config_complete, describe, flag, inference, layers_from_config
 from .layers.containers import Container, run_backward, run_forward, run_traced
@@ -41,6 +42,16 @@ from .layers.fold import fold_batchnorm
 INFERENCE_SLICE = 1 << 18
 
 
+def planned_inputs(layers, shape: tuple, found: dict) -> dict:
+    """id(layer) -> the input shape each nested layer of ``layers`` gets for input ``shape``."""
+    for layer in layers:
+        found[id(layer)] = shape
+        for branch in getattr(layer, "branches", {}).values():  # a branch takes its container's input
+            planned_inputs(branch, shape, found)
+        shape = tuple(layer.output_shape(shape))
+    return found
+
+
 class Sequential(Container):
     """Layers applied in order. Build it for one sample's shape ``(C, H, W)``, then call it on
     batches ``(N, C, H, W)``: arrays of its backend and device (floating input of another float
@@ -49,6 +60,12 @@ class Sequential(Container):
     def __init__(self, layers: Iterable) -> None:
         super().__init__({"": self.layer_list(layers, "layers")})
         self.layers = self.branches[""]
+        places: dict[int, str] = {}
+        for path, layer in self.walk():
+            if id(layer) in places:  # its second forward would overwrite what the first keeps for backward
+                raise ArgumentError(f"layers: layer {path} ({type(layer).__name__}) is the same object as layer "
+                                    f"{places[id(layer)]}; each place needs its own layer (copy.deepcopy(layer))")
+            places[id(layer)] = path
         self.built_output_shape: tuple[int, ...] | None = None
         self.inference_slice = 1  # images per slice at inference on a CPU, set at build
         self.backend: Backend | None = None
@@ -62,30 +79,56 @@ class Sequential(Container):
 
     # ---------------------------------------------------------------- building
 
-    def build(self, input_shape, *, seed: int = 0, dtype: str = "float32", backend: str | Backend | None = None,
-              fuse: bool = True) -> Sequential:
+    def build(self, input_shape, *, seed: int | None = None, dtype: str = "float32",
+              backend: str | Backend | None = None, fuse: bool = True) -> Sequential:
         """Create every parameter and buffer for samples of ``input_shape`` (C, H, W), drawn from
-        ``numpy.random.default_rng(seed)`` on the host, on the selected backend (or ``backend``).
-        ``fuse``: run fusable layer pairs as one op (:mod:`xpcnn.layers.fused`; same numbers).
-        A built model is not drawn again: building it for the same shape and dtype does nothing,
-        for another is an error (:meth:`reset_weights` redraws, a new model takes a new shape)."""
+        ``numpy.random.default_rng(seed)`` (default 0) on the host, on the selected backend (or
+        ``backend``). ``fuse``: run fusable layer pairs as one op (:mod:`xpcnn.layers.fused`; same
+        numbers). A built model is not drawn again: building it as it was built does nothing,
+        otherwise is an error (:meth:`reset_weights` redraws, :meth:`to` moves, a new model takes a
+        new shape). A layer taken from another built model keeps its weights, shared with it."""
         if not isinstance(dtype, str) or dtype not in ("float32", "float64"):
             raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
         shape = tuple(int(s) for s in sample_shape(input_shape, "input_shape", "such as (1, 28, 28)"))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ArgumentError(f"seed: expected a non-negative int, got {seed!r}")
-        if self.built:
-            if shape == self.input_shape and dtype == self.dtype:
-                return self
-            raise ArgumentError(f"input_shape: the model is already built for {self.input_shape} ({self.dtype}) and "
-                                f"holds its weights; got {shape} ({dtype}). Use model.reset_weights(seed=...) to "
-                                "redraw them, model.to(...) to move them, or a new model for another shape")
         target = current_backend() if backend is None else resolve_target(backend)
+        if self.built:
+            given = {"input_shape": shape, "dtype": dtype, "seed": self.seed if seed is None else int(seed),
+                     "backend": self.backend if backend is None else target}
+            built = {"input_shape": self.input_shape, "dtype": self.dtype, "seed": self.seed, "backend": self.backend}
+            if given == built:
+                return self
+            name = next(k for k in given if given[k] != built[k])
+            raise ArgumentError(f"{name}: the model is already built with {name} {built[name]} and holds its weights; "
+                                f"got {given[name]}. Use model.reset_weights(seed=...) to redraw them, "
+                                "model.to(...) to move them, or a new model for another shape or dtype")
         target.check_dtype(dtype)
         for container in [self, *(layer for _, layer in self.walk() if isinstance(layer, Container))]:
             container.fuse = flag(fuse, "fuse")
-        self._draw(shape, seed, target, dtype)
+        kept = self._check_built_layers(shape, target, dtype)
+        self._draw(shape, 0 if seed is None else int(seed), target, dtype)
+        for layer, params, buffers in kept:  # drawn like the others (the rest of the draws stay), then given back
+            layer.params.update(params)
+            layer.buffers.update(buffers)
         return self
+
+    def _check_built_layers(self, shape, backend: Backend, dtype: str) -> list:
+        """(layer, params, buffers) of the layers already built (in another model), which keep their
+        arrays; an error when this model gives one another input shape, dtype or device."""
+        kept = [(path, layer) for path, layer in Container.leaves(self) if layer.params or layer.buffers]
+        if not kept:  # the usual case; the draw then checks the shapes, naming the layer
+            return []
+        planned, probe = planned_inputs(self.layers, shape, {}), backend.asarray(0.0, dtype=dtype)
+        for path, layer in kept:
+            first = next(iter({**layer.params, **layer.buffers}.values()))
+            has = (layer.input_shape, namespace_of(first).__name__, first.dtype, device_of(first))
+            gets = (planned[id(layer)], namespace_of(probe).__name__, probe.dtype, device_of(probe))
+            if has != gets:
+                raise ArgumentError(f"layers: layer {path} ({type(layer).__name__}) is already built, with its "
+                                    f"weights, for input {has[0]} ({has[2]} on {has[3]}); this model gives it "
+                                    f"{gets[0]} ({gets[2]} on {gets[3]}): build it so, or use a new layer")
+        return [(layer, dict(layer.params), dict(layer.buffers)) for _, layer in kept]
 
     def _draw(self, shape: tuple[int, ...], seed: int, backend: Backend, dtype: str) -> None:
         out, largest = shape, math.prod(shape)
@@ -262,11 +305,9 @@ class Sequential(Container):
         if metadata is not None and (not isinstance(metadata, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
             raise ArgumentTypeError(f"metadata: expected a dict of strings to strings, got {metadata!r:.80}")
-        for path, layer in self.walk():
-            check_config_complete(layer, f"layer {path}")
         all_tensors = self.state_tensors()
         all_tensors.update(tensors or {})
-        return fileformat.encode(all_tensors, kind=kind, config=self.get_config(), dtype=self.dtype,
+        return fileformat.encode(all_tensors, kind=kind, config=self.saveable_config(), dtype=self.dtype,
                                  input_shape=self.input_shape, metadata=metadata, class_names=self.class_names)
 
     def save(self, path) -> None:
@@ -277,7 +318,7 @@ class Sequential(Container):
     def __getstate__(self) -> dict:
         """Pickling (joblib, multiprocessing, ``copy.deepcopy``): the config, the arrays as
         safetensors bytes, the backend's name and the optimizer's state. Nothing else."""
-        state = {"config": self.get_config(), "class_names": self.class_names}
+        state = {"config": self.saveable_config(), "class_names": self.class_names}
         if self.built:
             state.update(backend=str(self.backend), seed=self.seed, fuse=self.fuse, layer_states=self.layer_states(),
                          arrays=safetensors.numpy.save(self.state_tensors()))
@@ -318,10 +359,8 @@ class Sequential(Container):
         first = next((layer.params[name] for _, layer, name in self.named_parameters()), None)
         xp = namespace(x=x) if first is None else namespace(x=x, model_parameters=first)
         if len(x.shape) != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            hint = " (add a channel axis: xpcnn.datasets.preprocess)" if len(x.shape) == len(self.input_shape) else ""
-            raise ShapeError(
-                f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}{hint}"
-            )
+            raise ShapeError(f"x: expected shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+                             f"{shape_hint(x.shape, self.input_shape)}")
         if x.shape[0] == 0:
             raise DataError("x: the batch is empty (N = 0)")
         if first is None or x.dtype != first.dtype:
@@ -435,6 +474,12 @@ class Sequential(Container):
         """The architecture as JSON-friendly data (what model files store)."""
         return {"layers": [describe(layer) for layer in self.layers],
                 "input_shape": list(self.input_shape) if self.input_shape else None, "dtype": self.dtype}
+
+    def saveable_config(self) -> dict[str, Any]:
+        """:meth:`get_config`, once every layer is known to come back from it as it is."""
+        for path, layer in self.walk():
+            check_config_complete(layer, f"layer {path}")
+        return self.get_config()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Sequential:

@@ -52,7 +52,7 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, DTypeError, ShapeError
+from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, DTypeError, NotBuiltError, ShapeError
 
 __all__ = [
     "CPU_BACKENDS", "GPU_BACKENDS", "ALL_BACKENDS", "DTYPES", "TOLERANCES", "Tolerance",
@@ -397,6 +397,9 @@ def gradcheck(
             f"layer_or_fn: expected a built xpcnn layer or a function, got {type(layer_or_fn).__name__}"
         )
     layer = None if callable(layer_or_fn) and not hasattr(layer_or_fn, "backward") else layer_or_fn
+    if layer is not None and getattr(layer, "input_shape", None) is None:
+        raise NotBuiltError(f"layer_or_fn: the {type(layer).__name__} is not built (no parameters, no input shape); "
+                            "build it first, in a float64 model")
     for name, value in (("eps", eps), ("rtol", rtol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ArgumentError(f"{name}: expected a finite number > 0, got {value!r}")

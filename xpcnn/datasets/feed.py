@@ -30,8 +30,8 @@ class ArrayFeed:
         float_kind(x, nx)
         expected = tuple(model.input_shape)
         if tuple(x.shape[1:]) != expected or len(x.shape) != len(expected) + 1:
-            hint = " (add the channel axis: xpcnn.datasets.preprocess)" if tuple(x.shape[1:]) == expected[1:] else ""
-            raise ShapeError(f"{nx}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
+            raise ShapeError(f"{nx}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+                             f"{shape_hint(x.shape, expected)}")
         n = int(x.shape[0])
         if n == 0:
             raise DataError(f"{nx}: empty (N = 0); nothing to train or evaluate on")
@@ -127,9 +127,21 @@ class DatasetFeed:
         self.loader.close()
 
 
+def shape_hint(shape, expected) -> str:
+    """What a batch of ``shape`` likely lacks for samples of ``expected`` (C, H, W), as a hint."""
+    shape, expected = tuple(shape), tuple(expected)
+    if shape == expected:
+        return " (one sample: add the batch axis, x[None])"
+    if len(shape) == len(expected) and shape[1:] == expected[1:] and expected[0] == 1:
+        return " (add the channel axis: x[:, None], or xpcnn.datasets.preprocess(images) for uint8 pixels)"
+    return ""
+
+
 def feed(model, x, y, labels: bool = True):
     """:class:`DatasetFeed` for a dataset (``y`` must then be None), else :class:`ArrayFeed`."""
     if not is_dataset(x):
+        if labels and y is None:
+            raise LabelError("y: expected the labels (N,) of x, got None (only a dataset gives its own labels)")
         return ArrayFeed(model, x, y)
     if y is not None:
         raise ArgumentTypeError("y: expected None with a dataset (it gives its own labels)")
@@ -161,7 +173,7 @@ def float_kind(x: Any, name: str) -> str:
     if kind == "uint8":
         raise DTypeError(
             f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
-            "xpcnn.datasets.preprocess(images) (x / 255, adds the channel axis)"
+            "xpcnn.datasets.preprocess(images) (x / 255; (N, H, W) gets the channel axis)"
         )
     if kind not in ("float32", "float64"):
         raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {kind}")

@@ -83,7 +83,8 @@ def load_data(source="mnist5k", path=None):
 
 
 def preprocess(images, dtype="float32"):
-    """uint8 images (N, H, W) or (N, 1, H, W) -> new float array (N, 1, H, W) in [0, 1] (x / 255).
+    """uint8 images (N, H, W) or (N, C, H, W) -> new float array (N, 1, H, W) or (N, C, H, W) in
+    [0, 1] (x / 255).
 
     ``dtype``: "float32" (default) or "float64". Host NumPy in and out; preprocess before
     ``xpcnn.to_device``.
@@ -105,8 +106,8 @@ def preprocess(images, dtype="float32"):
         )
     if images.ndim == 3:
         images = images[:, None]
-    elif images.ndim != 4 or images.shape[1] != 1:
-        raise ShapeError(f"images: expected (N, H, W) or (N, 1, H, W), got shape {images.shape}")
+    elif images.ndim != 4:
+        raise ShapeError(f"images: expected (N, H, W) or (N, C, H, W), got shape {images.shape}")
     return images.astype(dt) / dt.type(255)
 
 

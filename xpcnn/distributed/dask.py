@@ -38,6 +38,7 @@ import numpy as np
 from .. import saving
 from .._validate import positive_int
 from ..backend import dtype_name, to_device, to_numpy
+from ..datasets.feed import shape_hint
 from ..errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -143,8 +144,8 @@ def _images(da, model, x, name: str = "x"):
         )
     expected = tuple(model.input_shape)
     if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        hint = " (add the channel axis: xpcnn.datasets.preprocess)" if tuple(x.shape[1:]) == expected[1:] else ""
-        raise ShapeError(f"{name}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}{hint}")
+        raise ShapeError(f"{name}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+                         f"{shape_hint(x.shape, expected)}")
     if any(math.isnan(s) for s in x.shape) or any(math.isnan(c) for c in x.chunks[0]):
         raise ShapeError(f"{name}: expected known chunk sizes along the batch axis, got unknown ones; "
                          f"call {name}.compute_chunk_sizes() first")

@@ -242,17 +242,18 @@ def register(cls: type) -> type:
 
 
 def check_config_complete(layer: Layer, where: str) -> None:
-    """Refuse to save a layer whose constructor takes arguments its ``get_config`` does not return:
-    it would come back with the defaults."""
-    if type(layer).get_config is not Layer.get_config:
-        return
+    """Refuse to save (or pickle) a layer that could not come back as it is: a class not
+    registered, or a constructor taking arguments its ``get_config`` does not return (it would
+    come back with the defaults)."""
     required = [p.name for p in list(inspect.signature(type(layer).__init__).parameters.values())[1:]
                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if required:
+    if required and type(layer).get_config is Layer.get_config:
         raise ArgumentError(f"{where} ({type(layer).__name__}): its constructor takes {', '.join(required)} but it "
-                            "defines "
-                            "no get_config(), so a saved model would reload it with the defaults; define get_config() "
-                            "returning those arguments")
+                            "defines no get_config(), so a saved model would reload it with the defaults; define "
+                            "get_config() returning those arguments")
+    if LAYERS.get(type(layer).__name__) is not type(layer):
+        raise ArgumentError(f"{where} ({type(layer).__name__}): its class is not registered, so a saved model could "
+                            "not rebuild it; decorate the class with @xpcnn.layers.register")
 
 
 def layer_from_config(spec: Any, where: str) -> Layer:

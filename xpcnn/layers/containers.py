@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..backend import fewest_operations_for, namespace_of
-from ..errors import ArgumentTypeError, ExportError, ShapeError
+from ..errors import ArgumentTypeError, ExportError, LayerContractError, ShapeError
 from .base import Layer, describe, layers_from_config
 from .fused import rewrite
 
@@ -44,6 +44,9 @@ class Container(Layer):
             if not isinstance(layer, Layer):
                 raise ArgumentTypeError(f"{name}[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), "
                                         f"got {type(layer).__name__}")
+            if not hasattr(layer, "params"):
+                raise LayerContractError(f"{name}[{i}] ({type(layer).__name__}): has no params; its __init__ must "
+                                         "call super().__init__()")
         return layers
 
     # -- walking

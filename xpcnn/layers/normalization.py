@@ -48,7 +48,8 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         if training and math.prod(x.shape) == x.shape[1]:
             raise ShapeError(f"x: {type(self).__name__} in training mode needs more than 1 value per channel, "
-                             f"got shape {tuple(x.shape)} (as PyTorch); use a batch of 2 or more, or inference mode")
+                             f"got shape {tuple(x.shape)} (as PyTorch); use a batch of 2 or more (an epoch's last "
+                             "batch holds N % batch_size samples), or inference mode")
         y, saved, mean, var = batch_norm_kernel(namespace_of(x), x, self.params["weight"], self.params["bias"],
                                                 self.buffers["running_mean"], self.buffers["running_var"],
                                                 training=training, momentum=self.momentum, eps=self.eps)
