@@ -65,6 +65,11 @@ def test_layers_of_a_built_model_keep_their_weights_in_a_new_one():
     assert np.array_equal(base.predict(x), before)
 
 
+def test_a_channels_last_input_shape_gets_a_hint():
+    with pytest.raises(ShapeError, match=r"^layer 0, Conv2D: .*\(input_shape is \(C, H, W\): \(1, 8, 8\)\?\)"):
+        xpcnn.Sequential([layers.Conv2D(4, 3), layers.Flatten()]).build((8, 8, 1))
+
+
 def test_one_layer_object_in_two_places_is_refused():
     tanh = layers.Tanh()
     with pytest.raises(ArgumentError, match=r"^layers: layer 2 \(Tanh\) is the same object as layer 0"):

@@ -1,6 +1,6 @@
-"""xpcnn.sklearn.CNNClassifier: scikit-learn's estimator checks, the ecosystem (Pipeline,
-GridSearchCV with n_jobs=2, cross_val_score), labels, image inputs, errors, pickling and
-array-API dispatch (in a subprocess: scikit-learn reads SCIPY_ARRAY_API at import)."""
+"""xpcnn.sklearn.CNNClassifier: scikit-learn's estimator checks on the default estimator, the
+ecosystem (Pipeline, GridSearchCV with n_jobs=2, cross_val_score), labels, image inputs, errors,
+pickling and array-API dispatch (in a subprocess: scikit-learn reads SCIPY_ARRAY_API at import)."""
 
 import importlib
 import os
@@ -33,7 +33,8 @@ from .docs_blocks import python_blocks
 # each, as in this process (single_threads).
 SUBPROCESS_ENV = {**os.environ, "SCIPY_ARRAY_API": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
-# Small data sets (30 to 300 samples): small batches and a larger step train in few epochs.
+# Small data sets (30 to 300 samples): small batches and a larger step train in few epochs, to keep
+# these tests quick; the defaults (epochs="auto") train such data as well, more slowly (the checks below).
 QUICK = {"epochs": 20, "batch_size": 8, "learning_rate": 1e-2, "random_state": 0}
 
 
@@ -58,9 +59,20 @@ def digits():
     return X[:150] / 16.0, y[:150]
 
 
-@parametrize_with_checks([CNNClassifier(**{**QUICK, "random_state": None})])
+@parametrize_with_checks([CNNClassifier(random_state=0)])
 def test_sklearn_estimator_checks(estimator, check):
+    """Every check on the default estimator, check_classifiers_train's accuracy > 0.83 included."""
     check(estimator)
+
+
+def test_auto_epochs_give_small_data_enough_steps(blobs):
+    X, y = blobs  # 120 samples: 4 steps of 32 per epoch
+    clf = CNNClassifier(random_state=0).fit(X, y)
+    assert clf.n_iter_ == 250 and clf.score(X, y) > 0.9
+    assert CNNClassifier(batch_size=1, random_state=0).fit(X, y).n_iter_ == 10  # 120 steps per epoch: the floor
+    for bad in ("many", 1.5, True):
+        with pytest.raises(xpcnn.errors.ArgumentError, match="epochs: expected a positive int or 'auto'"):
+            CNNClassifier(epochs=bad).fit(X, y)
 
 
 def test_import_without_sklearn_names_the_extra(monkeypatch):
@@ -130,6 +142,19 @@ def test_zoo_name_and_callable_models(digits):
         CNNClassifier(model=lambda k: xpcnn.Sequential([layers.Flatten(), layers.Dense(3)])).fit(X, y)
     with pytest.raises(TypeError, match="model"):
         CNNClassifier(model=3).fit(X, y)
+
+
+def test_unbuilt_sequential_model_is_copied_at_each_fit(digits):
+    X, y = digits
+    net = xpcnn.zoo.get("notebook")
+    clf = CNNClassifier(model=net, epochs=1, random_state=0).fit(X, y)
+    assert not net.built and clf.model_ is not net and clf.get_params()["model"] is net
+    by_name = CNNClassifier(model="notebook", epochs=1, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), by_name.predict_proba(X))
+    np.testing.assert_array_equal(clone(clf).fit(X, y).predict_proba(X), by_name.predict_proba(X))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), by_name.predict_proba(X))
+    with pytest.raises(xpcnn.errors.ArgumentError, match="model: expected an unbuilt Sequential.*got a built"):
+        CNNClassifier(model=clf.model_).fit(X, y)
 
 
 def test_scikit_learn_error_conventions(blobs):
@@ -261,7 +286,7 @@ DISPATCH = textwrap.dedent("""
             else:
                 raise AssertionError("numpy input to a model fitted on " + xp.__name__)
     ran = 0
-    estimator = CNNClassifier(epochs=2, batch_size=8)  # namespaces, devices and shapes: no accuracy asked
+    estimator = CNNClassifier(random_state=0)  # the default estimator, as in test_sklearn_estimator_checks
     for est, check in estimator_checks_generator(estimator, legacy=True, mark="skip"):
         name = getattr(check, "func", check).__name__
         if name.startswith("check_array_api"):

@@ -510,7 +510,7 @@ def test_non_array_inputs(bad):
         (lambda: F.linear(np.zeros((2, 3)), np.zeros((3, 5)), bad), "bias"),
     ]):
         with raises(DTypeError, TypeError,
-                    match=rf"^{name}: expected an array \(numpy, cupy, torch or array_api_strict\), got"):
+                    match=rf"^{name}: expected an array \(numpy, cupy, torch, jax or array_api_strict\), got"):
             call()
 
 

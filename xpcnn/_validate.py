@@ -10,7 +10,7 @@ from typing import Any
 from .backend import device_of, library_of, namespace_of
 from .errors import ArgumentError, ArgumentTypeError, BackendMismatchError, DTypeError, ShapeError
 
-_ARRAY_KINDS = "an array (numpy, cupy, torch or array_api_strict)"
+_ARRAY_KINDS = "an array (numpy, cupy, torch, jax or array_api_strict)"
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1, error: type = ShapeError) -> int:

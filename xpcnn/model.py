@@ -137,7 +137,9 @@ class Sequential(Container):
             try:
                 out = layer.build(out, rng=rng, backend=backend, dtype=dtype)
             except (ShapeError, ArgumentError) as e:
-                raise type(e)(f"layer {i}, {type(layer).__name__}: {e}") from None
+                channels_last = len(shape) == 3 and shape[-1] in (1, 3) and shape[0] > 4
+                hint = f" (input_shape is (C, H, W): {(shape[-1], *shape[:-1])}?)" if channels_last else ""
+                raise type(e)(f"layer {i}, {type(layer).__name__}: {e}{hint}") from None
             largest = max(largest, math.prod(out))
         self.inference_slice = max(1, INFERENCE_SLICE // largest)
         self.plan_chains(backend, dtype)

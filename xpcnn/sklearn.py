@@ -32,11 +32,17 @@ except ImportError as e:  # absent, or older than 1.6 (no validate_data)
 from . import layers, optim, zoo
 from .backend import namespace_of, to_device, to_numpy
 from .callbacks import EarlyStopping, LearningRateScheduler, cosine_schedule
+from .errors import ArgumentError, ArgumentTypeError
 from .model import Sequential
 
 __all__ = ["CNNClassifier", "auto_network"]
 
 OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": lambda lr: optim.SGD(lr, momentum=0.9)}
+# epochs="auto": at least this many optimizer steps. Adam moves a weight by about the learning rate
+# per step, so at 1e-3 a network needs on the order of a thousand steps to leave its initialisation,
+# however small the data; a small table gets few steps per epoch, so it needs many epochs (as
+# MLPClassifier's max_iter=200 epochs), while a large data set keeps the floor of 10 epochs.
+MIN_STEPS = 1000
 
 
 def auto_network(image_shape: tuple[int, int, int], n_classes: int) -> Sequential:
@@ -81,10 +87,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     """An xpcnn network trained by mini-batch gradient descent on softmax cross-entropy.
 
     model: "auto" (:func:`auto_network`), an ``xpcnn.zoo`` name ("default", "notebook",
-        "resnet8"), or a callable ``f(n_classes) -> Sequential`` (unbuilt), e.g. ``xpcnn.zoo.resnet8``.
+        "resnet8"), a callable ``f(n_classes) -> Sequential`` (unbuilt), e.g. ``xpcnn.zoo.resnet8``,
+        or an unbuilt Sequential with n_classes outputs (each fit builds a copy; the argument stays unbuilt).
     image_shape: (C, H, W) of one sample of a flat X (N, D) with C*H*W = D; None: taken from image
         input (N, H, W) / (N, C, H, W), else (1, s, s) when D = s*s, else (1, 1, D).
-    epochs, batch_size: passes over the data in ``fit`` (``partial_fit`` runs one), samples per step.
+    epochs, batch_size: passes over the data in ``fit`` (``partial_fit`` runs one), samples per step;
+        epochs "auto": enough for ``MIN_STEPS`` optimizer steps, at least 10 (10 on large data sets).
     optimizer: "adam", "adamw", "sgd" (momentum 0.9) with ``learning_rate``, or an
         ``xpcnn.optim`` optimizer (copied at every fit; its own learning rate is used).
     lr_schedule: "cosine" (the rate falls from the initial one towards 0 over ``epochs``, as
@@ -104,7 +112,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     (training loss per epoch, a list).
     """
 
-    def __init__(self, model="auto", *, image_shape=None, epochs=10, batch_size=32, optimizer="adam",
+    def __init__(self, model="auto", *, image_shape=None, epochs="auto", batch_size=32, optimizer="adam",
                  learning_rate=1e-3, lr_schedule="cosine", validation_fraction=0.1, early_stopping=False,
                  n_iter_no_change=5, random_state=None, backend=None, dtype="float32", verbose=0):
         self.model = model
@@ -202,13 +210,19 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(self.model, str):
             net = auto_network(image_shape, n_classes) if self.model == "auto" else \
                 zoo.NETWORKS[self.model](n_classes) if self.model in zoo.NETWORKS else zoo.get(self.model)
+        elif isinstance(self.model, Sequential):  # a copy: fit must leave its parameters as given (clone, searches)
+            if self.model.built:
+                raise ArgumentError("model: expected an unbuilt Sequential (each fit builds its own copy) or a "
+                                    "callable n_classes -> Sequential, got a built Sequential")
+            net = copy.deepcopy(self.model)
         elif callable(self.model):
             net = self.model(n_classes)
         else:
-            raise TypeError(f"model: expected 'auto', a name in xpcnn.zoo or a callable n_classes -> Sequential, "
-                            f"got {type(self.model).__name__}")
+            raise ArgumentTypeError(f"model: expected 'auto', a name in xpcnn.zoo, an unbuilt Sequential or a "
+                                    f"callable n_classes -> Sequential, got {type(self.model).__name__}")
         if not isinstance(net, Sequential):
-            raise TypeError(f"model: the callable returned {type(net).__name__}, expected an xpcnn Sequential")
+            raise ArgumentTypeError(f"model: expected the callable to return an xpcnn Sequential, "
+                                    f"got {type(net).__name__}")
         return net
 
     def _make_optimizer(self):
@@ -228,8 +242,6 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         validation, callbacks, lr = None, [], optimizer.lr
         if whole_fit and self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule: expected 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if whole_fit and self.lr_schedule == "cosine":
-            callbacks.append(LearningRateScheduler(cosine_schedule(lr, epochs)))
         if whole_fit and self.early_stopping:
             if not 0 < self.validation_fraction < 1:
                 raise ValueError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction!r}")
@@ -237,6 +249,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                                           random_state=self._seed)
             X, validation, y = _take(X, train, xp), (_take(X, val, xp), y[val]), y[train]
             callbacks.append(EarlyStopping(patience=self.n_iter_no_change, restore_best_weights=True))
+        if isinstance(epochs, str) and epochs == "auto":  # after the hold-out: steps of the samples trained on
+            batch = self.batch_size if isinstance(self.batch_size, numbers.Integral) and self.batch_size > 0 else len(y)
+            epochs = max(10, math.ceil(MIN_STEPS / math.ceil(len(y) / batch)))
+        elif isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+            raise ArgumentError(f"epochs: expected a positive int or 'auto', got {epochs!r}")
+        if whole_fit and self.lr_schedule == "cosine":
+            callbacks.append(LearningRateScheduler(cosine_schedule(lr, epochs)))
         history = self.model_.fit(X, y, epochs=epochs, batch_size=self.batch_size, optimizer=optimizer,
                                   validation_data=validation, seed=(self._seed + self.n_iter_) % 2**31,
                                   verbose=self.verbose, callbacks=callbacks)
