@@ -1,9 +1,9 @@
 """Sliding windows by strided slicing: the Array API has no as_strided or pad, so a
 ``k x k`` window view is the ``k*k`` shifted strided slices of the input.
 
-Arrays are assigned into only where made here, in place where the library allows it (NumPy,
-CuPy, torch) and through array-api-extra's functional ``at`` where it does not (JAX).
-"""
+Arrays are assigned into only through array-api-extra's ``at``, which writes in place into
+the fresh buffers made here where the library allows it (NumPy, CuPy, torch) and makes a
+functional update where it does not (JAX)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def pad2d(xp: Any, x: Any, padding, value: float = 0.0) -> Any:
         strip = xp.full_like(x[..., :, :1], value)
         return xp.concat([strip] * left + [x] + [strip] * right, axis=-1)
     out = xp.full((*lead, top + h + bottom, left + w + right), value, dtype=x.dtype, device=device_of(x))
-    return set_into(xp, out, (..., slice(top, top + h), slice(left, left + w)), x)
+    return xpx.at(out, (..., slice(top, top + h), slice(left, left + w))).set(x, xp=xp)
 
 
 def offsets(kernel: tuple[int, int], dilation: tuple[int, int]) -> Iterator[tuple[int, int]]:
@@ -61,16 +61,6 @@ def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:
     return [x[index] for index in tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw))]
 
 
-def set_into(xp: Any, x: Any, index, y: Any) -> Any:
-    """``x[index] = y`` on a buffer made here; returns the updated array. The assignment itself where
-    the library writes in place (array-api-extra's ``at`` makes the same one after checks this
-    buffer does not need), that functional update elsewhere (JAX)."""
-    if array_api_compat.is_writeable_array(x):
-        x[index] = y
-        return x
-    return xpx.at(x, index).set(y, xp=xp)
-
-
 def add_into(xp: Any, x: Any, index, y: Any) -> Any:
     """``x[index] += y`` on a buffer made here; returns the updated array. In the fewest-operations
     form, where views write through (CuPy, torch), the slice's own in-place add: one operation;
@@ -95,7 +85,7 @@ def add_taps(xp: Any, taps: list, size: tuple[int, int], padding, kernel, stride
     grad = xp.zeros((*first.shape[:-2], top + h + bottom, left + w + right), dtype=first.dtype, device=device_of(first))
     overlapping = kernel[0] * dilation[0] > stride[0] or kernel[1] * dilation[1] > stride[1]
     for index, g in zip(tap_indices(tuple(kernel), tuple(stride), tuple(dilation), tuple(out_hw)), taps):
-        grad = add_into(xp, grad, index, g) if overlapping else set_into(xp, grad, index, g)
+        grad = add_into(xp, grad, index, g) if overlapping else xpx.at(grad, index).set(g, xp=xp)
     return crop2d(grad, padding, size)
 
 
@@ -110,7 +100,7 @@ def place2d(xp: Any, block: Any, padding, size: tuple[int, int]) -> Any:
     if (bh, bw) == (h, w):
         return grad
     out = xp.zeros((*grad.shape[:-2], h, w), dtype=grad.dtype, device=device_of(grad))
-    return set_into(xp, out, (..., slice(0, bh), slice(0, bw)), grad)
+    return xpx.at(out, (..., slice(0, bh), slice(0, bw))).set(grad, xp=xp)
 
 
 def crop2d(x: Any, padding, size: tuple[int, int]) -> Any:
