@@ -49,11 +49,14 @@ done | tee "$R/without_ops.txt"
 # Inference against the commit before this round's inference work, then without each inference form.
 { echo '$ python benchmarks/bench_inference.py --rounds 5   # against 0614e3b, before issue 22'
   "$PY" benchmarks/bench_inference.py --rounds 5; } | tee "$R/inference.txt"
-for name in conv_batchnorm_fusion inference_slices; do
+for name in conv_batchnorm_fusion inference_slices numpy_namespace; do
   { echo "\$ python benchmarks/bench_inference.py --patch benchmarks/without/$name.patch --rounds 5"
     "$PY" benchmarks/bench_inference.py --patch "benchmarks/without/$name.patch" --rounds 5; } \
     | tee "$R/inference_without_$name.txt"
 done
+ns=(benchmarks/bench_against_commit.py --patch benchmarks/without/numpy_namespace.patch
+    --workloads notebook:1 notebook:64 default:64 --threads 1 --clock cpu --rounds 11)
+{ echo "\$ python ${ns[*]}"; "$PY" "${ns[@]}"; } | tee "$R/without_numpy_namespace_threads1_cpu.txt"
 run "$R/growth_threads$THREADS.txt" "$PY" benchmarks/bench_growth.py --threads "$THREADS" --plot "$R" \
   --json "$R/growth_threads$THREADS.json"
 run "$R/allocator.txt" "$PY" benchmarks/bench_allocator.py
