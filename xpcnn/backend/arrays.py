@@ -68,6 +68,8 @@ def namespace_of(*arrays: Any) -> ModuleType:
     Arrays of two libraries or two devices are an error that names both: xpcnn never
     moves data behind your back.
     """
+    if len(arrays) == 1 and type(arrays[0]) in _TYPE_INFO:  # one array of a known type: most calls
+        return _TYPE_INFO[type(arrays[0])][2]
     first = first_info = None
     for i, a in enumerate(arrays):
         if a is None or isinstance(a, (bool, int, float, complex)):
