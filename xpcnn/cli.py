@@ -36,7 +36,7 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .cli_train import UsageError, backend_option, cmd_train, load_split
+from .cli_train import UsageError, backend_option, cmd_train, load_split, output_file
 from .datasets.folder import SUFFIXES, ImageFolder, image_folder
 from .datasets.folder import read_image as read_color_image
 from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeError, XpcnnError
@@ -166,18 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- evaluate / predict / export
 
 
-def _output_file(path: str, flag: str) -> None:
-    """The output file ``path`` of ``flag`` can be written (checked before any work): it is not a
-    directory, and its directory exists and may be written in."""
-    parent = Path(path).parent
-    if Path(path).is_dir():
-        raise UsageError(f"{flag}: {path} is a directory; give a file name")
-    if not parent.is_dir():
-        raise UsageError(f"{flag}: the directory {parent} does not exist; create it first or write elsewhere")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: cannot write in {parent} (permission denied); choose another path")
-
-
 def _class_folder(model, path: str):
     """The image folder ``path`` for ``model``: resized to its input, labels renumbered to its
     classes (``model.class_names``, else "0", "1", ...); a class it lacks is a DataError."""
@@ -214,7 +202,7 @@ def class_report(y_true, y_pred, names) -> tuple[str, np.ndarray]:
 
 def cmd_evaluate(args) -> int:
     if args.plot:
-        _output_file(args.plot, "--plot")
+        output_file(args.plot, "--plot")
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
     model = load(args.model, backend=backend_option(args.backend))
@@ -305,7 +293,7 @@ def _export():
 def cmd_export(args) -> int:
     if not args.onnx.lower().endswith(".onnx"):  # xpcnn predict reads a model as ONNX by this suffix
         raise UsageError(f"MODEL.onnx: expected a file name ending in .onnx, got {args.onnx}")
-    _output_file(args.onnx, "MODEL.onnx")
+    output_file(args.onnx, "MODEL.onnx")
     model = load(args.model, backend="numpy")
     _export().to_onnx(model, args.onnx, output=args.output, dtype=args.dtype)
     print(f"{args.onnx}: {args.output} of {args.model} ({args.dtype or model.dtype}, ONNX opset 17); "

@@ -107,18 +107,22 @@ def _writable_dir(path: Path, flag: str) -> None:
         raise UsageError(f"{flag}: cannot write in {existing} (permission denied); choose another directory")
 
 
+def output_file(path: str, flag: str) -> None:
+    """The output file ``path`` of ``flag`` can be written (checked before any work): not a
+    directory, in a directory that exists and may be written in."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag}: {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag}: the directory {path.parent} does not exist; create it first or write elsewhere")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag}: cannot write {path} (permission denied); choose another path")
+
+
 def _check_paths(args) -> None:
     """Every output path is checked before training, so a finished run is never lost to a typo."""
     if args.save:
-        path = Path(args.save)
-        if path.is_dir():
-            raise UsageError(f"--save: {path} is a directory; give a file name, "
-                             f"e.g. --save {path / 'model.safetensors'}")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise UsageError(f"--save: the directory {parent} does not exist; create it first or save elsewhere")
-        if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise UsageError(f"--save: cannot write {path} (permission denied); choose another path")
+        output_file(args.save, "--save")
     if args.plot:
         _writable_dir(Path(args.plot), "--plot")
         if importlib.util.find_spec("matplotlib") is None:
