@@ -30,14 +30,7 @@ import functools
 from typing import Any
 
 from ..backend import constant
-from .conv import (
-    ConvGeometry,
-    channel_matrix,
-    conv2d_input_grad_kernel,
-    from_channel_matrix,
-    weight_from_matrix,
-    weight_matrix,
-)
+from .conv import ConvGeometry, conv2d_input_grad_kernel, weight_from_matrix, weight_matrix
 from .pool import PoolGeometry, averaging_lists, avg_pool2d_backward_kernel
 
 
@@ -51,18 +44,23 @@ def fuses(pool: PoolGeometry) -> bool:
 
 def conv2d_avg_pool2d_kernel(xp, x, weight, bias, conv: ConvGeometry, pool: PoolGeometry) -> tuple[Any, Any]:
     """avg_pool2d(conv2d(x, weight, bias)) on checked inputs, ``fuses(...)``:
-    x (N, C, H, W) -> (y (N, O, PH, PW), the pooled columns (G, kh*kw*C/G, N*PH*PW) for the backward)."""
-    g = conv.groups
+    x (N, C, H, W) -> (y (N, O, PH, PW), the pooled columns (N, G, kh*kw*C/G, PH*PW) for the backward).
+
+    One product per sample (the columns are small: kh*kw*C/G rows), so y comes out in (N, O, ...)
+    order: a Flatten after it is a view, and grad_y reaches the backward in the same order, where
+    a (G, ..., N*PH*PW) product would copy both across the batch (docs/performance.md)."""
+    g, (o, *_) = conv.groups, weight.shape
     pooled = pooled_columns(xp, x, tuple(weight.shape[2:]), conv, pool)
-    y = xp.matmul(weight_matrix(xp, weight, g), pooled)
+    y = xp.matmul(weight_matrix(xp, weight, g), pooled)  # (N, G, O/G, PH*PW)
     if bias is not None:
-        y = y + xp.reshape(bias, (g, weight.shape[0] // g, 1))
-    return from_channel_matrix(xp, y, weight.shape[0], pool.out_hw), pooled
+        y = y + xp.reshape(bias, (g, o // g, 1))
+    return xp.reshape(y, (-1, o, *pool.out_hw)), pooled
 
 
 def pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):
-    """The im2col columns of x (N, C, H, W) for ``kernel``, average-pooled: (G, kh*kw*C/G, N*PH*PW),
-    tap-major rows as :func:`xpcnn.functional.conv.columns`, in two matmuls (module docstring)."""
+    """The im2col columns of x (N, C, H, W) for ``kernel``, average-pooled, per sample:
+    (N, G, kh*kw*C/G, PH*PW), tap-major rows as :func:`xpcnn.functional.conv.columns`, in two
+    matmuls (module docstring)."""
     n, c, h, w = x.shape
     g = conv.groups
     (kh, kw), (ph, pw) = kernel, pool.out_hw
@@ -70,7 +68,7 @@ def pooled_columns(xp, x, kernel, conv: ConvGeometry, pool: PoolGeometry):
     # The width first as ONE (N*C*H, W) @ (W, kw*PW) product, not N*C small ones.
     z = xp.reshape(xp.matmul(xp.reshape(x, (n * c * h, w)), b_w), (n * c, h, kw * pw))
     blocks = xp.reshape(xp.matmul(b_h_t, z), (n, g, c // g, kh, ph, kw, pw))  # (.., i, p, j, q)
-    return xp.reshape(xp.permute_dims(blocks, (1, 3, 5, 2, 0, 4, 6)), (g, kh * kw * (c // g), n * ph * pw))
+    return xp.reshape(xp.permute_dims(blocks, (0, 1, 3, 5, 2, 4, 6)), (n, g, kh * kw * (c // g), ph * pw))
 
 
 def _tap_averaging(xp, like, conv: ConvGeometry, pool: PoolGeometry, kernel):
@@ -112,9 +110,9 @@ def conv2d_avg_pool2d_backward_kernel(xp, grad_y, x, weight, conv: ConvGeometry,
                                       pooled, input_grad: bool):
     """(grad_x or None, grad_weight, grad_bias or None) of :func:`conv2d_avg_pool2d_kernel` given
     grad_y (N, O, PH, PW) and its pooled columns."""
-    g = conv.groups
-    g_mat = channel_matrix(xp, grad_y, g)
-    grad_weight = weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(pooled)), weight.shape)
+    g, (n, o, ph, pw) = conv.groups, grad_y.shape
+    per_sample = xp.matmul(xp.reshape(grad_y, (n, g, o // g, ph * pw)), xp.matrix_transpose(pooled))
+    grad_weight = weight_from_matrix(xp, xp.sum(per_sample, axis=0), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:
