@@ -80,52 +80,58 @@ def _torch():
                                       "(or pip install 'xpcnn[torch]')") from e
 
 
-def _residual_class():
-    """TorchResidual, defined once on first use (torch is only imported then)."""
-    torch = _torch()
-    if "TorchResidual" not in _cache:
-        class TorchResidual(torch.nn.Module):
-            """``y = block(x) + shortcut(x)``; ``shortcut`` None means the identity. The torch side of
-            ``xpcnn.layers.Residual``: ``block`` and ``shortcut`` are modules (usually nn.Sequential)."""
+def _define_residual(torch):
+    class TorchResidual(torch.nn.Module):
+        """``y = block(x) + shortcut(x)``; ``shortcut`` None means the identity. The torch side of
+        ``xpcnn.layers.Residual``: ``block`` and ``shortcut`` are modules (usually nn.Sequential)."""
 
-            def __init__(self, block, shortcut=None) -> None:
-                super().__init__()
-                self.block = block
-                self.shortcut = torch.nn.Identity() if shortcut is None else shortcut
+        def __init__(self, block, shortcut=None) -> None:
+            super().__init__()
+            self.block = block
+            self.shortcut = torch.nn.Identity() if shortcut is None else shortcut
 
-            def forward(self, x):
-                return self.block(x) + self.shortcut(x)
+        def forward(self, x):
+            return self.block(x) + self.shortcut(x)
 
-        TorchResidual.__module__, TorchResidual.__qualname__ = __name__, "TorchResidual"
-        _cache["TorchResidual"] = TorchResidual
-    return _cache["TorchResidual"]
+    return TorchResidual
 
 
-def _padded_conv_class():
-    """PaddedConv2d, defined once on first use: ``nn.Conv2d`` run on its input zero-padded first by
-    ``pads`` (left, right, top, bottom), for a Conv2D whose sides differ (``nn.Conv2d`` pads both
-    sides of an axis alike). Its parameters keep nn.Conv2d's names."""
-    torch = _torch()
-    if "PaddedConv2d" not in _cache:
-        class PaddedConv2d(torch.nn.Conv2d):
-            def __init__(self, *args, pads, **options) -> None:
-                super().__init__(*args, padding=0, **options)
-                self.pads = tuple(pads)
+def _define_padded_conv(torch):
+    class PaddedConv2d(torch.nn.Conv2d):
+        """``nn.Conv2d`` run on its input zero-padded first by ``pads`` (left, right, top, bottom), for
+        a Conv2D whose sides differ (``nn.Conv2d`` pads both sides of an axis alike). Its parameters
+        keep nn.Conv2d's names."""
 
-            def forward(self, x):
-                return super().forward(torch.nn.functional.pad(x, self.pads))
+        def __init__(self, *args, pads, **options) -> None:
+            super().__init__(*args, padding=0, **options)
+            self.pads = tuple(pads)
 
-            def extra_repr(self) -> str:
-                return f"{super().extra_repr()}, pads={self.pads}"
+        def forward(self, x):
+            return super().forward(torch.nn.functional.pad(x, self.pads))
 
-        PaddedConv2d.__module__, PaddedConv2d.__qualname__ = __name__, "PaddedConv2d"
-        _cache["PaddedConv2d"] = PaddedConv2d
-    return _cache["PaddedConv2d"]
+        def extra_repr(self) -> str:
+            return f"{super().extra_repr()}, pads={self.pads}"
+
+    return PaddedConv2d
+
+
+_DEFINE = {"TorchResidual": _define_residual, "PaddedConv2d": _define_padded_conv}
+
+
+def _torch_class(name: str):
+    """The torch module class ``name`` (TorchResidual, PaddedConv2d), defined once on first use:
+    torch is only imported then."""
+    torch = _torch()  # asked every time: a missing torch is an error even once the class exists
+    if name not in _cache:
+        cls = _DEFINE[name](torch)
+        cls.__module__, cls.__qualname__ = __name__, name
+        _cache[name] = cls
+    return _cache[name]
 
 
 def __getattr__(name: str):
-    if name in ("TorchResidual", "PaddedConv2d"):
-        return _residual_class() if name == "TorchResidual" else _padded_conv_class()
+    if name in _DEFINE:
+        return _torch_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -145,7 +151,7 @@ class _Converter:
     def __init__(self, torch) -> None:
         self.torch = torch
         self.nn = torch.nn
-        self.residual = _residual_class()
+        self.residual = _torch_class("TorchResidual")
         # (layer, "params" / "buffers", name, host array in xpcnn's layout, torch path, transposed)
         self.assign: list[tuple[Layer, str, str, np.ndarray, str, bool]] = []
 
@@ -234,9 +240,11 @@ class _Converter:
             raise self.refuse(path, m, f"pads with padding_mode={m.padding_mode!r}; xpcnn pads with zeros only")
         bias = m.bias is not None
         if type(m) is not self.nn.ConvTranspose2d:
-            left, right, top, bottom = getattr(m, "pads", (0, 0, 0, 0))
-            padding = m.padding if isinstance(m.padding, str) else \
-                ((top, bottom), (left, right)) if hasattr(m, "pads") else tuple(m.padding)
+            if hasattr(m, "pads"):  # a PaddedConv2d
+                left, right, top, bottom = m.pads
+                padding = ((top, bottom), (left, right))
+            else:
+                padding = m.padding if isinstance(m.padding, str) else tuple(m.padding)
             layer = Conv2D(m.out_channels, tuple(m.kernel_size), stride=tuple(m.stride), padding=padding,
                            dilation=tuple(m.dilation), groups=m.groups, bias=bias)
         else:
@@ -329,14 +337,14 @@ def _torch_layer(torch, layer: Layer, path: str, dtype):
                                    for i, sub in enumerate(layers)))
 
         shortcut = branch("shortcut", layer.shortcut) if layer.shortcut else None
-        return _residual_class()(branch("block", layer.block), shortcut)
+        return _torch_class("TorchResidual")(branch("block", layer.block), shortcut)
     if kind in (Conv2D, Conv2DTranspose):
         options = dict(stride=layer.stride, dilation=layer.dilation, groups=layer.groups, bias=layer.bias, dtype=dtype)
         shape = (layer.input_shape[0], layer.out_channels, layer.kernel_size)
         if kind is Conv2D:
             padding, pads = _torch_padding(layer)
             module = nn.Conv2d(*shape, padding=padding, **options) if pads is None else \
-                _padded_conv_class()(*shape, pads=pads, **options)
+                _torch_class("PaddedConv2d")(*shape, pads=pads, **options)
         else:
             module = nn.ConvTranspose2d(*shape, padding=layer.padding, output_padding=layer.output_padding, **options)
         _copy(torch, module.weight, layer.params["weight"], dtype)
@@ -422,7 +430,7 @@ def torch_resnet8(num_classes: int = 10, in_channels: int = 1):
     initialisation."""
     num_classes, in_channels = positive_int(num_classes, "num_classes"), positive_int(in_channels, "in_channels")
     torch = _torch()
-    nn, residual = torch.nn, _residual_class()
+    nn, residual = torch.nn, _torch_class("TorchResidual")
 
     def stage(cin, cout, stride):
         block = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),

@@ -101,9 +101,7 @@ def conv_transpose(g: Graph, layer: layers.Conv2DTranspose, path: str, x: str) -
         return y
     y = g.node("Pad", [y, g.constant(f"{path}.pads", [0, 0, 0, 0, 0, 0, *extra], np.int64)], path)
     if whole:
-        ints = {name: g.constant(f"{path}.{name}", value, np.int64) for name, value in
-                (("starts", [ph, pw]), ("ends", [ph + out_hw[0], pw + out_hw[1]]), ("axes", [2, 3]))}
-        y = g.node("Slice", [y, ints["starts"], ints["ends"], ints["axes"]], path)
+        y = crop(g, path, y, (ph, pw), out_hw)
     if not bias:
         return y
     axes = g.constant(f"{path}.bias_axes", [1, 2], np.int64)
@@ -144,10 +142,15 @@ def random_crop(g: Graph, layer: layers.RandomCrop, path: str, x: str) -> str:
         return x
     if ph or pw:
         x = g.node("Pad", [x, g.constant(f"{path}.pads", [0, 0, ph, pw, 0, 0, ph, pw], np.int64)], path)
-    top, left = (height + 2 * ph - h) // 2, (width + 2 * pw - w) // 2
-    ints = {name: g.constant(f"{path}.{name}", value, np.int64)
-            for name, value in (("starts", [top, left]), ("ends", [top + h, left + w]), ("axes", [2, 3]))}
-    return g.node("Slice", [x, ints["starts"], ints["ends"], ints["axes"]], path)
+    return crop(g, path, x, ((height + 2 * ph - h) // 2, (width + 2 * pw - w) // 2), (h, w))
+
+
+def crop(g: Graph, path: str, x: str, start, size) -> str:
+    """``x[..., top:top + h, left:left + w]`` for ``start`` (top, left) and ``size`` (h, w), as a Slice."""
+    end = [start[0] + size[0], start[1] + size[1]]
+    ints = [g.constant(f"{path}.{name}", value, np.int64)
+            for name, value in (("starts", list(start)), ("ends", end), ("axes", [2, 3]))]
+    return g.node("Slice", [x, *ints], path)
 
 
 def normalize(g: Graph, layer: layers.Normalize, path: str, x: str) -> str:

@@ -23,16 +23,17 @@ def unbuilt_folded(layers: list[Layer], sources: list) -> list[Layer]:
     BatchNorm2D layers folded into it)."""
     out, i = [], 0
     while i < len(layers):
-        layer, bns = layers[i], []
-        while type(layer) is Conv2D and type(next(iter(layers[i + 1 + len(bns):]), None)) is BatchNorm2D:
-            bns.append(layers[i + 1 + len(bns)])
+        layer, end = layers[i], i + 1
+        while type(layer) is Conv2D and end < len(layers) and type(layers[end]) is BatchNorm2D:
+            end += 1
+        bns = layers[i + 1:end]
         if type(layer) is Residual:
             twin = Residual(unbuilt_folded(layer.block, sources), unbuilt_folded(layer.shortcut, sources) or None)
         else:
             twin = Conv2D(**{**layer.get_config(), "bias": True}) if bns else copy.deepcopy(layer)
             sources.append((twin, layer, bns))
         out.append(twin)
-        i += 1 + len(bns)
+        i = end
     return out
 
 
