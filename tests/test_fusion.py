@@ -57,8 +57,9 @@ def networks():
 CASES = list(networks())
 
 
-# Max pooling has two forms (xpcnn.functional.max_pool_method): per-tap masks on a CPU, one
-# argmax per window on a GPU. xpcnn.fewest_operations() runs the GPU form here.
+# Max pooling has two forms (xpcnn.functional.max_pool_method): separable running maxima and
+# per-tap masks on a CPU, one argmax per window on a GPU. xpcnn.fewest_operations() runs the
+# GPU form here.
 FORMS = pytest.mark.parametrize("fewest", [False, True], ids=["cpu form", "fewest-operations form"])
 
 
@@ -89,8 +90,7 @@ def test_sequential_matches_torch_and_fuses_where_expected(net, shape, expected,
     with xpcnn.fewest_operations(fewest):
         model = check_against_torch(net, shape, seed=1)
         assert set(max_pool_forms(model)) <= {"argmax" if fewest else "taps"}
-    # ReLU then MaxPool2D fuses only where the kernels take their fewest-operations forms.
-    assert fused_at(model) == tuple(i for i in expected if fewest or not isinstance(net[i], nn.ReLU))
+    assert fused_at(model) == expected
 
 
 def test_inside_a_residual_block():
@@ -146,7 +146,7 @@ def test_relu_max_pool_ties_go_where_torch_sends_them(fewest):
         y = model.forward(x, training=True)
         assert max_pool_forms(model) == ["argmax" if fewest else "taps"]
         grad_x = model.backward(grad_y)
-    assert fused_at(model) == ((0,) if fewest else ())
+    assert fused_at(model) == (0,)
     assert np.array_equal(y, net(xt).detach().numpy())
     assert np.array_equal(grad_x, xt.grad.numpy())
 
