@@ -90,7 +90,8 @@ def test_sequential_matches_torch_and_fuses_where_expected(net, shape, expected,
     with xpcnn.fewest_operations(fewest):
         model = check_against_torch(net, shape, seed=1)
         assert set(max_pool_forms(model)) <= {"argmax" if fewest else "taps"}
-    assert fused_at(model) == expected
+    # ReLU then MaxPool2D fuses only where the kernels take their fewest-operations forms.
+    assert fused_at(model) == tuple(i for i in expected if fewest or not isinstance(net[i], nn.ReLU))
 
 
 def test_inside_a_residual_block():
@@ -146,7 +147,7 @@ def test_relu_max_pool_ties_go_where_torch_sends_them(fewest):
         y = model.forward(x, training=True)
         assert max_pool_forms(model) == ["argmax" if fewest else "taps"]
         grad_x = model.backward(grad_y)
-    assert fused_at(model) == (0,)
+    assert fused_at(model) == ((0,) if fewest else ())
     assert np.array_equal(y, net(xt).detach().numpy())
     assert np.array_equal(grad_x, xt.grad.numpy())
 

@@ -142,7 +142,7 @@ class Sequential(Container):
                 raise type(e)(f"layer {i}, {type(layer).__name__}: {e}{hint}") from None
             largest = max(largest, math.prod(out))
         self.inference_slice = max(1, INFERENCE_SLICE // largest)
-        self.plan_chains()
+        self.plan_chains(backend, dtype)
         # Random layers (Dropout masks, augmentation draws: a ``default_seed`` and a ``counter``) are
         # keyed by (build seed, layer path) unless the layer has its own seed: drawn without
         # touching ``rng``, so adding one never changes the other weights.

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import array_api_extra as xpx
-
 from .._validate import (
     Padding,
     check_float,
@@ -31,10 +29,9 @@ from .._validate import (
     output_size,
     pair,
 )
-from ..backend import device_of, fewest_operations_for
+from ..backend import fewest_operations_for
 from ..errors import ArgumentError, ShapeError
-from ._windows import add_into, add_taps, pad2d, taps_of
-from ._windows import offsets as window_offsets
+from ._windows import add_taps, pad2d, taps_of
 
 
 class ConvGeometry(NamedTuple):
@@ -199,43 +196,15 @@ def conv2d_input_grad_kernel(xp, grad_y, x_shape, weight, geometry: ConvGeometry
     """grad_x (N, C, H, W) of conv2d for an input of ``x_shape`` given grad_y (N, O, OH, OW): on a GPU
     (:func:`xpcnn.backend.fewest_operations_for`) and where it applies, the convolution of the
     padded grad_y with the flipped weight (:func:`input_grad_by_columns`: fewer operations);
-    else the weight's transpose times grad_y folded back onto the input, kh*kw slice additions,
-    for stride 1 over flattened planes (:func:`input_grad_by_offsets`) (``g_mat``: grad_y as
-    :func:`channel_matrix`, if made). See docs/performance.md."""
+    else the weight's transpose times grad_y folded back onto the input, kh*kw slice additions
+    (``g_mat``: grad_y as :func:`channel_matrix`, if made). See docs/performance.md."""
     if fewest_operations_for(grad_y) and _columns_apply(weight.shape, geometry):
         return input_grad_by_columns(xp, grad_y, weight, geometry, tuple(x_shape[2:]))
-    if geometry.stride == (1, 1):
-        return input_grad_by_offsets(xp, grad_y, x_shape, weight, geometry)
     g = geometry.groups
     if g_mat is None:
         g_mat = channel_matrix(xp, grad_y, g)
     grad_cols = xp.matmul(xp.matrix_transpose(weight_matrix(xp, weight, g)), g_mat)
     return fold(xp, grad_cols, tuple(weight.shape[2:]), geometry, x_shape)
-
-
-def input_grad_by_offsets(xp, grad_y, x_shape, weight, geometry: ConvGeometry):
-    """grad_x (N, C, H, W) of a stride-1 conv2d, the weight's transpose times grad_y summed back
-    onto the input as :func:`fold` does, but over each sample's padded plane flattened: with
-    grad_y at the top-left of an (Hp, Wp) plane of zeros, kernel tap (i, j) reads the padded
-    input at the fixed flat offset i*dh*Wp + j*dw, so each tap's sum is one addition of whole
-    rows (C/G, N*Hp*Wp), not N*C*OH short strided rows."""
-    n, c, h, w = x_shape
-    o, cg, kh, kw = weight.shape
-    g = geometry.groups
-    (top, bottom), (left, right) = geometry.padding
-    hp, wp = top + h + bottom, left + w + right
-    oh, ow = geometry.out_hw
-    plane = xp.zeros((o, n, hp, wp), dtype=grad_y.dtype, device=device_of(grad_y))
-    plane = xpx.at(plane, (..., slice(0, oh), slice(0, ow))).set(xp.permute_dims(grad_y, (1, 0, 2, 3)), xp=xp)
-    size = n * hp * wp
-    grad_cols = xp.matmul(xp.matrix_transpose(weight_matrix(xp, weight, g)), xp.reshape(plane, (g, o // g, size)))
-    grad_cols = xp.reshape(grad_cols, (g, kh * kw, cg, size))
-    offsets = [di * wp + dj for di, dj in window_offsets((kh, kw), geometry.dilation)]
-    grad = xp.zeros((g, cg, size + offsets[-1]), dtype=grad_y.dtype, device=device_of(grad_y))
-    for k, offset in enumerate(offsets):
-        grad = add_into(xp, grad, (..., slice(offset, offset + size)), grad_cols[:, k, ...])
-    grad = xp.reshape(grad[..., :size], (c, n, hp, wp))[..., top : top + h, left : left + w]
-    return xp.permute_dims(grad, (1, 0, 2, 3))
 
 
 def _columns_apply(w_shape, geometry: ConvGeometry) -> bool:

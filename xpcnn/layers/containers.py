@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..backend import namespace_of
+from ..backend import fewest_operations_for, namespace_of
 from ..errors import ArgumentTypeError, ExportError, LayerContractError, ShapeError
 from .base import Layer, describe, layers_from_config
 from .fused import rewrite
@@ -116,12 +116,15 @@ class Container(Layer):
             shape = self.input_shape
             for layer in layers:
                 shape = layer.build(shape, rng=rng, backend=backend, dtype=dtype)
-        self.plan_chains()
+        self.plan_chains(backend, dtype)
         return out
 
-    def plan_chains(self) -> None:
-        """What :meth:`forward` runs: each branch with its fused forms swapped in (``fuse``)."""
-        self.chains = {name: rewrite(layers) if self.fuse else list(layers) for name, layers in self.branches.items()}
+    def plan_chains(self, backend, dtype: str) -> None:
+        """What :meth:`forward` runs: each branch with its fused forms swapped in (``fuse``), those
+        that pay where the kernels take their fewest-operations forms only there."""
+        few = fewest_operations_for(backend.asarray(0.0, dtype=dtype))
+        self.chains = {name: rewrite(layers, few) if self.fuse else list(layers)
+                       for name, layers in self.branches.items()}
 
     def get_state(self):
         states = {path: layer.get_state() for path, layer in self.children()}

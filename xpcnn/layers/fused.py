@@ -9,8 +9,9 @@ on their own; nothing here reads or writes their saved values.
   matmul), when every pool window averages its full size (:func:`~xpcnn.functional.conv_pool.fuses`).
 - Conv2D then BatchNorm2D: in training the two as they are (batch statistics); at inference one
   convolution whose weight and bias are the pair's, folded (:func:`folded_weight_and_bias`).
-- ReLU then MaxPool2D: max pooling then ReLU on the pooled values (both monotone, so they commute):
-  the ReLU and its mask run on the kh*kw times smaller pooled values.
+- ReLU then MaxPool2D: max pooling then ReLU on the pooled values (both monotone, so they commute),
+  where the kernels take their fewest-operations forms (a GPU, or :func:`xpcnn.fewest_operations`
+  at build): there it saves operations; on a CPU it does not pay.
 
 Why each pays is in docs/performance.md.
 """
@@ -115,23 +116,23 @@ class ReLUMaxPool(Layer):
         return relu_max_pool2d_backward_kernel(namespace_of(grad_y), grad_y, x, self.geometry, pooled, taps)
 
 
-def fused_pair(first: Layer, second: Layer) -> Layer | None:
+def fused_pair(first: Layer, second: Layer, fewest_operations: bool = False) -> Layer | None:
     """The fused form of ``first`` then ``second`` (both built), or None. Only the built-in classes
     themselves fuse: a subclass may change either op."""
     if type(first) is Conv2D and type(second) is AvgPool2D and fuses(second.geometry):
         return ConvAvgPool(first, second)
     if type(first) is Conv2D and type(second) is BatchNorm2D:
         return ConvBatchNorm(first, second)
-    if type(first) is ReLU and type(second) is MaxPool2D:
+    if type(first) is ReLU and type(second) is MaxPool2D and fewest_operations:
         return ReLUMaxPool(first, second)
     return None
 
 
-def rewrite(layers: list[Layer]) -> list[Layer]:
+def rewrite(layers: list[Layer], fewest_operations: bool = False) -> list[Layer]:
     """What a container runs for the built ``layers``: each fusable pair as one layer."""
     out, i = [], 0
     while i < len(layers):
-        pair = fused_pair(layers[i], layers[i + 1]) if i + 1 < len(layers) else None
+        pair = fused_pair(layers[i], layers[i + 1], fewest_operations) if i + 1 < len(layers) else None
         out.append(layers[i] if pair is None else pair)
         i += 1 if pair is None else 2
     return out
