@@ -10,15 +10,13 @@ float32: milliseconds per call of each part of xpcnn's conv2d (``xpcnn.functiona
 - columns: im2col, the kh*kw taps copied into a (kh*kw*C, N*H*W) matrix;
 - forward GEMM: the weight matrix times the columns;
 - grad_y matrix: grad_y copied to (O, N*H*W);
-- weight-gradient GEMM: that times the columns' transpose (computed as the columns times its
-  transpose, ``conv.weight_grad_matrix``);
-- input gradient: the weight's transpose times grad_y over the padded planes, summed back
-  onto the input by kh*kw additions of whole rows (``conv.input_grad_by_offsets``), product
-  and sums together;
+- weight-gradient GEMM: that times the columns' transpose;
+- input-gradient GEMM: the weight's transpose times it;
+- fold: the input-gradient columns summed back into the padded input (kh*kw slice additions);
 
 then xpcnn's whole forward and backward (the first layer skips its input gradient, as in a
 network) against ``torch.nn.functional.conv2d`` forward and backward on the same arrays
-(oneDNN's direct convolution), and the two GEMMs timed alone against PyTorch's whole conv. All
+(oneDNN's direct convolution), and the three GEMMs alone against PyTorch's whole conv. All
 contenders alternate round by round (a round: one untimed call, then ~0.15 s of calls); each
 figure is the median of --repeats rounds.
 """
@@ -57,6 +55,7 @@ def parts(n, c, o, h, first, seed=0):
     cols = C.columns(np, x, (3, 3), geometry)
     w_mat = C.weight_matrix(np, w, 1)
     g_mat = np.ascontiguousarray(C.channel_matrix(np, grad_y, 1))
+    grad_cols = np.matmul(np.matrix_transpose(w_mat), g_mat)
     tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, b))
     tx.requires_grad_(not first)
     tg = torch.from_numpy(grad_y)
@@ -73,10 +72,11 @@ def parts(n, c, o, h, first, seed=0):
         "columns": lambda: C.columns(np, x, (3, 3), geometry),
         "forward GEMM": lambda: np.matmul(w_mat, cols),
         "grad_y matrix": lambda: np.ascontiguousarray(C.channel_matrix(np, grad_y, 1)),
-        "weight-grad GEMM": lambda: C.weight_grad_matrix(np, g_mat, cols),
+        "weight-grad GEMM": lambda: np.matmul(g_mat, np.matrix_transpose(cols)),
     }
     if not first:
-        named["input gradient"] = lambda: C.conv2d_input_grad_kernel(np, grad_y, x.shape, w, geometry)
+        named["input-grad GEMM"] = lambda: np.matmul(np.matrix_transpose(w_mat), g_mat)
+        named["fold"] = lambda: C.fold(np, grad_cols, (3, 3), geometry, x.shape)
     named["xpcnn conv2d forward + backward"] = xpcnn_conv
     named["torch conv2d forward + backward"] = torch_conv
     return named
@@ -89,13 +89,13 @@ def main(argv=None) -> int:
         named = parts(n, c, o, h, first)
         times = dict(zip(named, harness.alternating_median_ms(list(named.values()), args.repeats, round_s=0.15)))
         gemms = sum(t for name, t in times.items() if name.endswith("GEMM"))
-        moves = sum(t for name, t in times.items() if name in ("columns", "grad_y matrix"))
+        moves = sum(t for name, t in times.items() if name in ("columns", "grad_y matrix", "fold"))
         ours, theirs = times["xpcnn conv2d forward + backward"], times["torch conv2d forward + backward"]
         print(f"\nN {n}, {c} -> {o} channels, {h}x{h}{' (a first layer: no input gradient)' if first else ''}")
         for name, t in times.items():
             print(f"  {name:<34} {t:8.2f}")
-        print(f"  {'the two GEMMs together':<34} {gemms:8.2f}   ({gemms / theirs:.2f}x PyTorch's whole conv)")
-        print(f"  {'columns and grad_y matrix':<34} {moves:8.2f}")
+        print(f"  {'the GEMMs together':<34} {gemms:8.2f}   ({gemms / theirs:.2f}x PyTorch's whole conv)")
+        print(f"  {'columns, grad_y matrix and fold':<34} {moves:8.2f}")
         print(f"  {'xpcnn / PyTorch time':<34} {ours / theirs:8.2f}x")
     harness.print_load(load, env)
     return 0

@@ -33,7 +33,8 @@ run "$R/conv_parts_threads$THREADS.txt" "$PY" benchmarks/bench_conv_parts.py --t
 # The figures that keep each form (docs/performance.md): the step, and the operation count,
 # without it (a patch in benchmarks/without/ takes it out).
 : >"$R/without_threads1_cpu.txt"
-for spec in "conv_avg_pool_fusion notebook:1 notebook:64" "max_pool_taps default:64" "linear_outer notebook:1"; do
+for spec in "conv_avg_pool_fusion notebook:1 notebook:64" "max_pool_taps default:64" "linear_outer notebook:1" \
+  "relu_max_pool_fusion default:64 deep:64"; do
   read -r name workloads <<<"$spec"
   # shellcheck disable=SC2086  # workloads is a list of words on purpose
   cmd=(benchmarks/bench_against_commit.py --patch "benchmarks/without/$name.patch" --workloads $workloads

@@ -95,7 +95,6 @@ def takes_arguments(obj: object) -> bool:
 CASES: dict[str, list[tuple[str, Callable[[], object], str | None]]] = {}
 # Records xpcnn returns and never takes back: there is no input of the user's to check.
 RETURNED_ONLY = {"xpcnn.testing.ParityResult", "xpcnn.testing.GradcheckResult", "xpcnn.functional.WindowArgmax",
-                 "xpcnn.functional.RowMaxima",
                  "xpcnn.layers.Param", "xpcnn.layers.Buffer"}
 
 
@@ -360,8 +359,6 @@ case("xpcnn.functional.max_pool2d_backward", "grad_y", lambda: F.max_pool2d_back
 case("xpcnn.functional.max_pool2d_backward", "taps", lambda: F.max_pool2d_backward(G_POOL, X, 2, taps="not taps"))
 case("xpcnn.functional.max_pool2d_backward", "taps", lambda: F.max_pool2d_backward(
     G_POOL, X, 2, y=G_POOL, taps=F.WindowArgmax(np.zeros((2, 1, 3, 3), np.int64))))
-case("xpcnn.functional.max_pool2d_backward", "taps", lambda: F.max_pool2d_backward(
-    G_POOL, X, 2, y=G_POOL, taps=F.RowMaxima(G_POOL)))
 case("xpcnn.functional.max_pool2d_backward", "method", lambda: F.max_pool2d_backward(G_POOL, X, 2, method="scatter"))
 case("xpcnn.functional.max_pool_method", "method", lambda: F.max_pool_method(X, "scatter"))
 case("xpcnn.functional.relu", "x", lambda: F.relu(np.zeros(3, np.complex64)))

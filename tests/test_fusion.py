@@ -57,9 +57,8 @@ def networks():
 CASES = list(networks())
 
 
-# Max pooling has two forms (xpcnn.functional.max_pool_method): separable running maxima and
-# per-tap masks on a CPU, one argmax per window on a GPU. xpcnn.fewest_operations() runs the
-# GPU form here.
+# Max pooling has two forms (xpcnn.functional.max_pool_method): per-tap masks on a CPU, one
+# argmax per window on a GPU. xpcnn.fewest_operations() runs the GPU form here.
 FORMS = pytest.mark.parametrize("fewest", [False, True], ids=["cpu form", "fewest-operations form"])
 
 

@@ -69,8 +69,7 @@ def test_every_functional_op_is_in_the_matrix():
     names = {c.name for c in CASES}
     ops = {name.removesuffix("_backward").removesuffix("_forward").removesuffix("_with_grad")
            for name in F.__all__}
-    # helpers, exercised through cross_entropy and max_pool2d
-    ops -= {"one_hot", "max_pool_method", "WindowArgmax", "RowMaxima"}
+    ops -= {"one_hot", "max_pool_method", "WindowArgmax"}  # helpers, exercised through cross_entropy and max_pool2d
     assert ops <= {n.removesuffix("_tiled") for n in names}, ops - names
     assert {"train_step", "train_run", "fit_evaluate"} <= names
     assert "jax" in parity.MATRIX_BACKENDS and set(testing.ALL_BACKENDS) <= set(parity.MATRIX_BACKENDS)

@@ -27,7 +27,6 @@ from .linear import linear, linear_backward
 from .loss import cross_entropy, cross_entropy_backward, cross_entropy_with_grad, one_hot
 from .norm import batch_norm, batch_norm_backward
 from .pool import (
-    RowMaxima,
     WindowArgmax,
     avg_pool2d,
     avg_pool2d_backward,
@@ -42,7 +41,7 @@ from .pool import (
 __all__ = [
     "conv2d", "conv2d_forward", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_forward", "max_pool2d_backward",
-    "max_pool_method", "RowMaxima", "WindowArgmax", "global_avg_pool2d", "global_avg_pool2d_backward",
+    "max_pool_method", "WindowArgmax", "global_avg_pool2d", "global_avg_pool2d_backward",
     "relu", "relu_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "tanh", "tanh_backward", "sigmoid", "sigmoid_backward", "leaky_relu", "leaky_relu_backward",
     "gelu", "gelu_backward",

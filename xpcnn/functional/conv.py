@@ -98,12 +98,6 @@ def weight_from_matrix(xp, m, w_shape):
     return xp.permute_dims(xp.reshape(m, (o, kh, kw, cg)), (0, 3, 1, 2))
 
 
-def weight_grad_matrix(xp, g_mat, cols):
-    """g_mat (G, O/G, L) times the columns' transpose (G, L, K) -> (G, O/G, K), computed as the
-    transpose of cols @ g_mat^T: BLAS runs the long reduction over L faster in that shape."""
-    return xp.matrix_transpose(xp.matmul(cols, xp.matrix_transpose(g_mat)))
-
-
 def channel_matrix(xp, y, groups):
     """(N, O, OH, OW) -> (G, O/G, N*OH*OW). Putting the batch inside the channel lets the whole
     batch share ONE large matmul per group: BLAS threads a (K, N*L) product well, while N small
@@ -186,7 +180,7 @@ def conv2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvGeometry, *, bia
     if cols is None:
         cols = columns(xp, x, kernel, geometry)
     g_mat = channel_matrix(xp, grad_y, g)
-    grad_weight = weight_from_matrix(xp, weight_grad_matrix(xp, g_mat, cols), weight.shape)
+    grad_weight = weight_from_matrix(xp, xp.matmul(g_mat, xp.matrix_transpose(cols)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = conv2d_input_grad_kernel(xp, grad_y, x.shape, weight, geometry, g_mat) if input_grad else None
     return grad_x, grad_weight, grad_bias
@@ -327,7 +321,7 @@ def conv_transpose2d_backward_kernel(xp, grad_y, x, weight, geometry: ConvTransp
     conv = geometry.conv
     g = conv.groups
     cols = columns(xp, grad_y, tuple(weight.shape[2:]), conv)
-    grad_weight = weight_from_matrix(xp, weight_grad_matrix(xp, channel_matrix(xp, x, g), cols), weight.shape)
+    grad_weight = weight_from_matrix(xp, xp.matmul(channel_matrix(xp, x, g), xp.matrix_transpose(cols)), weight.shape)
     grad_bias = xp.sum(grad_y, axis=(0, 2, 3)) if bias else None
     grad_x = None
     if input_grad:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from .._validate import Padding, check_float, check_grad, check_ndim, conv_padding, flag, is_integral, namespace, pair
 from ..backend import constant, device_of, fewest_operations_for
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
-from ._windows import add_taps, crop2d, pad2d, place2d, taps_of
+from ._windows import add_taps, pad2d, place2d, taps_of
 from .activation import relu_backward_kernel, relu_kernel, zero_like
 
 
@@ -178,22 +178,14 @@ class WindowArgmax(NamedTuple):
     first: int = 0
 
 
-class RowMaxima(NamedTuple):
-    """What the ``"taps"`` max-pool backward needs beside y: the first of its two passes, the
-    maximum over each window's columns, (C, N, Hp, OW) over the padded input's rows."""
-
-    rows: Any
-
-
 MAX_POOL_METHODS = ("taps", "argmax")
 
 
 def max_pool_method(x, method: str | None = None) -> str:
-    """How max pooling of ``x`` finds each window's first maximum: ``"taps"`` (separable: a
-    running maximum over the kw column taps, then over the kh row taps of that; the backward
-    sends each gradient down the same two passes, three element-wise operations per tap) or
-    ``"argmax"`` (the kh*kw taps stacked once, one max and one argmax; the backward a one-hot
-    select: the same few operations whatever the window). ``None`` chooses by device
+    """How max pooling of ``x`` finds each window's first maximum: ``"taps"`` (a running maximum
+    over the kh*kw strided taps; the backward four element-wise operations per tap) or
+    ``"argmax"`` (the taps stacked once, one max and one argmax; the backward a one-hot select:
+    the same few operations whatever the window). ``None`` chooses by device
     (:func:`xpcnn.backend.fewest_operations_for`): ``"argmax"`` on a GPU, where each operation
     is a kernel launch; ``"taps"`` on a CPU, where it is faster (argmax along a short axis runs
     window by window). See docs/performance.md."""
@@ -217,41 +209,20 @@ def _window_argmax(xp, taps: list, first: int):
     return xp.max(windows, axis=-1), WindowArgmax(xp.argmax(windows, axis=-1), first)
 
 
-def _passes(geometry: PoolGeometry, hp: int) -> tuple:
-    """The separable form's two one-axis pools as (kernel, stride, dilation, out_hw) over the last
-    two axes: over the columns of the (Hp, Wp) padded input, then over the rows of that."""
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geometry.kernel, geometry.stride, geometry.dilation, geometry.out_hw
-    return ((1, kw), (1, sw), (1, dw), (hp, ow)), ((kh, 1), (sh, 1), (dh, 1), (oh, ow))
-
-
-def _running_max(xp, taps: list):
+def max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = None):
+    """Max pooling math on a checked input: y and what the backward needs (the padded input's
+    taps, or a :class:`WindowArgmax`; see :func:`max_pool_method`)."""
+    taps = _padded_taps(xp, x, geometry)
+    if max_pool_method(x, method) == "argmax":
+        return _window_argmax(xp, taps, first=0)
     y = taps[0]
     for t in taps[1:]:
         y = xp.maximum(y, t)
-    return y
-
-
-def max_pool2d_kernel(xp, x, geometry: PoolGeometry, method: str | None = None):
-    """Max pooling math on a checked input: y and what the backward needs (a :class:`RowMaxima`,
-    or a :class:`WindowArgmax`; see :func:`max_pool_method`). The window's maximum is the
-    maximum of its rows' maxima: kh + kw taps, not kh*kw, each a strided slice."""
-    if max_pool_method(x, method) == "argmax":
-        return _window_argmax(xp, _padded_taps(xp, x, geometry), first=0)
-    # Over (C, N, H, W): a convolution's output is that in memory (:func:`from_channel_matrix`), so
-    # the arrays made here (C-ordered) share its layout and element-wise NumPy runs contiguous.
-    padded = pad2d(xp, _channels_first(xp, x), geometry.padding, value=-float("inf"))
-    columns, rows = _passes(geometry, padded.shape[-2])
-    row_maxima = _running_max(xp, taps_of(padded, *columns))
-    return _channels_first(xp, _running_max(xp, taps_of(row_maxima, *rows))), RowMaxima(row_maxima)
-
-
-def _channels_first(xp, x):
-    """(N, C, ...) <-> (C, N, ...), a view."""
-    return xp.permute_dims(x, (1, 0, 2, 3))
+    return y, taps
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False, method=None):
-    """y (N, C, OH, OW) and what the backward needs (a :class:`RowMaxima`, or with
+    """y (N, C, OH, OW) and what the backward needs (the padded input's taps, or with
     ``method="argmax"`` each window's first maximum; ``method`` as :func:`max_pool_method`)."""
     xp = _check(x)
     geometry = pool_geometry(x.shape, kernel_size, stride, padding, dilation, name="max_pool2d", ceil_mode=ceil_mode)
@@ -265,41 +236,23 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=
     return max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)[0]
 
 
-def _first_maximum_backward(xp, grad_y, source, y, kernel, stride, dilation, out_hw):
-    """One pass's backward: each window's gradient goes to its first tap of ``source`` (..., A, B)
-    equal to its maximum ``y`` (the rest left after each tap takes its share: exactly all or
-    nothing, times 1.0), put back onto ``source``'s positions -> (..., A, B)."""
-    taps = taps_of(source, kernel, stride, dilation, out_hw)
-    grads, rest = [], grad_y
-    for t in taps[:-1]:
-        taken = rest * xp.astype(t == y, rest.dtype)
-        grads.append(taken)
-        rest = rest - taken
-    grads.append(rest)
-    size = tuple(source.shape[-2:])
-    if stride != kernel or dilation != (1, 1):
-        return add_taps(xp, grads, size, ((0, 0), (0, 0)), kernel, stride, dilation, out_hw)
-    # Windows that tile the source: interleaving the taps' gradients is one copy (then zeros for
-    # the rows or columns no window reached).
-    tiled = xp.stack(grads, axis=-1 if kernel[0] == 1 else -2)
-    tiled = xp.reshape(tiled, (*tiled.shape[:-3], out_hw[0] * kernel[0], out_hw[1] * kernel[1]))
-    return pad2d(xp, tiled, ((0, size[0] - tiled.shape[-2]), (0, size[1] - tiled.shape[-1])))
-
-
 def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, saved):
-    """Each window's gradient goes to its first maximum in row-major order (PyTorch's tie rule):
-    the first row whose maximum is the window's, then that row's first cell equal to it, so
-    the two passes of the forward run backward in turn. ``saved`` is what
-    :func:`max_pool2d_kernel` returned beside y: a :class:`RowMaxima` or a :class:`WindowArgmax`."""
+    """Each window's gradient goes to its first maximum (PyTorch's tie rule). ``saved`` is what
+    :func:`max_pool2d_kernel` returned beside y: the taps, or a :class:`WindowArgmax`.
+
+    With taps, walking them in kernel order, a tap equal to its window's maximum takes the
+    gradient still left there (exactly all of it, times 1.0) and leaves exactly zero for later
+    ties: four element-wise ops per tap."""
     if isinstance(saved, WindowArgmax):
         return _argmax_backward(xp, grad_y, x, geometry, saved)
-    rows = saved.rows
-    columns, row_pass = _passes(geometry, rows.shape[-2])
-    grad_y, y, x = (_channels_first(xp, a) for a in (grad_y, y, x))
-    grad_rows = _first_maximum_backward(xp, grad_y, rows, y, *row_pass)
-    padded = pad2d(xp, x, geometry.padding, value=-float("inf"))
-    grad_x = _first_maximum_backward(xp, grad_rows, padded, rows, *columns)
-    return _channels_first(xp, crop2d(grad_x, geometry.padding, tuple(x.shape[2:])))
+    grads, rest = [], grad_y
+    for i, t in enumerate(saved):
+        taken = rest * xp.astype(t == y, rest.dtype)
+        grads.append(taken)
+        if i + 1 < len(saved):
+            rest = rest - taken
+    return add_taps(xp, grads, tuple(x.shape[2:]), geometry.padding, geometry.kernel, geometry.stride,
+                    geometry.dilation, geometry.out_hw)
 
 
 def _argmax_backward(xp, grad_y, x, geometry: PoolGeometry, argmax: WindowArgmax):
@@ -333,18 +286,20 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
     if y is None and taps is None:
         y, taps = max_pool2d_kernel(xp, x, geometry, method)
     else:
+        count = geometry.kernel[0] * geometry.kernel[1]
         if isinstance(taps, WindowArgmax):
             index = taps.index
             if not hasattr(index, "shape") or tuple(index.shape) != out or not is_integral(xp, index.dtype):
                 got = (f"shape {tuple(index.shape)}, dtype {index.dtype}" if hasattr(index, "shape")
                        else type(index).__name__)
                 raise ShapeError(f"taps: expected a WindowArgmax of integer shape {out}, got {got}")
-        elif not isinstance(taps, RowMaxima):
-            raise ArgumentTypeError(f"taps: expected what max_pool2d_forward returned beside y (a RowMaxima or a "
-                                    f"WindowArgmax; pass y and taps together, or neither), got {type(taps).__name__}")
+        elif not isinstance(taps, (list, tuple)) or len(taps) != count:
+            raise ArgumentTypeError(f"taps: expected what max_pool2d_forward returned beside y (the list of {count} "
+                                    f"window taps, or a WindowArgmax; pass y and taps together, or neither), "
+                                    f"got {type(taps).__name__}")
         else:
-            hp = sum(geometry.padding[0]) + x.shape[2]
-            check_grad(taps.rows, "taps.rows", x, (out[1], out[0], hp, out[3]), "x")
+            for i, t in enumerate(taps):
+                check_grad(t, f"taps[{i}]", x, out, "x")
         check_grad(y, "y", x, out, "x")
     return max_pool2d_backward_kernel(xp, grad_y, x, geometry, y, taps)
 
