@@ -106,6 +106,15 @@ def test_the_split_is_stratified_seeded_and_never_overlaps(tmp_path):
         image_folder(tmp_path, validation_split=0.3)
 
 
+def test_a_split_that_leaves_a_subset_empty_is_an_error_naming_the_fraction(tmp_path, capsys):
+    make_folder(tmp_path / "two", counts=(2, 2))  # 0.2 of 2 rounds to 0 in every class
+    with pytest.raises(DataError, match="validation_split: 0.2 of 4 images in 2 classes leaves the validation subset"):
+        image_folder(tmp_path / "two", validation_split=0.2, subset="validation")
+    assert len(image_folder(tmp_path / "two", validation_split=0.2, subset="training")) == 4
+    assert cli.main(["train", "--data", str(tmp_path / "two"), "--validation-split", "0.2", "--epochs", "1"]) == 1
+    assert "error: --validation-split: 0.2 of 4 images" in capsys.readouterr().err
+
+
 def test_bad_data_is_named_or_skipped_and_reported_once(tmp_path):
     bad = {"corrupt.png": lambda p: p.write_bytes(b"not a png at all"), "notes.txt": lambda p: p.write_text("hi"),
            "deeper": lambda p: p.mkdir()}

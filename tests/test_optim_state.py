@@ -82,3 +82,47 @@ def test_optimizer_to_moves_its_state_and_a_stale_one_is_named():
     assert all(library_of(a) == "torch" for s in opt.state.values() for a in s.values())
     model.train_step(xpcnn.to_device(x, "torch"), xpcnn.to_device(y, "torch"), opt)
     assert opt.steps == 2
+
+
+# ---------------------------------------------------------------- state belongs to one model
+
+
+def test_an_optimizer_that_stepped_on_one_model_is_refused_by_another():
+    """As a PyTorch optimizer belongs to its parameters: reusing one would move the new model's
+    weights with the old one's moments (same shapes), or reshape them (other shapes)."""
+    x, y = data()
+    first = net().build((1, 8, 8), seed=1, dtype="float64", backend="numpy")
+    adam = optim.Adam(1e-2)
+    first.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)
+    for other in (net(), xpcnn.Sequential([layers.Flatten(), layers.Dense(4)])):
+        other.build((1, 8, 8), seed=2, dtype="float64", backend="numpy")
+        before = [w.copy() for w in other.get_weights()]
+        with pytest.raises(xpcnn.errors.ArgumentError, match=r"taken 3 steps on another model"):
+            other.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)
+        assert all(np.array_equal(a, b) for a, b in zip(before, other.get_weights()))  # nothing moved
+    first.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)  # its own model goes on
+    assert adam.steps == 6
+
+
+def test_loaded_state_must_fit_the_parameters_slot_for_slot():
+    x, y = data()
+    model = net().build((1, 8, 8), seed=1, dtype="float64", backend="numpy")
+    adam = optim.Adam(1e-2)
+    model.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)
+    sgd = optim.SGD(0.1, momentum=0.9)
+    sgd.load_state_dict(adam.state_dict())  # moments m, v where SGD keeps a momentum buffer
+    fresh = net().build((1, 8, 8), seed=1, dtype="float64", backend="numpy")
+    with pytest.raises(xpcnn.errors.ArgumentError, match=r"SGD needs \['momentum'\]"):
+        fresh.fit(x, y, epochs=1, batch_size=16, optimizer=sgd, verbose=0)
+    small = xpcnn.Sequential([layers.Conv2D(3, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(),
+                              layers.Dense(4)]).build((1, 6, 6), seed=1, dtype="float64", backend="numpy")
+    other = optim.Adam(1e-2)
+    other.load_state_dict(adam.state_dict())  # the Dense weight is (27, 4) here, (48, 4) there
+    with pytest.raises(xpcnn.errors.ArgumentError, match=r"state of '4.weight' .* of shape \(27, 4\)"):
+        small.fit(data()[0][:, :, :6, :6], y, epochs=1, batch_size=16, optimizer=other, verbose=0)
+    same = optim.Adam(1e-2)
+    same.load_state_dict(adam.state_dict())  # fits: with the same weights it continues as the original does
+    fresh.set_weights(model.get_weights())
+    fresh.fit(x, y, epochs=1, batch_size=16, optimizer=same, verbose=0, seed=4)
+    model.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), model.get_weights()))

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from . import checkpoint
 from ._validate import positive_int
+from .backend import to_numpy
 from .errors import ArgumentError, ArgumentTypeError
 
 
@@ -50,6 +51,14 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None: ...
 
     def on_train_end(self, logs: dict[str, Any]) -> None: ...
+
+    def get_state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of this callback so that a resumed fit continues exactly: JSON
+        values, and NumPy arrays as a list under ``"arrays"``; None (the default): nothing."""
+        return None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`get_state` output (a resumed fit calls it after ``on_train_begin``)."""
 
 
 class History(Callback):
@@ -184,9 +193,12 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs):
         t = self.trainer
-        fit_args = {k: t.params[k] for k in ("batch_size", "shuffle", "seed")}
+        fit_args = {k: t.params[k] for k in ("batch_size", "shuffle", "seed", "initial_lr")}
+        fit_args["stopped"] = bool(t.stop_training)  # a resumed fit then trains no further
+        states = [(type(cb).__name__, cb.get_state()) for cb in t.callbacks]
         self.last_path = checkpoint.save(self.directory, model=t.model, optimizer=t.optimizer, rng=t.rng,
-                                         epoch=epoch + 1, history=t.history.history, fit_args=fit_args, keep=self.keep)
+                                         epoch=epoch + 1, history=t.history.history, fit_args=fit_args, keep=self.keep,
+                                         callback_states=[(name, state) for name, state in states if state is not None])
 
 
 def _verbose(value: Any, allowed: tuple[int, ...]) -> int:
@@ -271,7 +283,8 @@ class EarlyStopping(Callback):
 
     ``restore_best_weights``: when training ends (stopped early or not), the model gets back
     the weights of the end of its best epoch (``best_epoch``). Checkpoints written by
-    ``checkpoint_dir`` keep each epoch's own weights.
+    ``checkpoint_dir`` keep each epoch's own weights, and this callback's state (best value,
+    wait, best weights): a fit resumed with it continues, or stays stopped, exactly.
 
     A ``monitor`` missing from the logs is an error naming the metrics there are (``val_*``
     needs ``validation_data``).
@@ -337,6 +350,17 @@ class EarlyStopping(Callback):
             if self.verbose:
                 print(f"epoch {epoch + 1}: early stopping ({self.monitor} has not improved for {self.wait} epochs; "
                       f"best {self.best:.4f} at epoch {self.best_epoch + 1})", flush=True)
+
+    def get_state(self):
+        arrays = None if self.best_weights is None else [to_numpy(w) for w in self.best_weights]
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
+                "best_epoch": self.best_epoch, "arrays": arrays}
+
+    def set_state(self, state):
+        self.wait, self.stopped_epoch, self.best_epoch = (int(state[k]) for k in ("wait", "stopped_epoch",
+                                                                                   "best_epoch"))
+        self.best = None if state["best"] is None else float(state["best"])
+        self.best_weights = state["arrays"]
 
     def on_train_end(self, logs):
         if self.restore_best_weights and self.best_weights is not None:

@@ -71,8 +71,9 @@ def optimizer_record(optimizer: Optimizer, model) -> tuple[dict[str, Any], dict[
 
 def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.random.Generator, epoch: int,
          history: dict[str, list[float]] | None = None, fit_args: dict[str, Any] | None = None,
-         keep: int = KEEP) -> Path:
-    """Write the checkpoint of ``epoch`` finished epochs into ``directory``; prune to ``keep``."""
+         keep: int = KEEP, callback_states=()) -> Path:
+    """Write the checkpoint of ``epoch`` finished epochs into ``directory``; prune to ``keep``.
+    ``callback_states``: (class name, :meth:`~xpcnn.callbacks.Callback.get_state`) pairs."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in os.listdir(directory):
@@ -80,7 +81,14 @@ def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.r
             with fileformat.suppress_oserror():
                 os.unlink(directory / name)
     record, tensors = optimizer_record(optimizer, model)
+    calls = []
+    for i, (name, state) in enumerate(callback_states):
+        arrays = state.get("arrays")
+        tensors.update({f"callbacks/{i}/{j}": np.ascontiguousarray(to_numpy(a)) for j, a in enumerate(arrays or [])})
+        calls.append({"class": name, "state": {k: v for k, v in state.items() if k != "arrays"},
+                      "arrays": None if arrays is None else len(arrays)})
     metadata = {
+        "callbacks": json.dumps(calls),
         "epoch": str(int(epoch)),
         "optimizer": json.dumps(record),
         "rng": json.dumps(rng.bit_generator.state),
@@ -113,6 +121,7 @@ class Checkpoint:
     history: dict[str, list[float]]
     fit_args: dict[str, Any]
     layer_states: dict[str, Any]
+    callback_states: list = dataclasses.field(default_factory=list)  # (class name, state) pairs
 
     @property
     def config(self) -> dict[str, Any]:
@@ -192,7 +201,7 @@ def model_arrays(model, tensors: dict[str, np.ndarray], fields: dict[str, Any], 
         raise ModelFileError(
             f"{where}: the architecture does not fit input_shape {list(fields['input_shape'])} ({e})"
         ) from None
-    own = {k: v for k, v in tensors.items() if not k.startswith("optimizer/")}
+    own = {k: v for k, v in tensors.items() if not k.startswith(("optimizer/", "callbacks/"))}
     expected = {**param_shapes, **buffer_shapes}
     missing = sorted(set(expected) - set(own))
     if allow_missing_buffers and fields.get("version", 2) < 2:
@@ -319,7 +328,34 @@ def read(path: str | os.PathLike) -> Checkpoint:
         raise _fail(where, "fit: expected an object")
     if not isinstance(layer_states, dict):
         raise _fail(where, "layers: expected an object")
-    return Checkpoint(Path(path), epoch, fields, tensors, record, extra, rng_state, history, fit_args, layer_states)
+    calls = fileformat.parse_json(metadata.get("callbacks", "[]"), "metadata callbacks", where)
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("class"), str)
+                                              and isinstance(c.get("state"), dict) for c in calls):
+        raise _fail(where, "callbacks: expected a list of {class, state, arrays}")
+    states = []
+    for i, call in enumerate(calls):
+        count = call.get("arrays")
+        arrays = None if count is None else [tensors.get(f"callbacks/{i}/{j}") for j in range(int(count))]
+        if arrays is not None and any(a is None or not np.isfinite(a).all() for a in arrays):
+            raise _fail(where, f"callbacks: {call['class']}: missing or non-finite arrays")
+        states.append((call["class"], {**call["state"], "arrays": arrays}))
+    return Checkpoint(Path(path), epoch, fields, tensors, record, extra, rng_state, history, fit_args, layer_states,
+                      states)
+
+
+def restore_callbacks(ckpt: Checkpoint, callbacks) -> bool:
+    """Give each callback with state (:meth:`~xpcnn.callbacks.Callback.get_state`) the state the
+    checkpoint kept for the callback of its class at its place among them (one the checkpoint
+    has none for starts afresh); True when the checkpointed run had stopped early."""
+    saved = list(ckpt.callback_states)
+    for cb in callbacks:
+        if cb.get_state() is None or not saved or saved[0][0] != type(cb).__name__:
+            continue
+        try:
+            cb.set_state(saved.pop(0)[1])
+        except (KeyError, TypeError, ValueError) as e:
+            raise _fail(os.fspath(ckpt.path), f"callbacks: {type(cb).__name__}: bad state ({e})") from None
+    return bool(ckpt.fit_args.get("stopped"))
 
 
 def latest(directory: str | os.PathLike) -> Checkpoint | None:

@@ -44,7 +44,7 @@ from .saving import load
 from .version import __version__
 
 # Errors of the Python API name its arguments; where the CLI has a flag for one, the message names the flag.
-FLAG_WORDING = {"image_size=(H, W)": "--image-size H W"}
+FLAG_WORDING = {"image_size=(H, W)": "--image-size H W", "validation_split:": "--validation-split:"}
 DELEGATED = {"parity": "tests.parity_matrix", "bench": "benchmarks.harness"}
 # The benchmark harness is tooling kept in a source checkout's benchmarks/ folder, not in the package.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # a disk that filled up, a file that vanished: the message says which
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:  # e.g. a model file whose input shape is too large for this machine
+        print("error: out of memory (a model input or a batch too large for this machine)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

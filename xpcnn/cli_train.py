@@ -155,7 +155,11 @@ def _folder(args):
     chosen = [a for a in args.augment.split(",") if a]
     if set(chosen) - {"flip", "crop"}:
         raise UsageError(f"--augment: expected a comma-separated list of flip, crop; got {args.augment!r}")
-    subsets = [image_folder(args.data, image_size=args.image_size, color=args.color, seed=args.seed or 0,
+    # Resumed, the split is the checkpointed run's: its held-out images stay held out.
+    ckpt = latest(args.checkpoint_dir) if args.resume and args.checkpoint_dir else None
+    seed = ckpt.fit_args.get("seed") if ckpt is not None else None
+    subsets = [image_folder(args.data, image_size=args.image_size, color=args.color,
+                            seed=(args.seed or 0) if seed is None else seed,
                             validation_split=args.validation_split, subset=s) for s in ("training", "validation")]
     size = subsets[0].sample_shape[1:]
     augment = {"flip": RandomFlip("horizontal"), "crop": RandomCrop(size, padding=max(1, min(size) // 8))}
@@ -214,7 +218,9 @@ def _resume_point(args, model, settings: dict):
     if layers != ckpt.config["layers"]:
         raise UsageError(f"--resume: the checkpoints in {args.checkpoint_dir} are of another network than --model "
                          f"{args.model}; give that run's --model, or another --checkpoint-dir")
-    kept = dict(optimizer=ckpt.optimizer_record["class"].lower(), lr=ckpt.optimizer_record["hyper"]["lr"],
+    # The run's initial rate (a schedule sets each epoch's from it), not the scheduled rate it reached.
+    lr = ckpt.fit_args.get("initial_lr") or ckpt.optimizer_record["hyper"]["lr"]
+    kept = dict(optimizer=ckpt.optimizer_record["class"].lower(), lr=lr,
                 dtype=ckpt.fields["dtype"], batch_size=ckpt.fit_args.get("batch_size", settings["batch_size"]),
                 seed=ckpt.fit_args.get("seed"))
     ignored = []

@@ -77,6 +77,22 @@ class Sequential(Container):
         self.slots = None  # the chains they were listed for, parameters, buffers and leaves
         self.needs_input_grad = False  # nobody trains the data
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """Each output's class name (set by ``fit`` on a dataset, kept in the model file), or None."""
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names) -> None:
+        if names is not None:
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                raise ArgumentTypeError(f"class_names: expected a list of strings or None, got {names!r:.80}")
+            if self.built_output_shape not in (None, (len(names),)):
+                raise ArgumentError(f"class_names: {len(names)} names for a model whose output has shape "
+                                    f"{self.built_output_shape}: expected one name per output")
+            names = list(names)
+        self._class_names = names
+
     # ---------------------------------------------------------------- building
 
     def build(self, input_shape, *, seed: int | None = None, dtype: str = "float32",
@@ -307,6 +323,7 @@ class Sequential(Container):
         if metadata is not None and (not isinstance(metadata, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
             raise ArgumentTypeError(f"metadata: expected a dict of strings to strings, got {metadata!r:.80}")
+        self.class_names = self.class_names  # checked again against the built output (it may be set before build)
         all_tensors = self.state_tensors()
         all_tensors.update(tensors or {})
         return fileformat.encode(all_tensors, kind=kind, config=self.saveable_config(), dtype=self.dtype,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -66,6 +67,7 @@ class Optimizer:
         self.state: dict[str, dict[str, Any]] = {}
         self.steps = 0
         self._flat = None  # see _step_flat
+        self._model = None  # a weak reference to the model whose parameters the state belongs to
 
     @property
     def updates_flat(self) -> bool:
@@ -78,6 +80,8 @@ class Optimizer:
             raise ArgumentError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
         slots = model.named_parameters()
         check_gradients(slots)
+        if self._model is None or self._model() is not model:
+            self._bind(model, slots)
         self.check_state_location(slots)
         self.steps += 1
         scalars = self.scalars(self.steps)
@@ -147,6 +151,25 @@ class Optimizer:
         held = [self.state[k] if k in self.state else self.initial_state(p) for k, p in zip(keys, params)]
         return flat_p, {n: concat_flat(xp, [h[n] for h in held]) for n in held[0]}
 
+    def _bind(self, model, slots) -> None:
+        """Make the state this model's: as a PyTorch optimizer belongs to its parameters, the state
+        of another model's is an error (it would move these weights with that one's moments), and
+        loaded state must fit these parameters, slot for slot and shape for shape."""
+        if self._model is not None and self.steps:
+            raise ArgumentError(f"optimizer: it has taken {self.steps} steps on another model, whose moments it "
+                                f"holds; give this model its own optimizer ({type(self).__name__}(...))")
+        shapes = {key: (layer.params[name], tuple(layer.params[name].shape)) for key, layer, name in slots}
+        for key, state in self.state.items():
+            if key not in shapes:
+                raise ArgumentError(f"optimizer: state for parameter {key!r}, which this model does not have")
+            param, shape = shapes[key]
+            expected = set(self.initial_state(param))
+            if set(state) != expected or any(tuple(a.shape) != shape for a in state.values()):
+                got = {n: tuple(a.shape) for n, a in state.items()}
+                raise ArgumentError(f"optimizer: state of {key!r} is {got}; {type(self).__name__} needs "
+                                    f"{sorted(expected)} of shape {shape} for this model's parameter")
+        self._model = weakref.ref(model)
+
     def check_state_location(self, slots) -> None:
         """The state must live where the parameters do: after ``model.to(...)`` it moves with
         the model; an optimizer used with a model on another backend is an error, not a
@@ -199,7 +222,7 @@ class Optimizer:
             raise ArgumentError("state['state']: expected a dict of per-parameter dicts of arrays")
         self.steps = steps
         self.state = {k: dict(v) for k, v in buffers.items()}
-        self._flat = None
+        self._flat = self._model = None  # checked against the parameters of the next step's model
 
     def map_state(self, fn) -> None:
         """Apply ``fn`` to every state array (used to move optimizer state with the model)."""

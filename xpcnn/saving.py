@@ -48,11 +48,15 @@ def decode(
     fields = fileformat.check_metadata(metadata, where)
     if fileformat.content_digest(tensors) != metadata["content_sha256"]:
         raise ModelFileError(f"{where}: content checksum mismatch: the tensor data is corrupted")
-    if fields["kind"] != "checkpoint" and any(k.startswith("optimizer/") for k in tensors):
-        stray = sorted(k for k in tensors if k.startswith("optimizer/"))
-        raise ModelFileError(f"{where}: optimizer tensors in a model file: {stray[:3]}")
+    if fields["kind"] != "checkpoint" and any(k.startswith(("optimizer/", "callbacks/")) for k in tensors):
+        stray = sorted(k for k in tensors if k.startswith(("optimizer/", "callbacks/")))
+        raise ModelFileError(f"{where}: checkpoint tensors in a model file: {stray[:3]}")
     model = architecture(fields["config"], where)
     weights, buffers = model_arrays(model, tensors, fields, where, allow_missing_buffers=True)
+    names, outputs = fields.get("class_names"), model.output_shape(tuple(fields["input_shape"]))
+    if names is not None and outputs != (len(names),):
+        raise ModelFileError(f"{where}: metadata class_names: {len(names)} names for a model whose output has shape "
+                             f"{outputs}: expected one name per output")
     return model, fields, weights, buffers
 
 

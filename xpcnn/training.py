@@ -299,12 +299,12 @@ def _starts_fresh(checkpoint_dir, resume_from) -> bool:
 
 
 def _resume(model, resume_from, optimizer: Optimizer | None):
-    """Load the newest valid checkpoint into ``model``: (optimizer, rng, epoch, history)."""
+    """Load the newest valid checkpoint into ``model``: (optimizer, rng, epoch, history, checkpoint)."""
     ckpt = checkpoint.latest(resume_from)
     if ckpt is None:
         raise ModelFileError(f"resume_from: no valid checkpoint in {os.fspath(resume_from)}")
     optimizer = ckpt.restore(model, optimizer)
-    return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history, ckpt.path
+    return optimizer, ckpt.make_rng(), ckpt.epoch, ckpt.history, ckpt
 
 
 @_distributable
@@ -380,12 +380,14 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     if _starts_fresh(checkpoint_dir, resume_from):
         resume_from = None
 
+    ckpt = None
     if resume_from is not None:
-        optimizer, rng, initial_epoch, past, path = _resume(model, resume_from, optimizer)
+        optimizer, rng, initial_epoch, past, ckpt = _resume(model, resume_from, optimizer)
         if verbose:
-            print(f"resumed from {path}: epoch {initial_epoch} of {epochs} done, continuing with epoch "
-                  f"{initial_epoch + 1}" if initial_epoch < epochs
-                  else f"resumed from {path}: all {epochs} epochs done")
+            print(f"resumed from {ckpt.path}: " + (
+                f"that run stopped early, after {initial_epoch} epochs" if ckpt.fit_args.get("stopped") else
+                f"epoch {initial_epoch} of {epochs} done, continuing with epoch {initial_epoch + 1}"
+                if initial_epoch < epochs else f"all {epochs} epochs done"))
     else:
         if not model.built and is_dataset(x):
             model.build(tuple(x.sample_shape), seed=seed, dtype="float32")
@@ -416,7 +418,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     trainer = SimpleNamespace(model=model, optimizer=optimizer, rng=rng, history=history, stop_training=False,
                               params=dict(
         epochs=epochs, initial_epoch=initial_epoch, steps=steps, samples=data.n, batch_size=batch_size,
-        shuffle=bool(shuffle), seed=int(seed), verbose=verbose))
+        shuffle=bool(shuffle), seed=int(seed), verbose=verbose,
+        initial_lr=ckpt.fit_args.get("initial_lr") if ckpt else getattr(optimizer, "lr", None)))
     # The caller's callbacks first (Keras's order): what they add to an epoch's logs ("lr") reaches
     # the history, the checkpoint and the progress line.
     everything: list[Callback] = [*callbacks, history]
@@ -424,13 +427,15 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         everything.append(ModelCheckpoint(checkpoint_dir))
     if verbose:
         everything.append(ProgressBar(verbose))
+    trainer.callbacks = everything
     for cb in everything:
         cb.set_trainer(trainer)
 
     for cb in everything:
         cb.on_train_begin({})
+    stopped = ckpt is not None and checkpoint.restore_callbacks(ckpt, everything)  # stopped early: no more epochs
     try:
-        for epoch in range(initial_epoch, epochs):
+        for epoch in range(initial_epoch, initial_epoch if stopped else epochs):
             for cb in everything:
                 cb.on_epoch_begin(epoch, {})
             with model.backend.activate():  # CuPy launches on the current device: the model's

@@ -168,5 +168,8 @@ def image_folder(path, *, image_size=None, color: str = "rgb", validation_split:
             cut = round(validation_split * len(rows))
             chosen.append(rows[:cut] if subset == "validation" else rows[cut:])
         keep = np.sort(np.concatenate(chosen))
+        if not len(keep):
+            raise DataError(f"validation_split: {validation_split} of {len(files)} images in {len(classes)} classes "
+                            f"leaves the {subset} subset empty; use a fraction that keeps images in both")
     shape = (3 if color == "rgb" else 1, *(size or sizes[files[0]]))
     return ImageFolder([files[i] for i in keep], labels[keep], classes, shape, color, size is not None, skipped)

@@ -80,8 +80,9 @@ class Sigmoid(Elementwise):
 
 
 class GELU(Elementwise):
-    """GELU as PyTorch's: ``approximate="tanh"`` (the default) 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)));
-    ``"none"`` the exact x Φ(x) = 0.5 x (1 + erf(x / √2))."""
+    """GELU as PyTorch's, but the tanh form is the default here (PyTorch's default is "none"):
+    ``approximate="tanh"`` 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))); ``"none"`` the exact
+    x Φ(x) = 0.5 x (1 + erf(x / √2))."""
 
     kernel, gradient = staticmethod(gelu_kernel), staticmethod(gelu_backward_kernel)
 

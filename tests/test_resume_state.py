@@ -1,0 +1,140 @@
+"""What a resumed run needs beyond weights and optimizer: EarlyStopping's state (best value, wait,
+best weights, whether the run had stopped), the initial learning rate a CLI schedule counts from,
+and the image folder's split seed; and class names that must match the model's outputs."""
+
+import os
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import checkpoint, cli, cli_train, fileformat, layers, optim, saving
+from xpcnn.callbacks import EarlyStopping
+from xpcnn.errors import ArgumentError, ModelFileError
+
+from .test_checkpoint import assert_same_weights, tiny_data, tiny_model
+
+
+def early_stopped_run(epochs, directory=None, resume=False):
+    x, y = tiny_data()
+    model = tiny_model()
+    if not resume:
+        model.build((1, 10, 10), seed=3, dtype="float64", backend="numpy")
+    stopper = EarlyStopping(patience=2)
+    history = model.fit(x, y, epochs=epochs, batch_size=16, seed=5, verbose=0, validation_data=tiny_data(32, 1),
+                        optimizer=None if resume else optim.Adam(3e-3), callbacks=[stopper],
+                        checkpoint_dir=directory, resume_from=directory if resume else None)
+    return model, history, stopper
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 6])
+def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(tmp_path, cut):
+    reference, ref_history, ref_stopper = early_stopped_run(12)
+    # It stops after epoch 5 with epoch 3 the best: cut before, at and after that (wait 0, 1, 1, stopped).
+    assert (ref_stopper.stopped_epoch, ref_stopper.best_epoch) == (4, 2)
+    early_stopped_run(cut, tmp_path)  # interrupted after `cut` epochs (or stopped before)
+    resumed, history, stopper = early_stopped_run(12, tmp_path, resume=True)
+    assert (stopper.stopped_epoch, stopper.best_epoch, stopper.best) == (
+        ref_stopper.stopped_epoch, ref_stopper.best_epoch, ref_stopper.best)
+    assert history.history == ref_history.history
+    assert_same_weights(resumed, reference)  # the best epoch's weights, restored at the end
+
+
+def test_the_checkpoint_keeps_the_initial_lr_and_whether_the_run_stopped(tmp_path):
+    _, _, stopper = early_stopped_run(12, tmp_path)
+    ckpt = checkpoint.latest(tmp_path)
+    assert ckpt.epoch == stopper.stopped_epoch + 1
+    assert ckpt.fit_args["stopped"] is True and ckpt.fit_args["initial_lr"] == 3e-3
+    (name, state), = ckpt.callback_states
+    assert name == "EarlyStopping" and state["best_epoch"] == stopper.best_epoch and len(state["arrays"]) == 4
+
+
+def test_a_model_file_with_callback_tensors_is_refused(tmp_path):
+    early_stopped_run(2, tmp_path)
+    ckpt = checkpoint.latest(tmp_path)
+    model = xpcnn.load(ckpt.path, backend="numpy")
+    data = model.to_bytes(tensors={k: v for k, v in ckpt.tensors.items() if k.startswith("callbacks/")})
+    with pytest.raises(ModelFileError, match="checkpoint tensors in a model file"):
+        saving.decode(data)
+
+
+# ---------------------------------------------------------------- the CLI
+
+Image = pytest.importorskip("PIL.Image")
+
+
+@pytest.fixture(autouse=True)
+def keep_backend_selection():
+    previous = xpcnn.backend.registry.STATE.selected
+    yield
+    xpcnn.backend.registry.STATE.selected = previous
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Three classes of 10 noisy 12x12 grayscale images."""
+    root = tmp_path_factory.mktemp("resume") / "shapes"
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("circle", "square", "triangle")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(60 * k + rng.integers(0, 80, (12, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def train_command(shapes, directory, *extra):
+    return ["train", "--data", str(shapes), "--image-size", "12", "12", "--batch-size", "8", "--verbose", "0",
+            "--checkpoint-dir", str(directory), *extra]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_cli_resume_keeps_the_schedule_of_the_initial_lr(shapes, tmp_path, schedule, capsys):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ["--epochs", "4", "--lr-schedule", schedule, "--lr", "0.01"]
+    assert cli.main(train_command(shapes, whole, *args, "--save", str(tmp_path / "whole.safetensors"))) == 0
+    assert cli.main(train_command(shapes, cut, *args)) == 0
+    os.unlink(cut / checkpoint.checkpoint_name(4))  # as if interrupted after epoch 3
+    assert cli.main(train_command(shapes, cut, *args, "--resume", "--save", str(tmp_path / "cut.safetensors"))) == 0
+    assert "kept from the checkpoint: optimizer adam (lr 0.01)" in capsys.readouterr().out
+    assert_same_weights(xpcnn.load(tmp_path / "cut.safetensors"), xpcnn.load(tmp_path / "whole.safetensors"))
+
+
+def test_cli_resume_splits_the_folder_with_the_checkpointed_seed(shapes, tmp_path, monkeypatch, capsys):
+    directory = tmp_path / "ck"
+    assert cli.main(train_command(shapes, directory, "--epochs", "1", "--seed", "1")) == 0
+    seeds = []
+    real = cli_train.image_folder
+
+    def recording(*args, **kwargs):
+        seeds.append(kwargs["seed"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_train, "image_folder", recording)
+    for given in (["--seed", "2"], []):  # another seed, or none: the held-out images stay held out
+        assert cli.main(train_command(shapes, directory, "--epochs", "2", "--resume", *given)) == 0
+    assert seeds == [1, 1, 1, 1]
+    assert "not applied: --seed 2" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- class names
+
+
+def test_class_names_must_name_each_output(tmp_path):
+    model = xpcnn.Sequential([layers.Flatten(), layers.Dense(3)])
+    model.class_names = ["a"]  # unbuilt: checked once the output is known
+    model.build((1, 4, 4))
+    with pytest.raises(ArgumentError, match="1 names for a model whose output has shape \\(3,\\)"):
+        model.save(tmp_path / "m.safetensors")
+    with pytest.raises(ArgumentError, match="class_names"):
+        model.class_names = ["a", "b"]
+    with pytest.raises(xpcnn.errors.ArgumentTypeError, match="class_names: expected a list of strings"):
+        model.class_names = "abc"
+    model.class_names = ("a", "b", "c")
+    assert model.class_names == ["a", "b", "c"]
+    # a file that says otherwise (written by hand: save refuses it) is a ModelFileError at load
+    data = fileformat.encode(model.state_tensors(), kind="model", config=model.saveable_config(), dtype=model.dtype,
+                             input_shape=model.input_shape, class_names=["a"])
+    (tmp_path / "bad.safetensors").write_bytes(data)
+    with pytest.raises(ModelFileError, match="class_names: 1 names for a model whose output has shape \\(3,\\)"):
+        xpcnn.load(tmp_path / "bad.safetensors")
