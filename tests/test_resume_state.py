@@ -138,3 +138,19 @@ def test_class_names_must_name_each_output(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(data)
     with pytest.raises(ModelFileError, match="class_names: 1 names for a model whose output has shape \\(3,\\)"):
         xpcnn.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("calls", ['[{"class": "EarlyStopping", "state": {}, "arrays": "abc"}]',
+                                   '[{"class": "EarlyStopping", "state": {}, "arrays": 9}]', '{"a": 1}',
+                                   '[{"class": 3, "state": {}}]'])
+def test_a_damaged_callbacks_record_is_a_model_file_error(tmp_path, calls):
+    import safetensors.numpy
+
+    early_stopped_run(2, tmp_path / "run")
+    path = checkpoint.latest(tmp_path / "run").path
+    tensors, metadata = fileformat.parse(path.read_bytes(), str(path))
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / path.name
+    bad.write_bytes(safetensors.numpy.save(tensors, {**metadata, "callbacks": calls}))
+    with pytest.raises(ModelFileError, match="checkpoint callbacks"):
+        checkpoint.read(bad)

@@ -335,7 +335,9 @@ def read(path: str | os.PathLike) -> Checkpoint:
     states = []
     for i, call in enumerate(calls):
         count = call.get("arrays")
-        arrays = None if count is None else [tensors.get(f"callbacks/{i}/{j}") for j in range(int(count))]
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10**6):
+            raise _fail(where, f"callbacks: {call['class']}: arrays: expected a count, got {count!r:.40}")
+        arrays = None if count is None else [tensors.get(f"callbacks/{i}/{j}") for j in range(count)]
         if arrays is not None and any(a is None or not np.isfinite(a).all() for a in arrays):
             raise _fail(where, f"callbacks: {call['class']}: missing or non-finite arrays")
         states.append((call["class"], {**call["state"], "arrays": arrays}))
