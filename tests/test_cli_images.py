@@ -109,3 +109,15 @@ def test_docs_images_examples_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "test accuracy" in out and "confusion matrix" in out
     assert (tmp_path / "confusion.png").exists() and "new.png: circle (probability" in out
+
+
+def test_predict_reads_colour_images_for_an_rgb_model_without_class_names(tmp_path, capsys):
+    root = colour_folder(tmp_path / "colours")
+    model = xpcnn.Sequential([layers.Conv2D(4, 3), layers.ReLU(), layers.Flatten(), layers.Dense(3)])
+    model.build((3, 8, 8), seed=0)  # trained on arrays or not at all: no class names
+    assert model.class_names is None
+    path = tmp_path / "rgb.safetensors"
+    model.save(path)
+    assert cli.main(["predict", str(path), str(root / "red" / "1.png")]) == 0
+    probs = xpcnn.to_numpy(model.predict(read_image(root / "red" / "1.png", "rgb", (8, 8))[None] / np.float32(255)))
+    assert capsys.readouterr().out.startswith(f"{root / 'red' / '1.png'}: {int(probs.argmax())} (probability ")

@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=_positive_int, default=1, metavar="K",
                          help="print the K most probable classes of each image (default 1)")
     predict.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                         help="MNIST digits are white on black; 'auto' inverts images whose background is light")
+                         help="for a grayscale model without class names (MNIST digits are white on black): "
+                              "'auto' inverts images whose background is light")
 
     export = sub.add_parser("export", help="write a saved model as an ONNX graph (needs the onnx extra)")
     export.add_argument("model", help="model file (or checkpoint directory)")
@@ -271,7 +272,7 @@ def cmd_predict(args) -> int:
         load(args.model, backend=backend_option(args.backend))
     color = "rgb" if model.input_shape[0] == 3 else "gray"
     for path in files:
-        pixels = read_color_image(path, color, model.input_shape[1:]) if model.class_names \
+        pixels = read_color_image(path, color, model.input_shape[1:]) if model.class_names or color == "rgb" \
             else read_image(path, model.input_shape, args.invert)
         x = to_device(pixels[None].astype(model.dtype) / np.dtype(model.dtype).type(255), model.backend)
         probs = to_numpy(model.predict(x))[0]
