@@ -75,7 +75,7 @@ def test_checkpoint_contents_and_pruning(tmp_path):
         f"optimizer/{k}/{s}" for k in ("0.weight", "0.bias", "4.weight", "4.bias") for s in "mv"
     }
     assert len(ckpt.history["loss"]) == 5 and len(ckpt.history["val_accuracy"]) == 5
-    assert ckpt.fit_args == {"batch_size": 16, "shuffle": True, "seed": 5, "initial_lr": 1e-2, "stopped": False}
+    assert ckpt.fit_args == {"batch_size": 16, "shuffle": True, "seed": 5, "initial_lr": 1e-2}
     # a checkpoint is a model file too, and a directory loads its newest checkpoint
     for source in (ckpt.path, tmp_path):
         assert_same_weights(xpcnn.load(source, backend="numpy"), model)

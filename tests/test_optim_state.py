@@ -126,3 +126,12 @@ def test_loaded_state_must_fit_the_parameters_slot_for_slot():
     fresh.fit(x, y, epochs=1, batch_size=16, optimizer=same, verbose=0, seed=4)
     model.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0, seed=4)
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), model.get_weights()))
+
+
+def test_the_compiled_jax_step_refuses_another_models_optimizer_too(jax_x64):
+    x, y = data()
+    first, second = (net().build((1, 8, 8), seed=s, dtype="float64", backend="jax") for s in (1, 2))
+    adam = optim.Adam(1e-2)
+    first.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)  # jax: the compiled step by default
+    with pytest.raises(xpcnn.errors.ArgumentError, match="taken 3 steps on another model"):
+        second.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)

@@ -2,6 +2,7 @@
 best weights, whether the run had stopped), the initial learning rate a CLI schedule counts from,
 and the image folder's split seed; and class names that must match the model's outputs."""
 
+import contextlib
 import os
 
 import numpy as np
@@ -44,9 +45,10 @@ def test_the_checkpoint_keeps_the_initial_lr_and_whether_the_run_stopped(tmp_pat
     _, _, stopper = early_stopped_run(12, tmp_path)
     ckpt = checkpoint.latest(tmp_path)
     assert ckpt.epoch == stopper.stopped_epoch + 1
-    assert ckpt.fit_args["stopped"] is True and ckpt.fit_args["initial_lr"] == 3e-3
+    assert ckpt.fit_args["initial_lr"] == 3e-3
     (name, state), = ckpt.callback_states
-    assert name == "EarlyStopping" and state["best_epoch"] == stopper.best_epoch and len(state["arrays"]) == 4
+    assert name == "EarlyStopping" and state["stopped"] is True and state["monitor"] == "val_loss"
+    assert state["best_epoch"] == stopper.best_epoch and len(state["arrays"]) == 4
 
 
 def test_a_model_file_with_callback_tensors_is_refused(tmp_path):
@@ -123,13 +125,15 @@ def test_cli_resume_splits_the_folder_with_the_checkpointed_seed(shapes, tmp_pat
 def test_class_names_must_name_each_output(tmp_path):
     model = xpcnn.Sequential([layers.Flatten(), layers.Dense(3)])
     model.class_names = ["a"]  # unbuilt: checked once the output is known
-    model.build((1, 4, 4))
+    with pytest.raises(ArgumentError, match="1 names for a model whose output has shape \\(3,\\)"):
+        model.build((1, 4, 4))
     with pytest.raises(ArgumentError, match="1 names for a model whose output has shape \\(3,\\)"):
         model.save(tmp_path / "m.safetensors")
     with pytest.raises(ArgumentError, match="class_names"):
         model.class_names = ["a", "b"]
-    with pytest.raises(xpcnn.errors.ArgumentTypeError, match="class_names: expected a list of strings"):
-        model.class_names = "abc"
+    for bad in ("abc", ["a", "a", "b"], ["a", "", "b"], [1, 2, 3]):
+        with pytest.raises(xpcnn.errors.ArgumentTypeError, match="class_names: expected a list of distinct"):
+            model.class_names = bad
     model.class_names = ("a", "b", "c")
     assert model.class_names == ["a", "b", "c"]
     # a file that says otherwise (written by hand: save refuses it) is a ModelFileError at load
@@ -154,3 +158,91 @@ def test_a_damaged_callbacks_record_is_a_model_file_error(tmp_path, calls):
     bad.write_bytes(safetensors.numpy.save(tensors, {**metadata, "callbacks": calls}))
     with pytest.raises(ModelFileError, match="checkpoint callbacks"):
         checkpoint.read(bad)
+
+
+def test_a_callback_that_stops_a_job_does_not_end_the_run():
+    """A per-job budget stops fit (trainer.stop_training) and the next job resumes: only a callback
+    whose state says it stopped the run (EarlyStopping) keeps it stopped."""
+    from xpcnn.callbacks import Callback
+
+    class EpochsPerJob(Callback):
+        def on_train_begin(self, logs):
+            self.done = 0
+
+        def on_epoch_end(self, epoch, logs):
+            self.done += 1
+            self.trainer.stop_training = self.done >= 2
+
+    import tempfile
+
+    x, y = tiny_data(32)
+    with tempfile.TemporaryDirectory() as directory:
+        done = [len(tiny_model().fit(x, y, epochs=6, batch_size=8, verbose=0, callbacks=[EpochsPerJob()],
+                                     checkpoint_dir=directory, resume_from=directory).history["loss"])
+                for _ in range(3)]
+    assert done == [2, 4, 6]
+
+
+def test_callback_state_is_checked_where_it_is_written_and_where_it_is_read(tmp_path):
+    from xpcnn.callbacks import Callback
+
+    class Kept(Callback):
+        def __init__(self, state):
+            self.state = state
+
+        def get_state(self):
+            return self.state
+
+    x, y = tiny_data(32)
+    for state, match in (({"n": np.int64(3), "arrays": [np.ones(2)]}, None), ({"n": object()}, "JSON values"),
+                         ({"arrays": [np.arange(3)]}, "finite floating-point"), ([1], "expected a dict"),
+                         ({"n": float("nan")}, "JSON values")):
+        directory = tmp_path / str(len(os.listdir(tmp_path)))
+        with pytest.raises(xpcnn.errors.ArgumentTypeError, match=match) if match else contextlib.nullcontext():
+            tiny_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[Kept(state)], checkpoint_dir=directory)
+        if match is None:
+            (name, kept), = checkpoint.latest(directory).callback_states
+            assert name == "Kept" and kept["n"] == 3 and np.array_equal(kept["arrays"][0], np.ones(2))
+    # read back into an EarlyStopping that watches something else: a clear error, not a swap
+    early_stopped_run(2, tmp_path / "es")
+    model = tiny_model()
+    with pytest.raises(ModelFileError, match=r"kept for monitor 'val_loss' \(min\), this one watches 'val_accuracy'"):
+        model.fit(*tiny_data(), epochs=3, batch_size=16, verbose=0, validation_data=tiny_data(32, 1),
+                  callbacks=[EarlyStopping("val_accuracy")], resume_from=tmp_path / "es")
+
+
+@pytest.mark.parametrize("change", [{"wait": 1e400}, {"best": "nan"}, {"best": float("inf")}, {"wait": -1},
+                                    {"stopped_epoch": True}])
+def test_crafted_early_stopping_state_is_refused_before_training(tmp_path, change):
+    import json
+
+    import safetensors.numpy
+
+    early_stopped_run(2, tmp_path / "run")
+    path = checkpoint.latest(tmp_path / "run").path
+    tensors, metadata = fileformat.parse(path.read_bytes(), str(path))
+    calls = json.loads(metadata["callbacks"])
+    calls[0]["state"].update(change)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / path.name).write_bytes(safetensors.numpy.save(
+        tensors, {**metadata, "callbacks": json.dumps(calls)}))
+    # (JSON has no Infinity: that record is refused as the file is read, the others as they are given back)
+    unreadable = any(isinstance(v, float) and abs(v) == float("inf") for v in change.values())
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint") if unreadable else contextlib.nullcontext(), \
+            pytest.raises(ModelFileError, match="EarlyStopping: its state does not fit|no valid checkpoint"):
+        early_stopped_run(5, tmp_path / "bad", resume=True)
+
+
+def test_a_copied_or_pickled_optimizer_is_unbound():
+    import copy
+    import pickle
+
+    x, y = tiny_data(32)
+    model = tiny_model()
+    adam = optim.Adam(1e-2)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, optimizer=adam)
+    model_copy, adam_copy = copy.deepcopy((model, adam))
+    model_copy.fit(x, y, epochs=1, batch_size=8, verbose=0, optimizer=adam_copy, seed=1)  # binds to the copy
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, optimizer=adam, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), model_copy.get_weights()))
+    assert pickle.loads(pickle.dumps(adam)).steps == adam.steps == 8

@@ -54,11 +54,15 @@ class Callback:
 
     def get_state(self) -> dict[str, Any] | None:
         """What a checkpoint keeps of this callback so that a resumed fit continues exactly: JSON
-        values, and NumPy arrays as a list under ``"arrays"``; None (the default): nothing."""
+        values, finite floating-point arrays as a list under ``"arrays"``, and ``"stopped": True``
+        when it has stopped the run (a resumed fit then trains no further); None (the default):
+        nothing. A resumed fit gives each callback the state kept for the one of its class at its
+        place among them."""
         return None
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Take back :meth:`get_state` output (a resumed fit calls it after ``on_train_begin``)."""
+        """Take back :meth:`get_state` output (a resumed fit calls it after ``on_train_begin``);
+        a ValueError, KeyError or TypeError says the state does not fit this callback."""
 
 
 class History(Callback):
@@ -194,7 +198,6 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch, logs):
         t = self.trainer
         fit_args = {k: t.params[k] for k in ("batch_size", "shuffle", "seed", "initial_lr")}
-        fit_args["stopped"] = bool(t.stop_training)  # a resumed fit then trains no further
         states = [(type(cb).__name__, cb.get_state()) for cb in t.callbacks]
         self.last_path = checkpoint.save(self.directory, model=t.model, optimizer=t.optimizer, rng=t.rng,
                                          epoch=epoch + 1, history=t.history.history, fit_args=fit_args, keep=self.keep,
@@ -353,14 +356,21 @@ class EarlyStopping(Callback):
 
     def get_state(self):
         arrays = None if self.best_weights is None else [to_numpy(w) for w in self.best_weights]
-        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
-                "best_epoch": self.best_epoch, "arrays": arrays}
+        return {"monitor": self.monitor, "mode": self.mode, "wait": self.wait, "stopped_epoch": self.stopped_epoch,
+                "best": self.best, "best_epoch": self.best_epoch, "stopped": self.stopped_epoch > 0, "arrays": arrays}
 
     def set_state(self, state):
-        self.wait, self.stopped_epoch, self.best_epoch = (int(state[k]) for k in ("wait", "stopped_epoch",
-                                                                                   "best_epoch"))
-        self.best = None if state["best"] is None else float(state["best"])
-        self.best_weights = state["arrays"]
+        if (state["monitor"], state["mode"]) != (self.monitor, self.mode):
+            raise ValueError(f"kept for monitor {state['monitor']!r} ({state['mode']}), this one watches "
+                             f"{self.monitor!r} ({self.mode})")
+        counts, best, arrays = [state[k] for k in ("wait", "stopped_epoch", "best_epoch")], state["best"], state[
+            "arrays"]
+        shapes = [tuple(w.shape) for w in self.trainer.model.get_weights()]
+        if not (all(type(c) is int and 0 <= c < 2**31 for c in counts)
+                and (best is None or type(best) in (int, float) and math.isfinite(best))
+                and (arrays is None or [tuple(a.shape) for a in arrays] == shapes)):
+            raise ValueError(f"counts {counts}, best {best!r:.40} or best weights that do not fit this model")
+        (self.wait, self.stopped_epoch, self.best_epoch), self.best, self.best_weights = counts, best, arrays
 
     def on_train_end(self, logs):
         if self.restore_best_weights and self.best_weights is not None:

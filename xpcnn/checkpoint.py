@@ -83,12 +83,20 @@ def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.r
     record, tensors = optimizer_record(optimizer, model)
     calls = []
     for i, (name, state) in enumerate(callback_states):
-        arrays = state.get("arrays")
-        tensors.update({f"callbacks/{i}/{j}": np.ascontiguousarray(to_numpy(a)) for j, a in enumerate(arrays or [])})
+        if not isinstance(state, dict) or not isinstance(state.get("arrays", []), (list, tuple, type(None))):
+            raise ArgumentTypeError(f"callbacks: {name}.get_state(): expected a dict, its 'arrays' a list or None")
+        arrays = [np.array(to_numpy(a), order="C") for a in state.get("arrays") or []]
+        if not all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in arrays):
+            raise ArgumentTypeError(f"callbacks: {name}.get_state(): 'arrays' must hold finite floating-point arrays")
+        tensors.update({f"callbacks/{i}/{j}": a for j, a in enumerate(arrays)})
         calls.append({"class": name, "state": {k: v for k, v in state.items() if k != "arrays"},
-                      "arrays": None if arrays is None else len(arrays)})
+                      "arrays": None if state.get("arrays") is None else len(arrays)})
+    try:  # NumPy scalars become Python numbers; anything else that JSON cannot hold is named
+        callbacks_json = json.dumps(calls, allow_nan=False, default=np.generic.item)
+    except (TypeError, ValueError) as e:
+        raise ArgumentTypeError(f"callbacks: get_state() must return JSON values besides 'arrays' ({e})") from None
     metadata = {
-        "callbacks": json.dumps(calls),
+        "callbacks": callbacks_json,
         "epoch": str(int(epoch)),
         "optimizer": json.dumps(record),
         "rng": json.dumps(rng.bit_generator.state),
@@ -348,16 +356,18 @@ def read(path: str | os.PathLike) -> Checkpoint:
 def restore_callbacks(ckpt: Checkpoint, callbacks) -> bool:
     """Give each callback with state (:meth:`~xpcnn.callbacks.Callback.get_state`) the state the
     checkpoint kept for the callback of its class at its place among them (one the checkpoint
-    has none for starts afresh); True when the checkpointed run had stopped early."""
-    saved = list(ckpt.callback_states)
+    has none for starts afresh); True when one of them had stopped the run."""
+    saved, stopped = list(ckpt.callback_states), False
     for cb in callbacks:
         if cb.get_state() is None or not saved or saved[0][0] != type(cb).__name__:
             continue
+        state = saved.pop(0)[1]
         try:
-            cb.set_state(saved.pop(0)[1])
-        except (KeyError, TypeError, ValueError) as e:
-            raise _fail(os.fspath(ckpt.path), f"callbacks: {type(cb).__name__}: bad state ({e})") from None
-    return bool(ckpt.fit_args.get("stopped"))
+            cb.set_state(state)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise _fail(os.fspath(ckpt.path), f"callbacks: {type(cb).__name__}: its state does not fit ({e})") from None
+        stopped = stopped or state.get("stopped") is True
+    return stopped
 
 
 def latest(directory: str | os.PathLike) -> Checkpoint | None:

@@ -410,11 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # a reader that stopped early (xpcnn predict ... | head): quiet, as Python's docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except OSError as e:  # a disk that filled up, a file that vanished: the message says which
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except MemoryError:  # e.g. a model file whose input shape is too large for this machine
-        print("error: out of memory (a model input or a batch too large for this machine)", file=sys.stderr)
+    except (OSError, MemoryError) as e:  # a full disk, a vanished file, an input too large for memory
+        print(f"error: {e or 'out of memory'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -98,6 +98,7 @@ class CompiledStep:
     def __call__(self, xb, yb):
         model, optimizer = self.model, self.optimizer
         params_slots = model.named_parameters()
+        optimizer.bind(model, params_slots)
         optimizer.check_state_location(params_slots)
         params, buffers = _arrays(model)
         state = {key: optimizer.state[key] if key in optimizer.state else optimizer.initial_state(params[key])

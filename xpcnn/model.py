@@ -84,14 +84,14 @@ class Sequential(Container):
 
     @class_names.setter
     def class_names(self, names) -> None:
-        if names is not None:
-            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-                raise ArgumentTypeError(f"class_names: expected a list of strings or None, got {names!r:.80}")
-            if self.built_output_shape not in (None, (len(names),)):
-                raise ArgumentError(f"class_names: {len(names)} names for a model whose output has shape "
-                                    f"{self.built_output_shape}: expected one name per output")
-            names = list(names)
-        self._class_names = names
+        if names is not None and (not isinstance(names, (list, tuple)) or len(set(names)) != len(names)
+                                  or not all(isinstance(n, str) and n for n in names)):
+            raise ArgumentTypeError(f"class_names: expected a list of distinct non-empty strings or None, got "
+                                    f"{names!r:.80}")
+        if names is not None and self.built_output_shape not in (None, (len(names),)):
+            raise ArgumentError(f"class_names: {len(names)} names for a model whose output has shape "
+                                f"{self.built_output_shape}: expected one name per output")
+        self._class_names = None if names is None else list(names)
 
     # ---------------------------------------------------------------- building
 
@@ -169,6 +169,7 @@ class Sequential(Container):
                 layer.counter = 0
         self.input_shape, self.built_output_shape = shape, out
         self.backend, self.dtype, self.seed = backend, dtype, int(seed)
+        self.class_names = self.class_names  # names given before build: one per output
 
     def named_parameters(self) -> list:
         """(key, layer, name) for every parameter (see :meth:`Container.named_parameters`), listed

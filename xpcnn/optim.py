@@ -80,8 +80,7 @@ class Optimizer:
             raise ArgumentError(f"model: expected an xpcnn Sequential, got {type(model).__name__}")
         slots = model.named_parameters()
         check_gradients(slots)
-        if self._model is None or self._model() is not model:
-            self._bind(model, slots)
+        self.bind(model, slots)
         self.check_state_location(slots)
         self.steps += 1
         scalars = self.scalars(self.steps)
@@ -151,13 +150,16 @@ class Optimizer:
         held = [self.state[k] if k in self.state else self.initial_state(p) for k, p in zip(keys, params)]
         return flat_p, {n: concat_flat(xp, [h[n] for h in held]) for n in held[0]}
 
-    def _bind(self, model, slots) -> None:
-        """Make the state this model's: as a PyTorch optimizer belongs to its parameters, the state
-        of another model's is an error (it would move these weights with that one's moments), and
-        loaded state must fit these parameters, slot for slot and shape for shape."""
+    def bind(self, model, slots) -> None:
+        """Make the state ``model``'s (``slots``: its ``named_parameters()``), before its first step:
+        as a PyTorch optimizer belongs to its parameters, one that stepped another model is an
+        error (its state and step count are that model's), and loaded state must fit these
+        parameters, slot for slot and shape for shape. A copy or a pickle is unbound."""
+        if self._model is not None and self._model() is model:
+            return
         if self._model is not None and self.steps:
-            raise ArgumentError(f"optimizer: it has taken {self.steps} steps on another model, whose moments it "
-                                f"holds; give this model its own optimizer ({type(self).__name__}(...))")
+            raise ArgumentError(f"optimizer: it has taken {self.steps} steps on another model, whose run it "
+                                f"belongs to; give this model its own optimizer ({type(self).__name__}(...))")
         shapes = {key: (layer.params[name], tuple(layer.params[name].shape)) for key, layer, name in slots}
         for key, state in self.state.items():
             if key not in shapes:
@@ -169,6 +171,9 @@ class Optimizer:
                 raise ArgumentError(f"optimizer: state of {key!r} is {got}; {type(self).__name__} needs "
                                     f"{sorted(expected)} of shape {shape} for this model's parameter")
         self._model = weakref.ref(model)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None, "_flat": None}  # a weak reference does not copy
 
     def check_state_location(self, slots) -> None:
         """The state must live where the parameters do: after ``model.to(...)`` it moves with

@@ -384,10 +384,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
     if resume_from is not None:
         optimizer, rng, initial_epoch, past, ckpt = _resume(model, resume_from, optimizer)
         if verbose:
-            print(f"resumed from {ckpt.path}: " + (
-                f"that run stopped early, after {initial_epoch} epochs" if ckpt.fit_args.get("stopped") else
-                f"epoch {initial_epoch} of {epochs} done, continuing with epoch {initial_epoch + 1}"
-                if initial_epoch < epochs else f"all {epochs} epochs done"))
+            print(f"resumed from {ckpt.path}: epoch {initial_epoch} of {epochs} done, continuing with epoch "
+                  f"{initial_epoch + 1}" if initial_epoch < epochs
+                  else f"resumed from {ckpt.path}: all {epochs} epochs done")
     else:
         if not model.built and is_dataset(x):
             model.build(tuple(x.sample_shape), seed=seed, dtype="float32")
@@ -433,7 +432,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
 
     for cb in everything:
         cb.on_train_begin({})
-    stopped = ckpt is not None and checkpoint.restore_callbacks(ckpt, everything)  # stopped early: no more epochs
+    stopped = ckpt is not None and checkpoint.restore_callbacks(ckpt, everything)  # a callback stopped the run
     try:
         for epoch in range(initial_epoch, initial_epoch if stopped else epochs):
             for cb in everything:

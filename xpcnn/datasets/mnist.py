@@ -21,7 +21,6 @@ import http.client
 import importlib.resources
 import io
 import os
-import tempfile
 import urllib.request
 import warnings
 import zipfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, DataError, DTypeError, ShapeError
+from ..fileformat import write_atomic
 
 SOURCES = ("mnist5k", "mnist")
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -231,22 +231,12 @@ def _read_cache(cache):
 def _write_cache(cache, arrays):
     # A cache that cannot be written only costs a re-parse next time; never fail the load.
     try:
-        _write_atomic(cache, lambda f: np.savez(f, **arrays))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(cache, buffer.getvalue())
     except OSError as exc:
         warnings.warn(f"could not write the MNIST cache {cache}: {exc}", stacklevel=3)
-
-
-def _write_atomic(target, write):
-    """Write through a temp file in target's directory, then os.replace: never half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- full MNIST ----------------------------------------------------------------------------------
@@ -406,7 +396,8 @@ def _download_missing(target, searched):
         if data is None:
             raise DataError(_missing_message(searched, failures))
         try:
-            _write_atomic(target / name, lambda f, data=data: f.write(data))
+            target.mkdir(parents=True, exist_ok=True)
+            write_atomic(target / name, data)
         except OSError as exc:
             raise DataError(f"downloaded {name} but cannot write it to {target}: {exc}") from exc
 
