@@ -110,7 +110,10 @@ def test_loaded_state_must_fit_the_parameters_slot_for_slot():
     adam = optim.Adam(1e-2)
     model.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)
     sgd = optim.SGD(0.1, momentum=0.9)
-    sgd.load_state_dict(adam.state_dict())  # moments m, v where SGD keeps a momentum buffer
+    with pytest.raises(xpcnn.errors.ArgumentError, match=r"state\['hyper'\]: not SGD's hyper-parameters"):
+        sgd.load_state_dict(adam.state_dict())  # betas, eps: Adam's
+    sgd.load_state_dict({k: v for k, v in adam.state_dict().items() if k != "hyper"})  # moments m, v where SGD
+    # keeps a momentum buffer
     fresh = net().build((1, 8, 8), seed=1, dtype="float64", backend="numpy")
     with pytest.raises(xpcnn.errors.ArgumentError, match=r"SGD needs \['momentum'\]"):
         fresh.fit(x, y, epochs=1, batch_size=16, optimizer=sgd, verbose=0)
@@ -135,3 +138,15 @@ def test_the_compiled_jax_step_refuses_another_models_optimizer_too(jax_x64):
     first.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)  # jax: the compiled step by default
     with pytest.raises(xpcnn.errors.ArgumentError, match="taken 3 steps on another model"):
         second.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)
+
+
+def test_load_state_dict_restores_the_hyper_parameters_as_pytorch_does():
+    x, y = data()
+    model = net().build((1, 8, 8), seed=1, dtype="float64", backend="numpy")
+    adam = optim.Adam(1e-3, betas=(0.8, 0.99), weight_decay=0.01)
+    model.fit(x, y, epochs=1, batch_size=16, optimizer=adam, verbose=0)
+    other = optim.Adam(0.5)
+    other.load_state_dict(adam.state_dict())
+    assert (other.lr, other.betas, other.eps, other.weight_decay) == (1e-3, (0.8, 0.99), adam.eps, 0.01)
+    with pytest.raises(xpcnn.errors.ArgumentError, match="lr"):
+        other.load_state_dict({**adam.state_dict(), "hyper": {**adam.hyper(), "lr": -1.0}})

@@ -217,7 +217,8 @@ class Optimizer:
         return {"hyper": self.hyper(), "steps": self.steps, "state": {k: dict(v) for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (step counter and per-parameter state arrays)."""
+        """Restore :meth:`state_dict` output: step counter, per-parameter state arrays and, when it
+        has them, the hyper-parameters (the learning rate...), as PyTorch's ``load_state_dict``."""
         steps = state.get("steps") if isinstance(state, dict) else None
         buffers = state.get("state") if isinstance(state, dict) else None
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or not isinstance(buffers, dict):
@@ -225,6 +226,11 @@ class Optimizer:
                                 f"state_dict()), got {state!r:.200}")
         if not all(isinstance(v, dict) for v in buffers.values()):
             raise ArgumentError("state['state']: expected a dict of per-parameter dicts of arrays")
+        if "hyper" in state:  # as PyTorch's, the hyper-parameters too, checked as the constructor checks them
+            try:
+                vars(self).update({k: getattr(type(self)(**state["hyper"]), k) for k in state["hyper"]})
+            except TypeError as e:
+                raise ArgumentError(f"state['hyper']: not {type(self).__name__}'s hyper-parameters ({e})") from None
         self.steps = steps
         self.state = {k: dict(v) for k, v in buffers.items()}
         self._flat = self._model = None  # checked against the parameters of the next step's model
