@@ -363,8 +363,8 @@ class EarlyStopping(Callback):
         if (state["monitor"], state["mode"]) != (self.monitor, self.mode):
             raise ValueError(f"kept for monitor {state['monitor']!r} ({state['mode']}), this one watches "
                              f"{self.monitor!r} ({self.mode})")
-        counts, best, arrays = [state[k] for k in ("wait", "stopped_epoch", "best_epoch")], state["best"], state[
-            "arrays"]
+        counts = [state[k] for k in ("wait", "stopped_epoch", "best_epoch")]
+        best, arrays = state["best"], state["arrays"]
         shapes = [tuple(w.shape) for w in self.trainer.model.get_weights()]
         if not (all(type(c) is int and 0 <= c < 2**31 for c in counts)
                 and (best is None or type(best) in (int, float) and math.isfinite(best))
