@@ -16,9 +16,10 @@ float32: milliseconds per call of each part of xpcnn's conv2d (``xpcnn.functiona
 
 then xpcnn's whole forward and backward (the first layer skips its input gradient, as in a
 network) against ``torch.nn.functional.conv2d`` forward and backward on the same arrays
-(oneDNN's direct convolution), and the three GEMMs alone against PyTorch's whole conv. All
-contenders alternate round by round (a round: one untimed call, then ~0.15 s of calls); each
-figure is the median of --repeats rounds.
+(oneDNN's direct convolution), and the GEMMs timed alone against PyTorch's whole conv. xpcnn's
+parts alternate round by round (a round: one untimed call, then ~0.15 s of calls), then
+PyTorch's conv runs alone in rounds of its own (alternated with NumPy its thread pool starts
+cold every round); each figure is the median of --repeats rounds.
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ def main(argv=None) -> int:
     print("\nms per call, float32, 3x3 stride 1 pad 1, median of alternating rounds")
     for n, c, o, h, first in LAYERS:
         named = parts(n, c, o, h, first)
+        # PyTorch's conv is timed on its own: alternated with NumPy's calls its thread pool starts
+        # cold every round, and it reads several times slower than alone.
+        torch_conv = named.pop("torch conv2d forward + backward")
         times = dict(zip(named, harness.alternating_median_ms(list(named.values()), args.repeats, round_s=0.15)))
+        times["torch conv2d forward + backward"], = harness.alternating_median_ms([torch_conv], args.repeats,
+                                                                                   round_s=0.15)
         gemms = sum(t for name, t in times.items() if name.endswith("GEMM"))
         moves = sum(t for name, t in times.items() if name in ("columns", "grad_y matrix", "fold"))
         ours, theirs = times["xpcnn conv2d forward + backward"], times["torch conv2d forward + backward"]
