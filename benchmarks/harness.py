@@ -596,8 +596,10 @@ def alternating_median_ms(fns, repeats: int, round_s: float | None = None) -> li
 def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
     """Images/s of each workload: warm up (at least two steps and ``warmup_s``), size a round to
     about ``round_s``, then ``repeats`` rounds per workload, alternating round-robin with the
-    first one rotating. Every round's last training loss must be finite (:class:`DivergedError`).
-    Returns {name: Result}."""
+    first one rotating. Each round first runs a tenth of its steps (at least one) untimed: on 2
+    cores the other library's threads still spin after its round, and a thread pool that slept
+    wakes up slower, so the first steps after a switch are not the library's speed. Every
+    round's last training loss must be finite (:class:`DivergedError`). Returns {name: Result}."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     steps = {}
@@ -616,6 +618,8 @@ def measure(workloads, *, repeats=5, round_s=0.5, warmup_s=0.3) -> dict:
         for w in workloads[r % len(workloads):] + workloads[:r % len(workloads)]:
             k = steps[w.name]
             gc.collect()
+            for _ in range(max(1, k // 10)):
+                w.step()
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(k):
