@@ -110,8 +110,8 @@ def test_bad_schedules_are_xpcnn_errors():
     x, y = data()
     with pytest.raises(ArgumentTypeError, match="schedule: expected a function"):
         LearningRateScheduler(0.1)
-    for bad in (0.0, -1.0, float("nan"), "0.1", None):
-        with pytest.raises(ArgumentError, match=r"schedule: expected a finite learning rate > 0 for epoch 1, got"):
+    for bad in (-1.0, float("nan"), "0.1", None):
+        with pytest.raises(ArgumentError, match=r"schedule: expected a finite learning rate >= 0 for epoch 1, got"):
             linear_model().fit(x, y, epochs=1, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr, v=bad: v)])
     for make in (lambda: cosine_schedule(0, 3), lambda: cosine_schedule(0.1, 0), lambda: cosine_schedule(0.1, 3, 0.2),
                  lambda: step_schedule(0.1, [-1]), lambda: step_schedule(0.1, [1], gamma=0)):
@@ -220,3 +220,13 @@ def test_terminal_progress_ends_each_epoch_with_a_full_summary_line():
     pattern = (r"epoch 2/2 - [0-9.]+s - loss [0-9.]+ - accuracy [0-9.]+ - val_loss [0-9.]+ - val_accuracy [0-9.]+"
                r" - lr 0.1")
     assert re.fullmatch(pattern, lines[1]), lines
+
+
+def test_a_cosine_schedule_run_past_its_length_trains_at_rate_zero_as_pytorch():
+    x, y = data()
+    model = linear_model()
+    history = model.fit(x, y, epochs=4, verbose=0, callbacks=[LearningRateScheduler(cosine_schedule(0.1, 3))])
+    assert history.history["lr"][3] == 0.0
+    last = [w.copy() for w in model.get_weights()]
+    model.fit(x, y, epochs=1, verbose=0, optimizer=optim.SGD(0.0))  # torch.optim.SGD(lr=0) moves nothing either
+    assert all(np.array_equal(a, b) for a, b in zip(last, model.get_weights()))

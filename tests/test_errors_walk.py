@@ -315,7 +315,7 @@ def layer_classes() -> list[str]:
 
 # optim
 case("xpcnn.optim.Optimizer", "lr", lambda: optim.Optimizer(-1.0))
-case("xpcnn.optim.SGD", "lr", lambda: optim.SGD(0))
+case("xpcnn.optim.SGD", "lr", lambda: optim.SGD(-0.1))
 case("xpcnn.optim.SGD", "lr", lambda: optim.SGD("0.1"))
 case("xpcnn.optim.SGD", "momentum", lambda: optim.SGD(0.1, momentum=-0.5))
 case("xpcnn.optim.SGD", "nesterov", lambda: optim.SGD(0.1, nesterov="yes"))

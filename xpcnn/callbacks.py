@@ -231,8 +231,8 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs):
         optimizer = self.trainer.optimizer
         lr = self.schedule(epoch, optimizer.lr)
-        if not _positive_finite(lr):
-            raise ArgumentError(f"schedule: expected a finite learning rate > 0 for epoch {epoch + 1}, got {lr!r}")
+        if not (lr == 0 or _positive_finite(lr)):  # 0 as torch.optim allows: a cosine run past its length
+            raise ArgumentError(f"schedule: expected a finite learning rate >= 0 for epoch {epoch + 1}, got {lr!r}")
         if self.verbose and float(lr) != optimizer.lr:
             print(f"epoch {epoch + 1}: learning rate {optimizer.lr:.4g} -> {float(lr):.4g}", flush=True)
         optimizer.lr = float(lr)

@@ -63,7 +63,7 @@ class Optimizer:
     step to step: learning rate, bias corrections) and :meth:`update` (the pure rule)."""
 
     def __init__(self, lr: float) -> None:
-        self.lr = _check_hyper("lr", lr, strict_low=True)
+        self.lr = _check_hyper("lr", lr)  # 0 allowed, as torch.optim: a schedule may end there
         self.state: dict[str, dict[str, Any]] = {}
         self.steps = 0
         self._flat = None  # see _step_flat
