@@ -81,7 +81,7 @@ def test_adamw_float32_stays_float32_and_state_is_saved_by_name():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"lr": 0}, "lr: expected a value > 0"), ({"weight_decay": -1}, "weight_decay"),
+    ({"lr": -1e-3}, "lr: expected a value >= 0"), ({"weight_decay": -1}, "weight_decay"),
     ({"betas": (0.9,)}, "betas: expected a pair"), ({"eps": float("nan")}, "eps")])
 def test_adamw_bad_hyper_parameters(kwargs, match):
     with pytest.raises(ArgumentError, match=match):

@@ -554,8 +554,7 @@ def test_model_backward_before_forward_and_step_before_backward():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: optim.SGD(lr=-0.1), r"^lr: expected a value > 0.0, got -0.1"),
-        (lambda: optim.SGD(lr=0), r"^lr: expected a value > 0.0, got 0"),
+        (lambda: optim.SGD(lr=-0.1), r"^lr: expected a value >= 0.0, got -0.1"),
         (lambda: optim.SGD(lr=float("nan")), r"^lr: expected a finite real number, got nan"),
         (lambda: optim.SGD(lr=float("inf")), r"^lr: expected a finite real number, got inf"),
         (lambda: optim.SGD(lr="0.1"), r"^lr: expected a finite real number, got '0.1' \(str\)"),
@@ -566,7 +565,7 @@ def test_model_backward_before_forward_and_step_before_backward():
         (lambda: optim.SGD(lr=0.1, momentum=float("nan")), r"^momentum: expected a finite real number"),
         (lambda: optim.SGD(lr=0.1, weight_decay=-1e-4), r"^weight_decay: expected a value >= 0.0"),
         (lambda: optim.SGD(lr=0.1, nesterov=True), r"^nesterov: needs momentum > 0"),
-        (lambda: optim.Adam(lr=-1e-3), r"^lr: expected a value > 0.0"),
+        (lambda: optim.Adam(lr=-1e-3), r"^lr: expected a value >= 0.0"),
         (lambda: optim.Adam(betas=(1.0, 0.999)), r"^betas\[0\]: expected a value >= 0.0 and < 1.0, got 1.0"),
         (lambda: optim.Adam(betas=(0.9, -0.1)), r"^betas\[1\]: expected a value >= 0.0 and < 1.0"),
         (lambda: optim.Adam(betas=(0.9,)), r"^betas: expected a pair \(beta1, beta2\)"),
