@@ -1,6 +1,6 @@
 """Named networks for MNIST-sized input (1, 28, 28), returned unbuilt.
 
-``default_cnn``: the network ``xpcnn train`` trains (>= 95% held-out on mnist5k in a few epochs).
+``default_cnn``: the network ``xpcnn train`` trains (its accuracy: README).
 ``notebook_cnn``: the teaching notebook's network, initialised as the notebook does.
 ``resnet8``: a small residual network with BatchNorm (``xpcnn train --model resnet8``).
 """
