@@ -27,6 +27,7 @@ import pytest
 from hypothesis import settings
 
 from xpcnn.backend import BACKENDS, load_backend
+from xpcnn.backend.registry import STATE
 from xpcnn.errors import BackendUnavailableError
 from xpcnn.testing import ALL_BACKENDS, is_gpu_backend
 
@@ -133,6 +134,14 @@ def torch():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)  # see single_threaded_torch
     return torch
+
+
+@pytest.fixture
+def keep_backend_selection():
+    """The selected backend as it was before the test (the CLI's --backend selects one)."""
+    previous = STATE.selected
+    yield
+    STATE.selected = previous
 
 
 @pytest.fixture

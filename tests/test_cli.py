@@ -12,12 +12,7 @@ import pytest
 import xpcnn
 from xpcnn import cli, cli_train
 
-
-@pytest.fixture(autouse=True)
-def keep_backend_selection():
-    previous = xpcnn.backend.registry.STATE.selected
-    yield
-    xpcnn.backend.registry.STATE.selected = previous
+pytestmark = pytest.mark.usefixtures("keep_backend_selection")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from xpcnn.errors import ArgumentError, ModelFileError
 
 from .test_checkpoint import assert_same_weights, tiny_data, tiny_model
 
+pytestmark = pytest.mark.usefixtures("keep_backend_selection")  # the CLI tests run `xpcnn train`
+
 
 def early_stopped_run(epochs, directory=None, resume=False):
     x, y = tiny_data()
@@ -63,13 +65,6 @@ def test_a_model_file_with_callback_tensors_is_refused(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 Image = pytest.importorskip("PIL.Image")
-
-
-@pytest.fixture(autouse=True)
-def keep_backend_selection():
-    previous = xpcnn.backend.registry.STATE.selected
-    yield
-    xpcnn.backend.registry.STATE.selected = previous
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +155,7 @@ def test_a_damaged_callbacks_record_is_a_model_file_error(tmp_path, calls):
         checkpoint.read(bad)
 
 
-def test_a_callback_that_stops_a_job_does_not_end_the_run():
+def test_a_callback_that_stops_a_job_does_not_end_the_run(tmp_path):
     """A per-job budget stops fit (trainer.stop_training) and the next job resumes: only a callback
     whose state says it stopped the run (EarlyStopping) keeps it stopped."""
     from xpcnn.callbacks import Callback
@@ -173,13 +168,10 @@ def test_a_callback_that_stops_a_job_does_not_end_the_run():
             self.done += 1
             self.trainer.stop_training = self.done >= 2
 
-    import tempfile
-
     x, y = tiny_data(32)
-    with tempfile.TemporaryDirectory() as directory:
-        done = [len(tiny_model().fit(x, y, epochs=6, batch_size=8, verbose=0, callbacks=[EpochsPerJob()],
-                                     checkpoint_dir=directory, resume_from=directory).history["loss"])
-                for _ in range(3)]
+    done = [len(tiny_model().fit(x, y, epochs=6, batch_size=8, verbose=0, callbacks=[EpochsPerJob()],
+                                 checkpoint_dir=tmp_path, resume_from=tmp_path).history["loss"])
+            for _ in range(3)]
     assert done == [2, 4, 6]
 
 

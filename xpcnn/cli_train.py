@@ -147,16 +147,15 @@ def _network(name: str):
     return zoo.get(name)
 
 
-def _folder(args):
+def _folder(args, ckpt):
     """--data: ((training subset, None), (held-out subset, None)) of the image folder, and the unbuilt
-    network for its classes with the --augment layers first."""
+    network for its classes with the --augment layers first. Resumed (``ckpt``: the checkpoint
+    ``--resume`` continues), the split is that run's: its held-out images stay held out."""
     if not 0 < args.validation_split < 1:
         raise UsageError(f"--validation-split: expected a fraction in (0, 1), got {args.validation_split}")
     chosen = [a for a in args.augment.split(",") if a]
     if set(chosen) - {"flip", "crop"}:
         raise UsageError(f"--augment: expected a comma-separated list of flip, crop; got {args.augment!r}")
-    # Resumed, the split is the checkpointed run's: its held-out images stay held out.
-    ckpt = latest(args.checkpoint_dir) if args.resume and args.checkpoint_dir else None
     seed = ckpt.fit_args.get("seed") if ckpt is not None else None
     subsets = [image_folder(args.data, image_size=args.image_size, color=args.color,
                             seed=(args.seed or 0) if seed is None else seed,
@@ -173,7 +172,8 @@ def cmd_train(args) -> int:
     model = _network(args.model)
     if not args.data and (args.image_size or args.augment):
         raise UsageError("--image-size and --augment apply to an image folder: add --data DIR")
-    folder = _folder(args) if args.data else None
+    ckpt = latest(args.checkpoint_dir) if args.resume else None  # read once: the split and the resume use it
+    folder = _folder(args, ckpt) if args.data else None
     if folder is not None:
         model = folder[2]
     if backend_option(args.backend) is not None:
@@ -182,7 +182,7 @@ def cmd_train(args) -> int:
     if quiet:
         args.save = args.plot = None
     with _thread_limit(args.threads), contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        return _train(args, model, folder)
+        return _train(args, model, folder, ckpt)
 
 
 def _other_rank(args) -> bool:
@@ -202,15 +202,15 @@ def _settings(args) -> dict:
     return settings
 
 
-def _resume_point(args, model, settings: dict):
+def _resume_point(args, model, settings: dict, ckpt):
     """The checkpoint ``--resume`` continues from (None: none yet), after saying what it keeps.
 
     A checkpoint holds the optimizer (class, learning rate, state), the shuffle state, the dtype
     and the batch size of its run; those win over the options, which are named when they differ.
     ``--epochs`` is the total to reach, and ``--lr-schedule`` sets each epoch's rate from the
-    epoch number, so repeating the first command continues it exactly."""
+    epoch number, so repeating the first command continues it exactly. ``ckpt``: the newest
+    checkpoint of ``--checkpoint-dir``."""
 
-    ckpt = latest(args.checkpoint_dir)
     if ckpt is None:
         print(f"--resume: no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
         return None
@@ -250,13 +250,13 @@ def _schedule_callbacks(args, settings: dict) -> list:
     return callbacks
 
 
-def _train(args, model, folder=None) -> int:
+def _train(args, model, folder=None, ckpt=None) -> int:
 
 
     keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
     settings = _settings(args)
     start = time.perf_counter()
-    resume_from = _resume_point(args, model, settings) if args.resume else None
+    resume_from = _resume_point(args, model, settings, ckpt) if args.resume else None
     (x_train, y_train), (x_test, y_test) = folder[:2] if folder else load_split(args.dataset, args.data_path,
                                                                                  settings["dtype"])
     if resume_from is None:
