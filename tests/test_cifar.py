@@ -58,6 +58,8 @@ def test_the_extracted_folder_or_its_parent(small, tmp_path):
     folder = write_folder(tmp_path, small)
     check(load_data("cifar10", path=folder), small)
     check(load_data("cifar10", path=tmp_path), small)
+    (folder / "data_batch_1").write_bytes(b"\x80\x04junk")  # a stray pickle-version file beside the binary ones
+    check(load_data("cifar10", path=folder), small)
     assert len(cifar.CLASS_NAMES) == 10 and cifar.CLASS_NAMES[0] == "airplane"
     assert RECORDS * cifar.RECORD == len(small["test_batch.bin"][0]) and 10000 * cifar.RECORD == 30_730_000
 

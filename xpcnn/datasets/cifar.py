@@ -42,7 +42,7 @@ def load_data(path):
     path = Path(path).expanduser()
     if path.is_dir() and (path / FOLDER).is_dir():
         path = path / FOLDER
-    if path.name.startswith(("cifar-10-python", "cifar-10-batches-py")) or any(
+    if path.name.startswith(("cifar-10-python", "cifar-10-batches-py")) or not (path / TRAIN_FILES[0]).exists() and any(
             (path / name).exists() for name in ("data_batch_1", "cifar-10-batches-py")):
         raise _pickled(path)
     if path.is_dir():
