@@ -121,3 +121,17 @@ def test_predict_reads_colour_images_for_an_rgb_model_without_class_names(tmp_pa
     assert cli.main(["predict", str(path), str(root / "red" / "1.png")]) == 0
     probs = xpcnn.to_numpy(model.predict(read_image(root / "red" / "1.png", "rgb", (8, 8))[None] / np.float32(255)))
     assert capsys.readouterr().out.startswith(f"{root / 'red' / '1.png'}: {int(probs.argmax())} (probability ")
+
+
+def test_predict_skips_hidden_files_and_folders_as_image_folder_does(trained, tmp_path, capsys):
+    root, path, _ = trained
+    folder = tmp_path / "red"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.png").write_bytes((root / "red" / f"{i}.png").read_bytes())
+    (folder / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble stub")
+    (folder / ".thumbnails").mkdir()
+    (folder / ".thumbnails" / "0.png").write_bytes(b"not read")
+    assert cli.main(["predict", str(path), str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / "0.png"), str(folder / "1.png")]

@@ -240,8 +240,18 @@ def test_bad_batches_are_refused_clearly():
     model = xpcnn.Sequential([layers.Flatten(), layers.Dense(2)])
     with pytest.raises(DTypeError, match="uint8"):
         model.fit(Custom(np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4, np.int64)), verbose=0)
-    with pytest.raises(LabelError, match=r"labels in \[0, 1\].*from 2 to 5"):
+    with pytest.raises(LabelError, match=r"labels of shape \(4,\) in \[0, 1\].*from 2 to 5"):
         model.fit(Custom(np.zeros((4, 1, 2, 2), np.float32), np.arange(4) + 2), verbose=0)
+    x, y = np.zeros((4, 1, 2, 2), np.float32), np.array([0, 1, 1, 0])
+    for bad in (Custom(x, y[:, None]), Custom(x, y)):  # labels (N, 1); then a batch short of labels
+        if bad.y.ndim == 1:
+            bad.batch = lambda indices, b=bad: (b.x[indices], b.y[indices][:-1])
+        with pytest.raises(LabelError, match=r"expected labels of shape \(4,\).*got shape \((4, 1|2,)\)"):
+            model.evaluate(bad, batch_size=4)
+    short = Custom(x, y)
+    short.batch = lambda indices: (x[indices][:-1], y[indices][:-1])
+    with pytest.raises(xpcnn.errors.ShapeError, match=r"4 indices gave x of shape \(2, 1, 2, 2\), expected \(4, 1, 2,"):
+        model.fit(short, batch_size=4, verbose=0)
     with pytest.raises(LabelError, match="3 classes, the model 2"):
         model.evaluate(ArrayDataset(np.zeros((3, 1, 2, 2)), np.zeros(3, np.int64), ["a", "b", "c"]))
     with pytest.raises(xpcnn.errors.ArgumentTypeError, match="y: expected None"):

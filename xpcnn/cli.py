@@ -263,7 +263,8 @@ def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
 def cmd_predict(args) -> int:
     files = []
     for item in map(Path, args.images):
-        found = sorted(f for f in item.rglob("*") if f.suffix.lower() in SUFFIXES) if item.is_dir() else [item]
+        found = sorted(f for f in item.rglob("*") if f.suffix.lower() in SUFFIXES and not any(  # hidden: skipped,
+            part.startswith(".") for part in f.relative_to(item).parts)) if item.is_dir() else [item]  # as image_folder
         if not found:
             raise UsageError(f"IMAGE: no image in the folder {item} or its subfolders (read: files ending in "
                              f"{', '.join(SUFFIXES)})")

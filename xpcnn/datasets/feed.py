@@ -104,23 +104,23 @@ class DatasetFeed:
         self.backend, self.dtype = model.backend, model.dtype
 
     def batch(self, idx: np.ndarray, *, prefetch: bool = False):
-        pair = (self.loader.submit(idx), None)
+        pair = (self.loader.submit(idx), len(idx))
         return pair if prefetch else self.ready(pair)
 
     def ready(self, pair):
-        x, y = pair[0].result()
+        (x, y), n = pair[0].result(), pair[1]
         name = self.name
         x = as_model_dtype(np, as_array(x, f"{name}.batch(...)[0]"), self.dtype, f"{name}.batch(...)[0]")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{name}: a batch has samples of shape {tuple(x.shape[1:])}, the model takes "
-                             f"{self.input_shape}")
+        if tuple(x.shape) != (n, *self.input_shape):
+            raise ShapeError(f"{name}: batch(indices) of {n} indices gave x of shape {tuple(x.shape)}, expected "
+                             f"({n}, {', '.join(map(str, self.input_shape))}) (the model's input)")
         if not np.isfinite(x).all():
             raise DataError(f"{name}: a batch holds NaN or Inf; clean the data first")
         if self.labels and (y is None or not np.issubdtype(np.asarray(y).dtype, np.integer)):
             raise LabelError(f"{name}: the dataset's batch gave no integer labels; fit and evaluate need labelled data")
-        if self.labels and (len(y) != len(x) or np.min(y) < 0 or np.max(y) >= self.classes):
-            raise LabelError(f"{name}: expected {len(x)} labels in [0, {self.classes - 1}] (the model has "
-                             f"{self.classes} outputs), got {len(y)} from {np.min(y)} to {np.max(y)}")
+        if self.labels and (np.shape(y) != (n,) or np.min(y) < 0 or np.max(y) >= self.classes):
+            raise LabelError(f"{name}: expected labels of shape ({n},) in [0, {self.classes - 1}] (the model has "
+                             f"{self.classes} outputs), got shape {np.shape(y)} from {np.min(y)} to {np.max(y)}")
         return to_device(x, self.backend), None if y is None else to_device(np.asarray(y, dtype=np.int64), self.backend)
 
     def close(self) -> None:
