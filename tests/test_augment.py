@@ -49,6 +49,10 @@ def test_translation_shifts_whole_pixels_with_zero_fill():
                    if np.array_equal(y[n], padded[n, :, 2 - dr:8 - dr, 2 - dc:9 - dc])) for n in range(len(X))]
     assert {s[0] for s in shifts} == {s[1] for s in shifts} == {-2, -1, 0, 1, 2}
     assert layers.RandomTranslation(0.5, 0.5).forward(X) is X
+    # the largest shift is floor(factor * size) even where the product rounds below it (0.29 * 100)
+    wide = np.ones((64, 1, 100, 1))
+    shifted = train_forward(layers.RandomTranslation(0.29, 0.0, seed=1), wide)
+    assert shifted[:, 0, :, 0].sum(axis=1).min() == 100 - 29
 
 
 def test_normalize_is_per_channel_in_both_modes():
@@ -58,6 +62,9 @@ def test_normalize_is_per_channel_in_both_modes():
     np.testing.assert_allclose(layer.forward(X, training=True), expected, rtol=1e-15)
     np.testing.assert_allclose(layer.backward(np.ones_like(X)), np.broadcast_to(np.array([0.5, 4.0])[:, None, None],
                                                                                   X.shape))
+    # per-channel statistics as NumPy computes them: a 1-D array, NumPy scalars
+    stats = layers.Normalize(X.mean(axis=(0, 2, 3)), np.float32(2.0))
+    assert stats.mean == [float(m) for m in X.mean(axis=(0, 2, 3))] and stats.std == [2.0]
 
 
 @pytest.mark.parametrize("make", [lambda: layers.RandomFlip("both", seed=2),
@@ -116,6 +123,8 @@ def test_saved_in_the_model_file_and_resumed_exactly(tmp_path):
 
 def test_bad_arguments_are_named():
     for make, name in ((lambda: layers.RandomFlip("diagonal"), "mode"), (lambda: layers.RandomFlip(seed=-1), "seed"),
+                       (lambda: layers.RandomFlip(seed=2**64), "seed"),
+                       (lambda: layers.Normalize(np.zeros(()), 1), "mean"),
                        (lambda: layers.RandomTranslation(1.0, 0.1), "height_factor"),
                        (lambda: layers.Normalize([1.0], [0.0]), "std"), (lambda: layers.RandomCrop(0), "size")):
         with pytest.raises((ArgumentError, ShapeError), match=name):

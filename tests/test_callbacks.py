@@ -113,7 +113,9 @@ def test_bad_schedules_are_xpcnn_errors():
     for bad in (-1.0, float("nan"), "0.1", None):
         with pytest.raises(ArgumentError, match=r"schedule: expected a finite learning rate >= 0 for epoch 1, got"):
             linear_model().fit(x, y, epochs=1, verbose=0, callbacks=[LearningRateScheduler(lambda e, lr, v=bad: v)])
-    for make in (lambda: cosine_schedule(0, 3), lambda: cosine_schedule(0.1, 0), lambda: cosine_schedule(0.1, 3, 0.2),
+    assert cosine_schedule(0, 3)(1, 0.0) == step_schedule(0, [1])(2, 0.0) == 0  # a rate of 0, as torch.optim allows
+    for make in (lambda: cosine_schedule(-0.1, 3), lambda: cosine_schedule(0.1, 0),
+                 lambda: cosine_schedule(0.1, 3, 0.2),
                  lambda: step_schedule(0.1, [-1]), lambda: step_schedule(0.1, [1], gamma=0)):
         with pytest.raises(XpcnnError):
             make()

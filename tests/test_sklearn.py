@@ -25,7 +25,7 @@ except ImportError:
 
 import xpcnn
 from xpcnn import layers
-from xpcnn.sklearn import CNNClassifier
+from xpcnn.sklearn import CNNClassifier, auto_network
 
 from .docs_blocks import python_blocks
 
@@ -94,6 +94,16 @@ def test_constructor_stores_arguments_verbatim_and_validates_in_fit(blobs):
         CNNClassifier(epochs=0).fit(*blobs)
     with pytest.raises(ValueError, match="lr_schedule"):
         CNNClassifier(lr_schedule="step").fit(*blobs)
+    for options in ({"learning_rate": -1}, {"learning_rate": float("nan")}, {"n_iter_no_change": -1},
+                    {"validation_fraction": 5}, {"early_stopping": "yes"}, {"image_shape": 5}):
+        with pytest.raises(ValueError, match=f"^{next(iter(options))}: expected"):
+            CNNClassifier(epochs=1, **options).fit(*blobs)
+    # a rate of 0 is valid with the cosine schedule too: the weights stay where they were drawn
+    still = CNNClassifier(epochs=2, learning_rate=0.0, random_state=0).fit(*blobs)
+    build_seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max, size=2)[0])
+    drawn = auto_network(still.image_shape_, 3).build(still.image_shape_, seed=build_seed)
+    for got, expected in zip(still.model_.get_weights(), drawn.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("labels", [np.array(["cat", "dog", "emu"]), np.array([-3, 7, 40])])
@@ -142,6 +152,10 @@ def test_zoo_name_and_callable_models(digits):
         CNNClassifier(model=lambda k: xpcnn.Sequential([layers.Flatten(), layers.Dense(3)])).fit(X, y)
     with pytest.raises(TypeError, match="model"):
         CNNClassifier(model=3).fit(X, y)
+    shared = xpcnn.Sequential([layers.Flatten(), layers.Dense(10)])  # one object: a second fit would go on training it
+    CNNClassifier(model=lambda k: shared, epochs=1, random_state=0).fit(X, y)
+    with pytest.raises(xpcnn.errors.ArgumentError, match="model: the callable returned a built Sequential"):
+        CNNClassifier(model=lambda k: shared, epochs=1, random_state=0).fit(X, y)
 
 
 def test_unbuilt_sequential_model_is_copied_at_each_fit(digits):

@@ -211,7 +211,11 @@ def _verbose(value: Any, allowed: tuple[int, ...]) -> int:
 
 
 def _positive_finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+    return _finite_non_negative(value) and value > 0
+
+
+def _finite_non_negative(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0
 
 
 class LearningRateScheduler(Callback):
@@ -231,7 +235,7 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs):
         optimizer = self.trainer.optimizer
         lr = self.schedule(epoch, optimizer.lr)
-        if not (lr == 0 or _positive_finite(lr)):  # 0 as torch.optim allows: a cosine run past its length
+        if not _finite_non_negative(lr):  # 0 as torch.optim allows: a cosine run past its length
             raise ArgumentError(f"schedule: expected a finite learning rate >= 0 for epoch {epoch + 1}, got {lr!r}")
         if self.verbose and float(lr) != optimizer.lr:
             print(f"epoch {epoch + 1}: learning rate {optimizer.lr:.4g} -> {float(lr):.4g}", flush=True)
@@ -244,11 +248,11 @@ class LearningRateScheduler(Callback):
 def cosine_schedule(initial_lr: float, epochs: int, min_lr: float = 0.0) -> Callable[[int, float], float]:
     """``schedule(epoch, lr) = min_lr + (initial_lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2``:
     PyTorch's ``CosineAnnealingLR(T_max=epochs, eta_min=min_lr)`` stepped once per epoch."""
-    if not _positive_finite(initial_lr):
-        raise ArgumentError(f"initial_lr: expected a finite number > 0, got {initial_lr!r}")
+    if not _finite_non_negative(initial_lr):  # 0, as torch.optim allows it
+        raise ArgumentError(f"initial_lr: expected a finite number >= 0, got {initial_lr!r}")
     positive_int(epochs, "epochs", error=ArgumentError)
-    if not (min_lr == 0 or _positive_finite(min_lr)) or min_lr >= initial_lr:
-        raise ArgumentError(f"min_lr: expected a number >= 0 and < initial_lr ({initial_lr}), got {min_lr!r}")
+    if not _finite_non_negative(min_lr) or min_lr > initial_lr:
+        raise ArgumentError(f"min_lr: expected a number >= 0 and <= initial_lr ({initial_lr}), got {min_lr!r}")
 
     def schedule(epoch: int, lr: float) -> float:
         return min_lr + (initial_lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
@@ -259,8 +263,8 @@ def cosine_schedule(initial_lr: float, epochs: int, min_lr: float = 0.0) -> Call
 def step_schedule(initial_lr: float, milestones, gamma: float = 0.1) -> Callable[[int, float], float]:
     """``schedule(epoch, lr) = initial_lr * gamma ** (number of milestones <= epoch)``: PyTorch's
     ``MultiStepLR(milestones, gamma)`` stepped once per epoch (0-based epochs)."""
-    if not _positive_finite(initial_lr):
-        raise ArgumentError(f"initial_lr: expected a finite number > 0, got {initial_lr!r}")
+    if not _finite_non_negative(initial_lr):
+        raise ArgumentError(f"initial_lr: expected a finite number >= 0, got {initial_lr!r}")
     if not _positive_finite(gamma):
         raise ArgumentError(f"gamma: expected a finite number > 0, got {gamma!r}")
     marks = tuple(milestones)
@@ -300,7 +304,7 @@ class EarlyStopping(Callback):
             raise ArgumentError(f"monitor: expected a metric name such as 'val_loss', got {monitor!r}")
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
             positive_int(value, name, minimum=0, error=ArgumentError)
-        if not (min_delta == 0 or _positive_finite(min_delta)):
+        if not _finite_non_negative(min_delta):
             raise ArgumentError(f"min_delta: expected a finite number >= 0, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ArgumentError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")

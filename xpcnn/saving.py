@@ -39,9 +39,8 @@ def architecture(config: dict[str, Any], where: str) -> Sequential:
         raise ModelFileError(f"{where}: config: cannot rebuild the architecture ({e})") from None
 
 
-def decode(
-    data: bytes, where: str = "<bytes>"
-) -> tuple[Sequential, dict[str, Any], list[np.ndarray], list[np.ndarray | None]]:
+def decode(data: bytes, where: str = "<bytes>") -> tuple[Sequential, dict[str, Any], list[np.ndarray],
+                                                         list[np.ndarray | None]]:
     """(unbuilt model, header fields, weights, buffers) from model or checkpoint file bytes, all
     checked; buffers absent from a version-1 file are None (they keep their initial values)."""
     tensors, metadata = fileformat.parse(data, where)

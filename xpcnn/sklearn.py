@@ -140,6 +140,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Train a new network on X (N, D), (N, H, W) or (N, C, H, W) and labels y (N,) of any
         type; returns self."""
+        self._check_options()
         X, y, shape, xp = self._validate(X, y, reset=True)
         self._start(X, shape, xp, unique_labels(y))
         return self._train(X, y, xp, self.epochs, whole_fit=True)
@@ -148,6 +149,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         """One epoch over (X, y), continuing the network (and its optimizer) of earlier calls.
         ``classes`` (n_classes,): every label, required on the first call. Returns self."""
         first = not hasattr(self, "model_")
+        self._check_options()
         X, y, shape, xp = self._validate(X, y, reset=first)
         given = None if classes is None else unique_labels(classes)
         if first and given is None:
@@ -163,6 +165,18 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if first:
             self._start(X, shape, xp, known)
         return self._train(X, y, xp, 1, whole_fit=False)
+
+    def _check_options(self) -> None:
+        """The options that the network's own checks would word by other names (lr, patience)."""
+        rate, patience, fraction = self.learning_rate, self.n_iter_no_change, self.validation_fraction
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < math.inf:
+            raise ValueError(f"learning_rate: expected a finite number >= 0, got {rate!r}")
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
+            raise ValueError(f"n_iter_no_change: expected an int >= 0, got {patience!r}")
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
+            raise ValueError(f"validation_fraction: expected a number in (0, 1), got {fraction!r}")
+        if not isinstance(self.early_stopping, bool):
+            raise ValueError(f"early_stopping: expected True or False, got {self.early_stopping!r}")
 
     def _validate(self, X, y, reset: bool):
         """(X as (N, D) in the network's dtype, y (N,) on the host, X's image shape or None, X's
@@ -195,7 +209,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _resolve_shape(self, d: int, shape):
         if self.image_shape is not None:
-            shape = tuple(self.image_shape)
+            shape = tuple(self.image_shape) if isinstance(self.image_shape, (tuple, list)) else ()
             if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape) \
                     or math.prod(shape) != d:
                 raise ValueError(f"image_shape: expected (C, H, W) of positive ints with C*H*W = {d} "
@@ -217,6 +231,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             net = copy.deepcopy(self.model)
         elif callable(self.model):
             net = self.model(n_classes)
+            if isinstance(net, Sequential) and net.built:  # its trained weights would carry over between fits
+                raise ArgumentError("model: the callable returned a built Sequential; it must return a new, unbuilt "
+                                    "network at each call (each fit builds and trains it)")
         else:
             raise ArgumentTypeError(f"model: expected 'auto', a name in xpcnn.zoo, an unbuilt Sequential or a "
                                     f"callable n_classes -> Sequential, got {type(self.model).__name__}")
@@ -243,8 +260,6 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if whole_fit and self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule: expected 'cosine' or 'constant', got {self.lr_schedule!r}")
         if whole_fit and self.early_stopping:
-            if not 0 < self.validation_fraction < 1:
-                raise ValueError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction!r}")
             train, val = train_test_split(np.arange(len(y)), test_size=self.validation_fraction, stratify=y,
                                           random_state=self._seed)
             X, validation, y = _take(X, train, xp), (_take(X, val, xp), y[val]), y[train]

@@ -223,16 +223,9 @@ def _check_output(name: str, value: Any, ref: Any, *, library: str, device: Any,
     return problems
 
 
-def check_parity(
-    fn: Callable[..., Any],
-    *args: Any,
-    backends: Iterable[str | Backend] = CPU_BACKENDS,
-    dtype: str = "float64",
-    rtol: float | None = None,
-    atol: float | None = None,
-    relative_to: str | None = None,
-    reference: Callable[..., Any] | None = None,
-) -> list[ParityResult]:
+def check_parity(fn: Callable[..., Any], *args: Any, backends: Iterable[str | Backend] = CPU_BACKENDS,
+                 dtype: str = "float64", rtol: float | None = None, atol: float | None = None,
+                 relative_to: str | None = None, reference: Callable[..., Any] | None = None) -> list[ParityResult]:
     """Run ``fn(*args)`` on each backend in ``dtype`` and compare it with NumPy float64.
 
     ``args``: arrays of any backend (copied to the host first) and anything else (ints,
@@ -314,16 +307,9 @@ def _run_one(fn, host, reference, backend: Backend, label: str, dtype: str, tol:
     return ParityResult(label, dtype, status, worst_abs, worst_rel, "; ".join(problems))
 
 
-def assert_parity(
-    fn: Callable[..., Any],
-    *args: Any,
-    backends: Iterable[str | Backend] = CPU_BACKENDS,
-    dtype: str = "float64",
-    rtol: float | None = None,
-    atol: float | None = None,
-    relative_to: str | None = None,
-    allow_skip: bool = True,
-) -> list[ParityResult]:
+def assert_parity(fn: Callable[..., Any], *args: Any, backends: Iterable[str | Backend] = CPU_BACKENDS,
+                  dtype: str = "float64", rtol: float | None = None, atol: float | None = None,
+                  relative_to: str | None = None, allow_skip: bool = True) -> list[ParityResult]:
     """:func:`check_parity`, raising :class:`ParityError` (an AssertionError) on any FAIL.
 
     With ``allow_skip=False`` a backend that cannot run here is a failure too. Returns the
@@ -362,19 +348,9 @@ def _backend_of(x: Any) -> Backend:
     return resolve_target(device_of(x))
 
 
-def gradcheck(
-    layer_or_fn: Any,
-    x: Any,
-    *,
-    backward: Callable[..., Any] | None = None,
-    grad_out: Any = None,
-    params: bool = True,
-    eps: float = 1e-6,
-    rtol: float = 1e-6,
-    max_elements: int = 256,
-    directions: int = 6,
-    seed: int = 0,
-) -> GradcheckResult:
+def gradcheck(layer_or_fn: Any, x: Any, *, backward: Callable[..., Any] | None = None, grad_out: Any = None,
+              params: bool = True, eps: float = 1e-6, rtol: float = 1e-6, max_elements: int = 256, directions: int = 6,
+              seed: int = 0) -> GradcheckResult:
     """Check analytic gradients against central finite differences, in float64.
 
     ``layer_or_fn``: a built :class:`~xpcnn.layers.Layer` (checks ``backward``'s input gradient

@@ -14,6 +14,7 @@ backend, and a checkpoint keeps the counter (exact resume).
 from __future__ import annotations
 
 import math
+import numbers
 
 from .._validate import pair, sample_shape
 from ..backend import device_of, namespace_of
@@ -105,7 +106,8 @@ class RandomFlip(PixelMapLayer):
 
 class RandomCrop(PixelMapLayer):
     """torchvision's RandomCrop with zero ``padding`` in training: pad each side by ``padding``
-    (int or (ph, pw)), then crop ``size`` (int or (h, w)) at an offset drawn per image uniformly in
+    (int or (ph, pw): height first, as every xpcnn pair, where torchvision's pair is width
+    first), then crop ``size`` (int or (h, w)) at an offset drawn per image uniformly in
     [0, H + 2 ph - h] x [0, W + 2 pw - w]. At inference a center crop of the padded input, offset
     floor((H + 2 ph - h) / 2) as Keras's CenterCrop (the plain center crop when h <= H).
     (N, C, H, W) -> (N, C, h, w)."""
@@ -150,7 +152,7 @@ class RandomTranslation(PixelMapLayer):
     def __init__(self, height_factor: float, width_factor: float, *, seed: int | None = None) -> None:
         super().__init__(seed)
         for name, value in (("height_factor", height_factor), ("width_factor", width_factor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
                 raise ArgumentError(f"{name}: expected a fraction of the size in [0, 1), got {value!r}")
         self.height_factor, self.width_factor = float(height_factor), float(width_factor)
 
@@ -163,7 +165,7 @@ class RandomTranslation(PixelMapLayer):
     def draw(self, xp, bits, shape):
         maps, one = [], _constant(xp, bits.shape[0], 1, device_of(bits))
         for axis, factor in enumerate((self.height_factor, self.width_factor)):
-            most = math.floor(factor * shape[axis + 1])
+            most = math.floor(round(factor * shape[axis + 1], 9))  # 0.29 * 100 is 28.999...
             maps += [most - uniform_below(bits[:, axis], 2 * most + 1), one]
         return tuple(maps)
 
@@ -180,8 +182,11 @@ class Normalize(Layer):
 
     @staticmethod
     def _values(value, name: str) -> list[float]:
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        try:  # one number, or a sequence (a list, a 1-D NumPy array of per-channel statistics)
+            values = [value] if isinstance(value, numbers.Real) else list(value)
+        except TypeError:
+            values = []
+        if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
                                  for v in values):
             raise ArgumentError(f"{name}: expected a finite number or a list of them (one per channel), got {value!r}")
         return [float(v) for v in values]

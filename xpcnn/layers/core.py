@@ -73,8 +73,8 @@ class RandomLayer(Layer):
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ArgumentError(f"seed: expected a non-negative int or None, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64):
+            raise ArgumentError(f"seed: expected an int in [0, 2**64) or None, got {seed!r}")
         self.seed, self.counter, self.default_seed = seed, 0, 0
 
     @property
@@ -87,8 +87,8 @@ class RandomLayer(Layer):
     def set_state(self, state):
         counter, seed = state.get("counter"), state.get("seed")
         for name, value in (("counter", counter), ("seed", seed)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ArgumentError(f"state[{name!r}]: expected a non-negative int, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                raise ArgumentError(f"state[{name!r}]: expected an int in [0, 2**64), got {value!r}")
         self.counter, self.default_seed = counter, seed
 
 
