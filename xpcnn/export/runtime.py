@@ -9,8 +9,9 @@ import os
 import numpy as np
 import onnxruntime
 
+from .._validate import positive_int
 from ..backend import to_numpy
-from ..errors import DataError, ExportError, ShapeError
+from ..errors import ArgumentError, DataError, ExportError, ShapeError
 
 DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 
@@ -52,6 +53,8 @@ class OnnxModel:
 
     def predict(self, x, *, batch_size: int = 256) -> np.ndarray:
         """Softmax probabilities (N, K) for x (N, C, H, W), ``batch_size`` images per run."""
+        batch_size = positive_int(batch_size, "batch_size", error=ArgumentError)
+        x = to_numpy(x)  # any backend's array, gathered on the host (array-api-strict's have no len)
         # An empty x still makes one run, which refuses it.
         y = np.concatenate([self.run(x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)])
         if self.output == "probabilities":

@@ -30,7 +30,10 @@ def unbuilt_folded(layers: list[Layer], sources: list) -> list[Layer]:
         if type(layer) is Residual:
             twin = Residual(unbuilt_folded(layer.block, sources), unbuilt_folded(layer.shortcut, sources) or None)
         else:
-            twin = Conv2D(**{**layer.get_config(), "bias": True}) if bns else copy.deepcopy(layer)
+            # Arrays shared, not copied (set again after the build; lazy ndonnx arrays cannot be copied)
+            arrays = [*layer.params.values(), *layer.buffers.values(), *layer.grads.values(), layer.saved_values]
+            twin = Conv2D(**{**layer.get_config(), "bias": True}) if bns else \
+                copy.deepcopy(layer, {id(a): a for a in arrays})
             sources.append((twin, layer, bns))
         out.append(twin)
         i = end
