@@ -176,6 +176,22 @@ def test_early_stopping_that_never_fires_still_restores_the_best_epoch():
         np.testing.assert_array_equal(got, want)
 
 
+def test_early_stopping_restores_the_best_epochs_running_statistics_with_its_weights():
+    x, y = data(12)
+    model = xpcnn.Sequential([layers.Flatten(), layers.Dense(4), layers.BatchNorm1D(), layers.Dense(3)])
+    model.build((1, 2, 2), seed=0, dtype="float64", backend="numpy")
+    kept = []
+    keep = LambdaCallback(on_epoch_end=lambda epoch, logs: kept.append(
+        [np.array(xpcnn.to_numpy(a), copy=True) for a in (*model.get_weights(), *model.get_buffers())]))
+    model.fit(x, y, epochs=4, batch_size=4, optimizer=optim.SGD(0.1), validation_data=(x, y), verbose=0,
+              callbacks=[scripted("val_loss", [0.9, 0.3, 0.4, 0.5]), keep, EarlyStopping(patience=5)])
+    restored = [*model.get_weights(), *model.get_buffers()]
+    assert len(restored) == 8  # two Dense weights and biases, gamma, beta, running mean and variance
+    for got, want, last in zip(restored, kept[1], kept[3], strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, last)
+
+
 def test_early_stopping_baseline_and_start_from_epoch():
     values = [0.9, 0.95, 0.97, 0.4, 0.3]
     # without a baseline: 0.9 is the best, 0.95 and 0.97 make wait 2 = patience: stop after index 2

@@ -534,6 +534,7 @@ case("xpcnn.export.onnx_model", "output",
 case("xpcnn.export.onnx_model", "method",
      lambda: export.onnx_model(xpcnn.zoo.get("default").build((1, 28, 28)), method="jit"))
 case("xpcnn.export.to_onnx", "model", lambda: export.to_onnx(xpcnn.zoo.get("default"), "unused.onnx"))
+case("xpcnn.export.to_onnx", "model", lambda: export.to_onnx(3, "unused.onnx"))
 case("xpcnn.export.from_onnx", "path", lambda: export.from_onnx(__file__), or_shows=__file__)
 case("xpcnn.export.OnnxModel", "path", lambda: export.OnnxModel("no such file.onnx"), or_shows="no such file.onnx")
 

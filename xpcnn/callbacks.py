@@ -289,7 +289,7 @@ class EarlyStopping(Callback):
     ``baseline``, an improvement only resets ``wait`` when it also beats the baseline.
 
     ``restore_best_weights``: when training ends (stopped early or not), the model gets back
-    the weights of the end of its best epoch (``best_epoch``). Checkpoints written by
+    the weights and buffers (running statistics) of the end of its best epoch (``best_epoch``). Checkpoints written by
     ``checkpoint_dir`` keep each epoch's own weights, and this callback's state (best value,
     wait, best weights): a fit resumed with it continues, or stays stopped, exactly.
 
@@ -342,12 +342,12 @@ class EarlyStopping(Callback):
         value = float(logs[self.monitor])
         model = self.trainer.model
         if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = model.get_weights()  # restore at least the first epoch's weights
+            self.best_weights = _snapshot(model)  # restore at least the first epoch's weights
         self.wait += 1
         if self._improves(value, self.best):
             self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
-                self.best_weights = model.get_weights()
+                self.best_weights = _snapshot(model)
             if self.baseline is None or self._improves(value, self.baseline):
                 self.wait = 0
             return
@@ -369,7 +369,7 @@ class EarlyStopping(Callback):
                              f"{self.monitor!r} ({self.mode})")
         counts = [state[k] for k in ("wait", "stopped_epoch", "best_epoch")]
         best, arrays = state["best"], state["arrays"]
-        shapes = [tuple(w.shape) for w in self.trainer.model.get_weights()]
+        shapes = [tuple(w.shape) for w in _snapshot(self.trainer.model)]
         if not (all(type(c) is int and 0 <= c < 2**31 for c in counts)
                 and (best is None or type(best) in (int, float) and math.isfinite(best))
                 and (arrays is None or [tuple(a.shape) for a in arrays] == shapes)):
@@ -378,10 +378,17 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs):
         if self.restore_best_weights and self.best_weights is not None:
-            self.trainer.model.set_weights(self.best_weights)
+            model, arrays = self.trainer.model, self.best_weights
+            model.set_weights(arrays[:len(model.get_weights())])
+            model.set_buffers(arrays[len(model.get_weights()):])
             if self.verbose:
                 print(f"restored the weights of the end of epoch {self.best_epoch + 1} (best {self.monitor})",
                       flush=True)
+
+
+def _snapshot(model) -> list:
+    """The weights then the buffers (BatchNorm's running statistics): what Keras's get_weights holds."""
+    return [*model.get_weights(), *model.get_buffers()]
 
 
 class LambdaCallback(Callback):

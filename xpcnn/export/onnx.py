@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from .. import layers
 from ..backend import to_numpy
-from ..errors import ArgumentError, ExportError, ModelFileError
+from ..errors import ArgumentError, ArgumentTypeError, ExportError, ModelFileError
 from ..model import Sequential
 from ..version import __version__
 
@@ -221,6 +221,9 @@ def onnx_model(model: Sequential, *, opset: int = 17, output: str = "logits", dy
     of ``model.fold_batchnorm()`` (and its config is what :func:`from_onnx` rebuilds). ``dtype``:
     the graph's float dtype (default the model's). ``method``: "hand" (written here, opset
     ``opset``) or "trace" (xpcnn's layer code run on ndonnx, ndonnx's opset: :mod:`.trace`)."""
+    if not isinstance(model, Sequential):
+        raise ArgumentTypeError(f"model: expected a built xpcnn Sequential, got {type(model).__name__}")
+    model.require_built()
     dtype = model.dtype if dtype is None else dtype
     for name, value, valid in (("dtype", dtype, ELEMENT_TYPES), ("output", output, OUTPUTS), ("opset", opset, OPSETS),
                                ("method", method, METHODS), ("dynamic_batch", dynamic_batch, (True, False))):
