@@ -1006,8 +1006,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"xpcnn bench: {env['cpu']}, threads {args.threads}, numpy {env['numpy']}, torch {env['torch'] or '-'}, "
           f"xpcnn backend {args.backend}, torch device {args.torch_device if with_torch else '-'}")
     if not with_torch:
-        print("note: PyTorch not installed (pip install 'xpcnn[torch]'): xpcnn vs the notebook only, "
-              "and no operation counts")
+        why = "left out (--no-torch)" if args.no_torch else "not installed (pip install 'xpcnn[torch]')"
+        print(f"note: PyTorch {why}: xpcnn vs the notebook only, and no operation counts")
     images, labels = load_images()
     rows = []
     for kind, net, batch, with_nb in QUICK_SCENARIOS:

@@ -1036,7 +1036,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         backends = _selected_backends(args.backend)
     except ValueError as e:
-        print(f"xpcnn parity: {e}", file=sys.stderr)
+        print(f"error: xpcnn parity: {e}", file=sys.stderr)
         return 2
     dtypes = list(dict.fromkeys(args.dtype or DTYPES))
     cases = parity_cases()
@@ -1044,7 +1044,7 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.op) - {c.name for c in cases})
         if unknown:
             print(
-                f"xpcnn parity: unknown op(s) {', '.join(unknown)}; valid: {', '.join(c.name for c in cases)}",
+                f"error: xpcnn parity: unknown op(s) {', '.join(unknown)}; valid: {', '.join(c.name for c in cases)}",
                 file=sys.stderr,
             )
             return 2

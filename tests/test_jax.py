@@ -75,6 +75,12 @@ def test_float64_needs_x64_and_says_how(no_x64):
         model.to("jax")
     assert not jax.config.jax_enable_x64  # never flipped behind the caller's back
     assert xpcnn.to_device(np.ones(3, np.float32), "jax").dtype == jax.numpy.float32
+    # 64-bit integers: JAX would keep 32 bits; the values that fit go as int32, others are refused
+    labels = xpcnn.to_device(np.array([2**31 - 1, -3]), "jax")
+    assert labels.dtype == jax.numpy.int32 and labels.tolist() == [2**31 - 1, -3]
+    for wide in (np.array([2**40, 3]), np.array([2**32], np.uint64), np.ones(2, np.complex128)):
+        with pytest.raises(DTypeError, match=f"{wide.dtype} values beyond 32 bits.*64-bit mode"):
+            xpcnn.to_device(wide, "jax")
 
 
 def test_mixing_jax_and_numpy_arrays_is_a_backend_mismatch():

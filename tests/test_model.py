@@ -100,7 +100,7 @@ def test_bad_inputs_have_clear_errors():
         model(x[:, 0])
     with pytest.raises(DTypeError, match="x: expected a float32 or float64 array, got dtype int64"):
         model(x.astype(np.int64))
-    with pytest.raises(LabelError, match=r"labels: expected values in \[0, 9\], got values from 0 to 10"):
+    with pytest.raises(LabelError, match=r"^y: expected values in \[0, 9\], got values from 0 to 10"):
         model.train_step(x, np.array([0, 1, 2, 10]), optim.SGD(lr=0.1))
     with pytest.raises(LabelError, match="integer dtype"):
         model.train_step(x, y.astype(np.float32), optim.SGD(lr=0.1))

@@ -173,6 +173,11 @@ def test_a_backward_that_leaves_a_gradient_unset_is_named():
     with pytest.raises(LayerContractError, match=r"layer 1 \(ForgetfulDense\): its backward did not set the gradient "
                                                  r"of parameter 'bias'"):
         model.train_step(x[:, :, :4, :4], y, optim.SGD(0.1))
+    alone = ForgetfulDense(3)
+    alone.build((5,), rng=np.random.default_rng(0), backend=xpcnn.backend.current_backend(), dtype="float64")
+    with pytest.raises(LayerContractError, match=r"ForgetfulDense: its backward did not set the gradient of parameter "
+                                                 r"'bias'"):
+        xpcnn.testing.gradcheck(alone, np.ones((2, 5)))
 
 
 @pytest.mark.parametrize("call, error, builtin, match", [

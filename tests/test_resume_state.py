@@ -112,6 +112,12 @@ def test_cli_resume_splits_the_folder_with_the_checkpointed_seed(shapes, tmp_pat
         assert cli.main(train_command(shapes, directory, "--epochs", "2", "--resume", *given)) == 0
     assert seeds == [1, 1, 1, 1]
     assert "not applied: --seed 2" in capsys.readouterr().out
+    # another image size or colour cannot continue that run: a usage error before any training
+    for other in (["--image-size", "10", "10"], ["--color", "gray", "--image-size", "12", "12"]):
+        command = train_command(shapes, directory, "--epochs", "3", "--resume")
+        command[command.index("--image-size"):command.index("--image-size") + 3] = other
+        assert cli.main(command) == 2
+        assert "are of images of shape (3, 12, 12), the data gives" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- class names
@@ -137,6 +143,15 @@ def test_class_names_must_name_each_output(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(data)
     with pytest.raises(ModelFileError, match="class_names: 1 names for a model whose output has shape \\(3,\\)"):
         xpcnn.load(tmp_path / "bad.safetensors")
+    for names in (["a", "a", "b"], ["a", "", "b"]):  # the newest checkpoint damaged so: skipped, as other damage
+        directory = tmp_path / f"run{len(set(names))}"
+        directory.mkdir()
+        model.save(directory / checkpoint.checkpoint_name(1))
+        (directory / checkpoint.checkpoint_name(2)).write_bytes(fileformat.encode(
+            model.state_tensors(), kind="model", config=model.saveable_config(), dtype=model.dtype,
+            input_shape=model.input_shape, class_names=names))
+        with pytest.warns(UserWarning, match="skipping damaged checkpoint.*distinct non-empty"):
+            assert xpcnn.load(directory).class_names == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("calls", ['[{"class": "EarlyStopping", "state": {}, "arrays": "abc"}]',

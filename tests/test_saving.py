@@ -128,10 +128,19 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(fileformat.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=f"cannot write {re.escape(str(path))} \\(disk full\\)"):  # names the file
         small_model(seed=1).save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.safetensors"]  # the temporary file was removed
+
+
+def test_atomic_write_makes_the_file_as_open_would_under_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        fileformat.write_atomic(tmp_path / "f.bin", b"data")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o640  # mkstemp's 0o600 would hide it from the group
 
 
 def test_atomic_write_fsyncs_before_rename(tmp_path, monkeypatch):

@@ -145,10 +145,8 @@ def check_float(xp: Any, name: str, x: Any) -> None:
 
 def check_same_dtype(name_a: str, a: Any, name_b: str, b: Any) -> None:
     if a.dtype != b.dtype:
-        raise DTypeError(
-            f"{name_b}: dtype {b.dtype} differs from {name_a} dtype {a.dtype}; "
-            "xpcnn never promotes silently (cast one of them, e.g. build the model with that dtype)"
-        )
+        raise DTypeError(f"{name_b}: dtype {b.dtype} differs from {name_a} dtype {a.dtype}; "
+                         "xpcnn never promotes silently (cast one of them, e.g. build the model with that dtype)")
 
 
 def check_grad(grad: Any, name: str, like: Any, expected: tuple[int, ...], like_name: str) -> None:
@@ -167,10 +165,8 @@ def output_size(size: int, kernel: int, stride: int, padding, dilation: int, nam
     padded = size + before + after
     if span > padded:
         pads = f"2*padding {before}" if before == after else f"padding {before} + {after}"
-        raise ShapeError(
-            f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
-            f"padded input {padded} (size {size} + {pads})"
-        )
+        raise ShapeError(f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
+                         f"padded input {padded} (size {size} + {pads})")
     return (padded - span) // stride + 1
 
 

@@ -36,7 +36,7 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .cli_train import UsageError, backend_option, cmd_train, load_split, output_file
+from .cli_train import UsageError, backend_option, check_inputs, cmd_train, load_split, output_file
 from .datasets.folder import SUFFIXES, ImageFolder, image_folder
 from .datasets.folder import read_image as read_color_image
 from .errors import ArgumentError, BackendUnavailableError, DataError, ShapeError, XpcnnError
@@ -206,6 +206,7 @@ def cmd_evaluate(args) -> int:
         output_file(args.plot, "--plot")
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'xpcnn[plot]'")
+    check_inputs(args)
     model = load(args.model, backend=backend_option(args.backend))
     if args.data:
         _evaluate(model, _class_folder(model, args.data), None, args, f"the images of {args.data}")
@@ -269,6 +270,8 @@ def cmd_predict(args) -> int:
             raise UsageError(f"IMAGE: no image in the folder {item} or its subfolders (read: files ending in "
                              f"{', '.join(SUFFIXES)})")
         files += found
+    if args.model.lower().endswith(".onnx") and args.backend:
+        raise UsageError("--backend: an ONNX model runs on onnxruntime; leave --backend out")
     model = _export().OnnxModel(args.model) if args.model.lower().endswith(".onnx") else \
         load(args.model, backend=backend_option(args.backend))
     color = "rgb" if model.input_shape[0] == 3 else "gray"
@@ -315,8 +318,9 @@ def _devices(name: str) -> str:
             names = [str(d) for d in xp.__array_namespace_info__().devices() if d is not None]  # jax lists None
     except Exception as e:  # a backend's inspection API is optional; info must still print
         return f"(could not list: {type(e).__name__})"
-    # array_api_strict.Device('device1') -> device1
-    listed = ", ".join(re.sub(r"^[\w.]+\('(.*)'\)$", r"\1", name) for name in names)
+    # array_api_strict.Device('device1') -> device1; an object without a readable name (ndonnx) -> its class
+    listed = ", ".join(re.sub(r"^<([\w.]+\.)?(\w+) object at .*>$", r"\2 (unnamed)",
+                              re.sub(r"^[\w.]+\('(.*)'\)$", r"\1", name)) for name in names)
     note = load_backend(name).dtype_note
     return f"{listed}; {note}" if note else listed
 

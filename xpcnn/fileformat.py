@@ -33,9 +33,9 @@ import json
 import math
 import os
 import re
+import secrets
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +75,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
         raise ArgumentError(
             f"path: the directory {os.fspath(directory)} does not exist (for {os.fspath(path)}); create it first"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    # Created with mode 0o666 less the umask, as open() would make the file (mkstemp makes 0o600)
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with suppress_oserror():
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk or a file-size limit: say which file
+            raise OSError(e.errno, f"cannot write {os.fspath(path)} ({e.strerror or e})") from e
         raise
     _fsync_directory(directory)
     return path
@@ -231,10 +234,8 @@ def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], d
         )
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len < 2 or header_len > _MAX_HEADER or 8 + header_len > len(data):
-        raise ModelFileError(
-            f"{where}: not a safetensors model file: header length {header_len} does not fit the "
-            f"{len(data)}-byte file{_sniff(data)} (truncated or not this format)"
-        )
+        raise ModelFileError(f"{where}: not a safetensors model file: header length {header_len} does not fit the "
+                             f"{len(data)}-byte file{_sniff(data)} (truncated or not this format)")
     try:
         header_text = data[8 : 8 + header_len].decode("utf-8")
     except UnicodeDecodeError:
@@ -296,18 +297,14 @@ def _is_size(v: Any) -> bool:
 def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     """The validated header fields: format, version, kind, config, dtype, input_shape."""
     if metadata.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{where}: metadata format: expected {FORMAT!r}, got {metadata.get('format')!r:.80} "
-            "(not an xpcnn model file)"
-        )
+        raise ModelFileError(f"{where}: metadata format: expected {FORMAT!r}, got {metadata.get('format')!r:.80} "
+                             "(not an xpcnn model file)")
     version = metadata.get("format_version", "")
     if not version.isdigit() or len(version) > 6:
         raise ModelFileError(f"{where}: metadata format_version: expected an integer, got {version!r:.80}")
     if int(version) > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{where}: written by a newer xpcnn (format version {version}); "
-            f"this xpcnn reads version {FORMAT_VERSION}; upgrade xpcnn"
-        )
+        raise ModelFileError(f"{where}: written by a newer xpcnn (format version {version}); "
+                             f"this xpcnn reads version {FORMAT_VERSION}; upgrade xpcnn")
     if int(version) < 1:
         raise ModelFileError(f"{where}: metadata format_version: expected >= 1, got {version}")
     kind = metadata.get("kind")
@@ -327,7 +324,9 @@ def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     if not isinstance(digest, str) or len(digest) != 64:
         raise ModelFileError(f"{where}: metadata content_sha256: expected a SHA-256 hex digest, got {digest!r:.80}")
     names = parse_json(metadata.get("class_names", "null"), "metadata class_names", where)
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise ModelFileError(f"{where}: metadata class_names: expected a list of strings, got {names!r:.200}")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
+                              or len(set(names)) != len(names)):
+        raise ModelFileError(f"{where}: metadata class_names: expected a list of distinct non-empty strings, "
+                             f"got {names!r:.200}")
     return {"kind": kind, "dtype": dtype, "input_shape": tuple(input_shape), "config": config, "version": int(version),
             "class_names": names}

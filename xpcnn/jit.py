@@ -148,10 +148,8 @@ class CompiledStep:
         state = ("The weights were not updated by this step but hold the later steps' updates up to the read "
                  "(values are read every sync_every steps); restore the last checkpoint" if updated
                  else "The weights were not updated by this step")
-        err = NonFiniteError(
-            f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss}; {where}. "
-            f"{state}; lower the learning rate, check the data, or use float64"
-        )
+        err = NonFiniteError(f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss}; {where}. "
+                             f"{state}; lower the learning rate, check the data, or use float64")
         err.epoch, err.step, err.where = epoch + 1, step + 1, where
         return err
 

@@ -6,6 +6,7 @@ state or needs a display.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import XpcnnError
+from .fileformat import write_atomic
 
 
 class PlotUnavailableError(XpcnnError, RuntimeError):
@@ -29,6 +31,13 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _save(fig, path) -> Path:
+    """The figure as a PNG written atomically (an old file at ``path`` stays whole if writing fails)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return write_atomic(path, png.getvalue())
 
 
 def training_curves(history, path: str | os.PathLike) -> Path:
@@ -48,9 +57,7 @@ def training_curves(history, path: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def first_layer_kernels(model, path: str | os.PathLike) -> Path:
@@ -72,9 +79,7 @@ def first_layer_kernels(model, path: str | os.PathLike) -> Path:
         ax.set_title(str(k), fontsize=8)
     fig.suptitle(f"first-layer kernels ({count} x {kernels.shape[1]}x{kernels.shape[2]}); red > 0 > blue")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix(counts, class_names, path: str | os.PathLike) -> Path:
@@ -94,9 +99,7 @@ def confusion_matrix(counts, class_names, path: str | os.PathLike) -> Path:
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > high else "black", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def save_all(history, model, directory: str | os.PathLike) -> list[Path]:

@@ -52,7 +52,15 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .errors import ArgumentError, ArgumentTypeError, BackendUnavailableError, DTypeError, NotBuiltError, ShapeError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BackendUnavailableError,
+    DTypeError,
+    LayerContractError,
+    NotBuiltError,
+    ShapeError,
+)
 
 __all__ = [
     "CPU_BACKENDS", "GPU_BACKENDS", "ALL_BACKENDS", "DTYPES", "TOLERANCES", "Tolerance",
@@ -247,11 +255,9 @@ def check_parity(fn: Callable[..., Any], *args: Any, backends: Iterable[str | Ba
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ArgumentError(f"{name}: expected a number >= 0, got {value!r}")
     default = TOLERANCES[dtype]
-    tol = Tolerance(
-        default.rtol if rtol is None else rtol,
-        default.atol if atol is None else atol,
-        default.relative_to if relative_to is None else relative_to,
-    )
+    tol = Tolerance(default.rtol if rtol is None else rtol,
+                    default.atol if atol is None else atol,
+                    default.relative_to if relative_to is None else relative_to)
     host = [_cast(_host(a), dtype) for a in args]
     reference = _flatten_outputs(
         (reference or fn)(*[np.array(a, dtype=np.float64) if _is_float(a) else _host(a) for a in host])
@@ -401,6 +407,10 @@ def gradcheck(layer_or_fn: Any, x: Any, *, backward: Callable[..., Any] | None =
     if layer is not None:
         grad_x = layer.backward(to_device(g, _backend_of(y)))
         analytic = {"x": grad_x}
+        unset = [k for k in layer.params if k not in layer.grads] if params else []
+        if unset:
+            raise LayerContractError(f"{type(layer).__name__}: its backward did not set the gradient of parameter "
+                                     f"{unset[0]!r}; a layer's backward must set self.grads[{unset[0]!r}]")
         if params:
             analytic.update({f"param {k}": layer.grads[k] for k in layer.params})
         originals = dict(layer.params)

@@ -183,10 +183,8 @@ def _non_finite(model, xb, loss_value: float, epoch: int, step: int, updated: bo
         return None
     state = ("The weights hold this step's update (values are read every sync_every steps); restore the last checkpoint"
              if updated else "The weights were not updated by this step and the last checkpoint is intact")
-    err = NonFiniteError(
-        f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss_value}; {where}. "
-        f"{state}; lower the learning rate, check the data, or use float64"
-    )
+    err = NonFiniteError(f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is {loss_value}; {where}. "
+                         f"{state}; lower the learning rate, check the data, or use float64")
     err.epoch, err.step, err.where = epoch + 1, step + 1, where
     return err
 
@@ -201,9 +199,9 @@ def _checked_layout(model, x, y):
     """The namespace of a (batch, labels) pair after checking their kinds, libraries, shapes and
     dtypes against the model (no host read)."""
     _, x = model.check_input(x, values=False)
-    check_array(y, "labels")
-    xp = namespace(x=x, labels=y)
-    check_label_layout(xp, y, int(x.shape[0]))
+    check_array(y, "y")
+    xp = namespace(x=x, y=y)
+    check_label_layout(xp, y, int(x.shape[0]), "y")
     return xp, x
 
 
@@ -211,9 +209,9 @@ def _checked_batch(model, x, y):
     """The namespace of a (batch, labels) pair after checking both against the model, values
     included (NaN/Inf in x, labels out of range: host reads)."""
     _, x = model.check_input(x)
-    check_array(y, "labels")
-    xp = namespace(x=x, labels=y)
-    check_labels(xp, y, int(x.shape[0]), model.output_shape()[-1])
+    check_array(y, "y")
+    xp = namespace(x=x, y=y)
+    check_labels(xp, y, int(x.shape[0]), model.output_shape()[-1], name="y")
     return xp, x
 
 

@@ -115,7 +115,8 @@ def to_device(x: Any, target: Any) -> Any:
     """Move array ``x`` to ``target``: a backend name (``"numpy"``, ``"cupy"``, ``"torch:cuda"``, ...),
     a :class:`Backend`, or a device object (``cupy.cuda.Device(0)``, ``torch.device("cuda")``,
     ``jax.devices("cpu")[0]``, ``array_api_strict.Device("device1")``). Dtype and values are
-    kept exactly (float64 to JAX needs its 64-bit mode: a DTypeError says how).
+    kept exactly (float64 to JAX needs its 64-bit mode: a DTypeError says how; without it 64-bit
+    integers whose values fit in 32 bits become 32-bit ones, others are a DTypeError too).
 
     Within one library the move uses the library's own transfer; across libraries it goes
     through host memory (``.get()`` from CuPy, ``.cpu()`` from torch).

@@ -39,7 +39,8 @@ class CupyBackend(Backend):
             )
         index = int(device) if device else 0
         if not 0 <= index < count:
-            raise BackendUnavailableError(f"cupy: device {index} requested but only {count} CUDA device(s) exist")
+            raise BackendUnavailableError(f"cupy: device {index} requested but only {count} CUDA device(s) exist; "
+                                          f"fix: an index below {count}")
         try:
             with cupy.cuda.Device(index):
                 # A real kernel launch: catches NVRTC / driver / architecture mismatches at selection time.

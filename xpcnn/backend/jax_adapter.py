@@ -11,11 +11,9 @@ import numpy as np
 from ..errors import ArgumentError, BackendUnavailableError, DTypeError
 from .base import Backend, dtype_name, import_library
 
-X64_FIX = (
-    "enable JAX's 64-bit mode: jax.config.update(\"jax_enable_x64\", True) "
-    "at the start of the program, or the environment variable JAX_ENABLE_X64=1; xpcnn does not flip "
-    "this process-wide switch for you (or use dtype='float32')"
-)
+X64_FIX = ("enable JAX's 64-bit mode: jax.config.update(\"jax_enable_x64\", True) "
+           "at the start of the program, or the environment variable JAX_ENABLE_X64=1; xpcnn does not flip "
+           "this process-wide switch for you (or use dtype='float32')")
 
 
 def is_traced(x: Any) -> bool:
@@ -49,9 +47,8 @@ class JaxBackend(Backend):
             raise BackendUnavailableError(f"jax cannot use device {device!r} ({e}); fix: {fix}") from e
         number = int(index or 0)
         if number >= len(devices):
-            raise BackendUnavailableError(
-                f"jax: device {platform}:{number} requested but only {len(devices)} {platform} device(s) exist"
-            )
+            raise BackendUnavailableError(f"jax: device {platform}:{number} requested but only {len(devices)} "
+                                          f"{platform} device(s) exist; fix: an index below {len(devices)}")
         import jax.numpy as xp
 
         return cls(xp, devices[number])
@@ -81,6 +78,13 @@ class JaxBackend(Backend):
         import jax
 
         self.check_dtype(host.dtype)
+        if {"i": 8, "u": 8, "c": 16}.get(host.dtype.kind) == host.dtype.itemsize and not jax.config.jax_enable_x64:
+            # JAX would store 32 bits silently: integers that fit go as such, others are refused
+            narrow = host.astype(host.dtype.kind + "4") if host.dtype.kind != "c" else None
+            if narrow is None or not np.array_equal(narrow, host):
+                raise DTypeError(f"dtype: {host.dtype} values beyond 32 bits on the jax backend need JAX's 64-bit "
+                                 f"mode, which is off; {X64_FIX}")
+            host = narrow
         return jax.device_put(host, self.device)
 
     def move(self, x: Any) -> Any:

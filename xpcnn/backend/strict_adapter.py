@@ -44,4 +44,4 @@ class StrictBackend(Backend):
     def to_numpy(x: Any) -> np.ndarray:
         import array_api_strict as xps
 
-        return np.asarray(xps.asarray(x).to_device(xps.Device("CPU_DEVICE")))
+        return np.array(xps.asarray(x).to_device(xps.Device("CPU_DEVICE")), copy=True)  # not a view of x

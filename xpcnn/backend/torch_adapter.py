@@ -24,7 +24,8 @@ class TorchBackend(Backend):
             dev = torch.device(device or "cpu")
             torch.zeros(1, device=dev)
         except Exception as e:
-            raise BackendUnavailableError(f"torch cannot use device {device!r} ({type(e).__name__}: {e})") from e
+            raise BackendUnavailableError(f"torch cannot use device {device!r} ({type(e).__name__}: {e}); fix: a CUDA "
+                                          "build of torch on a machine with its device, or 'torch:cpu'") from e
         import array_api_compat.torch as xp
 
         return cls(xp, dev)
@@ -41,7 +42,8 @@ class TorchBackend(Backend):
 
     @staticmethod
     def to_numpy(x: Any) -> np.ndarray:
-        return x.detach().cpu().resolve_conj().numpy()
+        host = x.detach().cpu().resolve_conj().numpy()
+        return host.copy() if x.device.type == "cpu" else host  # .numpy() of a CPU tensor shares its memory
 
     @property
     def on_cuda(self) -> bool:

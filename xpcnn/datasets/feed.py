@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import device_of, dtype_name, library_of, namespace_of, to_device
-from ..errors import ArgumentTypeError, DataError, DTypeError, LabelError, ShapeError
+from ..errors import ArgumentTypeError, BackendMismatchError, DataError, DTypeError, LabelError, ShapeError
 from .protocol import Prefetcher, check_class_names, is_dataset
 
 
@@ -25,6 +25,12 @@ class ArrayFeed:
     def __init__(self, model, x: Any, y: Any, names: tuple[str, str] = ("x", "y")) -> None:
         nx, ny = names
         x, y = as_array(x, nx), (None if y is None else as_array(y, ny))
+        for name, a in ((nx, x), (ny, y)):  # host data move batch by batch; another library's never silently
+            if a is not None and not isinstance(a, np.ndarray) and (
+                    library_of(a) != model.backend.name or device_of(a) != model.backend.device):
+                raise BackendMismatchError(f"{name} is a {library_of(a)} array on {device_of(a)} but the model is on "
+                                           f"{model.backend.name} ({model.backend.device}); pass host (NumPy) data, "
+                                           f"or move it with xpcnn.to_device({name}, model.backend)")
         self.host = isinstance(x, np.ndarray)
         xp = namespace_of(x)
         float_kind(x, nx)
@@ -171,10 +177,8 @@ def float_kind(x: Any, name: str) -> str:
     """"float32" or "float64", else a DTypeError (uint8 pixels get pointed to preprocess)."""
     kind = dtype_name(x.dtype)
     if kind == "uint8":
-        raise DTypeError(
-            f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
-            "xpcnn.datasets.preprocess(images) (x / 255; (N, H, W) gets the channel axis)"
-        )
+        raise DTypeError(f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
+                         "xpcnn.datasets.preprocess(images) (x / 255; (N, H, W) gets the channel axis)")
     if kind not in ("float32", "float64"):
         raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {kind}")
     return kind

@@ -56,10 +56,8 @@ SHA256 = {
     "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+           "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _TIMEOUT_S = 15  # per socket operation: fail fast when offline
 _MAX_DOWNLOAD_BYTES = 16 * 2**20  # the largest file is 9.9 MB; never read an unbounded reply
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
@@ -96,14 +94,10 @@ def preprocess(images, dtype="float32"):
     if dtype is None or dt not in (np.float32, np.float64):  # np.dtype(None) is float64
         raise DTypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     if not isinstance(images, np.ndarray):
-        raise DTypeError(
-            f"images: expected host NumPy images, got {type(images).__module__}."
-            f"{type(images).__name__}; preprocess before xpcnn.to_device, or use xpcnn.to_numpy"
-        )
+        raise DTypeError(f"images: expected host NumPy images, got {type(images).__module__}."
+                         f"{type(images).__name__}; preprocess before xpcnn.to_device, or use xpcnn.to_numpy")
     if images.dtype != np.uint8:
-        raise DTypeError(
-            f"images: expected uint8 pixels 0..255 as load_data returns them, got {images.dtype}"
-        )
+        raise DTypeError(f"images: expected uint8 pixels 0..255 as load_data returns them, got {images.dtype}")
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim != 4:
@@ -408,14 +402,12 @@ def _missing_message(searched, failures):
     where = "\n".join(f"  {d}" for d in searched)
     names = "\n".join(f"  {name}" for name in SHA256)
     tried = "\n".join(f"  {f}" for f in failures)
-    return (
-        "full MNIST not found and the download failed:\n"
-        f"{tried}\n"
-        "Put these four files (gzipped, or unzipped without .gz) into one of these directories:\n"
-        f"{where}\n"
-        "files:\n"
-        f"{names}\n"
-        "or a keras-style mnist.npz (x_train, y_train, x_test, y_test) there. The directories "
-        "are load_data(path=...), $XPCNN_DATA, then $XPCNN_CACHE or ~/.cache/xpcnn. For an "
-        "offline 5000-digit subset: load_data('mnist5k') with pip install 'xpcnn[mnist]'."
-    )
+    return ("full MNIST not found and the download failed:\n"
+            f"{tried}\n"
+            "Put these four files (gzipped, or unzipped without .gz) into one of these directories:\n"
+            f"{where}\n"
+            "files:\n"
+            f"{names}\n"
+            "or a keras-style mnist.npz (x_train, y_train, x_test, y_test) there. The directories "
+            "are load_data(path=...), $XPCNN_DATA, then $XPCNN_CACHE or ~/.cache/xpcnn. For an "
+            "offline 5000-digit subset: load_data('mnist5k') with pip install 'xpcnn[mnist]'.")

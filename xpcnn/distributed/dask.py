@@ -137,11 +137,9 @@ def _check_backend(backend: Any) -> str | None:
 def _images(da, model, x, name: str = "x"):
     """``x`` as a dask array of float images (N, *model.input_shape) with whole images per chunk."""
     if not isinstance(x, da.Array):
-        raise DTypeError(
-            f"{name}: expected a dask.array (e.g. xpcnn.dask.from_npy(path) or "
-            "dask.array.from_array(x, chunks=(1024, -1, -1, -1))), "
-            f"got {type(x).__name__}; for an in-memory array call model.predict / model.evaluate"
-        )
+        raise DTypeError(f"{name}: expected a dask.array (e.g. xpcnn.dask.from_npy(path) or "
+                         "dask.array.from_array(x, chunks=(1024, -1, -1, -1))), "
+                         f"got {type(x).__name__}; for an in-memory array call model.predict / model.evaluate")
     expected = tuple(model.input_shape)
     if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
         raise ShapeError(f"{name}: expected shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
@@ -240,12 +238,10 @@ def evaluate(model, x, y, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str 
     if n == 0:
         raise ShapeError("x: empty (N = 0); nothing to evaluate")
     image_axes = "abcdefgh"[:x.ndim - 1]
-    parts = da.blockwise(
-        _evaluate_chunk, "ns", x, "n" + image_axes, y, "n",
-        shipped, None, digest, None, backend, None, batch_size, None,
-        new_axes={"s": 2}, adjust_chunks={"n": 1}, concatenate=True, dtype=np.float64,
-        meta=np.empty((0, 0), dtype=np.float64), name=f"xpcnn-evaluate-{digest[:16]}",
-    )
+    parts = da.blockwise(_evaluate_chunk, "ns", x, "n" + image_axes, y, "n",
+                         shipped, None, digest, None, backend, None, batch_size, None,
+                         new_axes={"s": 2}, adjust_chunks={"n": 1}, concatenate=True, dtype=np.float64,
+                         meta=np.empty((0, 0), dtype=np.float64), name=f"xpcnn-evaluate-{digest[:16]}")
     loss_sum, correct = parts.sum(axis=0).compute().tolist()
     return {"loss": loss_sum / n, "accuracy": int(round(correct)) / n}
 

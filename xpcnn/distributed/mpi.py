@@ -194,10 +194,8 @@ class Communicator:
                     groups.setdefault(int(v), []).append(r)
                 sides = " vs ".join("ranks " + ",".join(map(str, g)) for g in groups.values())
                 problems.append(f"{name} differs between ranks ({sides})")
-        raise RanksDisagreeError(
-            f"{what}: every rank must pass the same data and arguments, but {'; '.join(problems)} "
-            f"(this is rank {self.rank} of {self.size})"
-        )
+        raise RanksDisagreeError(f"{what}: every rank must pass the same data and arguments, but {'; '.join(problems)} "
+                                 f"(this is rank {self.rank} of {self.size})")
 
     # ---------------------------------------------------------------- initial state from rank 0
 

@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 from .. import layers
 from ..backend import to_numpy
 from ..errors import ArgumentError, ArgumentTypeError, ExportError, ModelFileError
+from ..fileformat import write_atomic
 from ..model import Sequential
 from ..version import __version__
 
@@ -268,7 +269,7 @@ def to_onnx(model: Sequential, path, *, opset: int = 17, output: str = "logits",
     ``onnx.checker.check_model(full_check=True)`` first. Returns the graph."""
     proto = onnx_model(model, opset=opset, output=output, dynamic_batch=dynamic_batch, dtype=dtype, method=method)
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, os.fspath(path))
+    write_atomic(path, proto.SerializeToString())  # an old file at path stays whole if writing fails
     return proto
 
 

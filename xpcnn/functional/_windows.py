@@ -50,10 +50,8 @@ def tap_indices(kernel, stride, dilation, out_hw) -> tuple:
     the same few geometries every step."""
     oh, ow = out_hw
     sh, sw = stride
-    return tuple(
-        (..., slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
-        for di, dj in offsets(kernel, dilation)
-    )
+    return tuple((..., slice(di, di + sh * (oh - 1) + 1, sh), slice(dj, dj + sw * (ow - 1) + 1, sw))
+                 for di, dj in offsets(kernel, dilation))
 
 
 def taps_of(x: Any, kernel, stride, dilation, out_hw) -> list:

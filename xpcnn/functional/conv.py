@@ -57,10 +57,8 @@ def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1)
             f"{w_shape[1] * groups} (weight is (out_channels, in_channels // groups, kh, kw))"
         )
     padding = conv_padding(padding, tuple(w_shape[2:]), stride, dilation)
-    out_hw = tuple(
-        output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a], "conv2d kernel_size")
-        for a in range(2)
-    )
+    out_hw = tuple(output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a], dilation[a], "conv2d kernel_size")
+                   for a in range(2))
     return ConvGeometry(stride, padding, dilation, groups, out_hw)
 
 
@@ -273,20 +271,16 @@ def conv_transpose2d_geometry(x_shape, w_shape, stride=1, padding=0, output_padd
             f"(weight is {_TRANSPOSE_LAYOUT})"
         )
     if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
-        raise ArgumentError(
-            f"output_padding: expected each side smaller than its stride or its dilation (as PyTorch), "
-            f"got {output_padding} with stride {stride} and dilation {dilation}"
-        )
+        raise ArgumentError(f"output_padding: expected each side smaller than its stride or its dilation (as PyTorch), "
+                            f"got {output_padding} with stride {stride} and dilation {dilation}")
     padding = conv_padding(padding, tuple(w_shape[2:]), stride, dilation, strings=False)
     out_hw = tuple(
         (x_shape[2 + a] - 1) * stride[a] - sum(padding[a]) + dilation[a] * (w_shape[2 + a] - 1) + output_padding[a] + 1
         for a in range(2)
     )
     if min(out_hw) < 1:
-        raise ShapeError(
-            f"padding: {padding} leaves conv_transpose2d an output of size {out_hw} for input size "
-            f"{tuple(x_shape[2:])}; expected every size >= 1"
-        )
+        raise ShapeError(f"padding: {padding} leaves conv_transpose2d an output of size {out_hw} for input size "
+                         f"{tuple(x_shape[2:])}; expected every size >= 1")
     conv = ConvGeometry(stride, padding, dilation, groups, tuple(x_shape[2:]))
     return ConvTransposeGeometry(conv, output_padding, out_hw)
 

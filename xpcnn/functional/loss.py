@@ -11,18 +11,18 @@ from ..errors import ArgumentError, DataError, LabelError
 from .activation import log_softmax
 
 
-def check_label_layout(xp, labels, n: int):
-    """Labels must be an integer (N,) array (no host read)."""
+def check_label_layout(xp, labels, n: int, name: str = "labels"):
+    """Labels (the argument ``name``) must be an integer (N,) array (no host read)."""
     if not hasattr(labels, "shape") or tuple(labels.shape) != (n,):
         got = f"shape {tuple(labels.shape)}" if hasattr(labels, "shape") else type(labels).__name__
-        raise LabelError(f"labels: expected an integer array of shape ({n},) to match the batch, got {got}")
+        raise LabelError(f"{name}: expected an integer array of shape ({n},) to match the batch, got {got}")
     if not is_integral(xp, labels.dtype):
-        raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
+        raise LabelError(f"{name}: expected an integer dtype (class indices), got {labels.dtype}")
 
 
-def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None):
+def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None, name: str = "labels"):
     """Labels must be an integer (N,) array with values in [0, num_classes) (or ``ignore_index``)."""
-    check_label_layout(xp, labels, n)
+    check_label_layout(xp, labels, n, name)
     # One reduction (one host sync on a GPU) in the common, valid case; min/max only for the message.
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
@@ -30,7 +30,7 @@ def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None):
     if n and bool(xp.any(bad)):
         low, high = int(xp.min(labels)), int(xp.max(labels))
         also = "" if ignore_index is None else f" or ignore_index {ignore_index}"
-        raise LabelError(f"labels: expected values in [0, {num_classes - 1}]{also}, got values from {low} to {high}")
+        raise LabelError(f"{name}: expected values in [0, {num_classes - 1}]{also}, got values from {low} to {high}")
 
 
 def one_hot(labels, num_classes: int, dtype):

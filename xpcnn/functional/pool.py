@@ -47,10 +47,8 @@ def _pool_size(size, kernel, stride, before, after, dilation, ceil_mode, name) -
         out -= 1
     if out < 1:
         pads = f"2*padding {before}" if before == after else f"padding {before} + {after}"
-        raise ShapeError(
-            f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
-            f"padded input {size + before + after} (size {size} + {pads})"
-        )
+        raise ShapeError(f"{name}: kernel_size {kernel} (dilation {dilation}, extent {span}) is larger than the "
+                         f"padded input {size + before + after} (size {size} + {pads})")
     return out
 
 
@@ -80,10 +78,8 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, name
     if any(p > k // 2 for sides, k in zip(pad, kernel) for p in sides):
         raise ShapeError(f"padding: each side must be at most half the kernel size {kernel}, got {pad} (as PyTorch)")
     sizes = tuple(x_shape[2:4])
-    out_hw = tuple(
-        _pool_size(sizes[a], kernel[a], stride[a], *pad[a], dilation[a], ceil_mode, f"{name} kernel_size")
-        for a in range(2)
-    )
+    out_hw = tuple(_pool_size(sizes[a], kernel[a], stride[a], *pad[a], dilation[a], ceil_mode, f"{name} kernel_size")
+                   for a in range(2))
     # The last window's far edge, so that every tap slice stays inside the padded input.
     ends = tuple((out_hw[a] - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1 for a in range(2))
     padded = tuple((pad[a][0], max(pad[a][1], ends[a] - sizes[a] - pad[a][0])) for a in range(2))
