@@ -95,15 +95,9 @@ def save(directory: str | os.PathLike, *, model, optimizer: Optimizer, rng: np.r
         callbacks_json = json.dumps(calls, allow_nan=False, default=np.generic.item)
     except (TypeError, ValueError) as e:
         raise ArgumentTypeError(f"callbacks: get_state() must return JSON values besides 'arrays' ({e})") from None
-    metadata = {
-        "callbacks": callbacks_json,
-        "epoch": str(int(epoch)),
-        "optimizer": json.dumps(record),
-        "rng": json.dumps(rng.bit_generator.state),
-        "history": json.dumps(history or {}),
-        "fit": json.dumps(fit_args or {}),
-        "layers": json.dumps(model.layer_states()),
-    }
+    metadata = {"callbacks": callbacks_json, "epoch": str(int(epoch)), "optimizer": json.dumps(record),
+                "rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history or {}),
+                "fit": json.dumps(fit_args or {}), "layers": json.dumps(model.layer_states())}
     data = model.to_bytes(kind="checkpoint", tensors=tensors, metadata=metadata)
     path = fileformat.write_atomic(directory / checkpoint_name(epoch), data)
     for _, old in list_checkpoints(directory)[:-keep]:

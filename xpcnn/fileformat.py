@@ -129,16 +129,9 @@ def encode(tensors: dict[str, np.ndarray], *, kind: str, config: dict[str, Any],
     if kind not in KINDS:
         raise ArgumentError(f"kind: expected one of {KINDS}, got {kind!r}")
     all_tensors = {key: np.ascontiguousarray(a) for key, a in tensors.items()}
-    meta = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "kind": kind,
-        "config": json.dumps(config),
-        "dtype": dtype,
-        "input_shape": json.dumps(list(input_shape)),
-        "content_sha256": content_digest(all_tensors),
-        "xpcnn_version": _version(),
-    }
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "config": json.dumps(config),
+            "dtype": dtype, "input_shape": json.dumps(list(input_shape)), "content_sha256": content_digest(all_tensors),
+            "xpcnn_version": _version()}
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
     for key, value in (metadata or {}).items():

@@ -91,15 +91,8 @@ def notebook(rng, shape, fan_in, fan_out):
 
 
 INITIALIZERS: dict[str, Initializer] = {
-    "zeros": zeros,
-    "ones": ones,
-    "he_normal": he_normal,
-    "he_uniform": he_uniform,
-    "glorot_normal": glorot_normal,
-    "glorot_uniform": glorot_uniform,
-    "torch": torch_default,
-    "notebook": notebook,
-}
+    "zeros": zeros, "ones": ones, "he_normal": he_normal, "he_uniform": he_uniform, "glorot_normal": glorot_normal,
+    "glorot_uniform": glorot_uniform, "torch": torch_default, "notebook": notebook}
 
 
 def get(init: str | Initializer, argument: str) -> Initializer:

@@ -26,15 +26,5 @@ def load_data(source="mnist5k", path=None):
 load_mnist = load_data
 to_float_images = preprocess
 
-__all__ = [
-    "ArrayDataset",
-    "NpyDataset",
-    "Prefetcher",
-    "check_batch_size",
-    "image_folder",
-    "iterate_batches",
-    "load_data",
-    "load_mnist",
-    "preprocess",
-    "to_float_images",
-]
+__all__ = ["ArrayDataset", "NpyDataset", "Prefetcher", "check_batch_size", "image_folder", "iterate_batches",
+           "load_data", "load_mnist", "preprocess", "to_float_images"]

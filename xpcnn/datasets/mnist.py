@@ -44,12 +44,8 @@ _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
 
 # Full MNIST. Digests of the canonical gzipped IDX files (the ones LeCun published, mirrored
 # unchanged); the same values appear in torchvision's and TensorFlow's MNIST code.
-IDX_NAMES = {
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
+IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
     "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
@@ -142,12 +138,7 @@ def _load_mnist5k(path):
     if arrays is None:
         images, labels = parse_mnist5k(raw, source)
         train, test = split_indices(labels)
-        arrays = {
-            "x_train": images[train],
-            "y_train": labels[train],
-            "x_test": images[test],
-            "y_test": labels[test],
-        }
+        arrays = {"x_train": images[train], "y_train": labels[train], "x_test": images[test], "y_test": labels[test]}
         _write_cache(cache, arrays)
     return arrays
 
