@@ -56,6 +56,21 @@ def test_predict_default_scheduler_equals_model_predict(model, data):
     np.testing.assert_allclose(got, model.predict(x), rtol=0, atol=FLOAT32_DASK_TOL)
 
 
+def test_jax_chunks_on_threads_share_one_model_safely(model, data):
+    """JAX traces each new batch shape into the cached model's layers; chunks of many sizes on
+    eight threads must not see one another's placeholders."""
+    pytest.importorskip("jax")
+    import dask
+
+    x, y = data
+    chunks = (tuple(range(1, 14)) + (N - 91,), 1, SIZE, SIZE)  # 14 chunk sizes: 14 shapes traced at once
+    with dask.config.set(scheduler="threads", num_workers=8):
+        got = xpcnn.dask.predict(model, da.from_array(x, chunks=chunks), batch_size=64, backend="jax").compute()
+        metrics = xpcnn.dask.evaluate(model, da.from_array(x, chunks=chunks), y, batch_size=64, backend="jax")
+    np.testing.assert_allclose(got, model.predict(x), rtol=0, atol=FLOAT32_DASK_TOL)
+    assert_same_metrics(metrics, model.evaluate(x, y))
+
+
 def test_predict_float64(data):
     x, _ = data
     model = small_model("float64")

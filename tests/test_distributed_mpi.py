@@ -201,6 +201,16 @@ def test_resume_and_rank0_output(tmp_path, single_process):
     assert sorted(os.listdir(tmp_path / "ckpt"))[-1] == "ckpt-epoch000006.safetensors"
 
 
+def test_empty_shares_keep_dropout_counters_and_non_finite_checks(tmp_path):
+    rc, output, _ = run_ranks("empty_shares", str(tmp_path))
+    assert_ok(rc, output)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["counter"] == ranks[1]["counter"] == 2 * 5  # 5 training forwards an epoch on each rank
+    assert ranks[0]["difference"] == ranks[1]["difference"] == 0.0  # resume continues the same masks exactly
+    assert "this rank's share was empty" in ranks[0]["message"], ranks[0]["message"]
+    assert "training stopped at epoch 1, step 5" in ranks[1]["message"], ranks[1]["message"]
+
+
 def test_cli_train_distributed(tmp_path):
     pytest.importorskip("mlxtend")
     saved = tmp_path / "model.safetensors"
@@ -340,6 +350,38 @@ def scenario_resume(out: str) -> None:
     history = model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, distributed=True, checkpoint_dir=ckpt,
                         resume_from=ckpt, verbose=2)
     save_weights(os.path.join(out, f"rank{mpi.rank()}.npz"), model, history)
+
+
+def scenario_empty_shares(out: str) -> None:
+    """The last batch of each epoch (1 sample) leaves rank 0's share empty: its Dropout counter
+    still advances (rank 0 writes the checkpoints), and a non-finite loss found in the other
+    rank's share is a NonFiniteError on both."""
+    from xpcnn.distributed import mpi
+    from xpcnn.errors import NonFiniteError
+
+    x, y = dataset()
+    ckpt = os.path.join(out, "ckpt")
+
+    def dropout_network():
+        return xpcnn.Sequential([layers.Flatten(), layers.Dropout(0.3), layers.Dense(5)]).build(
+            (1, 8, 8), seed=100, dtype="float64")
+
+    cut = dropout_network()
+    train(cut, x, y, epochs=2, distributed=True, checkpoint_dir=ckpt)
+    resumed, whole = dropout_network(), dropout_network()
+    train(resumed, x, y, epochs=4, distributed=True, checkpoint_dir=ckpt, resume_from=ckpt)
+    train(whole, x, y, epochs=4, distributed=True)
+    bad = x.astype(np.float32)
+    bad[N - 1] = 3e38  # finite, but overflows float32 in the network: the last sample, alone in its batch
+    try:
+        single = xpcnn.Sequential([layers.Conv2D(3, 3, padding=1), layers.ReLU(), layers.Flatten(), layers.Dense(5)])
+        train(single.build((1, 8, 8), seed=100, dtype="float32"), bad, y, epochs=1, distributed=True, shuffle=False)
+        message = "no error"
+    except NonFiniteError as e:
+        message = str(e)
+    with open(os.path.join(out, f"rank{mpi.rank()}.json"), "w") as f:
+        json.dump({"counter": cut.layers[1].counter, "message": message,
+                   "difference": max_relative_difference(resumed.get_weights(), whole.get_weights())}, f)
 
 
 def scenario_single(out: str) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import xpcnn
 from xpcnn import functional as F
 from xpcnn.backend import dtype_name
-from xpcnn.errors import ArgumentError, LabelError, ShapeError
+from xpcnn.errors import ArgumentError, ArgumentTypeError, DTypeError, LabelError, ShapeError
 from xpcnn.testing import gradcheck
 
 from .test_ops import Unchanged, autograd, check, on
@@ -277,6 +277,21 @@ def test_cross_entropy_options_match_torch(torch, sweep_backend, dtype, n, k, la
             [loss_ref, gz_ref, loss_ref, gz_ref], Z, dtype)
 
 
+def test_cross_entropy_with_narrow_labels_and_masked_classes_matches_torch(torch):
+    rng = np.random.default_rng(0)
+    z, labels = rng.standard_normal((4, 300)), np.array([0, 5, 40, 200])
+    z[:, 299] = -np.inf  # a class masked out: its zero target weight adds nothing (torch), not 0 * -inf
+    for smoothing in (0.0, 0.1):
+        expected, (grad,) = autograd(torch, lambda t, s=smoothing: torch.nn.functional.cross_entropy(
+            t, torch.as_tensor(labels), label_smoothing=s), 1.0, z)
+        for dtype in (np.uint8, np.int16, np.int64):  # uint8 labels of 300 classes: an arange of 300 wraps in uint8
+            loss, g = F.cross_entropy_with_grad(z, labels.astype(dtype), label_smoothing=smoothing)
+            np.testing.assert_allclose(float(loss), float(expected), rtol=1e-12)
+            np.testing.assert_allclose(g, grad, rtol=1e-12, atol=1e-15)
+    assert F.one_hot(np.array([0, 299], np.uint16), 300, np.float64).sum() == 2
+    assert F.one_hot(np.array([0, 255], np.uint8), 300, np.float64).sum(axis=1).tolist() == [1.0, 1.0]
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -309,6 +324,18 @@ C3 = np.ones(3)
         (lambda: F.batch_norm(X4, C3, C3, C3, C3, training=1), ArgumentError, r"^training: expected True or False"),
         (lambda: F.batch_norm(X4[0], C3, C3, C3, C3, training=True), ShapeError, r"^x: expected a 4-d .* or 2-d"),
         (lambda: F.batch_norm_backward(X4, X4, C3, (1, 2), training=True), ArgumentError, r"^saved: expected"),
+        (lambda: F.batch_norm_backward(X4, X4, C3, F.batch_norm(X4[:1], C3, C3, None, None, training=True)[1],
+                                       training=True), ArgumentError, r"^saved: from a forward of \(1, 3, 4, 4\)"),
+        (lambda: F.batch_norm(np.ones((2, 0)), None, None, None, None, training=True), ShapeError,
+         r"^x: expected a non-zero size"),
+        (lambda: F.linear_backward(np.ones((2, 5)), np.ones((2, 3)), np.ones((4, 5))), ShapeError,
+         r"^x: has 3 features but weight of shape \(4, 5\) expects 4"),
+        (lambda: F.linear_backward(np.ones((2, 5), np.float32), np.ones((2, 3), np.float32), np.ones((3, 5))),
+         DTypeError, r"^weight: dtype float64 differs from x dtype float32"),
+        (lambda: F.conv_transpose2d(np.ones((1, 3, 0, 4)), np.ones((3, 2, 3, 3))), ShapeError,
+         r"^x: expected H and W >= 1"),
+        (lambda: F.conv2d_backward(np.ones((1, 2, 2, 2)), np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3)),
+                                   bias=np.ones(2)), ArgumentTypeError, r"^bias: expected True or False"),
         (lambda: F.leaky_relu(X4, "0.1"), ArgumentError, r"^negative_slope: expected a real number"),
         (lambda: F.cross_entropy(np.ones((2, 3)), np.array([0, 1]), label_smoothing=1.5), ArgumentError,
          r"^label_smoothing: expected a number in \[0, 1\]"),

@@ -161,6 +161,8 @@ def diagnose(model, xb, loss_value: float) -> str | None:
     for key, layer, name in model.named_parameters():
         if _first_non_finite(xp, [(name, layer.params[name])]):
             return f"layer {key.rpartition('.')[0]} ({type(layer).__name__}) parameter '{name}' holds NaN/Inf"
+    if not math.isfinite(loss_value) and not xb.shape[0]:  # a distributed batch's empty share
+        return "the loss of the other ranks' shares of this batch (this rank's share was empty)"
     if not math.isfinite(loss_value):
         out = xb
         for i, layer in enumerate(model.layers):

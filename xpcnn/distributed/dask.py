@@ -26,6 +26,7 @@ Dask is imported only when one of these functions runs; ``pip install -e '.[dask
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -78,6 +79,12 @@ def _model_from_bytes(blob: bytes, backend: str | None):
 _models: dict[tuple[str, str | None], Any] = {}
 _loads = 0
 _lock = threading.Lock()
+_tracing = threading.Lock()  # JAX traces a new shape into the shared model's layers: one chunk at a time
+
+
+def _running(model):
+    """A lock for a model whose backend compiles (chunks on threads share it), else nothing."""
+    return _tracing if model.backend.compiles else contextlib.nullcontext()
 
 
 def _cached_model(blob: bytes, digest: str, backend: str | None):
@@ -179,8 +186,9 @@ def _labels(da, y, x):
 def _predict_chunk(images: np.ndarray, blob: bytes, digest: str, backend: str | None, batch_size: int) -> np.ndarray:
     model = _cached_model(blob, digest, backend)
     images = np.asarray(images, dtype=model.dtype)
-    out = [to_numpy(model.predict(to_device(images[i:i + batch_size], model.backend)))
-           for i in range(0, images.shape[0], batch_size)]
+    with _running(model):
+        out = [to_numpy(model.predict(to_device(images[i:i + batch_size], model.backend)))
+               for i in range(0, images.shape[0], batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape()[-1]), dtype=model.dtype)
 
 
@@ -191,7 +199,8 @@ def _evaluate_chunk(images: np.ndarray, labels: np.ndarray, blob: bytes, digest:
     n = images.shape[0]
     if n == 0:
         return np.zeros((1, 2))
-    result = model.evaluate(np.asarray(images, dtype=model.dtype), np.asarray(labels), batch_size=batch_size)
+    with _running(model):
+        result = model.evaluate(np.asarray(images, dtype=model.dtype), np.asarray(labels), batch_size=batch_size)
     return np.array([[result["loss"] * n, round(result["accuracy"] * n)]], dtype=np.float64)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from .. import training
 from ..backend import namespace_of, to_device, to_numpy
 from ..errors import ArgumentTypeError, BackendUnavailableError, DataError, NonFiniteError
+from ..layers.core import RandomLayer
 
 INSTALL = "pip install -e '.[mpi]' (mpi4py and the mpich wheel, whose mpiexec lands in the environment's bin/)"
 # World-size variables of the common launchers: set when a process was started as one rank of many.
@@ -236,6 +237,10 @@ class Communicator:
         share (the last batch of an epoch smaller than K) skips the forward and adds zeros."""
         n_local = int(xb.shape[0])
         values = step_fn(model, xp, xb, yb, *args) if n_local else None
+        if not n_local:  # the skipped training forward would have advanced each Dropout's counter
+            for _, layer in model.walk():
+                if isinstance(layer, RandomLayer):
+                    layer.counter += 1
         return self.reduce_step(model, values, n_local, n_global)
 
     def reduce_step(self, model, values, n_local: int, n_global: int):

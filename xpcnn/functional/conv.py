@@ -30,7 +30,7 @@ from .._validate import (
     pair,
 )
 from ..backend import fewest_operations_for
-from ..errors import ArgumentError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ._windows import add_taps, pad2d, taps_of
 
 
@@ -231,6 +231,10 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     """
     xp = _check(x, weight, None)
     namespace(x=x, grad_y=grad_y)
+    for name, flag in (("bias", bias), ("input_grad", input_grad)):
+        if not isinstance(flag, bool):
+            raise ArgumentTypeError(f"{name}: expected True or False (whether to return that gradient), got "
+                                    f"{type(flag).__name__}")
     geometry = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[0], *geometry.out_hw), "x")
     if cols is not None:
@@ -265,6 +269,8 @@ def conv_transpose2d_geometry(x_shape, w_shape, stride=1, padding=0, output_padd
     dilation = pair(dilation, "dilation")
     output_padding = pair(output_padding, "output_padding", minimum=0)
     groups = groups_of(groups, in_channels=w_shape[0])
+    if min(x_shape[2:]) < 1:  # PyTorch refuses it too: only an empty batch or channel axis may be 0
+        raise ShapeError(f"x: expected H and W >= 1, got shape {tuple(x_shape)}")
     if x_shape[1] != w_shape[0]:
         raise ShapeError(
             f"x: input has {x_shape[1]} channels but weight of shape {tuple(w_shape)} expects {w_shape[0]} "

@@ -14,15 +14,19 @@ def linear(x, weight, bias=None):
     check_ndim(x, 2, "x", "(N, in_features)")
     check_ndim(weight, 2, "weight", "(in_features, out_features)")
     check_nonempty(weight, "weight", "(in_features, out_features)", axes=(0, 1))
-    check_float(xp, "x", x)
-    check_same_dtype("x", x, "weight", weight)
     if bias is not None:
         check_shape(bias, (weight.shape[1],), "bias", " (out_features,)")
         check_same_dtype("x", x, "bias", bias)
+    _check_pair(xp, x, weight)
+    return linear_kernel(xp, x, weight, bias)
+
+
+def _check_pair(xp, x, weight) -> None:
+    check_float(xp, "x", x)
+    check_same_dtype("x", x, "weight", weight)
     if x.shape[1] != weight.shape[0]:
         raise ShapeError(f"x: has {x.shape[1]} features but weight of shape {tuple(weight.shape)} expects "
                          f"{weight.shape[0]}")
-    return linear_kernel(xp, x, weight, bias)
 
 
 def linear_kernel(xp, x, weight, bias):
@@ -36,7 +40,7 @@ def linear_backward(grad_y, x, weight, *, bias=True, input_grad=True):
     xp = namespace(x=x, weight=weight, grad_y=grad_y)
     check_ndim(x, 2, "x", "(N, in_features)")
     check_ndim(weight, 2, "weight", "(in_features, out_features)")
-    check_float(xp, "x", x)
+    _check_pair(xp, x, weight)
     check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[1]), "x")
     return linear_backward_kernel(xp, grad_y, x, weight, bias=bias, input_grad=input_grad)
 

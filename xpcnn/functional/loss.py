@@ -8,7 +8,7 @@ from __future__ import annotations
 from .._validate import check_float, check_ndim, check_nonempty, is_integral, namespace, positive_int
 from ..backend import constant, device_of
 from ..errors import ArgumentError, DataError, LabelError
-from .activation import log_softmax
+from .activation import log_softmax, zero_like
 
 
 def check_label_layout(xp, labels, n: int, name: str = "labels"):
@@ -34,14 +34,22 @@ def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None, name: 
 
 
 def one_hot(labels, num_classes: int, dtype):
-    """(N,) integer labels -> (N, num_classes) of 0/1 in ``dtype``."""
+    """(N,) integer labels -> (N, num_classes) of 0/1 in ``dtype``; a label outside [0, num_classes)
+    gives a row of zeros (no host read to check them; ``torch.nn.functional.one_hot`` raises)."""
     xp = namespace(labels=labels)
     num_classes = positive_int(num_classes, "num_classes")
     check_ndim(labels, 1, "labels", "(N,) of class indices")
     if not xp.isdtype(labels.dtype, "integral"):
         raise LabelError(f"labels: expected an integer dtype (class indices), got {labels.dtype}")
+    labels = _wide_enough(xp, labels, num_classes)
     classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))
     return xp.astype(labels[:, None] == classes, dtype)
+
+
+def _wide_enough(xp, labels, k: int):
+    """``labels`` in a dtype that holds k - 1 (uint8 labels for 300 classes go as int32; an arange
+    of 300 in uint8 wraps round, and one label would match two classes)."""
+    return labels if xp.iinfo(labels.dtype).max >= k - 1 else xp.astype(labels, xp.int32)
 
 
 def _options(label_smoothing, ignore_index):
@@ -70,17 +78,18 @@ def cross_entropy_with_grad(logits, labels, *, label_smoothing=0.0, ignore_index
     if n == 0:
         raise DataError("logits: the batch is empty (N = 0); the mean loss of no samples is undefined")
     check_labels(xp, labels, n, k, ignore_index)
-    if ignore_index is None:
-        return cross_entropy_kernel(xp, logits, labels, label_smoothing)
-    count = int(xp.count_nonzero(labels != ignore_index))
-    kept = xp.astype(labels != ignore_index, logits.dtype)[:, None]
+    kept = None if ignore_index is None else xp.astype(labels != ignore_index, logits.dtype)[:, None]
+    count = n if kept is None else int(xp.count_nonzero(labels != ignore_index))
     if count == 0:
-        raise LabelError(
-            f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is undefined"
-        )
+        raise LabelError(f"labels: every label equals ignore_index {ignore_index}; the mean over no samples is "
+                         "undefined")
     log_p = log_softmax(logits, axis=1)
-    target = _target(xp, labels, k, logits.dtype, label_smoothing) * kept
-    return -xp.sum(log_p * target) / count, (xp.exp(log_p) - target) * kept / count
+    target = _target(xp, labels, k, logits.dtype, label_smoothing) * (1.0 if kept is None else kept)
+    # A class of logit -inf (masked) with no target weight adds nothing, as in torch (not 0 * -inf = NaN).
+    # The training step's kernel skips this select: a network's logits are finite.
+    terms = xp.where(target > 0, log_p, zero_like(xp, log_p)) * target
+    grad = xp.exp(log_p) - target
+    return -xp.sum(terms) / count, (grad if kept is None else grad * kept) / count
 
 
 def cross_entropy_kernel(xp, logits, labels, label_smoothing=0.0):
@@ -115,6 +124,7 @@ def _cross_entropy(xp, logits, labels, label_smoothing):
 
 def _one_hot(xp, labels, k: int, dtype):
     """(N, K) one-hot of integer labels; a row of zeros for a label outside [0, K)."""
+    labels = _wide_enough(xp, labels, k)
     classes = constant(xp, labels, f"arange {k}", lambda xp, dtype, device: xp.arange(k, dtype=dtype, device=device))
     return xp.astype(labels[:, None] == classes, dtype)
 

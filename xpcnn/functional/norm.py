@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._validate import check_float, check_grad, check_same_dtype, check_shape, namespace
+from .._validate import check_float, check_grad, check_nonempty, check_same_dtype, check_shape, namespace
 from ..backend import constant
 from ..errors import ArgumentError, ShapeError
 
@@ -35,6 +35,7 @@ def _check(xp, x, arrays: dict):
     if not hasattr(x, "shape") or len(x.shape) not in (2, 4):
         got = f"shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
         raise ShapeError(f"x: expected a 4-d (N, C, H, W) or 2-d (N, C) array, got {got}")
+    check_nonempty(x, "x", "(N, C, ...)", axes=(1,))
     check_float(xp, "x", x)
     for name, a in arrays.items():
         if a is not None:
@@ -148,6 +149,9 @@ def batch_norm_backward(grad_y, x, weight, saved, *, training, bias=True):
     check_grad(grad_y, "grad_y", x, tuple(x.shape), "x")
     if not isinstance(saved, BatchNormSaved):
         raise ArgumentError(f"saved: expected the BatchNormSaved that batch_norm returned, got {type(saved).__name__}")
+    if tuple(saved.centred.shape) != tuple(x.shape) or saved.centred.dtype != x.dtype:
+        raise ArgumentError(f"saved: from a forward of {tuple(saved.centred.shape)} {saved.centred.dtype}, but x is "
+                            f"{tuple(x.shape)} {x.dtype}: pass what batch_norm returned for this x")
     if not isinstance(training, bool):
         raise ArgumentError(f"training: expected True or False, got {training!r}")
     return batch_norm_backward_kernel(xp, grad_y, x, weight, saved, training=training, bias=bias)
