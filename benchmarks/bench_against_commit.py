@@ -1,7 +1,7 @@
 """This checkout's ``train_step`` against an earlier commit's, or against itself with a patch
 applied (a form taken out: ``benchmarks/without/``), side by side in one run.
 
-    python benchmarks/bench_against_commit.py 9d0182e            # the previous round's code
+    python benchmarks/bench_against_commit.py 9d0182e            # an earlier commit's code
     python benchmarks/bench_against_commit.py HEAD~5 --threads 1
     python benchmarks/bench_against_commit.py --patch benchmarks/without/max_pool_taps.patch
 

@@ -46,7 +46,7 @@ for name in relu_max_pool_fusion argmax_tiled_backward; do
   "$PY" benchmarks/bench_ops.py --patch "benchmarks/without/$name.patch"
   echo
 done | tee "$R/without_ops.txt"
-# Inference against the commit before this round's inference work, then without each inference form.
+# Inference against the commit before the inference work, then without each inference form.
 { echo '$ python benchmarks/bench_inference.py --rounds 5   # against 0614e3b, before issue 22'
   "$PY" benchmarks/bench_inference.py --rounds 5; } | tee "$R/inference.txt"
 for name in conv_batchnorm_fusion inference_slices numpy_namespace; do

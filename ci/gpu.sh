@@ -6,7 +6,8 @@
 # Installs nothing from the network. The machine is expected to have Python, NumPy, CuPy, PyTorch,
 # pytest and hypothesis; what it lacks (array-api-compat, array-api-strict, array-api-extra,
 # safetensors, mlxtend) comes from the wheels in $WHEELS (default .whl, filled beforehand with
-# `bash ../shared/wheels/fetch.sh .whl` and carried with the tree), installed into /tmp/site.
+# `pip download --only-binary=:all: --no-deps --dest .whl ...`, see docs/gpu.md, and carried with
+# the tree), installed into /tmp/site.
 #
 # Steps, each logged to RESULTS_DIR/<step>.log and summarised in RESULTS_DIR/results.md:
 #   env       GPU, driver, library versions, xpcnn.available_backends()
