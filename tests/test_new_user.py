@@ -16,6 +16,7 @@ from xpcnn.errors import (
     ArgumentTypeError,
     BackendUnavailableError,
     DataError,
+    DTypeError,
     LabelError,
     LayerContractError,
     NotBuiltError,
@@ -234,3 +235,75 @@ def test_evaluate_on_the_wrong_image_size_says_so_in_words(tmp_path, capsys):
     assert cli.main(["evaluate", str(path)]) == 1 or True
     err = capsys.readouterr().err
     assert "expects 8x8 images" in err and "test split is 28x28" in err
+
+
+class OnceDense(layers.Dense):
+    """Sets its gradients on its first backward only."""
+
+    def backward(self, grad_y):
+        grad_x = super().backward(grad_y)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 1:
+            self.grads.clear()
+        return grad_x
+
+
+def test_a_gradient_left_unset_on_a_later_step_is_named_not_reused():
+    model = xpcnn.Sequential([layers.Flatten(), OnceDense(3)]).build((1, 8, 8))
+    x, y = data(4)
+    model.train_step(x, y, optim.SGD(0.1))
+    with pytest.raises(LayerContractError, match=r"layer 1 \(OnceDense\): its backward did not set the gradient"):
+        model.train_step(x, y, optim.SGD(0.1))
+
+
+def my_init(rng, shape, fan_in, fan_out):
+    return rng.standard_normal(shape) * 0.1
+
+
+def test_a_custom_initialiser_function_trains_and_folds_but_is_not_saved_by_a_name_that_cannot_load(tmp_path):
+    model = xpcnn.Sequential([layers.Conv2D(2, 3, weight_init=my_init), layers.BatchNorm2D(), layers.Flatten(),
+                              layers.Dense(3, weight_init=xpcnn.init.torch_default)]).build((1, 8, 8))
+    assert model.layers[3].get_config()["weight_init"] == "torch"  # a registered function by its registered name
+    model.fold_batchnorm()
+    for write in (lambda: model.save(tmp_path / "m.safetensors"), lambda: pickle.dumps(model)):
+        with pytest.raises(ArgumentError, match=r"layer 0 \(Conv2D\): its weight_init is a function \(my_init\)"):
+            write()
+    with pytest.raises(ArgumentTypeError, match=r"^weight_init: expected an initialiser name .* got list"):
+        layers.Dense(3, weight_init=[1, 2])
+
+
+def test_containers_check_their_input_and_a_model_is_not_a_layer():
+    model = xpcnn.Sequential([layers.Residual([layers.Conv2D(1, 3, padding=1)]), layers.Flatten()])
+    model.build((1, 6, 6), dtype="float64")
+    with pytest.raises(DTypeError, match="x: expected dtype float64"):
+        model.layers[0](np.ones((2, 1, 6, 6), np.float32))
+    with pytest.raises(ArgumentTypeError, match=r"^layers\[0\]: a Sequential is a model, not a layer of another"):
+        xpcnn.Sequential([xpcnn.Sequential([layers.Flatten()]), layers.Dense(2)])
+
+
+class TripleScale(layers.Layer):
+    """y = x * w[c] with a weight gradient three times too large: gradcheck must see it in a Residual."""
+
+    def param_specs(self, sample):
+        return {"weight": layers.Param((sample[0],), xpcnn.init.ones, sample[0], sample[0])}
+
+    def forward(self, x, training=False):
+        self.save_for_backward(x)
+        return x * self.params["weight"][None, :, None, None]
+
+    def backward(self, grad_y):
+        (x,) = self.saved
+        self.grads["weight"] = 3 * (grad_y * x).sum(axis=(0, 2, 3))
+        return grad_y * self.params["weight"][None, :, None, None]
+
+
+def test_gradcheck_checks_the_parameters_inside_containers():
+    h = np.random.default_rng(0).standard_normal((2, 2, 3, 3))
+    model = xpcnn.Sequential([layers.Residual([TripleScale()]), layers.Flatten(), layers.Dense(2)])
+    model.build((2, 3, 3), dtype="float64", backend="numpy")
+    with pytest.raises(AssertionError, match=r"param block\.0\.weight: 0\.667"):
+        xpcnn.testing.gradcheck(model.layers[0], h)
+    good = xpcnn.Sequential([layers.Conv2D(2, 3, padding=1), layers.Residual([layers.Conv2D(2, 3, padding=1),
+                                                                              layers.Tanh()]), layers.Flatten()])
+    result = xpcnn.testing.gradcheck(good.build((2, 3, 3), dtype="float64", backend="numpy"), h)
+    assert "param 1.block.0.weight" in str(result) and "param 0.bias" in str(result)

@@ -144,21 +144,14 @@ class Checkpoint:
         checkpoint says when it is not built yet); returns the optimizer (a new one of the saved
         class when ``optimizer`` is None). The model must have the checkpoint's architecture."""
         where = os.fspath(self.path)
-        saved = {
-            "layers": self.config["layers"],
-            "input_shape": list(self.fields["input_shape"]),
-            "dtype": self.fields["dtype"],
-        }
+        saved = {"layers": self.config["layers"], "input_shape": list(self.fields["input_shape"]),
+                 "dtype": self.fields["dtype"]}
         if model.built:
-            mine = {
-                "layers": model.get_config()["layers"],
-                "input_shape": list(model.input_shape),
-                "dtype": model.dtype,
-            }
+            mine = {"layers": model.get_config()["layers"], "input_shape": list(model.input_shape),
+                    "dtype": model.dtype}
             if mine != saved:
-                raise ModelFileError(
-                    f"resume_from: {where} was written by a different model (architecture, input shape or dtype)"
-                )
+                raise ModelFileError(f"resume_from: {where} was written by a different model (architecture, input "
+                                     "shape or dtype)")
         else:
             mine = [{"type": type(layer).__name__, "config": layer.get_config()} for layer in model.layers]
             if mine != saved["layers"]:
@@ -176,17 +169,11 @@ class Checkpoint:
         if optimizer is None:
             optimizer = self.make_optimizer()
         if type(optimizer).__name__ != self.optimizer_record["class"]:
-            raise ModelFileError(
-                f"optimizer: the checkpoint {self.path} holds {self.optimizer_record['class']} state, got a "
-                f"{type(optimizer).__name__}; pass optimizer=None to use the saved one"
-            )
-        state = {
-            key: {
-                name: model.backend.asarray(self.optimizer_tensors[f"optimizer/{key}/{name}"], dtype=model.dtype)
-                for name in names
-            }
-            for key, names in self.optimizer_record["state"].items()
-        }
+            raise ModelFileError(f"optimizer: the checkpoint {self.path} holds {self.optimizer_record['class']} state, "
+                                 f"got a {type(optimizer).__name__}; pass optimizer=None to use the saved one")
+        tensors = self.optimizer_tensors
+        state = {key: {name: model.backend.asarray(tensors[f"optimizer/{key}/{name}"], dtype=model.dtype)
+                       for name in names} for key, names in self.optimizer_record["state"].items()}
         optimizer.load_state_dict({"steps": self.optimizer_record["steps"], "state": state})
         return optimizer
 
@@ -200,9 +187,8 @@ def model_arrays(model, tensors: dict[str, np.ndarray], fields: dict[str, Any], 
     try:
         param_shapes, buffer_shapes = model.state_shapes(fields["input_shape"])
     except (XpcnnError, ValueError, TypeError) as e:
-        raise ModelFileError(
-            f"{where}: the architecture does not fit input_shape {list(fields['input_shape'])} ({e})"
-        ) from None
+        raise ModelFileError(f"{where}: the architecture does not fit input_shape {list(fields['input_shape'])} "
+                             f"({e})") from None
     own = {k: v for k, v in tensors.items() if not k.startswith(("optimizer/", "callbacks/"))}
     expected = {**param_shapes, **buffer_shapes}
     missing = sorted(set(expected) - set(own))
@@ -210,18 +196,16 @@ def model_arrays(model, tensors: dict[str, np.ndarray], fields: dict[str, Any], 
         missing = [k for k in missing if k not in buffer_shapes]
     unexpected = sorted(set(own) - set(expected))
     if missing or unexpected:
-        raise ModelFileError(
-            f"{where}: parameters do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        raise ModelFileError(f"{where}: parameters do not match the architecture: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
     want = np.dtype(fields["dtype"])
     for key, shape in expected.items():
         if key not in own:
             continue
         a = own[key]
         if a.shape != shape:
-            raise ModelFileError(
-                f"{where}: parameter {key}: expected shape {shape} for this architecture, got {a.shape}"
-            )
+            raise ModelFileError(f"{where}: parameter {key}: expected shape {shape} for this architecture, got "
+                                 f"{a.shape}")
         if a.dtype != want:
             raise ModelFileError(f"{where}: parameter {key}: expected dtype {want} (metadata dtype), got {a.dtype}")
         if not np.isfinite(a).all():
@@ -278,10 +262,8 @@ def _check_optimizer(record: dict[str, Any], tensors: dict[str, np.ndarray], sha
         for name in names:
             a = tensors[f"optimizer/{key}/{name}"]
             if a.shape != shapes[key] or a.dtype != np.dtype(dtype):
-                raise _fail(
-                    where,
-                    f"optimizer state optimizer/{key}/{name}: expected {dtype} {shapes[key]}, got {a.dtype} {a.shape}",
-                )
+                raise _fail(where, f"optimizer state optimizer/{key}/{name}: expected {dtype} {shapes[key]}, got "
+                                   f"{a.dtype} {a.shape}")
 
 
 def _check_rng(state: Any, where: str) -> dict[str, Any]:

@@ -99,6 +99,9 @@ def get(init: str | Initializer, argument: str) -> Initializer:
     """Look an initialiser up by name (or pass a callable through)."""
     if callable(init):
         return init
+    if not isinstance(init, str):
+        raise ArgumentTypeError(f"{argument}: expected an initialiser name ({', '.join(INITIALIZERS)}) or a function "
+                                f"(rng, shape, fan_in, fan_out) -> array, got {type(init).__name__}")
     if init not in INITIALIZERS:
         raise ArgumentError(f"{argument}: unknown initialiser {init!r}; valid names are {', '.join(INITIALIZERS)}")
     return INITIALIZERS[init]

@@ -39,12 +39,12 @@ def _check_betas(betas: Any) -> tuple[float, float]:
     return (_check_hyper("betas[0]", items[0], high=1.0), _check_hyper("betas[1]", items[1], high=1.0))
 
 
-def check_gradients(slots) -> None:
+def check_gradients(slots, after_backward: bool = False) -> None:
     """Every parameter of ``slots`` ((key, layer, name), as ``model.named_parameters()``) has a
-    gradient: else the layer whose backward left one unset is named, or, when none has any, the
-    caller is told to run backward first."""
+    gradient: else the layer whose backward left one unset is named, or, when none has any (and
+    no backward has just run), the caller is told to run backward first."""
     missing = [(key, layer, name) for key, layer, name in slots if name not in layer.grads]
-    if missing and len(missing) < len(slots):
+    if missing and (len(missing) < len(slots) or after_backward):
         key, layer, name = missing[0]
         raise LayerContractError(
             f"layer {key.rpartition('.')[0]} ({type(layer).__name__}): its backward did not set the gradient of "

@@ -360,7 +360,8 @@ def gradcheck(layer_or_fn: Any, x: Any, *, backward: Callable[..., Any] | None =
     """Check analytic gradients against central finite differences, in float64.
 
     ``layer_or_fn``: a built :class:`~xpcnn.layers.Layer` (checks ``backward``'s input gradient
-    and, with ``params``, every ``layer.grads`` entry), or a function ``f(*inputs) -> y`` with
+    and, with ``params``, every ``layer.grads`` entry; a container, a Residual or a whole
+    Sequential, every nested layer's), or a function ``f(*inputs) -> y`` with
     ``backward(grad_y, *inputs) -> grad`` (or a tuple of grads, one per input; None skips one).
     ``x``: the input array, or a tuple of input arrays for a function; any backend, float64.
 
@@ -405,27 +406,32 @@ def gradcheck(layer_or_fn: Any, x: Any, *, backward: Callable[..., Any] | None =
 
     # Analytic gradients, keyed by name, plus a setter that evaluates L with one of them perturbed.
     if layer is not None:
-        grad_x = layer.backward(to_device(g, _backend_of(y)))
-        analytic = {"x": grad_x}
-        unset = [k for k in layer.params if k not in layer.grads] if params else []
+        # A container's parameters are its sublayers' (key "block.0.weight"), a layer's its own.
+        slots = {f"param {key}": (owner, name) for key, owner, name in (
+            layer.named_parameters() if hasattr(layer, "named_parameters") else ((k, layer, k) for k in layer.params))}
+        needs, layer.needs_input_grad = layer.needs_input_grad, True  # a Sequential's default is False
+        try:
+            analytic = {"x": layer.backward(to_device(g, _backend_of(y)))}
+        finally:
+            layer.needs_input_grad = needs
+        unset = [(owner, name) for owner, name in slots.values() if name not in owner.grads] if params else []
         if unset:
-            raise LayerContractError(f"{type(layer).__name__}: its backward did not set the gradient of parameter "
-                                     f"{unset[0]!r}; a layer's backward must set self.grads[{unset[0]!r}]")
+            owner, name = unset[0]
+            raise LayerContractError(f"{type(owner).__name__}: its backward did not set the gradient of parameter "
+                                     f"{name!r}; a layer's backward must set self.grads[{name!r}]")
         if params:
-            analytic.update({f"param {k}": layer.grads[k] for k in layer.params})
-        originals = dict(layer.params)
+            analytic.update({key: owner.grads[name] for key, (owner, name) in slots.items()})
+        current = {"x": inputs[0], **{key: owner.params[name] for key, (owner, name) in slots.items()}}
 
         def loss_with(key, value):
             if key == "x":
                 return _loss(forward(value), g)
-            name = key.removeprefix("param ")
-            layer.params[name] = value
+            owner, name = slots[key]
+            owner.params[name] = value
             try:
                 return _loss(forward(*inputs), g)
             finally:
-                layer.params[name] = originals[name]
-
-        current = {"x": inputs[0], **{f"param {k}": v for k, v in originals.items()}}
+                owner.params[name] = current[key]
     else:
         grads = backward(to_device(g, _backend_of(y)), *inputs)
         grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)

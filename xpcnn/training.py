@@ -111,7 +111,7 @@ def _step(model, xp, xb, yb, label_smoothing: float, accuracy: bool = True, extr
     try:
         grads = [layer.grads[name] for _, layer, name in slots]
     except KeyError:
-        check_gradients(slots)
+        check_gradients(slots, after_backward=True)
         raise
     guard, flat = nan_guard(xp, loss, grads)
     # The optimizer's flat update (xpcnn.optim, GPU form) reuses the concatenation.

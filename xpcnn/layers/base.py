@@ -158,7 +158,8 @@ class Layer:
         if not isinstance(training, bool):
             raise ArgumentTypeError(f"training: expected True or False, got {training!r:.80}")
         check_array(x, "x")
-        first = next(iter(self.params.values()), None)
+        nested = self.named_parameters() if hasattr(self, "named_parameters") else []  # a container's are its layers'
+        first = next(iter(self.params.values()), None) if not nested else nested[0][1].params[nested[0][2]]
         if self.input_shape is None:
             if self.needs_build(tuple(x.shape[1:])):
                 raise NotBuiltError(f"{type(self).__name__}: not built; build the model first "
@@ -190,8 +191,11 @@ class Layer:
 
 
 def init_name(init) -> Any:
-    """An initialiser's name as saved in the config (a custom callable by its function name)."""
-    return init if isinstance(init, str) else getattr(init, "__name__", "custom")
+    """An initialiser's name as saved in the config: a registered one's key (for its function
+    too), a custom callable by its function name (which a model file cannot rebuild)."""
+    if isinstance(init, str):
+        return init
+    return next((k for k, f in initializers.INITIALIZERS.items() if f is init), getattr(init, "__name__", "custom"))
 
 
 def padding_spec(padding, kernel, stride, dilation, *, strings: bool) -> Any:
@@ -251,6 +255,11 @@ def check_config_complete(layer: Layer, where: str) -> None:
         raise ArgumentError(f"{where} ({type(layer).__name__}): its constructor takes {', '.join(required)} but it "
                             "defines no get_config(), so a saved model would reload it with the defaults; define "
                             "get_config() returning those arguments")
+    for argument, name in zip(("weight_init", "bias_init"), getattr(layer, "init_names", ())):
+        if name not in initializers.INITIALIZERS:
+            raise ArgumentError(f"{where} ({type(layer).__name__}): its {argument} is a function ({name}) a model file "
+                                f"cannot name; build with a named one ({', '.join(initializers.INITIALIZERS)}), then "
+                                "set_weights(...) the values you want")
     if LAYERS.get(type(layer).__name__) is not type(layer):
         raise ArgumentError(f"{where} ({type(layer).__name__}): its class is not registered, so a saved model could "
                             "not rebuild it; decorate the class with @xpcnn.layers.register")

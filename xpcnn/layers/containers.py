@@ -44,6 +44,9 @@ class Container(Layer):
             if not isinstance(layer, Layer):
                 raise ArgumentTypeError(f"{name}[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), "
                                         f"got {type(layer).__name__}")
+            if getattr(layer, "is_model", False):
+                raise ArgumentTypeError(f"{name}[{i}]: a Sequential is a model, not a layer of another; give its "
+                                        "layers instead ([*model.layers, ...]) or wrap them in a Residual")
             if not hasattr(layer, "params"):
                 raise LayerContractError(f"{name}[{i}] ({type(layer).__name__}): has no params; its __init__ must "
                                          "call super().__init__()")
@@ -149,6 +152,7 @@ def run_backward(layers: list[Layer], grad_y, needs_input_grad: bool):
     """``grad_y`` back through ``layers``; the first layer's input gradient only when asked."""
     for i in range(len(layers) - 1, -1, -1):
         layers[i].needs_input_grad = needs_input_grad or i > 0
+        layers[i].grads.clear()  # each backward sets its gradients anew: one left unset is caught, not reused
         grad_y = layers[i].backward(grad_y)
     return grad_y
 

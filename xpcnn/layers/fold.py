@@ -32,7 +32,8 @@ def unbuilt_folded(layers: list[Layer], sources: list) -> list[Layer]:
         else:
             # Arrays shared, not copied (set again after the build; lazy ndonnx arrays cannot be copied)
             arrays = [*layer.params.values(), *layer.buffers.values(), *layer.grads.values(), layer.saved_values]
-            twin = Conv2D(**{**layer.get_config(), "bias": True}) if bns else \
+            twin = Conv2D(**{**layer.get_config(), "bias": True, "weight_init": layer.weight_init,
+                             "bias_init": layer.bias_init}) if bns else \
                 copy.deepcopy(layer, {id(a): a for a in arrays})
             sources.append((twin, layer, bns))
         out.append(twin)
