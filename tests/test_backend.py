@@ -167,10 +167,14 @@ def test_model_call_with_other_backend_input_points_to_to_device():
     x, y = torch.ones((4, 1, 2, 2)), torch.zeros(4, dtype=torch.int64)
     for call in (lambda: model.fit(x, y, verbose=0), lambda: model.evaluate(x, y),
                  lambda: model.fit(x.numpy(), y.numpy(), validation_data=(x, y), verbose=0)):
-        with pytest.raises(BackendMismatchError, match=r"is a torch array on cpu but the model is on numpy.*to_device"):
+        with pytest.raises(BackendMismatchError, match=r"numpy array on cpu but (x|validation_data\[0\]) is a torch "
+                                                       r"array on cpu.*to_device"):
             call()
-    with pytest.raises(BackendMismatchError, match=r"^y is a torch array"):
+    with pytest.raises(BackendMismatchError, match=r"but y is a torch array"):
         model.evaluate(x.numpy(), y)
+    # the model's own device, however it is spelt (torch:cpu:0 makes tensors on 'cpu')
+    on_torch = xpcnn.Sequential([layers.Flatten(), layers.Dense(3)]).build((1, 2, 2), backend="torch:cpu:0")
+    assert on_torch.evaluate(xpcnn.to_device(x.numpy(), on_torch.backend), y)["loss"] > 0
 
 
 def test_to_numpy_is_a_copy_that_cannot_write_into_the_array():

@@ -192,6 +192,22 @@ def test_early_stopping_restores_the_best_epochs_running_statistics_with_its_wei
         assert not np.array_equal(got, last)
 
 
+def test_early_stopping_state_kept_by_older_checkpoints_holds_the_weights_alone():
+    model = xpcnn.Sequential([layers.Flatten(), layers.Dense(4), layers.BatchNorm1D(), layers.Dense(3)])
+    model.build((1, 2, 2), seed=0, dtype="float64", backend="numpy")
+    stopper = EarlyStopping(patience=5)
+    stopper.set_trainer(type("Trainer", (), {"model": model})())
+    best = [w * 2 for w in snapshot(model)]
+    stopper.set_state({"monitor": "val_loss", "mode": "min", "wait": 1, "stopped_epoch": 0, "best": 0.5,
+                       "best_epoch": 0, "stopped": False, "arrays": best})  # weights, no buffers
+    buffers = [np.array(b, copy=True) for b in model.get_buffers()]
+    stopper.on_train_end({})
+    for got, want in zip(snapshot(model), best, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, kept in zip(model.get_buffers(), buffers, strict=True):
+        np.testing.assert_array_equal(got, kept)
+
+
 def test_early_stopping_baseline_and_start_from_epoch():
     values = [0.9, 0.95, 0.97, 0.4, 0.3]
     # without a baseline: 0.9 is the best, 0.95 and 0.97 make wait 2 = patience: stop after index 2

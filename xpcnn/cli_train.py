@@ -121,9 +121,9 @@ def output_file(path: str, flag: str) -> None:
 
 def check_inputs(args) -> None:
     """--data and --data-path name what exists: a usage error before any work."""
-    if args.data and not Path(args.data).is_dir():
+    if args.data and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data: {args.data} is not a folder (expected DIR/<class name>/<images>)")
-    if args.data_path and not Path(args.data_path).exists():
+    if args.data_path and not Path(args.data_path).expanduser().exists():
         raise UsageError(f"--data-path: {args.data_path} does not exist")
 
 
@@ -211,19 +211,19 @@ def _settings(args) -> dict:
     return settings
 
 
-def _resume_point(args, model, settings: dict, ckpt, shape: tuple):
+def _resume_point(args, model, settings: dict, ckpt, shape):
     """The checkpoint ``--resume`` continues from (None: none yet), after saying what it keeps.
 
     A checkpoint holds the optimizer (class, learning rate, state), the shuffle state, the dtype
     and the batch size of its run; those win over the options, which are named when they differ.
     ``--epochs`` is the total to reach, and ``--lr-schedule`` sets each epoch's rate from the
     epoch number, so repeating the first command continues it exactly. ``ckpt``: the newest
-    checkpoint of ``--checkpoint-dir``; ``shape``: the data's (C, H, W)."""
+    checkpoint of ``--checkpoint-dir``; ``shape``: an image folder's (C, H, W), or None."""
 
     if ckpt is None:
         print(f"--resume: no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
         return None
-    if tuple(ckpt.fields["input_shape"]) != shape:
+    if shape is not None and tuple(ckpt.fields["input_shape"]) != tuple(shape):
         raise UsageError(f"--resume: the checkpoints in {args.checkpoint_dir} are of images of shape "
                          f"{tuple(ckpt.fields['input_shape'])}, the data gives {shape}; give that run's --image-size "
                          "and --color, or another --checkpoint-dir")
@@ -269,12 +269,14 @@ def _train(args, model, folder=None, ckpt=None) -> int:
     keep_freed_memory()  # this process is ours: reuse freed memory (XPCNN_MALLOC=default opts out)
     settings = _settings(args)
     start = time.perf_counter()
+    # The resume point first: the checkpoint's dtype is the data's (an image folder's shape is known already)
+    shape = folder[0][0].sample_shape if folder else None
+    resume_from = _resume_point(args, model, settings, ckpt, shape) if args.resume else None
     (x_train, y_train), (x_test, y_test) = folder[:2] if folder else load_split(args.dataset, args.data_path,
                                                                                  settings["dtype"])
-    shape = tuple(x_train.sample_shape if folder else x_train.shape[1:])
-    resume_from = _resume_point(args, model, settings, ckpt, shape) if args.resume else None
     if resume_from is None:
-        model.build(shape, seed=settings["seed"], dtype=settings["dtype"])
+        model.build(x_train.sample_shape if folder else x_train.shape[1:], seed=settings["seed"],
+                    dtype=settings["dtype"])
     optimizer = None if resume_from else _optimizer(settings["optimizer"], settings["lr"])
     callbacks = _schedule_callbacks(args, settings)
     verbose = args.verbose

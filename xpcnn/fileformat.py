@@ -185,10 +185,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             if len(head) == 8:
                 (header_len,) = struct.unpack("<Q", head)
                 if header_len > _MAX_HEADER or 8 + header_len > info.st_size:  # refuse before reading the rest
-                    raise ModelFileError(
-                        f"{where}: not a safetensors model file: header length {header_len} does not fit the "
-                        f"{info.st_size}-byte file{_sniff(head)} (truncated or not this format)"
-                    )
+                    raise ModelFileError(f"{where}: not a safetensors model file: header length {header_len} does "
+                                         f"not fit the {info.st_size}-byte file{_sniff(head)} (truncated or not "
+                                         "this format)")
             return head + f.read()
         except OSError as e:
             raise ModelFileError(f"{where}: cannot read model file ({e})") from e
@@ -222,9 +221,8 @@ def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], d
     byte range (contiguous, in order, covering the data exactly) before decoding anything.
     """
     if len(data) < 8:
-        raise ModelFileError(
-            f"{where}: not a model file: {len(data)} bytes is shorter than a safetensors header{_sniff(data)}"
-        )
+        raise ModelFileError(f"{where}: not a model file: {len(data)} bytes is shorter than a safetensors "
+                             f"header{_sniff(data)}")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len < 2 or header_len > _MAX_HEADER or 8 + header_len > len(data):
         raise ModelFileError(f"{where}: not a safetensors model file: header length {header_len} does not fit the "
@@ -237,45 +235,39 @@ def parse(data: bytes, where: str = "<bytes>") -> tuple[dict[str, np.ndarray], d
     if not isinstance(header, dict):
         raise ModelFileError(f"{where}: header: expected a JSON object, got {type(header).__name__}")
     metadata = header.pop("__metadata__", None)
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
         raise ModelFileError(f"{where}: header: expected __metadata__ to be an object of strings")
     body = memoryview(data)[8 + header_len :]
     entries = []
     for name, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise ModelFileError(
-                f"{where}: tensor {name!r}: expected keys dtype, shape, data_offsets, got {entry!r:.200}"
-            )
+            raise ModelFileError(f"{where}: tensor {name!r}: expected keys dtype, shape, data_offsets, got "
+                                 f"{entry!r:.200}")
         dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
             raise ModelFileError(f"{where}: tensor {name!r}: expected dtype F32 or F64, got {entry['dtype']!r:.50}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_size(s) for s in shape):
-            raise ModelFileError(
-                f"{where}: tensor {name!r}: shape must be a list of at most 8 non-negative ints, got {shape!r:.200}"
-            )
+            raise ModelFileError(f"{where}: tensor {name!r}: shape must be a list of at most 8 non-negative ints, "
+                                 f"got {shape!r:.200}")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
             raise ModelFileError(f"{where}: tensor {name!r}: data_offsets must be [begin, end], got {offsets!r:.200}")
         begin, end = offsets
         if end - begin != math.prod(shape) * dtype.itemsize:
-            raise ModelFileError(
-                f"{where}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {entry['dtype']}"
-            )
+            raise ModelFileError(f"{where}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of "
+                                 f"{entry['dtype']}")
         entries.append((begin, end, name, dtype, tuple(shape)))
     entries.sort()
     position = 0
     for begin, end, name, _, _ in entries:
         if begin != position:
-            raise ModelFileError(
-                f"{where}: tensor {name!r}: data starts at byte {begin}, expected {position} (overlap or gap)"
-            )
+            raise ModelFileError(f"{where}: tensor {name!r}: data starts at byte {begin}, expected {position} "
+                                 "(overlap or gap)")
         position = end
     if position != len(body):
-        raise ModelFileError(
-            f"{where}: tensor data is {len(body)} bytes, the header describes {position} (truncated or padded)"
-        )
+        raise ModelFileError(f"{where}: tensor data is {len(body)} bytes, the header describes {position} "
+                             "(truncated or padded)")
     tensors = {
         name: np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
         for begin, end, name, dtype, shape in entries

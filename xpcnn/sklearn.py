@@ -209,7 +209,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _resolve_shape(self, d: int, shape):
         if self.image_shape is not None:
-            shape = tuple(self.image_shape) if isinstance(self.image_shape, (tuple, list)) else ()
+            shape = tuple(self.image_shape) if hasattr(self.image_shape, "__iter__") else ()  # a tuple, list, array
             if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape) \
                     or math.prod(shape) != d:
                 raise ValueError(f"image_shape: expected (C, H, W) of positive ints with C*H*W = {d} "

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import namespace
 from ..backend import device_of, dtype_name, library_of, namespace_of, to_device
 from ..errors import ArgumentTypeError, BackendMismatchError, DataError, DTypeError, LabelError, ShapeError
 from .protocol import Prefetcher, check_class_names, is_dataset
@@ -25,12 +26,15 @@ class ArrayFeed:
     def __init__(self, model, x: Any, y: Any, names: tuple[str, str] = ("x", "y")) -> None:
         nx, ny = names
         x, y = as_array(x, nx), (None if y is None else as_array(y, ny))
+        first = next((layer.params[key] for _, layer, key in model.named_parameters()), None)
         for name, a in ((nx, x), (ny, y)):  # host data move batch by batch; another library's never silently
-            if a is not None and not isinstance(a, np.ndarray) and (
-                    library_of(a) != model.backend.name or device_of(a) != model.backend.device):
-                raise BackendMismatchError(f"{name} is a {library_of(a)} array on {device_of(a)} but the model is on "
-                                           f"{model.backend.name} ({model.backend.device}); pass host (NumPy) data, "
-                                           f"or move it with xpcnn.to_device({name}, model.backend)")
+            if a is not None and not isinstance(a, np.ndarray):
+                if first is not None:  # the library and the device of the model's own arrays (as predict checks)
+                    namespace(**{name: a, "model_parameters": first})
+                elif library_of(a) != model.backend.name:
+                    raise BackendMismatchError(f"{name} is a {library_of(a)} array but the model is on "
+                                               f"{model.backend.name}; pass host (NumPy) data, or move it with "
+                                               f"xpcnn.to_device({name}, model.backend)")
         self.host = isinstance(x, np.ndarray)
         xp = namespace_of(x)
         float_kind(x, nx)

@@ -23,6 +23,7 @@ def check_label_layout(xp, labels, n: int, name: str = "labels"):
 def check_labels(xp, labels, n: int, num_classes: int, ignore_index=None, name: str = "labels"):
     """Labels must be an integer (N,) array with values in [0, num_classes) (or ``ignore_index``)."""
     check_label_layout(xp, labels, n, name)
+    labels = _wide_enough(xp, labels, num_classes)
     # One reduction (one host sync on a GPU) in the common, valid case; min/max only for the message.
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
