@@ -256,8 +256,14 @@ def test_damaged_checkpoint_metadata_is_refused_cleanly(checkpoint_file, tmp_pat
 @pytest.mark.parametrize("key, value, match", [
     ("optimizer", '{"class": "Evil", "hyper": {}, "steps": 1, "state": {}}', "unknown class"),
     ("optimizer", '{"class": "SGD", "hyper": {"lr": -1}, "steps": 1, "state": {}}', "hyper"),
-    ("optimizer", '{"class": "SGD", "hyper": {"lr": 0.1}, "steps": 1, "state": {"9.weight": ["momentum"]}}',
-     "is missing|not a parameter"),
+    ("optimizer", '{"class": "SGD", "hyper": {"lr": 0.1, "momentum": 0.9}, "steps": 1, '
+                  '"state": {"9.weight": ["momentum"]}}', "is missing|not a parameter"),
+    ("optimizer", '{"class": "SGD", "hyper": {"lr": 0.1}, "steps": 1, "state": {"0.weight": ["m", "v"]}}',
+     r"\['m', 'v'\] is not the state of SGD"),
+    ("optimizer", '{"class": "SGD", "hyper": {"lr": 1' + '0' * 400 + '}, "steps": 1, "state": {}}', "optimizer hyper"),
+    ("epoch", "\u00b9", "epoch: expected a positive int"),
+    ("history", '{"loss": [1' + '0' * 400 + ']}', "history"),
+    ("fit", '{"initial_lr": "abc"}', "fit: expected an object; initial_lr"),
     ("rng", '{"bit_generator": "MT19937", "state": {}}', "PCG64"),
     ("rng", '{"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0, "uinteger": 0}', "rng"),
     ("epoch", "0", "epoch"),

@@ -136,9 +136,8 @@ class ProgressBar(Callback):
         self._seen += logs["size"]
         if self._bar is not None:
             if step % 10 == 0:
-                self._bar.set_postfix(
-                    loss=f"{self._loss / self._seen:.4f}", accuracy=f"{self._correct / self._seen:.4f}", refresh=False
-                )
+                self._bar.set_postfix(loss=f"{self._loss / self._seen:.4f}",
+                                      accuracy=f"{self._correct / self._seen:.4f}", refresh=False)
             self._bar.update(1)
 
     def on_epoch_end(self, epoch, logs):

@@ -160,12 +160,7 @@ class Checkpoint:
         weights, buffers = model_arrays(model, self.tensors, self.fields, where, allow_missing_buffers=False)
         param_shapes = {key: tuple(layer.params[name].shape) for key, layer, name in model.named_parameters()}
         _check_optimizer(self.optimizer_record, self.optimizer_tensors, param_shapes, self.fields["dtype"], where)
-        model.set_weights(weights)
-        model.set_buffers(buffers)
-        try:
-            model.set_layer_states(self.layer_states)
-        except XpcnnError as e:
-            raise ModelFileError(f"{where}: checkpoint layers: {e}") from None
+        # Everything that can refuse the checkpoint comes first: a refused one leaves the model as it was.
         if optimizer is None:
             optimizer = self.make_optimizer()
         if type(optimizer).__name__ != self.optimizer_record["class"]:
@@ -175,6 +170,14 @@ class Checkpoint:
         state = {key: {name: model.backend.asarray(tensors[f"optimizer/{key}/{name}"], dtype=model.dtype)
                        for name in names} for key, names in self.optimizer_record["state"].items()}
         optimizer.load_state_dict({"steps": self.optimizer_record["steps"], "state": state})
+        states = model.layer_states()
+        try:
+            model.set_layer_states(self.layer_states)
+        except XpcnnError as e:
+            model.set_layer_states(states)
+            raise ModelFileError(f"{where}: checkpoint layers: {e}") from None
+        model.set_weights(weights)
+        model.set_buffers(buffers)
         return optimizer
 
 
@@ -229,9 +232,10 @@ def _check_record(record: Any, tensors: dict[str, np.ndarray], where: str) -> No
     if not isinstance(record["hyper"], dict):
         raise _fail(where, "optimizer hyper: expected an object")
     try:
-        _OPTIMIZER_CLASSES[record["class"]](**record["hyper"])
-    except (TypeError, ValueError) as e:
+        rule = _OPTIMIZER_CLASSES[record["class"]](**record["hyper"])
+    except (TypeError, ValueError, OverflowError) as e:
         raise _fail(where, f"optimizer hyper: {e}") from None
+    slots = set(rule.initial_state(np.zeros(1)))  # the state this rule keeps per parameter
     steps = record["steps"]
     if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 2**62:
         raise _fail(where, f"optimizer steps: expected a non-negative int, got {steps!r:.80}")
@@ -242,6 +246,9 @@ def _check_record(record: Any, tensors: dict[str, np.ndarray], where: str) -> No
     for key, names in state.items():
         if not isinstance(names, list) or not all(isinstance(n, str) and "/" not in n for n in names):
             raise _fail(where, f"optimizer state {key!r:.80}: expected a list of names")
+        if not set(names) <= slots:
+            raise _fail(where, f"optimizer state {key!r:.80}: {names!r:.80} is not the state of {record['class']} "
+                               f"({sorted(slots)})")
         for name in names:
             tensor_key = f"optimizer/{key}/{name}"
             listed.add(tensor_key)
@@ -281,8 +288,8 @@ def _check_history(history: Any, epoch: int, where: str) -> dict[str, list[float
         raise _fail(where, "history: expected an object")
     for key, values in history.items():
         if (not isinstance(values, list) or len(values) > epoch
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                           for v in values)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e308
+                           and math.isfinite(v) for v in values)):
             raise _fail(where, f"history {key!r:.40}: expected at most {epoch} finite numbers")
     return history
 
@@ -297,7 +304,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
     if fileformat.content_digest(tensors) != metadata["content_sha256"]:
         raise ModelFileError(f"{where}: content checksum mismatch: the tensor data is corrupted")
     epoch_text = metadata.get("epoch", "")
-    if not epoch_text.isdigit() or len(epoch_text) > 9 or int(epoch_text) < 1:
+    if not (epoch_text.isascii() and epoch_text.isdigit()) or len(epoch_text) > 9 or int(epoch_text) < 1:
         raise _fail(where, f"epoch: expected a positive int, got {epoch_text!r:.40}")
     epoch = int(epoch_text)
     extra = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
@@ -308,8 +315,10 @@ def read(path: str | os.PathLike) -> Checkpoint:
     history = _check_history(history_record, epoch, where)
     fit_args = fileformat.parse_json(metadata.get("fit", "{}"), "metadata fit", where)
     layer_states = fileformat.parse_json(metadata.get("layers", "{}"), "metadata layers", where)
-    if not isinstance(fit_args, dict):
-        raise _fail(where, "fit: expected an object")
+    if not isinstance(fit_args, dict) or not all(
+            key not in fit_args or fit_args[key] is None or type(fit_args[key]) in types and 0 <= fit_args[key] < 2**63
+            for key, types in (("initial_lr", (int, float)), ("batch_size", (int,)), ("seed", (int,)))):
+        raise _fail(where, "fit: expected an object; initial_lr, batch_size and seed numbers >= 0")
     if not isinstance(layer_states, dict):
         raise _fail(where, "layers: expected an object")
     calls = fileformat.parse_json(metadata.get("callbacks", "[]"), "metadata callbacks", where)

@@ -100,29 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "size, padding 1/8 of it), put before the network")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32; notebook float64")
     train.add_argument("--save", metavar="PATH", help="write the trained model here (safetensors)")
-    train.add_argument("--plot", metavar="DIR",
-                       help="write training curves and first-layer kernels as PNG here (needs matplotlib)")
+    train.add_argument("--plot", metavar="DIR", help="write training curves and first-layer kernels as PNG here "
+                       "(needs matplotlib)")
     train.add_argument("--lr-schedule", choices=("none", "cosine", "step"),
                        help="learning rate per epoch: cosine (from --lr down towards 0 over the epochs), step (x0.1 "
                             "at 1/2 and 3/4 of the epochs), none (default; resnet8: cosine)")
-    train.add_argument("--early-stopping", type=_positive_int, metavar="N",
-                       help="stop when the held-out loss has not improved for N epochs, and keep the best "
-                            "epoch's weights")
-    train.add_argument("--checkpoint-dir", metavar="DIR",
-                       help="save a checkpoint after every epoch here (newest 3 kept); must hold none yet, "
-                            "unless --resume")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest checkpoint in --checkpoint-dir, if any: its optimizer "
-                            "(and learning "
-                            "rate), shuffle state, dtype and batch size are kept; --epochs is the total to reach")
-    train.add_argument("--threads", type=_positive_int,
-                       help="limit NumPy's BLAS / OpenMP threads (threadpoolctl) and torch's; 1 is often "
-                            "fastest for this "
-                            "small network, and much faster on a busy machine")
-    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                       help="0 quiet; 1 a line per epoch, with a progress bar within the epoch on a terminal "
-                            "(default); "
-                            "2 a line per epoch only")
+    train.add_argument("--early-stopping", type=_positive_int, metavar="N", help="stop when the held-out loss has "
+                       "not improved for N epochs, and keep the best epoch's weights")
+    train.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here (newest 3 "
+                       "kept); must hold none yet, unless --resume")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir, "
+                       "if any: its optimizer (and learning rate), shuffle state, dtype and batch size are kept; "
+                       "--epochs is the total to reach")
+    train.add_argument("--threads", type=_positive_int, help="limit NumPy's BLAS / OpenMP threads (threadpoolctl) and "
+                       "torch's; 1 is often fastest for this small network, and much faster on a busy machine")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="0 quiet; 1 a line per epoch, with "
+                       "a progress bar within the epoch on a terminal (default); 2 a line per epoch only")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI ranks: mpiexec -n K python -m xpcnn train --distributed; rank 0 "
                             "alone prints, checkpoints, saves and plots (docs/distributed.md; pip install -e '.[mpi]')")
@@ -243,18 +236,7 @@ def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
 
     if len(shape) != 3 or shape[0] != 1:
         raise ShapeError(f"model: predict reads grayscale images, so the model input must be (1, H, W), got {shape}")
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise DataError("predict needs Pillow to read images: pip install pillow") from None
-    try:
-        with Image.open(path) as img:
-            gray = img.convert("L")
-            if gray.size != (shape[2], shape[1]):
-                gray = gray.resize((shape[2], shape[1]), Image.BILINEAR)
-            pixels = np.asarray(gray, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"image: cannot read {path} ({e})") from None
+    pixels = read_color_image(path, "gray", shape[1:])[0]  # as image_folder reads (modes, alpha on black)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if invert == "yes" or (invert == "auto" and border.mean() > 127):
         pixels = 255 - pixels

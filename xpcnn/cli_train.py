@@ -233,9 +233,8 @@ def _resume_point(args, model, settings: dict, ckpt, shape):
                          f"{args.model}; give that run's --model, or another --checkpoint-dir")
     # The run's initial rate (a schedule sets each epoch's from it), not the scheduled rate it reached.
     lr = ckpt.fit_args.get("initial_lr") or ckpt.optimizer_record["hyper"]["lr"]
-    kept = dict(optimizer=ckpt.optimizer_record["class"].lower(), lr=lr,
-                dtype=ckpt.fields["dtype"], batch_size=ckpt.fit_args.get("batch_size", settings["batch_size"]),
-                seed=ckpt.fit_args.get("seed"))
+    kept = dict(optimizer=ckpt.optimizer_record["class"].lower(), lr=lr, dtype=ckpt.fields["dtype"],
+                batch_size=ckpt.fit_args.get("batch_size", settings["batch_size"]), seed=ckpt.fit_args.get("seed"))
     ignored = []
     for key, value in kept.items():
         given = getattr(args, key, None)
@@ -293,12 +292,10 @@ def _train(args, model, folder=None, ckpt=None) -> int:
     callbacks.append(LambdaCallback(on_epoch_end=lambda epoch, logs: ran.append(epoch)))
     fit_start = time.perf_counter()
     try:
-        history = model.fit(
-            x_train, y_train, epochs=settings["epochs"], batch_size=settings["batch_size"], optimizer=optimizer,
-            validation_data=x_test if folder else (x_test, y_test), seed=settings["seed"], verbose=verbose,
-            callbacks=callbacks,
-            checkpoint_dir=args.checkpoint_dir, resume_from=resume_from, distributed=args.distributed,
-        )
+        history = model.fit(x_train, y_train, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                            optimizer=optimizer, validation_data=x_test if folder else (x_test, y_test),
+                            seed=settings["seed"], verbose=verbose, callbacks=callbacks,
+                            checkpoint_dir=args.checkpoint_dir, resume_from=resume_from, distributed=args.distributed)
     except KeyboardInterrupt:
         hint = f"; continue with --checkpoint-dir {args.checkpoint_dir} --resume" if args.checkpoint_dir else ""
         print(f"\ninterrupted{hint}", file=sys.stderr)

@@ -78,7 +78,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     # Created with mode 0o666 less the umask, as open() would make the file (mkstemp makes 0o600)
     tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # binary on Windows, as mkstemp
+        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -285,7 +286,7 @@ def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
         raise ModelFileError(f"{where}: metadata format: expected {FORMAT!r}, got {metadata.get('format')!r:.80} "
                              "(not an xpcnn model file)")
     version = metadata.get("format_version", "")
-    if not version.isdigit() or len(version) > 6:
+    if not (version.isascii() and version.isdigit()) or len(version) > 6:
         raise ModelFileError(f"{where}: metadata format_version: expected an integer, got {version!r:.80}")
     if int(version) > FORMAT_VERSION:
         raise ModelFileError(f"{where}: written by a newer xpcnn (format version {version}); "

@@ -57,8 +57,6 @@ class Sequential(Container):
     batches ``(N, C, H, W)``: arrays of its backend and device (floating input of another float
     dtype is cast to the model's; integers and bools are refused)."""
 
-    is_model = True  # not a layer of another container (Container.layer_list)
-
     def __init__(self, layers: Iterable) -> None:
         super().__init__({"": self.layer_list(layers, "layers")})
         self.layers = self.branches[""]

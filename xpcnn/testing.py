@@ -62,11 +62,8 @@ from .errors import (
     ShapeError,
 )
 
-__all__ = [
-    "CPU_BACKENDS", "GPU_BACKENDS", "ALL_BACKENDS", "DTYPES", "TOLERANCES", "Tolerance",
-    "ParityResult", "ParityError", "check_parity", "assert_parity",
-    "GradcheckResult", "gradcheck", "is_gpu_backend",
-]
+__all__ = ["CPU_BACKENDS", "GPU_BACKENDS", "ALL_BACKENDS", "DTYPES", "TOLERANCES", "Tolerance", "ParityResult",
+           "ParityError", "check_parity", "assert_parity", "GradcheckResult", "gradcheck", "is_gpu_backend"]
 
 CPU_BACKENDS = ("numpy", "array_api_strict", "array_api_strict:device1", "torch")
 GPU_BACKENDS = ("cupy", "torch:cuda")
@@ -93,11 +90,9 @@ class Tolerance:
 
 # The project's tolerances (DESIGN.md, Testing). tests/tolerances.py is the single place the
 # test suite reads them from; a test asserts these defaults equal it, so they cannot drift.
-TOLERANCES = {
-    "float64": Tolerance(rtol=1e-9, atol=0.0, relative_to="max"),
-    "float32": Tolerance(rtol=1e-4, atol=1e-5, relative_to="element"),
-    "float32_training": Tolerance(rtol=1e-4, atol=0.0, relative_to="max"),
-}
+TOLERANCES = {"float64": Tolerance(rtol=1e-9, atol=0.0, relative_to="max"),
+              "float32": Tolerance(rtol=1e-4, atol=1e-5, relative_to="element"),
+              "float32_training": Tolerance(rtol=1e-4, atol=0.0, relative_to="max")}
 
 
 def is_gpu_backend(spec: str) -> bool:
@@ -255,8 +250,7 @@ def check_parity(fn: Callable[..., Any], *args: Any, backends: Iterable[str | Ba
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ArgumentError(f"{name}: expected a number >= 0, got {value!r}")
     default = TOLERANCES[dtype]
-    tol = Tolerance(default.rtol if rtol is None else rtol,
-                    default.atol if atol is None else atol,
+    tol = Tolerance(default.rtol if rtol is None else rtol, default.atol if atol is None else atol,
                     default.relative_to if relative_to is None else relative_to)
     host = [_cast(_host(a), dtype) for a in args]
     reference = _flatten_outputs(

@@ -471,8 +471,7 @@ def _compiled_step(model, optimizer, compile, label_smoothing, comm) -> jit.Comp
 
 
 def _run_epoch(model, optimizer, data, rng, epoch, batch_size, shuffle, label_smoothing, sync_every, callbacks,
-               comm=None,
-               compiled=None):
+               comm=None, compiled=None):
     """One pass over the data; returns (summed loss * batch size, correct). The host reads the
     step values every ``sync_every`` steps, all pending steps in one transfer. A ``compiled``
     step updates inside the compiled function (and discards a non-finite step's update there)."""

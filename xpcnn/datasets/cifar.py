@@ -48,6 +48,11 @@ def load_data(path):
     if path.is_dir():
         blobs = {}
         for name in (*TRAIN_FILES, TEST_FILE):
+            if (path / name).is_file() and (path / name).stat().st_size != RECORDS * RECORD:  # before reading it
+                raise DataError(f"{path}: {name} holds {(path / name).stat().st_size} bytes, expected "
+                                f"{RECORDS * RECORD} ({RECORDS} records of {RECORD} bytes); not {_BINARY}")
+            if (path / name).exists() and not (path / name).is_file():  # a FIFO or a device
+                raise DataError(f"path: {path / name} is not a regular file")
             try:
                 blobs[name] = (path / name).read_bytes()
             except OSError as e:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._validate import namespace
 from ..backend import device_of, dtype_name, library_of, namespace_of, to_device
-from ..errors import ArgumentTypeError, BackendMismatchError, DataError, DTypeError, LabelError, ShapeError
+from ..errors import ArgumentTypeError, DataError, DTypeError, LabelError, ShapeError
 from .protocol import Prefetcher, check_class_names, is_dataset
 
 
@@ -26,15 +26,10 @@ class ArrayFeed:
     def __init__(self, model, x: Any, y: Any, names: tuple[str, str] = ("x", "y")) -> None:
         nx, ny = names
         x, y = as_array(x, nx), (None if y is None else as_array(y, ny))
-        first = next((layer.params[key] for _, layer, key in model.named_parameters()), None)
+        own = model.backend.asarray(np.zeros(1, dtype=model.dtype))  # of the model's library and device
         for name, a in ((nx, x), (ny, y)):  # host data move batch by batch; another library's never silently
             if a is not None and not isinstance(a, np.ndarray):
-                if first is not None:  # the library and the device of the model's own arrays (as predict checks)
-                    namespace(**{name: a, "model_parameters": first})
-                elif library_of(a) != model.backend.name:
-                    raise BackendMismatchError(f"{name} is a {library_of(a)} array but the model is on "
-                                               f"{model.backend.name}; pass host (NumPy) data, or move it with "
-                                               f"xpcnn.to_device({name}, model.backend)")
+                namespace(**{name: a, "model_parameters": own})
         self.host = isinstance(x, np.ndarray)
         xp = namespace_of(x)
         float_kind(x, nx)

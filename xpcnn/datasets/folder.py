@@ -24,7 +24,7 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise DataError("image folders need Pillow: pip install 'xpcnn[images]'") from None
+        raise DataError("reading images needs Pillow: pip install 'xpcnn[images]' (or pip install pillow)") from None
     return Image
 
 
@@ -50,8 +50,11 @@ def read_image(path, color: str = "rgb", size=None) -> np.ndarray:
     """One image file as uint8 (C, H, W), C = 3 (rgb) or 1 (gray); resized to ``size`` (H, W)
     with Pillow's bilinear filter when it differs. The first frame of an animation."""
     image = _pillow()
+    if not Path(path).is_file():  # a FIFO or a device would block or never end
+        raise DataError(f"{os.fspath(path)}: not a regular file")
     try:
         with image.open(path) as img:
+            _check_pixels(image, img)
             img = to_mode(img, color)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), image.Resampling.BILINEAR)
@@ -59,6 +62,14 @@ def read_image(path, color: str = "rgb", size=None) -> np.ndarray:
     except (OSError, ValueError, image.DecompressionBombError) as e:
         raise DataError(f"{os.fspath(path)}: cannot decode the image ({e})") from None
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _check_pixels(image, img) -> None:
+    """Refuse an image whose header declares more pixels than Pillow's MAX_IMAGE_PIXELS (Pillow
+    itself only warns below twice that): a small file must not decode into gigabytes."""
+    if image.MAX_IMAGE_PIXELS and img.size[0] * img.size[1] > image.MAX_IMAGE_PIXELS:
+        raise image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels, more than Pillow's "
+                                           f"MAX_IMAGE_PIXELS ({image.MAX_IMAGE_PIXELS})")
 
 
 class ImageFolder:
@@ -132,10 +143,12 @@ def image_folder(path, *, image_size=None, color: str = "rgb", validation_split:
             if entry.name.startswith("."):
                 continue
             reason = ("a folder nested in a class folder (expected path/<class name>/<images>)" if entry.is_dir()
+                      else "not a regular file" if not entry.is_file()
                       else None if entry.suffix.lower() in SUFFIXES else "not an image file (by its name)")
             if reason is None:
                 try:
                     with image.open(entry) as img:
+                        _check_pixels(image, img)
                         sizes[entry] = (img.size[1], img.size[0])
                 except (OSError, ValueError, image.DecompressionBombError) as e:
                     reason = f"cannot read it as an image ({e})"

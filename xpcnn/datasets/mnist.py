@@ -46,14 +46,11 @@ _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
 # unchanged); the same values appear in torchvision's and TensorFlow's MNIST code.
 IDX_NAMES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
-SHA256 = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-           "https://storage.googleapis.com/cvdf-datasets/mnist/")
+SHA256 = {"train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+          "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+          "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+          "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"}
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _TIMEOUT_S = 15  # per socket operation: fail fast when offline
 _MAX_DOWNLOAD_BYTES = 16 * 2**20  # the largest file is 9.9 MB; never read an unbounded reply
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
@@ -126,6 +123,8 @@ def cache_dir():
 
 def _load_mnist5k(path):
     source = mnist5k_csv(path)
+    if isinstance(source, Path) and source.exists() and not source.is_file():  # a FIFO or a device would block
+        raise DataError(f"{'path: ' if path is not None else ''}{source} is not a regular file")
     try:
         raw = source.read_bytes()
     except OSError as exc:
@@ -158,7 +157,9 @@ def mnist5k_csv(path):
 def parse_mnist5k(raw, where):
     """CSV bytes (gzip) -> images uint8 (5000, 28, 28), labels int64 (5000,), validated."""
     try:
-        text = gzip.decompress(raw).decode("ascii")
+        text = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(_MAX_BYTES + 1).decode("ascii")  # bounded: no gzip bomb
+        if len(text) > _MAX_BYTES:
+            raise ValueError(f"more than {_MAX_BYTES} bytes unzipped")
         table = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise DataError(f"{where}: not a gzipped CSV of integers ({exc})") from exc
@@ -204,7 +205,7 @@ def _read_cache(cache):
     sizes = (len(arrays["y_train"]), len(arrays["y_test"]))
     if sizes != (10 * _TRAIN_PER_CLASS, 10 * _TEST_PER_CLASS):
         return None
-    if arrays["x_train"].shape[1:] != (28, 28):
+    if arrays["x_train"].shape[1:] != (28, 28) or arrays["x_test"].shape[1:] != (28, 28):
         return None
     return arrays
 
@@ -259,10 +260,7 @@ def _idx_files(directory):
 
 
 def _read_idx_set(files):
-    arrays = {
-        key: read_idx(path, expect="images" if key.startswith("x") else "labels")
-        for key, path in files.items()
-    }
+    arrays = {key: read_idx(path, expect="images" if key.startswith("x") else "labels") for key, path in files.items()}
     for split in ("train", "test"):
         n_images, n_labels = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
         if n_images != n_labels:
@@ -282,12 +280,7 @@ def read_idx(path, expect=None):
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
+    raw = _read_limited(path)
     if len(raw) < 8:
         raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header")
     magic = int.from_bytes(raw[:4], "big")
@@ -312,6 +305,24 @@ def read_idx(path, expect=None):
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
 
 
+_MAX_BYTES = 1 << 28  # no MNIST file comes near this, gzipped or not: a larger one is not MNIST (or a gzip bomb)
+
+
+def _read_limited(path: Path) -> bytes:
+    """The bytes of a regular file (gunzipped when its name ends in .gz), at most ``_MAX_BYTES``:
+    a FIFO or a device would block or never end."""
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read(_MAX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    if len(raw) > _MAX_BYTES:
+        raise DataError(f"{path}: more than {_MAX_BYTES} bytes (unzipped): not an MNIST file")
+    return raw
+
+
 def _read_npz(path):
     """A keras-style .npz -> {x_train, y_train, x_test, y_test}, validated; never unpickles."""
     try:
@@ -322,8 +333,8 @@ def _read_npz(path):
             arrays = {k: f[k] for k in _KEYS}
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz of plain arrays ({exc})") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError, MemoryError) as exc:  # TypeError: a .npy
+        raise DataError(f"{path}: not a readable .npz of plain arrays ({type(exc).__name__}: {exc})") from exc
     return _checked(arrays, path)
 
 

@@ -222,11 +222,9 @@ def predict(model, x, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str | No
     x = _images(da, model, x)
     classes = model.output_shape()[-1]
     image_axes = "abcdefgh"[:x.ndim - 1]
-    return da.blockwise(
-        _predict_chunk, "nk", x, "n" + image_axes, shipped, None, digest, None, backend, None, batch_size, None,
-        new_axes={"k": classes}, concatenate=True, dtype=np.dtype(model.dtype),
-        meta=np.empty((0, 0), dtype=model.dtype), name=f"xpcnn-predict-{digest[:16]}",
-    )
+    return da.blockwise(_predict_chunk, "nk", x, "n" + image_axes, shipped, None, digest, None, backend, None,
+                        batch_size, None, new_axes={"k": classes}, concatenate=True, dtype=np.dtype(model.dtype),
+                        meta=np.empty((0, 0), dtype=model.dtype), name=f"xpcnn-predict-{digest[:16]}")
 
 
 def evaluate(model, x, y, *, batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None) -> dict[str, float]:

@@ -95,9 +95,8 @@ def conv_transpose(g: Graph, layer: layers.Conv2DTranspose, path: str, x: str) -
     begin = (0, 0) if whole else (ph, pw)
     end = (0, 0) if whole else (ph - kept[0], pw - kept[1])
     weight, *bias = g.arrays(layer, path)
-    y = g.node("ConvTranspose", [x, weight, *([] if any(extra) else bias)], path,
-               kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-               pads=[*begin, *end], dilations=list(layer.dilation), group=layer.groups)
+    y = g.node("ConvTranspose", [x, weight, *([] if any(extra) else bias)], path, kernel_shape=list(layer.kernel_size),
+               strides=list(layer.stride), pads=[*begin, *end], dilations=list(layer.dilation), group=layer.groups)
     if not any(extra):
         return y
     y = g.node("Pad", [y, g.constant(f"{path}.pads", [0, 0, 0, 0, 0, 0, *extra], np.int64)], path)
@@ -191,14 +190,12 @@ def single(op: str, **attributes):
 
 
 # By class name; only the built-in classes themselves (a subclass may change the op).
-EMITTERS = {
-    "Conv2D": conv, "Conv2DTranspose": conv_transpose, "MaxPool2D": pool, "AvgPool2D": pool, "GELU": gelu,
-    "Residual": residual, "RandomCrop": random_crop, "Normalize": normalize, "Dropout": identity,
-    "RandomFlip": identity, "RandomTranslation": identity, "Dense": single("Gemm"),
-    "Flatten": single("Flatten", axis=1), "ReLU": single("Relu"), "Tanh": single("Tanh"), "Sigmoid": single("Sigmoid"),
-    "LeakyReLU": leaky_relu, "BatchNorm1D": batchnorm, "BatchNorm2D": batchnorm,
-    "GlobalAvgPool2D": single("ReduceMean", axes=[2, 3], keepdims=0),
-}
+EMITTERS = {"Conv2D": conv, "Conv2DTranspose": conv_transpose, "MaxPool2D": pool, "AvgPool2D": pool, "GELU": gelu,
+            "Residual": residual, "RandomCrop": random_crop, "Normalize": normalize, "Dropout": identity,
+            "RandomFlip": identity, "RandomTranslation": identity, "Dense": single("Gemm"),
+            "Flatten": single("Flatten", axis=1), "ReLU": single("Relu"), "Tanh": single("Tanh"),
+            "Sigmoid": single("Sigmoid"), "LeakyReLU": leaky_relu, "BatchNorm1D": batchnorm, "BatchNorm2D": batchnorm,
+            "GlobalAvgPool2D": single("ReduceMean", axes=[2, 3], keepdims=0)}
 
 
 def chain(g: Graph, stack, prefix: str, x: str) -> str:
@@ -287,10 +284,12 @@ def from_onnx(path, *, backend=None) -> Sequential:
     """The built Sequential (weights, buffers, class names) of an ONNX file :func:`to_onnx` wrote,
     on ``backend`` (default: the selected one). Anything else is an ExportError naming the
     first node xpcnn does not write there."""
-    try:
-        proto = onnx.load(os.fspath(path))
-    except (OSError, DecodeError) as e:
+    try:  # external data would be read from other files: xpcnn writes none, so it is refused below
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as e:
         raise ModelFileError(f"{path}: not a readable ONNX file ({e})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ModelFileError(f"{path}: its weights are in external files; xpcnn writes them into the graph")
     meta, nodes = {p.key: p.value for p in proto.metadata_props}, list(proto.graph.node)
     if meta.get("xpcnn_method") == "trace":
         raise ExportError(f"{path}: written with method='trace', whose weights are unnamed ndonnx constants; "
@@ -303,11 +302,19 @@ def from_onnx(path, *, backend=None) -> Sequential:
     try:
         dtype = {v: k for k, v in ELEMENT_TYPES.items()}.get(proto.graph.input[0].type.tensor_type.elem_type)
         config = json.loads(meta["xpcnn_config"])
-        model = Sequential.from_config(config).build(config["input_shape"], dtype=dtype, backend=backend)
+        model = Sequential.from_config(config)
+        # The initializers' declared shapes against the architecture's, before anything is allocated
+        dims = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+        params, buffers = model.state_shapes(config["input_shape"])
+        for key, shape in {**params, **buffers}.items():
+            if dims.get(key) != shape:
+                raise ExportError(f"initializer {key!r}: expected shape {shape} for that architecture, got "
+                                  f"{dims.get(key, 'none')}")
+        model.build(config["input_shape"], dtype=dtype, backend=backend)
         model.class_names = json.loads(meta.get("class_names", "null"))
-    except (ValueError, TypeError, KeyError, IndexError) as e:  # ArgumentError and DTypeError among them
+        arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:  # ArgumentError, DTypeError among them
         raise ExportError(f"{path}: its metadata or input do not describe an xpcnn model: {e}") from None
-    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for slots, assign in ((model.named_parameters(), model.set_weights), (model.named_buffers(), model.set_buffers)):
         missing = [key for key, _, _ in slots if key not in arrays]
         if missing:

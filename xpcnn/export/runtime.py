@@ -34,8 +34,19 @@ class OnnxModel:
         except Exception as e:  # onnxruntime's own exception types (Fail, NoSuchFile, InvalidGraph, ...)
             raise ExportError(f"{path}: onnxruntime cannot load it: {e}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.class_names = json.loads(meta.get("class_names", "null"))
-        (graph_input,), graph_output = self.session.get_inputs(), self.session.get_outputs()[0]
+        try:
+            self.class_names = json.loads(meta.get("class_names", "null"))
+        except ValueError:
+            self.class_names = "not JSON"
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        names_ok = self.class_names is None or isinstance(self.class_names, list) and all(
+            isinstance(n, str) for n in self.class_names)
+        shapes = [i.shape for i in inputs] + [o.shape for o in outputs]
+        if not names_ok or len(inputs) != 1 or len(outputs) != 1 or [len(s) for s in shapes] != [4, 2] or not all(
+                isinstance(d, int) for d in (*shapes[0][1:], shapes[1][1])):
+            raise ExportError(f"{path}: expected one input (N, C, H, W) and one output (N, K) with fixed C, H, W and "
+                              "K, and class names as a list of strings, as xpcnn.export.to_onnx writes")
+        (graph_input,), graph_output = inputs, outputs[0]
         self.input_name, self.output = graph_input.name, graph_output.name
         self.batch, self.input_shape = graph_input.shape[0], tuple(graph_input.shape[1:])
         self.dtype = DTYPES.get(graph_input.type, "float32")

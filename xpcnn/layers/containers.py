@@ -44,7 +44,7 @@ class Container(Layer):
             if not isinstance(layer, Layer):
                 raise ArgumentTypeError(f"{name}[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), "
                                         f"got {type(layer).__name__}")
-            if getattr(layer, "is_model", False):
+            if "" in getattr(layer, "branches", {}):  # a container whose stack is its main branch: a Sequential
                 raise ArgumentTypeError(f"{name}[{i}]: a Sequential is a model, not a layer of another; give its "
                                         "layers instead ([*model.layers, ...]) or wrap them in a Residual")
             if not hasattr(layer, "params"):
@@ -84,10 +84,6 @@ class Container(Layer):
     def named_buffers(self) -> list[tuple[str, Layer, str]]:
         """(key, layer, name) for every buffer (BatchNorm running statistics), depth first."""
         return [(f"{path}.{name}", layer, name) for path, layer in self.leaves() for name in layer.buffers]
-
-    def sublayer(self, path: str) -> Layer | None:
-        """The nested layer at ``path``, or None."""
-        return dict(self.walk()).get(path)
 
     # -- shapes and building
     def branch_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
