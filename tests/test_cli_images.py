@@ -135,3 +135,13 @@ def test_predict_skips_hidden_files_and_folders_as_image_folder_does(trained, tm
     assert cli.main(["predict", str(path), str(folder)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [str(folder / "0.png"), str(folder / "1.png")]
+
+
+def test_predict_reads_a_dark_digit_on_a_transparent_background(tmp_path):
+    pixels = np.zeros((28, 28, 4), np.uint8)
+    pixels[..., :3] = 255  # white, fully transparent background
+    pixels[8:20, 12:16] = (0, 0, 0, 255)  # an opaque black stroke
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "digit.png")
+    for invert, (stroke, background) in (("auto", (255, 0)), ("no", (0, 255)), ("yes", (255, 0))):
+        gray = cli.read_image(tmp_path / "digit.png", (1, 28, 28), invert)[0]
+        assert (gray[14, 14], gray[0, 0]) == (stroke, background), invert

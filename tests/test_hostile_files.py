@@ -31,10 +31,12 @@ def test_an_onnx_file_is_checked_against_its_architecture_before_anything_is_bui
     onnx.save(proto, tmp_path / "deep.onnx")
     with pytest.raises(ExportError, match="do not describe an xpcnn model"):
         from_onnx(tmp_path / "deep.onnx")
-    meta["class_names"].value = "{"
-    onnx.save(proto, tmp_path / "names.onnx")
-    with pytest.raises(ExportError, match="class names as a list of strings"):
-        OnnxModel(tmp_path / "names.onnx")
+    for names, error, match in (("{", ModelFileError, "class_names is not valid JSON"),
+                                ("5", ExportError, "class names as a list of strings")):
+        meta["class_names"].value = names
+        onnx.save(proto, tmp_path / "names.onnx")
+        with pytest.raises(error, match=match):
+            OnnxModel(tmp_path / "names.onnx")
 
 
 def test_mnist_files_are_read_within_bounds(tmp_path, monkeypatch):
@@ -77,5 +79,11 @@ def test_a_refused_checkpoint_leaves_the_model_as_it_was(tmp_path):
     before = [np.array(w, copy=True) for w in other.get_weights()]
     with pytest.raises(ModelFileError, match="holds Adam state, got a SGD"):
         other.fit(x, y, epochs=2, verbose=0, resume_from=tmp_path / "ck", optimizer=xpcnn.optim.SGD(0.1))
+    ckpt = xpcnn.checkpoint.latest(tmp_path / "ck")
+    ckpt.layer_states["9"] = {"counter": 1}  # no layer 9: refused after the optimizer's class was checked
+    adam = xpcnn.optim.Adam()
+    with pytest.raises(ModelFileError, match="checkpoint layers"):
+        ckpt.restore(other, adam)
+    assert adam.steps == 0 and not adam.state  # the caller's optimizer is left as it was too
     for got, want in zip(other.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)

@@ -169,13 +169,13 @@ class Checkpoint:
         tensors = self.optimizer_tensors
         state = {key: {name: model.backend.asarray(tensors[f"optimizer/{key}/{name}"], dtype=model.dtype)
                        for name in names} for key, names in self.optimizer_record["state"].items()}
-        optimizer.load_state_dict({"steps": self.optimizer_record["steps"], "state": state})
         states = model.layer_states()
         try:
             model.set_layer_states(self.layer_states)
         except XpcnnError as e:
             model.set_layer_states(states)
             raise ModelFileError(f"{where}: checkpoint layers: {e}") from None
+        optimizer.load_state_dict({"steps": self.optimizer_record["steps"], "state": state})
         model.set_weights(weights)
         model.set_buffers(buffers)
         return optimizer

@@ -236,7 +236,8 @@ def read_image(path: str, shape: tuple[int, ...], invert: str = "auto"):
 
     if len(shape) != 3 or shape[0] != 1:
         raise ShapeError(f"model: predict reads grayscale images, so the model input must be (1, H, W), got {shape}")
-    pixels = read_color_image(path, "gray", shape[1:])[0]  # as image_folder reads (modes, alpha on black)
+    # Alpha dropped, not composited: a digit drawn on a transparent background keeps its strokes
+    pixels = read_color_image(path, "gray", shape[1:], alpha="drop")[0]
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if invert == "yes" or (invert == "auto" and border.mean() > 127):
         pixels = 255 - pixels

@@ -28,17 +28,18 @@ def _pillow():
     return Image
 
 
-def to_mode(img, color: str):
+def to_mode(img, color: str, alpha: str = "black"):
     """A Pillow image as mode "RGB" (``color="rgb"``) or "L" ("gray"), every mode converted
     explicitly: 1 and 16-bit grayscale (I;16, I: value / 257, rounded) to L; any alpha (LA, RGBA,
-    PA, P with a transparent colour) composited on black; P, CMYK (Pillow's conversion) and the
+    PA, P with a transparent colour) composited on black (``alpha="drop"``: ignored, as Pillow's
+    convert does); P, CMYK (Pillow's conversion) and the
     rest to RGB; RGB to L by Pillow's ITU-R 601-2 luma."""
     image = _pillow()
     if img.mode in SIXTEEN_BIT:
         img = image.fromarray(np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257), 0, 255).astype(np.uint8))
     elif img.mode == "1":
         img = img.convert("L")
-    elif "A" in img.mode or "a" in img.mode or "transparency" in img.info:
+    elif ("A" in img.mode or "a" in img.mode or "transparency" in img.info) and alpha == "black":
         black = image.new("RGBA", img.size, (0, 0, 0, 255))
         img = image.alpha_composite(black, img.convert("RGBA")).convert("RGB")
     elif img.mode not in ("L", "RGB"):
@@ -46,7 +47,7 @@ def to_mode(img, color: str):
     return img.convert("L" if color == "gray" else "RGB")
 
 
-def read_image(path, color: str = "rgb", size=None) -> np.ndarray:
+def read_image(path, color: str = "rgb", size=None, alpha: str = "black") -> np.ndarray:
     """One image file as uint8 (C, H, W), C = 3 (rgb) or 1 (gray); resized to ``size`` (H, W)
     with Pillow's bilinear filter when it differs. The first frame of an animation."""
     image = _pillow()
@@ -55,7 +56,7 @@ def read_image(path, color: str = "rgb", size=None) -> np.ndarray:
     try:
         with image.open(path) as img:
             _check_pixels(image, img)
-            img = to_mode(img, color)
+            img = to_mode(img, color, alpha)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)

@@ -3,7 +3,6 @@ probabilities (N, K) as a NumPy array, ``class_names`` the names the model was t
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -12,6 +11,7 @@ import onnxruntime
 from .._validate import positive_int
 from ..backend import to_numpy
 from ..errors import ArgumentError, DataError, ExportError, ShapeError
+from ..fileformat import parse_json
 
 DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64"}
 
@@ -34,10 +34,7 @@ class OnnxModel:
         except Exception as e:  # onnxruntime's own exception types (Fail, NoSuchFile, InvalidGraph, ...)
             raise ExportError(f"{path}: onnxruntime cannot load it: {e}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.class_names = json.loads(meta.get("class_names", "null"))
-        except ValueError:
-            self.class_names = "not JSON"
+        self.class_names = parse_json(meta.get("class_names", "null"), "class_names", path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         names_ok = self.class_names is None or isinstance(self.class_names, list) and all(
             isinstance(n, str) for n in self.class_names)
