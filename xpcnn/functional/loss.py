@@ -50,7 +50,7 @@ def one_hot(labels, num_classes: int, dtype):
 def _wide_enough(xp, labels, k: int):
     """``labels`` in a dtype that holds k - 1 (uint8 labels for 300 classes go as int32; an arange
     of 300 in uint8 wraps round, and one label would match two classes)."""
-    return labels if xp.iinfo(labels.dtype).max >= k - 1 else xp.astype(labels, xp.int32)
+    return labels if k <= 128 or xp.iinfo(labels.dtype).max >= k - 1 else xp.astype(labels, xp.int32)  # int8: 127
 
 
 def _options(label_smoothing, ignore_index):
