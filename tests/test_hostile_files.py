@@ -87,3 +87,11 @@ def test_a_refused_checkpoint_leaves_the_model_as_it_was(tmp_path):
     assert adam.steps == 0 and not adam.state  # the caller's optimizer is left as it was too
     for got, want in zip(other.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_datasets_batch_refuses_indices_out_of_range_or_of_another_kind():
+    ds = xpcnn.datasets.ArrayDataset(np.zeros((4, 1, 2, 2)), np.zeros(4, np.int64))
+    for bad in ([], [-1], [4], [0.5], [[0]]):
+        with pytest.raises(xpcnn.errors.ArgumentError, match=r"^indices: expected a non-empty list of ints in \[0, 4"):
+            ds.batch(bad)
+    assert ds.batch(np.array([3, 0]))[0].shape == (2, 1, 2, 2)

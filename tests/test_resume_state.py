@@ -268,3 +268,13 @@ def test_cli_resume_loads_the_data_in_the_checkpoints_dtype(tmp_path, monkeypatc
     assert cli.main([*command, "--epochs", "1", "--dtype", "float64"]) == 0
     assert cli.main([*command, "--epochs", "2", "--resume"]) == 0  # no --dtype: the checkpoint's
     assert asked == ["float64", "float64"]
+
+
+def test_cli_resume_with_only_damaged_checkpoints_says_so(shapes, tmp_path, capsys):
+    directory = tmp_path / "ck"
+    assert cli.main(train_command(shapes, directory, "--epochs", "1")) == 0
+    for path in directory.iterdir():
+        path.write_bytes(b"damaged")
+    assert cli.main(train_command(shapes, directory, "--epochs", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "warning: skipping damaged checkpoint" in err and "error: --resume: no checkpoint in" in err

@@ -220,6 +220,9 @@ def _resume_point(args, model, settings: dict, ckpt, shape):
     epoch number, so repeating the first command continues it exactly. ``ckpt``: the newest
     checkpoint of ``--checkpoint-dir``; ``shape``: an image folder's (C, H, W), or None."""
 
+    if ckpt is None and list_checkpoints(args.checkpoint_dir):
+        raise UsageError(f"--resume: no checkpoint in {args.checkpoint_dir} can be read (see the warnings above); "
+                         "remove the damaged ones, or choose another --checkpoint-dir")
     if ckpt is None:
         print(f"--resume: no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
         return None

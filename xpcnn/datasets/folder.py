@@ -15,6 +15,7 @@ import numpy as np
 
 from .._validate import pair
 from ..errors import ArgumentError, ArgumentTypeError, DataError
+from .protocol import indices_of
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -86,7 +87,7 @@ class ImageFolder:
         return len(self.files)
 
     def batch(self, indices):
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = indices_of(indices, len(self))
         size = self.sample_shape[1:] if self.resize else None
         pixels = [read_image(self.files[i], self.color, size) for i in idx.tolist()]
         for i, p in zip(idx.tolist(), pixels):

@@ -28,6 +28,14 @@ def is_dataset(obj) -> bool:
     return all(hasattr(obj, name) for name in ("__len__", "batch", "class_names"))
 
 
+def indices_of(indices, n: int) -> np.ndarray:
+    """``indices`` as int64 (k,), k >= 1, each in [0, n): what a dataset's ``batch`` accepts."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not idx.size or not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n:
+        raise ArgumentError(f"indices: expected a non-empty list of ints in [0, {n}), got {idx!r:.80}")
+    return idx.astype(np.int64)
+
+
 def check_class_names(names, where: str = "class_names"):
     """``names`` as a list of distinct strings, or None."""
     if names is None:
@@ -60,7 +68,7 @@ class ArrayDataset:
 
     def batch(self, indices):
         """(x[indices] as float, y[indices] as int64 or None)."""
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = indices_of(indices, len(self))
         x = np.asarray(self.x[idx])
         x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x
         return x, None if self.y is None else np.asarray(self.y[idx], dtype=np.int64)

@@ -38,8 +38,8 @@ import numpy as np
 
 from .. import saving
 from .._validate import positive_int
-from ..backend import dtype_name, to_device, to_numpy
-from ..datasets.feed import shape_hint
+from ..backend import to_device, to_numpy
+from ..datasets.feed import float_kind, shape_hint
 from ..errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -154,12 +154,7 @@ def _images(da, model, x, name: str = "x"):
     if any(math.isnan(s) for s in x.shape) or any(math.isnan(c) for c in x.chunks[0]):
         raise ShapeError(f"{name}: expected known chunk sizes along the batch axis, got unknown ones; "
                          f"call {name}.compute_chunk_sizes() first")
-    kind = dtype_name(x.dtype)
-    if kind == "uint8":
-        raise DTypeError(f"{name}: expected float images in [0, 1], got uint8 pixels; convert them with "
-                         "xpcnn.datasets.preprocess (x / 255) or x.astype('float32') / 255")
-    if kind not in ("float32", "float64"):
-        raise DTypeError(f"{name}: expected a float32 or float64 dask array, got dtype {kind}")
+    float_kind(x, name)  # the one dtype rule (uint8 pixels are pointed to preprocess)
     if any(len(c) > 1 for c in x.chunks[1:]):
         # Whole images per chunk: a chunk task needs every pixel of its images.
         x = x.rechunk({axis: -1 for axis in range(1, x.ndim)})

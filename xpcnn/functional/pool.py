@@ -239,7 +239,9 @@ def max_pool2d_backward_kernel(xp, grad_y, x, geometry: PoolGeometry, y, saved):
     With taps, walking them in kernel order, a tap equal to its window's maximum takes the
     gradient still left there (exactly all of it, times 1.0) and leaves exactly zero for later
     ties: four element-wise ops per tap. That holds for a finite grad_y; an Inf or NaN one
-    spreads NaN over its window (PyTorch and the argmax form give it to the maximum alone)."""
+    spreads NaN over its window (PyTorch and the argmax form give it to the maximum alone). A
+    window of -inf values only (padding included) sends its gradient to its first tap, which
+    may be padding, where it is dropped (PyTorch gives it to an input cell)."""
     if isinstance(saved, WindowArgmax):
         return _argmax_backward(xp, grad_y, x, geometry, saved)
     grads, rest = [], grad_y
