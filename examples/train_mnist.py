@@ -38,7 +38,7 @@ def default(seed, epochs, backend):
     (x_train, y_train), (x_test, y_test) = load_data("mnist5k")
     x_train, x_test = preprocess(x_train), preprocess(x_test)  # float32 (N, 1, 28, 28) in [0, 1]
     model = zoo.default_cnn().build((1, 28, 28), seed=seed)
-    print(model.summary())
+    model.summary()  # prints the table
     start = time.perf_counter()
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, optimizer=optim.Adam(3e-3), seed=seed,
               validation_data=(x_test, y_test))
