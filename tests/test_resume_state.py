@@ -278,3 +278,17 @@ def test_cli_resume_with_only_damaged_checkpoints_says_so(shapes, tmp_path, caps
     assert cli.main(train_command(shapes, directory, "--epochs", "2", "--resume")) == 2
     err = capsys.readouterr().err
     assert "warning: skipping damaged checkpoint" in err and "error: --resume: no checkpoint in" in err
+
+
+def test_a_model_checkpoint_among_the_callers_callbacks_saves_the_whole_epoch(tmp_path):
+    from xpcnn.callbacks import ModelCheckpoint
+
+    x, y = tiny_data()
+    stopper = EarlyStopping("loss", patience=5)
+    tiny_model().fit(x, y, epochs=2, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "ck"), stopper])
+    ckpt = checkpoint.latest(tmp_path / "ck")
+    assert {k: len(v) for k, v in ckpt.history.items()} == {"loss": 2, "accuracy": 2}
+    saved = dict(ckpt.callback_states)["EarlyStopping"]  # listed after the checkpoint, saved after its epoch
+    assert (saved["best"], saved["wait"], saved["best_epoch"]) == (stopper.best, stopper.wait, stopper.best_epoch)
+    resumed = tiny_model().fit(x, y, epochs=3, verbose=0, resume_from=tmp_path / "ck")
+    assert resumed.epoch == [0, 1, 2] and len(resumed.history["loss"]) == 3

@@ -331,7 +331,9 @@ class Sequential(Container):
 
     def save(self, path) -> None:
         """Write the architecture, dtype, weights and buffers to ``path`` (safetensors, atomic);
-        read it back with ``xpcnn.load(path, backend=...)``."""
+        read it back with ``xpcnn.load(path, backend=...)``. It predicts as this model does; the
+        training state (optimizer, Dropout and augmentation counters and derived seeds, the
+        shuffle state) lives in checkpoints: continue training from one (``resume_from``)."""
         fileformat.write_atomic(path, self.to_bytes())
 
     def __getstate__(self) -> dict:

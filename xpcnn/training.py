@@ -420,8 +420,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer: Optimi
         shuffle=bool(shuffle), seed=int(seed), verbose=verbose,
         initial_lr=ckpt.fit_args.get("initial_lr") if ckpt else getattr(optimizer, "lr", None)))
     # The caller's callbacks first (Keras's order): what they add to an epoch's logs ("lr") reaches
-    # the history, the checkpoint and the progress line.
-    everything: list[Callback] = [*callbacks, history]
+    # the history, the checkpoint and the progress line; checkpoints last, once everything else
+    # (a ModelCheckpoint of the caller's too) has recorded the epoch.
+    everything: list[Callback] = sorted([*callbacks, history], key=lambda cb: isinstance(cb, ModelCheckpoint))
     if checkpoint_dir is not None:
         everything.append(ModelCheckpoint(checkpoint_dir))
     if verbose:
