@@ -4,6 +4,8 @@ element-wise, so it must give exactly (bitwise) the numbers of the update one pa
 time; it must reuse its flat arrays while nobody rebinds a parameter or a state array, and
 start over from the current values when somebody does."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,18 @@ def test_a_rule_of_its_own_is_applied_per_parameter():
     with xpcnn.fewest_operations():
         model.train_step(x, y, opt)
     assert not opt.updates_flat
+
+
+@pytest.mark.parametrize("fewest", [False, True], ids=["plain", "gpu-forms"])
+def test_gradients_changed_in_place_after_loss_and_grad_are_the_ones_stepped(fewest):
+    with xpcnn.fewest_operations() if fewest else contextlib.nullcontext():
+        numpy = xpcnn.backend.load_backend("numpy")
+        model = net(numpy)
+        x, y = data(numpy)
+        before = [np.array(w, copy=True) for w in model.get_weights()]
+        model.loss_and_grad(x, y)
+        for _, layer, name in model.named_parameters():
+            layer.grads[name] *= 0.0  # as manual gradient clipping might, in place
+        optim.SGD(0.1).step(model)
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -237,10 +237,8 @@ class Communicator:
         share (the last batch of an epoch smaller than K) skips the forward and adds zeros."""
         n_local = int(xb.shape[0])
         values = step_fn(model, xp, xb, yb, *args) if n_local else None
-        if not n_local:  # the skipped training forward would have advanced each Dropout's counter
-            for _, layer in model.walk():
-                if isinstance(layer, RandomLayer):
-                    layer.counter += 1
+        for layer in [] if n_local else [one for _, one in model.walk() if isinstance(one, RandomLayer)]:
+            layer.counter += 1  # as the skipped training forward would have advanced each Dropout's
         return self.reduce_step(model, values, n_local, n_global)
 
     def reduce_step(self, model, values, n_local: int, n_global: int):
