@@ -200,6 +200,7 @@ case("xpcnn.Sequential.fit", "epochs", lambda: model().fit(X, Y, epochs=-1, verb
 case("xpcnn.Sequential.fit", "batch_size", lambda: model().fit(X, Y, batch_size=0, verbose=0))
 case("xpcnn.Sequential.fit", "optimizer", lambda: model().fit(X, Y, optimizer="adam", verbose=0))
 case("xpcnn.Sequential.fit", "validation_data", lambda: model().fit(X, Y, validation_data=X, verbose=0))
+case("xpcnn.Sequential.fit", "validation_data", lambda: model().fit(X, Y, validation_data=(X, None), verbose=0))
 case("xpcnn.Sequential.fit", "seed", lambda: model().fit(X, Y, seed="0", verbose=0))
 case("xpcnn.Sequential.fit", "callbacks", lambda: model().fit(X, Y, callbacks=[print], verbose=0))
 case("xpcnn.Sequential.fit", "verbose", lambda: model().fit(X, Y, verbose=-3))
@@ -319,6 +320,7 @@ case("xpcnn.optim.SGD", "lr", lambda: optim.SGD(-0.1))
 case("xpcnn.optim.SGD", "lr", lambda: optim.SGD("0.1"))
 case("xpcnn.optim.SGD", "momentum", lambda: optim.SGD(0.1, momentum=-0.5))
 case("xpcnn.optim.SGD", "nesterov", lambda: optim.SGD(0.1, nesterov="yes"))
+case("xpcnn.optim.SGD", "nesterov", lambda: optim.SGD(0.1, momentum=0.9, nesterov="no"))  # not truthy-as-True
 case("xpcnn.optim.SGD", "weight_decay", lambda: optim.SGD(0.1, weight_decay=float("inf")))
 case("xpcnn.optim.Adam", "lr", lambda: optim.Adam(lr=None))
 case("xpcnn.optim.Adam", "betas", lambda: optim.Adam(betas=(0.9,)))
@@ -384,6 +386,9 @@ case("xpcnn.functional.conv_transpose2d", "output_padding",
      lambda: F.conv_transpose2d(X, W.transpose(1, 0, 2, 3), stride=2, output_padding=2))
 case("xpcnn.functional.conv_transpose2d_backward", "grad_y",
      lambda: F.conv_transpose2d_backward(G_POOL, X, W.transpose(1, 0, 2, 3)))
+case("xpcnn.functional.conv_transpose2d_backward", "input_grad",
+     lambda: F.conv_transpose2d_backward(np.zeros((2, 3, 10, 10), np.float32), X, W.transpose(1, 0, 2, 3),
+                                         input_grad="no"))
 case("xpcnn.functional.global_avg_pool2d", "x", lambda: F.global_avg_pool2d(Z))
 case("xpcnn.functional.global_avg_pool2d_backward", "grad_y", lambda: F.global_avg_pool2d_backward(np.zeros((2, 5)), X))
 for _name in ("tanh", "sigmoid", "gelu", "leaky_relu"):
@@ -462,6 +467,7 @@ case("xpcnn.callbacks.cosine_schedule", "epochs", lambda: cb.cosine_schedule(0.1
 case("xpcnn.callbacks.cosine_schedule", "min_lr", lambda: cb.cosine_schedule(0.1, 10, min_lr=0.2))
 case("xpcnn.callbacks.step_schedule", "initial_lr", lambda: cb.step_schedule("0.1", [5]))
 case("xpcnn.callbacks.step_schedule", "milestones", lambda: cb.step_schedule(0.1, [-5]))
+case("xpcnn.callbacks.step_schedule", "milestones", lambda: cb.step_schedule(0.1, 5))
 case("xpcnn.callbacks.step_schedule", "gamma", lambda: cb.step_schedule(0.1, [5], gamma=0))
 case("xpcnn.callbacks.EarlyStopping", "monitor", lambda: cb.EarlyStopping(monitor=3))
 case("xpcnn.callbacks.EarlyStopping", "patience", lambda: cb.EarlyStopping(patience=-1))
@@ -514,6 +520,8 @@ case("xpcnn.interop.torch_resnet8", "in_channels", lambda: interop.torch_resnet8
 # xpcnn.testing
 testing = importlib.import_module("xpcnn.testing")
 case("xpcnn.testing.Tolerance", "rtol", lambda: testing.Tolerance(rtol=-1.0))
+case("xpcnn.testing.check_parity", "backends", lambda: testing.check_parity(F.relu, X, backends=[]))
+case("xpcnn.testing.assert_parity", "backends", lambda: testing.assert_parity(F.relu, X, backends="numpy"))
 case("xpcnn.testing.Tolerance", "relative_to", lambda: testing.Tolerance(rtol=1e-6, relative_to="row"))
 case("xpcnn.testing.check_parity", "fn", lambda: testing.check_parity("relu", X))
 case("xpcnn.testing.check_parity", "dtype", lambda: testing.check_parity(F.relu, X, dtype="int8"))

@@ -277,7 +277,7 @@ def test_containers_check_their_input_and_a_model_is_not_a_layer():
     model.build((1, 6, 6), dtype="float64")
     with pytest.raises(DTypeError, match="x: expected dtype float64"):
         model.layers[0](np.ones((2, 1, 6, 6), np.float32))
-    with pytest.raises(ArgumentTypeError, match=r"^layers\[0\]: a Sequential is a model, not a layer of another"):
+    with pytest.raises(ArgumentTypeError, match=r"^layers\[0\]: expected an xpcnn layer .*not the Sequential"):
         xpcnn.Sequential([xpcnn.Sequential([layers.Flatten()]), layers.Dense(2)])
 
 

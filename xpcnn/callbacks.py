@@ -266,7 +266,7 @@ def step_schedule(initial_lr: float, milestones, gamma: float = 0.1) -> Callable
         raise ArgumentError(f"initial_lr: expected a finite number >= 0, got {initial_lr!r}")
     if not _positive_finite(gamma):
         raise ArgumentError(f"gamma: expected a finite number > 0, got {gamma!r}")
-    marks = tuple(milestones)
+    marks = tuple(milestones) if isinstance(milestones, (list, tuple, range)) else (-1,)  # -1: refused below
     if any(isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0 for m in marks):
         raise ArgumentError(f"milestones: expected epochs (ints >= 0), got {milestones!r}")
 

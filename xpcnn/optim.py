@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from ._validate import flag
 from .backend import device_of, fewest_operations_for, library_of, namespace_of, resolve_target, to_device
 from .errors import ArgumentError, BackendMismatchError, LayerContractError, NotBuiltError
 
@@ -280,7 +281,7 @@ class SGD(Optimizer):
         super().__init__(lr)
         self.momentum = _check_hyper("momentum", momentum)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.nesterov = bool(nesterov)
+        self.nesterov = flag(nesterov, "nesterov")
         if self.nesterov and self.momentum == 0.0:
             raise ArgumentError("nesterov: needs momentum > 0 (as torch.optim.SGD), got momentum=0")
 

@@ -221,9 +221,8 @@ def loss_and_grad(model, x, y, *, label_smoothing: float = 0.0):
     """Forward in training mode, mean softmax cross-entropy and backward on one checked batch
     (fills every ``layer.grads``); returns the loss as a 0-d array. No update."""
     xp, x = _checked_batch(model, x, y)
-    loss = _step(model, xp, x, y, _label_smoothing(label_smoothing), accuracy=False)[1]
-    model.flat_grads = None  # the caller may change the gradients in place (clipping) before a step
-    return loss
+    values, model.flat_grads = _step(model, xp, x, y, _label_smoothing(label_smoothing), accuracy=False), None
+    return values[1]  # no flat gradients kept: the caller may change them in place (clipping) before a step
 
 
 def train_step(model, x, y, optimizer: Optimizer, *, label_smoothing: float = 0.0) -> float:

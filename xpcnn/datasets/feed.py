@@ -203,9 +203,9 @@ def validation_feed(model, validation_data) -> ArrayFeed | None:
         return None
     if is_dataset(validation_data):
         return DatasetFeed(model, validation_data, "validation_data")
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise ArgumentTypeError(f"validation_data: expected a pair (x_val, y_val), "
-                                f"got {type(validation_data).__name__}")
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2 or validation_data[1] is None:
+        raise ArgumentTypeError(f"validation_data: expected a pair (x_val, y_val) of arrays or a dataset, "
+                                f"got {validation_data!r:.80}")
     return ArrayFeed(model, *validation_data, names=("validation_data[0]", "validation_data[1]"))
 
 

@@ -24,13 +24,14 @@ from .._validate import (
     check_nonempty,
     check_same_dtype,
     conv_padding,
+    flag,
     groups_of,
     namespace,
     output_size,
     pair,
 )
 from ..backend import fewest_operations_for
-from ..errors import ArgumentError, ArgumentTypeError, ShapeError
+from ..errors import ArgumentError, ShapeError
 from ._windows import add_taps, pad2d, taps_of
 
 
@@ -231,10 +232,7 @@ def conv2d_backward(grad_y, x, weight, *, stride=1, padding=0, dilation=1, group
     """
     xp = _check(x, weight, None)
     namespace(x=x, grad_y=grad_y)
-    for name, flag in (("bias", bias), ("input_grad", input_grad)):
-        if not isinstance(flag, bool):
-            raise ArgumentTypeError(f"{name}: expected True or False (whether to return that gradient), got "
-                                    f"{type(flag).__name__}")
+    bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
     geometry = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[0], *geometry.out_hw), "x")
     if cols is not None:
@@ -337,4 +335,5 @@ def conv_transpose2d_backward(grad_y, x, weight, *, stride=1, padding=0, output_
     namespace(x=x, grad_y=grad_y)
     geometry = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
     check_grad(grad_y, "grad_y", x, (x.shape[0], weight.shape[1] * geometry.conv.groups, *geometry.out_hw), "x")
+    bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
     return conv_transpose2d_backward_kernel(xp, grad_y, x, weight, geometry, bias=bias, input_grad=input_grad)

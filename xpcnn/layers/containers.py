@@ -41,12 +41,9 @@ class Container(Layer):
         if not layers and not allow_empty:
             raise ShapeError(f"{name}: expected at least one layer, got an empty list")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise ArgumentTypeError(f"{name}[{i}]: expected an xpcnn layer (e.g. layers.Conv2D), "
-                                        f"got {type(layer).__name__}")
-            if "" in getattr(layer, "branches", {}):  # a container whose stack is its main branch: a Sequential
-                raise ArgumentTypeError(f"{name}[{i}]: a Sequential is a model, not a layer of another; give its "
-                                        "layers instead ([*model.layers, ...]) or wrap them in a Residual")
+            if not isinstance(layer, Layer) or "" in getattr(layer, "branches", {}):  # a Sequential is a model
+                raise ArgumentTypeError(f"{name}[{i}]: expected an xpcnn layer (e.g. layers.Conv2D; a Sequential's "
+                                        f"layers, [*model.layers], not the Sequential), got {type(layer).__name__}")
             if not hasattr(layer, "params"):
                 raise LayerContractError(f"{name}[{i}] ({type(layer).__name__}): has no params; its __init__ must "
                                          "call super().__init__()")
