@@ -245,7 +245,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def _make_optimizer(self):
         if isinstance(self.optimizer, optim.Optimizer):
             return copy.deepcopy(self.optimizer)
-        if self.optimizer not in OPTIMIZERS:
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)} or an xpcnn.optim optimizer, "
                              f"got {self.optimizer!r}")
         return OPTIMIZERS[self.optimizer](self.learning_rate)

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from .._validate import positive_int
+from .._validate import flag, positive_int
 from ..errors import ArgumentError, ArgumentTypeError
 
 
@@ -27,7 +27,8 @@ def iterate_batches(n, batch_size, *, shuffle=True, rng=None, drop_last=False):
     The permutation is drawn now, at the call, not at the first ``next``: later draws from rng
     cannot change this epoch's order.
     """
-    batch_size = check_batch_size(batch_size)
+    batch_size, shuffle, drop_last = check_batch_size(batch_size), flag(shuffle, "shuffle"), flag(drop_last,
+                                                                                                  "drop_last")
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ArgumentError(f"n: expected a non-negative int, got {n!r}")
     if shuffle:

@@ -40,7 +40,7 @@ def check_class_names(names, where: str = "class_names"):
     """``names`` as a list of distinct strings, or None."""
     if names is None:
         return None
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(list(names)):
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) or len({*names}) < len(names):
         raise ArgumentError(f"{where}: expected a list of distinct strings or None, got {names!r:.200}")
     return list(names)
 
