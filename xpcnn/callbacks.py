@@ -369,19 +369,20 @@ class EarlyStopping(Callback):
         counts = [state[k] for k in ("wait", "stopped_epoch", "best_epoch")]
         best, arrays = state["best"], state["arrays"]
         shapes = [tuple(w.shape) for w in _snapshot(self.trainer.model)]
-        weights = len(self.trainer.model.get_weights())  # older checkpoints kept the weights alone
         if not (all(type(c) is int and 0 <= c < 2**31 for c in counts)
                 and (best is None or type(best) in (int, float) and math.isfinite(best))
-                and (arrays is None or [tuple(a.shape) for a in arrays] in (shapes, shapes[:weights]))):
+                and (arrays is None or [tuple(a.shape) for a in arrays]  # older checkpoints: the weights alone
+                     in (shapes, shapes[:len(self.trainer.model.named_parameters())]))):
             raise ValueError(f"counts {counts}, best {best!r:.40} or best weights that do not fit this model")
         (self.wait, self.stopped_epoch, self.best_epoch), self.best, self.best_weights = counts, best, arrays
 
     def on_train_end(self, logs):
         if self.restore_best_weights and self.best_weights is not None:
-            model, arrays = self.trainer.model, self.best_weights
-            model.set_weights(arrays[:len(model.get_weights())])
-            if len(arrays) > len(model.get_weights()):
-                model.set_buffers(arrays[len(model.get_weights()):])
+            # the weights, then the buffers unless an older checkpoint kept none
+            model, arrays, weights = self.trainer.model, self.best_weights, len(self.trainer.model.named_parameters())
+            model.set_weights(arrays[:weights])
+            if len(arrays) > weights:
+                model.set_buffers(arrays[weights:])
             if self.verbose:
                 print(f"restored the weights of the end of epoch {self.best_epoch + 1} (best {self.monitor})",
                       flush=True)

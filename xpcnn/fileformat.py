@@ -280,6 +280,12 @@ def _is_size(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53
 
 
+def valid_class_names(names: Any) -> bool:
+    """The one rule for class names (a model's, a file's): None, or distinct non-empty strings."""
+    return names is None or isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names) \
+        and len(set(names)) == len(names)
+
+
 def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     """The validated header fields: format, version, kind, config, dtype, input_shape."""
     if metadata.get("format") != FORMAT:
@@ -310,8 +316,7 @@ def check_metadata(metadata: dict[str, str], where: str) -> dict[str, Any]:
     if not isinstance(digest, str) or len(digest) != 64:
         raise ModelFileError(f"{where}: metadata content_sha256: expected a SHA-256 hex digest, got {digest!r:.80}")
     names = parse_json(metadata.get("class_names", "null"), "metadata class_names", where)
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
-                              or len(set(names)) != len(names)):
+    if not valid_class_names(names):
         raise ModelFileError(f"{where}: metadata class_names: expected a list of distinct non-empty strings, "
                              f"got {names!r:.200}")
     return {"kind": kind, "dtype": dtype, "input_shape": tuple(input_shape), "config": config, "version": int(version),

@@ -84,8 +84,7 @@ class Sequential(Container):
 
     @class_names.setter
     def class_names(self, names) -> None:
-        if names is not None and (not isinstance(names, (list, tuple)) or len(set(names)) != len(names)
-                                  or not all(isinstance(n, str) and n for n in names)):
+        if not fileformat.valid_class_names(names):
             raise ArgumentTypeError(f"class_names: expected a list of distinct non-empty strings, got {names!r:.80}")
         if names is not None and self.built_output_shape not in (None, (len(names),)):
             raise ArgumentError(f"class_names: {len(names)} names for a model whose output has shape "

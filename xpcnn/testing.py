@@ -259,7 +259,7 @@ def check_parity(fn: Callable[..., Any], *args: Any, backends: Iterable[str | Ba
     reference = {k: (None if v is None else to_numpy(v) if _is_array(v) else v) for k, v in reference.items()}
 
     results = []
-    if isinstance(backends, str) or not list(backends):
+    if isinstance(backends, str) or not (backends := list(backends)):  # a generator is read once
         raise ArgumentError(f"backends: expected a non-empty list of backend names, got {backends!r}")
     for spec in backends:
         label = str(spec)

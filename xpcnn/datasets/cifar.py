@@ -47,16 +47,16 @@ def load_data(path):
         raise _pickled(path)
     if path.is_dir():
         blobs = {}
-        for name in (*TRAIN_FILES, TEST_FILE):
-            if (path / name).is_file() and (path / name).stat().st_size != RECORDS * RECORD:  # before reading it
-                raise DataError(f"{path}: {name} holds {(path / name).stat().st_size} bytes, expected "
-                                f"{RECORDS * RECORD} ({RECORDS} records of {RECORD} bytes); not {_BINARY}")
-            if (path / name).exists() and not (path / name).is_file():  # a FIFO or a device
-                raise DataError(f"path: {path / name} is not a regular file")
+        for file in (path / name for name in (*TRAIN_FILES, TEST_FILE)):
+            if file.exists() and not file.is_file():  # a FIFO or a device
+                raise DataError(f"path: {file} is not a regular file")
+            if file.is_file() and file.stat().st_size != RECORDS * RECORD:  # checked before it is read
+                raise DataError(f"{path}: {file.name} holds {file.stat().st_size} bytes, expected {RECORDS * RECORD} "
+                                f"({RECORDS} records of {RECORD} bytes); not {_BINARY}")
             try:
-                blobs[name] = (path / name).read_bytes()
+                blobs[file.name] = file.read_bytes()
             except OSError as e:
-                raise DataError(f"path: cannot read {path / name} ({e}); expected the files of {_BINARY}") from None
+                raise DataError(f"path: cannot read {file} ({e}); expected the files of {_BINARY}") from None
     elif path.is_file():
         blobs = _from_tarball(path)
     else:
